@@ -1,0 +1,124 @@
+//! The admin listener: `/metrics` (Prometheus text), `/status` (JSON), `/healthz`,
+//! `/readyz` and the status page at `/`. It is a separate listener and service from the
+//! proxy, so it is never shed and never waits behind client requests.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde_json::json;
+use tokio::net::TcpListener;
+
+use crate::app::App;
+use crate::state::Snapshot;
+
+/// The status page: one self-contained HTML file, compiled in.
+const STATUS_PAGE: &str = include_str!("status.html");
+
+/// Serves the admin endpoints on `listener` until the task is aborted.
+pub async fn serve(listener: TcpListener, app: Arc<App>) {
+    loop {
+        let (tcp, _) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "admin accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let app = app.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let app = app.clone();
+                async move { Ok::<_, Infallible>(route(&app, &req)) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(std::time::Duration::from_secs(10))
+                .serve_connection(TokioIo::new(tcp), svc)
+                .await;
+        });
+    }
+}
+
+fn reply(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(body.into()));
+    *resp.status_mut() = status;
+    if let Ok(v) = content_type.parse() {
+        resp.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+    }
+    if let Ok(v) = "no-store".parse() {
+        resp.headers_mut().insert(hyper::header::CACHE_CONTROL, v);
+    }
+    resp
+}
+
+fn route(app: &App, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    match req.uri().path() {
+        "/metrics" => {
+            app.metrics.refresh(&app.snapshot());
+            reply(StatusCode::OK, "text/plain; version=0.0.4", app.metrics.encode())
+        }
+        "/status" => reply(
+            StatusCode::OK,
+            "application/json",
+            status_json(&app.snapshot(), app.is_ready()).to_string(),
+        ),
+        "/healthz" => reply(StatusCode::OK, "text/plain", "ok\n"),
+        "/readyz" if app.is_ready() => reply(StatusCode::OK, "text/plain", "ready\n"),
+        "/readyz" => reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "draining\n"),
+        "/" | "/index.html" => reply(StatusCode::OK, "text/html; charset=utf-8", STATUS_PAGE),
+        _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
+    }
+}
+
+/// Everything the status page shows, as JSON.
+pub fn status_json(snapshot: &Snapshot, ready: bool) -> serde_json::Value {
+    let upstreams: Vec<_> = snapshot
+        .upstreams
+        .iter()
+        .map(|up| {
+            let backends: Vec<_> = up
+                .backends
+                .iter()
+                .map(|b| {
+                    json!({
+                        "address": b.label,
+                        "zone": b.zone,
+                        "healthy": b.is_healthy(),
+                        "inflight": b.inflight(),
+                        "limit": b.limit(),
+                        "max_inflight": b.max_inflight,
+                        "requests": crate::metrics::CLASSES.iter().map(|c| b.metrics.requests(*c).get()).sum::<u64>(),
+                    })
+                })
+                .collect();
+            let shed: u64 = crate::admission::ShedReason::ALL
+                .iter()
+                .flat_map(|r| crate::metrics::CLASSES.iter().map(move |c| (*r, *c)))
+                .map(|(r, c)| up.metrics.shed(r, c).get())
+                .sum();
+            let window = up.window.stats();
+            json!({
+                "name": up.name,
+                "level": up.level().as_str(),
+                "queue": up.queue.len(),
+                "queue_depth": up.limits.queue_depth,
+                "inflight": up.inflight(),
+                "capacity": up.capacity(),
+                "shed_total": shed,
+                "drain_per_sec": up.drain_per_sec(),
+                "p95_ms": window.p95.map(|d| d.as_secs_f64() * 1000.0),
+                "window_requests": window.done,
+                "window_errors": window.errors,
+                "backends": backends,
+            })
+        })
+        .collect();
+    json!({ "ready": ready, "version": env!("CARGO_PKG_VERSION"), "upstreams": upstreams })
+}

@@ -1,0 +1,427 @@
+//! Load levels: the sliding window of request outcomes an upstream keeps, and the
+//! hysteresis that turns its signals into one [`Level`].
+//!
+//! Requests only add to the window (a few relaxed atomic adds); the level ticker
+//! ([`crate::state::spawn_level_ticker`]) is the one writer of the level: every tick
+//! it rotates the window, reads the signals and stores a new level.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+use crate::config::{Levels, Thresholds};
+
+/// How loaded an upstream is; ordered, so `level >= Level::Danger` reads naturally.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Level {
+    Safe = 0,
+    Caution = 1,
+    Danger = 2,
+    Critical = 3,
+}
+
+impl Level {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Level::Safe => "safe",
+            Level::Caution => "caution",
+            Level::Danger => "danger",
+            Level::Critical => "critical",
+        }
+    }
+
+    fn from_u8(v: u8) -> Level {
+        match v {
+            0 => Level::Safe,
+            1 => Level::Caution,
+            2 => Level::Danger,
+            _ => Level::Critical,
+        }
+    }
+}
+
+impl std::fmt::Display for Level {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Number of slots the window is cut into; it moves one slot at a time.
+pub const WINDOW_SLOTS: usize = 10;
+/// Log-linear latency buckets: 4 per power of two of microseconds, up to ~16.7 s.
+const BUCKETS: usize = 96;
+
+/// Bucket of a duration in microseconds: within 19 % of the true value.
+fn bucket_of(us: u64) -> usize {
+    if us < 4 {
+        return us as usize;
+    }
+    let octave = 63 - us.leading_zeros() as usize; // >= 2
+    let sub = ((us >> (octave - 2)) & 3) as usize;
+    (octave * 4 + sub).min(BUCKETS - 1)
+}
+
+/// Upper bound, in microseconds, of the values a bucket holds.
+fn bucket_upper(idx: usize) -> u64 {
+    if idx < 4 {
+        return idx as u64 + 1;
+    }
+    let octave = idx / 4;
+    let sub = (idx % 4) as u64;
+    (4 + sub + 1) << (octave - 2)
+}
+
+struct Slot {
+    /// Requests that finished (with any outcome) in this slot.
+    done: AtomicU64,
+    errors: AtomicU64,
+    latency: [AtomicU32; BUCKETS],
+    waited: AtomicU64,
+    wait: [AtomicU32; BUCKETS],
+}
+
+impl Slot {
+    fn new() -> Slot {
+        Slot {
+            done: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            latency: std::array::from_fn(|_| AtomicU32::new(0)),
+            waited: AtomicU64::new(0),
+            wait: std::array::from_fn(|_| AtomicU32::new(0)),
+        }
+    }
+
+    fn clear(&self) {
+        self.done.store(0, Relaxed);
+        self.errors.store(0, Relaxed);
+        self.waited.store(0, Relaxed);
+        for b in self.latency.iter().chain(self.wait.iter()) {
+            b.store(0, Relaxed);
+        }
+    }
+}
+
+/// Sliding window of request outcomes and queue waits.
+///
+/// Race window: a request that read the current slot index just before a rotation adds
+/// into the slot that just became the oldest; it still counts, one slot longer. A request
+/// that adds into a slot while the ticker clears it may be lost. Both shift the signals by
+/// at most a handful of samples, which the `min_samples` floor makes irrelevant.
+pub struct Window {
+    slots: Box<[Slot]>,
+    current: AtomicUsize,
+    slot_len: Duration,
+}
+
+/// Totals of the whole window, as the ticker reads them.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct WindowStats {
+    pub done: u64,
+    pub errors: u64,
+    pub p95: Option<Duration>,
+    pub waited: u64,
+    pub wait_p95: Option<Duration>,
+    /// Requests finished per second over the window: the queue's drain rate.
+    pub drain_per_sec: f64,
+}
+
+impl Window {
+    pub fn new(length: Duration) -> Window {
+        Window {
+            slots: (0..WINDOW_SLOTS).map(|_| Slot::new()).collect(),
+            current: AtomicUsize::new(0),
+            slot_len: length / WINDOW_SLOTS as u32,
+        }
+    }
+
+    pub fn slot_len(&self) -> Duration {
+        self.slot_len
+    }
+
+    fn slot(&self) -> &Slot {
+        &self.slots[self.current.load(Relaxed) % WINDOW_SLOTS]
+    }
+
+    /// Records one finished request: its backend time and whether it failed.
+    pub fn record(&self, latency: Duration, failed: bool) {
+        let slot = self.slot();
+        slot.done.fetch_add(1, Relaxed);
+        if failed {
+            slot.errors.fetch_add(1, Relaxed);
+        }
+        slot.latency[bucket_of(latency.as_micros() as u64)].fetch_add(1, Relaxed);
+    }
+
+    /// Records the time one admitted request spent in the queue.
+    pub fn record_wait(&self, wait: Duration) {
+        let slot = self.slot();
+        slot.waited.fetch_add(1, Relaxed);
+        slot.wait[bucket_of(wait.as_micros() as u64)].fetch_add(1, Relaxed);
+    }
+
+    /// Moves the window on by one slot, clearing the oldest. Only the ticker calls this.
+    pub fn rotate(&self) {
+        let next = (self.current.load(Relaxed) + 1) % WINDOW_SLOTS;
+        self.slots[next].clear();
+        self.current.store(next, Relaxed);
+    }
+
+    pub fn stats(&self) -> WindowStats {
+        let mut latency = [0u64; BUCKETS];
+        let mut wait = [0u64; BUCKETS];
+        let mut s = WindowStats::default();
+        for slot in self.slots.iter() {
+            s.done += slot.done.load(Relaxed);
+            s.errors += slot.errors.load(Relaxed);
+            s.waited += slot.waited.load(Relaxed);
+            for i in 0..BUCKETS {
+                latency[i] += u64::from(slot.latency[i].load(Relaxed));
+                wait[i] += u64::from(slot.wait[i].load(Relaxed));
+            }
+        }
+        s.p95 = quantile(&latency, 0.95);
+        s.wait_p95 = quantile(&wait, 0.95);
+        // The current slot is partly filled: count it as half a slot on average.
+        let span = self.slot_len.as_secs_f64() * (WINDOW_SLOTS as f64 - 0.5);
+        s.drain_per_sec = if span > 0.0 { s.done as f64 / span } else { 0.0 };
+        s
+    }
+}
+
+fn quantile(buckets: &[u64; BUCKETS], q: f64) -> Option<Duration> {
+    let total: u64 = buckets.iter().sum();
+    if total == 0 {
+        return None;
+    }
+    let rank = ((total as f64) * q).ceil().max(1.0) as u64;
+    let mut seen = 0;
+    for (i, n) in buckets.iter().enumerate() {
+        seen += n;
+        if seen >= rank {
+            return Some(Duration::from_micros(bucket_upper(i)));
+        }
+    }
+    Some(Duration::from_micros(bucket_upper(BUCKETS - 1)))
+}
+
+/// The instantaneous signals of one upstream, as the ticker sees them.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Signals {
+    pub utilization: f64,
+    /// Largest queue length since the previous tick.
+    pub queue: u32,
+    pub queue_depth: u32,
+    pub window: WindowStats,
+}
+
+fn exceeds(t: &Thresholds, s: &Signals, min_samples: u32) -> bool {
+    let enough = s.window.done >= u64::from(min_samples);
+    let waited_enough = s.window.waited >= u64::from(min_samples);
+    t.utilization.is_some_and(|u| s.utilization >= u)
+        || t.queue.is_some_and(|q| s.queue >= q)
+        || (waited_enough
+            && t
+                .queue_wait
+                .zip(s.window.wait_p95)
+                .is_some_and(|(t, v)| v >= t))
+        || (enough && t.p95.zip(s.window.p95).is_some_and(|(t, v)| v >= t))
+        || (enough
+            && t
+                .error_rate
+                .is_some_and(|e| s.window.errors as f64 / s.window.done as f64 >= e))
+}
+
+/// The level the signals call for, without hysteresis.
+pub fn raw_level(levels: &Levels, s: &Signals) -> Level {
+    if s.queue_depth > 0 && s.queue >= s.queue_depth {
+        Level::Critical
+    } else if exceeds(&levels.danger, s, levels.min_samples) {
+        Level::Danger
+    } else if exceeds(&levels.caution, s, levels.min_samples) {
+        Level::Caution
+    } else {
+        Level::Safe
+    }
+}
+
+/// Level from the queue length alone, read on the hot path so a burst raises the level
+/// at once instead of at the next tick.
+pub fn queue_level(levels: &Levels, queue_depth: u32, queued: u32) -> Level {
+    if queue_depth > 0 && queued >= queue_depth {
+        Level::Critical
+    } else if levels.danger.queue.is_some_and(|q| queued >= q) {
+        Level::Danger
+    } else if levels.caution.queue.is_some_and(|q| queued >= q) {
+        Level::Caution
+    } else {
+        Level::Safe
+    }
+}
+
+struct Hysteresis {
+    /// When the raw level first fell below the current one, and the highest raw level
+    /// seen since then.
+    below: Option<(Instant, Level)>,
+}
+
+/// An upstream's published level with the hysteresis that keeps it from flapping:
+/// a higher level is taken at once; a lower one only after the signals stay below the
+/// current level for `cooldown`, and then the highest level seen during that time.
+pub struct LevelState {
+    current: AtomicU8,
+    /// Level changes since start, for metrics and tests.
+    changes: AtomicU64,
+    hysteresis: Mutex<Hysteresis>,
+}
+
+impl Default for LevelState {
+    fn default() -> Self {
+        LevelState {
+            current: AtomicU8::new(Level::Safe as u8),
+            changes: AtomicU64::new(0),
+            hysteresis: Mutex::new(Hysteresis { below: None }),
+        }
+    }
+}
+
+impl LevelState {
+    pub fn get(&self) -> Level {
+        Level::from_u8(self.current.load(Relaxed))
+    }
+
+    pub fn changes(&self) -> u64 {
+        self.changes.load(Relaxed)
+    }
+
+    /// Feeds one raw reading; returns `Some((old, new))` when the level changed.
+    pub fn update(&self, raw: Level, now: Instant, cooldown: Duration) -> Option<(Level, Level)> {
+        let mut h = self.hysteresis.lock();
+        let current = self.get();
+        let next = if raw >= current {
+            h.below = None;
+            raw
+        } else {
+            let (since, highest) = match h.below {
+                Some((since, highest)) => (since, highest.max(raw)),
+                None => (now, raw),
+            };
+            if now.duration_since(since) >= cooldown {
+                h.below = None;
+                highest
+            } else {
+                h.below = Some((since, highest));
+                current
+            }
+        };
+        if next != current {
+            self.current.store(next as u8, Relaxed);
+            self.changes.fetch_add(1, Relaxed);
+            Some((current, next))
+        } else {
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn levels() -> Levels {
+        Levels {
+            caution: Thresholds {
+                utilization: Some(0.8),
+                queue: Some(10),
+                p95: Some(Duration::from_millis(150)),
+                error_rate: Some(0.01),
+                ..Default::default()
+            },
+            danger: Thresholds {
+                queue: Some(50),
+                p95: Some(Duration::from_millis(250)),
+                queue_wait: Some(Duration::from_millis(50)),
+                ..Default::default()
+            },
+            cooldown: Duration::from_secs(1),
+            window: Duration::from_secs(5),
+            min_samples: 20,
+        }
+    }
+
+    #[test]
+    fn buckets_bound_values_within_a_fifth() {
+        for us in [1u64, 3, 4, 5, 7, 8, 100, 999, 1000, 150_000, 9_999_999] {
+            let upper = bucket_upper(bucket_of(us));
+            assert!(upper > us, "{us} -> {upper}");
+            assert!((upper as f64) <= (us as f64) * 1.26 + 1.0, "{us} -> {upper}");
+        }
+    }
+
+    #[test]
+    fn window_p95_and_drain_rate() {
+        let w = Window::new(Duration::from_secs(5));
+        for _ in 0..95 {
+            w.record(Duration::from_millis(10), false);
+        }
+        for _ in 0..5 {
+            w.record(Duration::from_millis(900), true);
+        }
+        let s = w.stats();
+        assert_eq!((s.done, s.errors), (100, 5));
+        let p95 = s.p95.unwrap();
+        assert!(p95 >= Duration::from_millis(10) && p95 < Duration::from_millis(13), "{p95:?}");
+        assert!(s.drain_per_sec > 19.0 && s.drain_per_sec < 22.0);
+        for _ in 0..WINDOW_SLOTS {
+            w.rotate();
+        }
+        assert_eq!(w.stats().done, 0, "a full turn forgets everything");
+    }
+
+    #[test]
+    fn utilization_alone_is_at_most_caution() {
+        let s = Signals { utilization: 1.0, queue_depth: 100, ..Default::default() };
+        assert_eq!(raw_level(&levels(), &s), Level::Caution);
+    }
+
+    #[test]
+    fn latency_counts_only_with_enough_samples() {
+        let mut s = Signals { queue_depth: 100, ..Default::default() };
+        s.window.p95 = Some(Duration::from_millis(300));
+        s.window.done = 5;
+        assert_eq!(raw_level(&levels(), &s), Level::Safe);
+        s.window.done = 20;
+        assert_eq!(raw_level(&levels(), &s), Level::Danger);
+    }
+
+    #[test]
+    fn full_queue_is_critical() {
+        let s = Signals { queue: 100, queue_depth: 100, ..Default::default() };
+        assert_eq!(raw_level(&levels(), &s), Level::Critical);
+        assert_eq!(queue_level(&levels(), 100, 100), Level::Critical);
+        assert_eq!(queue_level(&levels(), 100, 50), Level::Danger);
+        assert_eq!(queue_level(&levels(), 100, 10), Level::Caution);
+        assert_eq!(queue_level(&levels(), 100, 9), Level::Safe);
+    }
+
+    #[test]
+    fn hysteresis_rises_at_once_and_falls_after_cooldown() {
+        let st = LevelState::default();
+        let t0 = Instant::now();
+        let cd = Duration::from_secs(1);
+        assert_eq!(st.update(Level::Danger, t0, cd), Some((Level::Safe, Level::Danger)));
+        assert_eq!(st.update(Level::Safe, t0 + Duration::from_millis(100), cd), None);
+        assert_eq!(st.update(Level::Caution, t0 + Duration::from_millis(600), cd), None);
+        // A spike back to danger restarts the cooldown.
+        assert_eq!(st.update(Level::Danger, t0 + Duration::from_millis(700), cd), None);
+        assert_eq!(st.update(Level::Safe, t0 + Duration::from_millis(800), cd), None);
+        assert_eq!(st.update(Level::Caution, t0 + Duration::from_millis(1500), cd), None);
+        assert_eq!(
+            st.update(Level::Safe, t0 + Duration::from_millis(1800), cd),
+            Some((Level::Danger, Level::Caution)),
+            "falls to the highest level seen during the cooldown"
+        );
+        assert_eq!(st.get(), Level::Caution);
+        assert_eq!(st.changes(), 2);
+    }
+}

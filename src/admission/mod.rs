@@ -1,0 +1,320 @@
+//! Admission: whether a request may go to a backend now, wait for one, or be shed.
+//!
+//! [`Upstream::admit`] reads the upstream's level once, takes a free backend slot if
+//! there is one, else waits in the bounded queue when the level lets the request's
+//! class wait, else sheds. What each level does to each class:
+//!
+//! | level    | low  | normal   | high     | critical |
+//! |----------|------|----------|----------|----------|
+//! | safe     | queue| queue    | queue    | queue    |
+//! | caution  | 503  | queue    | queue    | queue    |
+//! | danger   | 503  | no queue | queue    | queue    |
+//! | critical | 503  | no queue | no queue | queue, may displace a lower class |
+//!
+//! "queue" means take a free slot, else wait; "no queue" means take a free slot, else
+//! 503. Admission is work-conserving: only `low` at caution and above is shed while a
+//! slot is free. A slot is held by a [`Permit`] and released when it drops, exactly once.
+
+pub mod level;
+pub mod queue;
+
+use std::mem::ManuallyDrop;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::balance::{take_slot, Take};
+use crate::config::Class;
+use crate::state::{Backend, Upstream};
+use level::Level;
+use queue::{Full, Grant, Ticket};
+
+/// Why a request was shed. Each is a bounded metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ShedReason {
+    /// `low` at caution or above.
+    LowPriority = 0,
+    /// No free slot, and the level does not let this class wait.
+    LevelNoQueue = 1,
+    /// No free slot, and the queue is full.
+    QueueFull = 2,
+    /// Waited `queue_timeout` without getting a slot.
+    QueueTimeout = 3,
+    /// A `critical` request took its place in a full queue.
+    Displaced = 4,
+    /// No backend of the upstream may take traffic.
+    NoHealthyBackend = 5,
+}
+
+impl ShedReason {
+    pub const ALL: [ShedReason; 6] = [
+        ShedReason::LowPriority,
+        ShedReason::LevelNoQueue,
+        ShedReason::QueueFull,
+        ShedReason::QueueTimeout,
+        ShedReason::Displaced,
+        ShedReason::NoHealthyBackend,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ShedReason::LowPriority => "low_priority",
+            ShedReason::LevelNoQueue => "level_no_queue",
+            ShedReason::QueueFull => "queue_full",
+            ShedReason::QueueTimeout => "queue_timeout",
+            ShedReason::Displaced => "displaced",
+            ShedReason::NoHealthyBackend => "no_healthy_backend",
+        }
+    }
+}
+
+/// A request that will not be sent to a backend: the 503 it becomes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shed {
+    pub reason: ShedReason,
+    pub level: Level,
+    pub class: Class,
+    /// Seconds the client should wait before trying again.
+    pub retry_after: u32,
+}
+
+/// May a request of `class` wait in the queue at `level`?
+pub fn may_wait(level: Level, class: Class) -> bool {
+    match level {
+        Level::Safe => true,
+        Level::Caution => class >= Class::Normal,
+        Level::Danger => class >= Class::High,
+        Level::Critical => class == Class::Critical,
+    }
+}
+
+/// One slot of one backend, held from admission until the response ends. Dropping it
+/// gives the slot back, or hands it straight to the oldest waiter that can use it.
+pub struct Permit {
+    upstream: ManuallyDrop<Arc<Upstream>>,
+    backend: usize,
+    /// How long the request waited in the queue (zero when a slot was free).
+    pub queued: Duration,
+}
+
+impl Permit {
+    fn new(upstream: Arc<Upstream>, backend: usize) -> Permit {
+        Permit {
+            upstream: ManuallyDrop::new(upstream),
+            backend,
+            queued: Duration::ZERO,
+        }
+    }
+
+    pub fn backend_index(&self) -> usize {
+        self.backend
+    }
+
+    pub fn backend(&self) -> &Arc<Backend> {
+        &self.upstream.backends[self.backend]
+    }
+
+    pub fn upstream(&self) -> &Arc<Upstream> {
+        &self.upstream
+    }
+
+    /// Gives the slot back without handing it on: for use under the queue lock only,
+    /// where handing on would take the lock again.
+    fn release_quietly(mut self) {
+        self.upstream.backends[self.backend].release_slot();
+        // SAFETY: `self` is forgotten right after, so the Arc is dropped exactly once.
+        unsafe { ManuallyDrop::drop(&mut self.upstream) };
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        // SAFETY: taken once, here; `release_quietly` forgets `self` so never both.
+        let upstream = unsafe { ManuallyDrop::take(&mut self.upstream) };
+        upstream.backends[self.backend].release_slot();
+        // The count fell before this read of the queue length (both SeqCst), so a
+        // request that joins the queue concurrently either sees the free slot on its
+        // re-check, or is seen here and handed a slot.
+        if !upstream.queue.is_empty() {
+            upstream.dispatch();
+        }
+    }
+}
+
+/// Leaves the queue when dropped (timeout, client gone): a grant that arrived in the
+/// meantime is dropped too, which hands its slot on.
+struct Waiting<'a> {
+    upstream: &'a Upstream,
+    ticket: Option<Ticket>,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        if let Some(mut ticket) = self.ticket.take() {
+            if !self.upstream.queue.remove(ticket.id) {
+                // Granted (or displaced) while leaving; the grant is in the channel.
+                // It is dropped here, after the queue lock was released.
+                drop(ticket.rx.try_recv());
+            }
+        }
+    }
+}
+
+impl Upstream {
+    /// Admits a request of `class` (with the affinity hash `key`, when the upstream has
+    /// affinity): a [`Permit`] at once, after waiting in the queue, or a [`Shed`].
+    /// `random` feeds power-of-two-choices.
+    pub async fn admit(
+        self: &Arc<Self>,
+        class: Class,
+        key: Option<u64>,
+        random: u64,
+    ) -> Result<Permit, Shed> {
+        let level = self.level();
+        if class == Class::Low && level >= Level::Caution {
+            return Err(self.shed(ShedReason::LowPriority, level, class));
+        }
+        let target = match take_slot(self, key, &[], random) {
+            Take::Slot(i) => return Ok(Permit::new(self.clone(), i)),
+            Take::NoBackend => return Err(self.shed(ShedReason::NoHealthyBackend, level, class)),
+            Take::Full { target } => target,
+        };
+        if !may_wait(level, class) {
+            let reason = if level == Level::Critical {
+                ShedReason::QueueFull
+            } else {
+                ShedReason::LevelNoQueue
+            };
+            return Err(self.shed(reason, level, class));
+        }
+        let (ticket, displaced) = match self.queue.push(class, target, self.limits.queue_depth) {
+            Ok(joined) => joined,
+            Err(Full) => return Err(self.shed(ShedReason::QueueFull, level, class)),
+        };
+        if let Some(w) = displaced {
+            let _ = w.tx.send(Grant::Displaced);
+        }
+        let queued_at = Instant::now();
+        let mut waiting = Waiting {
+            upstream: self,
+            ticket: Some(ticket),
+        };
+        // Re-check after joining: a slot freed between the first try and the push was
+        // released by a request that saw an empty queue.
+        let retry = match target {
+            Some(i) => self.backends[i].try_acquire().then_some(i),
+            None => match take_slot(self, None, &[], random.rotate_left(17)) {
+                Take::Slot(i) => Some(i),
+                _ => None,
+            },
+        };
+        if let Some(i) = retry {
+            drop(waiting); // leaves the queue; a grant that raced in is handed on
+            return Ok(Permit::new(self.clone(), i));
+        }
+        let Some(rx) = waiting.ticket.as_mut().map(|t| &mut t.rx) else {
+            return Err(self.shed(ShedReason::QueueTimeout, level, class));
+        };
+        let outcome = tokio::time::timeout(self.limits.queue_timeout, rx).await;
+        let grant = match outcome {
+            Ok(Ok(grant)) => {
+                waiting.ticket = None; // the grant was taken; nothing to leave
+                Some(grant)
+            }
+            // Sender dropped without a grant: only when the upstream itself is dropped.
+            Ok(Err(_)) => None,
+            Err(_) => {
+                let ticket = waiting.ticket.take();
+                match ticket {
+                    Some(mut t) if !self.queue.remove(t.id) => t.rx.try_recv().ok(),
+                    _ => None,
+                }
+            }
+        };
+        match grant {
+            Some(Grant::Permit(mut p)) => {
+                p.queued = queued_at.elapsed();
+                self.window.record_wait(p.queued);
+                self.metrics.queue_wait.observe(p.queued.as_secs_f64());
+                Ok(p)
+            }
+            Some(Grant::Displaced) => Err(self.shed(ShedReason::Displaced, self.level(), class)),
+            None => Err(self.shed(ShedReason::QueueTimeout, self.level(), class)),
+        }
+    }
+
+    /// A slot on another backend, for a retry after a failed connect: never waits.
+    pub fn take_retry_slot(self: &Arc<Self>, key: Option<u64>, tried: &[usize], random: u64) -> Option<Permit> {
+        match take_slot(self, key, tried, random) {
+            Take::Slot(i) => Some(Permit::new(self.clone(), i)),
+            _ => None,
+        }
+    }
+
+    /// Hands free slots to waiters, oldest first. Called after a slot was released
+    /// while the queue was not empty.
+    pub(crate) fn dispatch(self: &Arc<Self>) {
+        let mut q = self.queue.lock();
+        let mut i = 0;
+        let mut any_full = false;
+        while i < q.waiters.len() {
+            let target = q.waiters[i].target;
+            if target.is_none() && any_full {
+                i += 1;
+                continue;
+            }
+            let slot = match target {
+                Some(b) => self.backends[b].try_acquire().then_some(b),
+                None => match take_slot(self, None, &[], i as u64) {
+                    Take::Slot(b) => Some(b),
+                    _ => None,
+                },
+            };
+            let Some(b) = slot else {
+                any_full |= target.is_none();
+                i += 1;
+                continue;
+            };
+            let Some(waiter) = q.remove_at(i) else { break };
+            if let Err(Grant::Permit(p)) = waiter.tx.send(Grant::Permit(Permit::new(self.clone(), b))) {
+                // The waiter is gone (timed out or its client left): the slot goes
+                // back, and the loop offers it to the next waiter.
+                p.release_quietly();
+            }
+        }
+    }
+
+    /// The 503 a request gets, with its `Retry-After`, counted in the metrics.
+    pub fn shed(&self, reason: ShedReason, level: Level, class: Class) -> Shed {
+        self.metrics.shed(reason, class).inc();
+        Shed {
+            reason,
+            level,
+            class,
+            retry_after: self.retry_after(level),
+        }
+    }
+
+    /// Seconds until this upstream can likely take the request: the time its queue
+    /// (plus this request) takes to drain at the rate requests have been finishing,
+    /// plus the cooldown a raised level must wait out, stretched by up to half again at
+    /// random so that shed clients do not all come back in the same second. Clamped to
+    /// `[1, retry_after_max]`; the maximum when nothing has been finishing at all.
+    pub fn retry_after(&self, level: Level) -> u32 {
+        let max = self.retry_after_max.max(1);
+        let drain = self.drain_per_sec();
+        if drain <= 0.0 {
+            return max;
+        }
+        let backlog = f64::from(self.queue.len()) + 1.0;
+        let mut secs = backlog / drain;
+        if level > Level::Safe {
+            secs += self.levels.cooldown.as_secs_f64();
+        }
+        let jitter = 1.0 + 0.5 * (rand::random::<u32>() as f64 / u32::MAX as f64);
+        (secs * jitter).ceil().clamp(1.0, f64::from(max)) as u32
+    }
+}
+
+#[cfg(test)]
+mod tests;

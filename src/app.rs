@@ -1,0 +1,164 @@
+//! Assembly: one [`App`] holds the published snapshot, the metrics, the proxy app and
+//! the shutdown signal; [`start`] binds the configured listeners and runs everything on
+//! the current tokio runtime. `main`, `levee demo` and the integration tests all start
+//! levee through here.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::server::{proxy_app, serve, Connections, ProxyApp};
+use crate::state::{spawn_level_ticker, SharedSnapshot, Snapshot};
+
+pub struct App {
+    pub shared: SharedSnapshot,
+    pub metrics: Arc<Metrics>,
+    pub proxy: Arc<ProxyApp>,
+    pub connections: Arc<Connections>,
+    shutdown: watch::Sender<bool>,
+    /// False once draining: `/readyz` answers 503.
+    ready: AtomicBool,
+}
+
+impl App {
+    pub fn new(config: Config) -> Arc<App> {
+        let metrics = Arc::new(Metrics::new());
+        let threads = config.server.threads;
+        let snapshot = Snapshot::build(config, &metrics);
+        let shared: SharedSnapshot = Arc::new(ArcSwap::from_pointee(snapshot));
+        metrics.config_reloads.with_label_values(&["success"]).inc();
+        metrics.config_last_reload_success.set(unix_now());
+        let (shutdown, _) = watch::channel(false);
+        Arc::new(App {
+            proxy: proxy_app(shared.clone(), threads),
+            shared,
+            metrics,
+            connections: Arc::new(Connections::default()),
+            shutdown,
+            ready: AtomicBool::new(true),
+        })
+    }
+
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.shared.load_full()
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst)
+    }
+
+    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.shutdown.subscribe()
+    }
+
+    /// Stops accepting, lets open requests finish, and returns once no connection is
+    /// left or `grace` has passed (true when everything drained in time).
+    pub async fn drain(&self, grace: Duration) -> bool {
+        self.ready.store(false, Ordering::SeqCst);
+        let _ = self.shutdown.send(true);
+        tokio::time::timeout(grace, self.connections.drained())
+            .await
+            .is_ok()
+    }
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// A started levee: where it listens, and its tasks.
+pub struct Running {
+    pub app: Arc<App>,
+    /// The proxy listeners' bound addresses, in `server.listen` order.
+    pub addrs: Vec<SocketAddr>,
+    pub admin_addr: Option<SocketAddr>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Running {
+    /// The first proxy address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addrs[0]
+    }
+
+    /// Drains (see [`App::drain`]) and stops every task.
+    pub async fn shutdown(self, grace: Duration) -> bool {
+        let drained = self.app.drain(grace).await;
+        for t in &self.tasks {
+            t.abort();
+        }
+        drained
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// Binds `server.listen` and `server.admin_listen` (port 0 picks a free port) and
+/// starts serving on the current runtime.
+pub async fn start(config: Config) -> std::io::Result<Running> {
+    let mut listeners = Vec::new();
+    for addr in &config.server.listen {
+        let l = TcpListener::bind(addr)
+            .await
+            .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
+        listeners.push(l);
+    }
+    let admin = match config.server.admin_listen {
+        Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| {
+            std::io::Error::new(e.kind(), format!("cannot listen on admin {addr}: {e}"))
+        })?),
+        None => None,
+    };
+    let app = App::new(config);
+    start_with(app, listeners, admin)
+}
+
+/// Starts serving on listeners the caller bound.
+pub fn start_with(
+    app: Arc<App>,
+    listeners: Vec<TcpListener>,
+    admin: Option<TcpListener>,
+) -> std::io::Result<Running> {
+    let mut addrs = Vec::new();
+    let mut tasks = vec![spawn_level_ticker(app.shared.clone())];
+    for l in listeners {
+        addrs.push(l.local_addr()?);
+        tasks.push(tokio::spawn(serve(
+            l,
+            app.proxy.clone(),
+            app.connections.clone(),
+            app.shutdown_signal(),
+        )));
+    }
+    let admin_addr = match admin {
+        Some(l) => {
+            let addr = l.local_addr()?;
+            tasks.push(tokio::spawn(crate::admin::serve(l, app.clone())));
+            Some(addr)
+        }
+        None => None,
+    };
+    Ok(Running {
+        app,
+        addrs,
+        admin_addr,
+        tasks,
+    })
+}

@@ -1,0 +1,216 @@
+//! Choosing a backend and taking one of its slots.
+//!
+//! Choice and acquisition go together: a backend is only "picked" once a slot on it
+//! was taken with a compare-and-swap, so two requests never count on the same free
+//! slot. The randomness of power-of-two-choices comes in as an argument, so tests can
+//! seed it.
+
+use crate::config::Balance;
+use crate::state::{Backend, Upstream};
+
+/// What an attempt to take a slot found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Take {
+    /// A slot on this backend was taken.
+    Slot(usize),
+    /// Every backend the request may use is full; `target` is the one backend it is
+    /// bound to (affinity), `None` when any backend will do.
+    Full { target: Option<usize> },
+    /// No backend the request may use is healthy.
+    NoBackend,
+}
+
+/// 64-bit FNV-1a, finished with a splitmix64 round so that close inputs spread.
+pub fn hash_bytes(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    mix(h)
+}
+
+pub fn hash_str(s: &str) -> u64 {
+    hash_bytes(s.as_bytes())
+}
+
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// Rendezvous (highest random weight) hashing: the healthy backend with the highest
+/// score for this key. When a backend fails only its own keys move, each to the
+/// backend with the next-highest score, so the moved share is 1/N.
+pub fn rendezvous(backends: &[std::sync::Arc<Backend>], key: u64, exclude: &[usize]) -> Option<usize> {
+    backends
+        .iter()
+        .enumerate()
+        .filter(|(i, b)| b.is_healthy() && !exclude.contains(i))
+        .max_by_key(|(_, b)| mix(key ^ b.hash_seed))
+        .map(|(i, _)| i)
+}
+
+/// Load of a backend as a share of its limit, comparable across different limits
+/// (in thousandths, to stay in integers).
+fn load(b: &Backend) -> u64 {
+    let limit = u64::from(b.limit().max(1));
+    u64::from(b.inflight()) * 1000 / limit
+}
+
+/// Takes a slot for a request of `up`. `key` is the affinity hash (consistent hashing
+/// only), `exclude` the backends already tried, `random` a fresh random number.
+pub fn take_slot(up: &Upstream, key: Option<u64>, exclude: &[usize], random: u64) -> Take {
+    let backends = &up.backends;
+    match (up.balance, key) {
+        (Balance::ConsistentHash, Some(key)) => match rendezvous(backends, key, exclude) {
+            Some(i) if backends[i].try_acquire() => Take::Slot(i),
+            Some(i) => Take::Full { target: Some(i) },
+            None => Take::NoBackend,
+        },
+        (Balance::RoundRobin, _) => {
+            let start = up.cursor.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            scan(backends, exclude, start, |_| 0)
+        }
+        // Least in-flight, and consistent hashing for requests without a key.
+        _ => power_of_two(backends, exclude, random),
+    }
+}
+
+fn usable(backends: &[std::sync::Arc<Backend>], exclude: &[usize], i: usize) -> bool {
+    !exclude.contains(&i) && backends[i].has_free_slot()
+}
+
+/// Power of two choices: two random backends, the less loaded first; if neither has
+/// room (or both lose the race for it), the least loaded backend that has room.
+fn power_of_two(backends: &[std::sync::Arc<Backend>], exclude: &[usize], random: u64) -> Take {
+    let n = backends.len();
+    if n >= 2 {
+        let a = (random % n as u64) as usize;
+        let b = (a + 1 + ((random >> 32) % (n as u64 - 1)) as usize) % n;
+        let (first, second) = if load(&backends[a]) <= load(&backends[b]) {
+            (a, b)
+        } else {
+            (b, a)
+        };
+        for i in [first, second] {
+            if usable(backends, exclude, i) && backends[i].try_acquire() {
+                return Take::Slot(i);
+            }
+        }
+    }
+    scan(backends, exclude, random as usize, load)
+}
+
+/// Tries every usable backend from `start` on, lowest `score` first; a few passes
+/// because a compare-and-swap can lose a race for the last slot.
+fn scan(
+    backends: &[std::sync::Arc<Backend>],
+    exclude: &[usize],
+    start: usize,
+    score: impl Fn(&Backend) -> u64,
+) -> Take {
+    let n = backends.len();
+    if n == 0 {
+        return Take::NoBackend;
+    }
+    for _ in 0..3 {
+        let best = (0..n)
+            .map(|k| (start + k) % n)
+            .filter(|&i| usable(backends, exclude, i))
+            .min_by_key(|&i| score(&backends[i]));
+        match best {
+            Some(i) if backends[i].try_acquire() => return Take::Slot(i),
+            Some(_) => continue,
+            None => break,
+        }
+    }
+    let any_healthy = backends
+        .iter()
+        .enumerate()
+        .any(|(i, b)| b.is_healthy() && !exclude.contains(&i));
+    if any_healthy {
+        Take::Full { target: None }
+    } else {
+        Take::NoBackend
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config;
+    use crate::metrics::Metrics;
+    use std::sync::Arc;
+
+    fn backends(n: usize, limit: u32) -> Vec<Arc<Backend>> {
+        let m = Metrics::new();
+        (0..n)
+            .map(|i| {
+                let cfg = config::Backend {
+                    address: format!("127.0.0.1:{}", 1000 + i).parse().unwrap(),
+                    zone: "a".into(),
+                    max_inflight: limit,
+                };
+                Arc::new(Backend::new(&cfg, m.backend("u", &i.to_string())))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn p2c_fills_every_slot_and_no_more() {
+        let bs = backends(4, 3);
+        let mut taken = 0;
+        for r in 0..100u64 {
+            match power_of_two(&bs, &[], r.wrapping_mul(0x9e37_79b9_7f4a_7c15)) {
+                Take::Slot(_) => taken += 1,
+                Take::Full { target: None } => {}
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(taken, 12);
+        assert!(bs.iter().all(|b| b.inflight() == 3));
+    }
+
+    #[test]
+    fn p2c_prefers_the_less_loaded() {
+        let bs = backends(2, 10);
+        for _ in 0..5 {
+            assert!(bs[0].try_acquire());
+        }
+        for r in 0..4 {
+            assert_eq!(power_of_two(&bs, &[], r), Take::Slot(1));
+        }
+    }
+
+    #[test]
+    fn excluded_and_unhealthy_backends_are_skipped() {
+        let bs = backends(3, 1);
+        bs[1].set_healthy(false);
+        assert_eq!(scan(&bs, &[0], 0, load), Take::Slot(2));
+        assert_eq!(scan(&bs, &[0], 0, load), Take::Full { target: None });
+        bs[2].set_healthy(false);
+        assert_eq!(scan(&bs, &[0], 0, load), Take::NoBackend);
+    }
+
+    #[test]
+    fn rendezvous_moves_only_the_failed_backends_keys() {
+        let bs = backends(5, 1);
+        let before: Vec<usize> = (0..1000u64)
+            .map(|k| rendezvous(&bs, hash_bytes(&k.to_le_bytes()), &[]).unwrap())
+            .collect();
+        bs[2].set_healthy(false);
+        let mut moved = 0;
+        for (k, was) in before.iter().enumerate() {
+            let now = rendezvous(&bs, hash_bytes(&(k as u64).to_le_bytes()), &[]).unwrap();
+            if *was == 2 {
+                assert_ne!(now, 2);
+                moved += 1;
+            } else {
+                assert_eq!(now, *was, "a key of a healthy backend moved");
+            }
+        }
+        assert!((120..=280).contains(&moved), "moved {moved} of 1000, expected ~200");
+    }
+}

@@ -1,0 +1,102 @@
+//! What each way a request can fail becomes: its status, its JSON body, its metric
+//! label. One match per direction, so the mapping is reviewed in one place.
+
+use bytes::Bytes;
+use pingora::{Error, ErrorSource, ErrorType};
+
+use crate::admission::Shed;
+
+/// The status and label a proxy error becomes. Status 0: the client is gone, nothing
+/// can be written.
+pub fn classify_error(e: &Error) -> (u16, &'static str) {
+    use ErrorType::*;
+    match (e.esource(), e.etype()) {
+        (_, HTTPStatus(code)) => (*code, "status"),
+        (ErrorSource::Upstream, ConnectTimedout) => (502, "connect_timeout"),
+        (ErrorSource::Upstream, ConnectRefused | ConnectNoRoute | ConnectError | SocketError) => {
+            (502, "connect_error")
+        }
+        (ErrorSource::Upstream, ReadTimedout | WriteTimedout) => (504, "upstream_timeout"),
+        (ErrorSource::Upstream, InvalidHTTPHeader | H1Error | InvalidH2) => {
+            (502, "upstream_bad_response")
+        }
+        (ErrorSource::Upstream, _) => (502, "upstream_error"),
+        (ErrorSource::Downstream, ReadError | WriteError | ConnectionClosed) => (0, "client_gone"),
+        (ErrorSource::Downstream, ReadTimedout | WriteTimedout) => (408, "client_timeout"),
+        (ErrorSource::Downstream, _) => (400, "bad_request"),
+        (_, ConnectTimedout) => (502, "connect_timeout"),
+        (_, ReadTimedout) => (504, "upstream_timeout"),
+        _ => (502, "internal"),
+    }
+}
+
+/// Did this error say anything about the backend's health? Client aborts and bad
+/// client requests do not count against a backend.
+pub fn is_backend_failure(e: &Error) -> bool {
+    *e.esource() == ErrorSource::Upstream
+        || matches!(
+            e.etype(),
+            ErrorType::ConnectTimedout | ErrorType::ConnectRefused | ErrorType::ReadTimedout
+        ) && *e.esource() != ErrorSource::Downstream
+}
+
+/// The JSON body of a shed: `{"error":"overloaded","upstream":…,"level":…,"reason":…}`.
+pub fn shed_body(upstream: &str, shed: &Shed) -> Bytes {
+    Bytes::from(format!(
+        "{{\"error\":\"overloaded\",\"upstream\":{},\"level\":\"{}\",\"reason\":\"{}\",\"retry_after\":{}}}\n",
+        json_string(upstream),
+        shed.level.as_str(),
+        shed.reason.as_str(),
+        shed.retry_after
+    ))
+}
+
+/// The JSON body of an error response levee writes itself.
+pub fn error_body(error: &str, upstream: Option<&str>) -> Bytes {
+    match upstream {
+        Some(u) => Bytes::from(format!(
+            "{{\"error\":\"{error}\",\"upstream\":{}}}\n",
+            json_string(u)
+        )),
+        None => Bytes::from(format!("{{\"error\":\"{error}\"}}\n")),
+    }
+}
+
+/// A JSON string literal (names come from config, which restricts them; escape anyway).
+fn json_string(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::admission::{level::Level, ShedReason};
+    use crate::config::Class;
+
+    #[test]
+    fn shed_body_is_json_with_the_design_fields() {
+        let shed = Shed {
+            reason: ShedReason::QueueTimeout,
+            level: Level::Danger,
+            class: Class::Normal,
+            retry_after: 3,
+        };
+        let v: serde_json::Value = serde_json::from_slice(&shed_body("mcp", &shed)).unwrap();
+        assert_eq!(v["error"], "overloaded");
+        assert_eq!(v["upstream"], "mcp");
+        assert_eq!(v["level"], "danger");
+        assert_eq!(v["reason"], "queue_timeout");
+    }
+
+    #[test]
+    fn errors_map_to_statuses() {
+        let e = Error::new(ErrorType::ConnectRefused).into_up();
+        assert_eq!(classify_error(&e), (502, "connect_error"));
+        let e = Error::new(ErrorType::ReadTimedout).into_up();
+        assert_eq!(classify_error(&e), (504, "upstream_timeout"));
+        let e = Error::new(ErrorType::ConnectionClosed).into_down();
+        assert_eq!(classify_error(&e).0, 0);
+        let e = Error::new(ErrorType::HTTPStatus(413));
+        assert_eq!(classify_error(&e).0, 413);
+    }
+}

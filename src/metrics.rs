@@ -1,0 +1,288 @@
+//! Prometheus metrics: one registry for the life of the process, and the per-upstream
+//! and per-backend handles resolved when a [`crate::state::Snapshot`] is built, so the
+//! hot path never looks a label up.
+//!
+//! Gauges that mirror live state (in-flight, queue depth, level, health) are not
+//! updated per request: [`Metrics::refresh`] copies them from the snapshot's atomics
+//! when `/metrics` is scraped.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::admission::ShedReason;
+use crate::config::Class;
+use crate::state::Snapshot;
+
+/// Request duration buckets, in seconds: 1 ms to 30 s.
+const DURATION_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.085, 0.1, 0.15, 0.2, 0.25, 0.5, 1.0, 2.5, 5.0,
+    10.0, 30.0,
+];
+/// Queue wait buckets, in seconds: 100 µs to 5 s.
+const WAIT_BUCKETS: &[f64] = &[
+    0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+
+pub const CLASSES: [Class; 4] = [Class::Low, Class::Normal, Class::High, Class::Critical];
+
+pub struct Metrics {
+    pub registry: Registry,
+    requests: IntCounterVec,
+    responses: IntCounterVec,
+    shed: IntCounterVec,
+    inflight: IntGaugeVec,
+    limit: IntGaugeVec,
+    queue_depth: IntGaugeVec,
+    level: IntGaugeVec,
+    healthy: IntGaugeVec,
+    duration: HistogramVec,
+    queue_wait: HistogramVec,
+    upstream_errors: IntCounterVec,
+    pub config_reloads: IntCounterVec,
+    pub config_last_reload_success: IntGauge,
+    level_changes: IntCounterVec,
+}
+
+/// Handles of one upstream, resolved once per snapshot.
+pub struct UpstreamMetrics {
+    /// Indexed `[ShedReason as usize][Class as usize]`.
+    shed: Vec<[IntCounter; 4]>,
+    pub duration: Histogram,
+    pub queue_wait: Histogram,
+    pub level_changes: IntCounter,
+}
+
+impl UpstreamMetrics {
+    pub fn shed(&self, reason: ShedReason, class: Class) -> &IntCounter {
+        &self.shed[reason as usize][class as usize]
+    }
+}
+
+/// Handles of one backend, resolved once per snapshot.
+pub struct BackendMetrics {
+    /// Indexed by `Class as usize`.
+    requests: [IntCounter; 4],
+    /// Responses by status class: 1xx..5xx at 1..=5, and 0 for no response (error).
+    pub responses: [IntCounter; 6],
+    pub connect_errors: IntCounter,
+    pub timeouts: IntCounter,
+}
+
+impl BackendMetrics {
+    pub fn requests(&self, class: Class) -> &IntCounter {
+        &self.requests[class as usize]
+    }
+}
+
+fn must<T>(r: prometheus::Result<T>) -> T {
+    // Only reachable with a malformed metric definition in this file, which the unit
+    // test below catches; never with user input.
+    r.expect("static metric definition is valid")
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let c = must(IntCounterVec::new(Opts::new(name, help), labels));
+            must(registry.register(Box::new(c.clone())));
+            c
+        };
+        let gauge = |name: &str, help: &str, labels: &[&str]| {
+            let g = must(IntGaugeVec::new(Opts::new(name, help), labels));
+            must(registry.register(Box::new(g.clone())));
+            g
+        };
+        let histogram = |name: &str, help: &str, buckets: &[f64]| {
+            let h = must(HistogramVec::new(
+                HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+                &["upstream"],
+            ));
+            must(registry.register(Box::new(h.clone())));
+            h
+        };
+        let build = must(IntGaugeVec::new(
+            Opts::new("levee_build_info", "levee's version, as a label; always 1."),
+            &["version"],
+        ));
+        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        must(registry.register(Box::new(build)));
+        let last_success = must(IntGauge::new(
+            "levee_config_last_reload_success_timestamp_seconds",
+            "Unix time of the last config load that succeeded.",
+        ));
+        must(registry.register(Box::new(last_success.clone())));
+        Metrics {
+            requests: counter(
+                "levee_requests_total",
+                "Requests admitted and sent to a backend.",
+                &["upstream", "backend", "class"],
+            ),
+            responses: counter(
+                "levee_responses_total",
+                "Backend responses by status class (code=\"error\": no response).",
+                &["upstream", "backend", "code"],
+            ),
+            shed: counter(
+                "levee_shed_total",
+                "Requests answered 503 without reaching a backend.",
+                &["upstream", "reason", "priority"],
+            ),
+            upstream_errors: counter(
+                "levee_upstream_errors_total",
+                "Failed attempts to reach a backend, by kind.",
+                &["upstream", "backend", "kind"],
+            ),
+            inflight: gauge(
+                "levee_inflight",
+                "Requests holding a slot of this backend.",
+                &["upstream", "backend"],
+            ),
+            limit: gauge(
+                "levee_backend_limit",
+                "Current in-flight limit of this backend.",
+                &["upstream", "backend"],
+            ),
+            queue_depth: gauge(
+                "levee_queue_depth",
+                "Requests waiting for a slot.",
+                &["upstream"],
+            ),
+            level: gauge(
+                "levee_load_level",
+                "Load level: 0 safe, 1 caution, 2 danger, 3 critical.",
+                &["upstream"],
+            ),
+            healthy: gauge(
+                "levee_backend_healthy",
+                "1 when the backend may take traffic.",
+                &["upstream", "backend", "zone"],
+            ),
+            level_changes: counter(
+                "levee_load_level_changes_total",
+                "Changes of the load level.",
+                &["upstream"],
+            ),
+            duration: histogram(
+                "levee_request_duration_seconds",
+                "Time from admission to the end of the response, admitted requests only.",
+                DURATION_BUCKETS,
+            ),
+            queue_wait: histogram(
+                "levee_queue_wait_seconds",
+                "Time admitted requests spent waiting in the queue.",
+                WAIT_BUCKETS,
+            ),
+            config_reloads: counter(
+                "levee_config_reloads_total",
+                "Config loads by result (success, failure).",
+                &["result"],
+            ),
+            config_last_reload_success: last_success,
+            registry,
+        }
+    }
+
+    pub fn upstream(&self, upstream: &str) -> UpstreamMetrics {
+        let shed = ShedReason::ALL
+            .iter()
+            .map(|r| {
+                CLASSES.map(|c| {
+                    self.shed
+                        .with_label_values(&[upstream, r.as_str(), c.as_str()])
+                })
+            })
+            .collect();
+        UpstreamMetrics {
+            shed,
+            duration: self.duration.with_label_values(&[upstream]),
+            queue_wait: self.queue_wait.with_label_values(&[upstream]),
+            level_changes: self.level_changes.with_label_values(&[upstream]),
+        }
+    }
+
+    pub fn backend(&self, upstream: &str, backend: &str) -> BackendMetrics {
+        let code = |c: &str| self.responses.with_label_values(&[upstream, backend, c]);
+        let err = |k: &str| {
+            self.upstream_errors
+                .with_label_values(&[upstream, backend, k])
+        };
+        BackendMetrics {
+            requests: CLASSES.map(|c| {
+                self.requests
+                    .with_label_values(&[upstream, backend, c.as_str()])
+            }),
+            responses: [
+                code("error"),
+                code("1xx"),
+                code("2xx"),
+                code("3xx"),
+                code("4xx"),
+                code("5xx"),
+            ],
+            connect_errors: err("connect"),
+            timeouts: err("timeout"),
+        }
+    }
+
+    /// Copies live state into the gauges; called before each scrape.
+    pub fn refresh(&self, snapshot: &Snapshot) {
+        for up in &snapshot.upstreams {
+            let name = up.name.as_str();
+            self.queue_depth
+                .with_label_values(&[name])
+                .set(i64::from(up.queue.len()));
+            self.level
+                .with_label_values(&[name])
+                .set(up.level() as i64);
+            for b in &up.backends {
+                let addr = b.label.as_str();
+                self.inflight
+                    .with_label_values(&[name, addr])
+                    .set(i64::from(b.inflight()));
+                self.limit
+                    .with_label_values(&[name, addr])
+                    .set(i64::from(b.limit()));
+                self.healthy
+                    .with_label_values(&[name, addr, b.zone.as_str()])
+                    .set(i64::from(b.is_healthy()));
+            }
+        }
+    }
+
+    /// The registry in Prometheus' text format.
+    pub fn encode(&self) -> String {
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_metric_of_the_design_is_registered() {
+        let m = Metrics::new();
+        let _ = m.upstream("u");
+        let b = m.backend("u", "127.0.0.1:1");
+        b.requests(Class::Normal).inc();
+        let text = m.encode();
+        for name in [
+            "levee_requests_total",
+            "levee_build_info",
+            "levee_request_duration_seconds",
+        ] {
+            assert!(text.contains(name), "{name} missing");
+        }
+    }
+}

@@ -1,0 +1,346 @@
+//! pingora's `ProxyHttp` for levee: glue between pingora's request phases and
+//! admission. Each phase is short; the decisions live in [`crate::admission`],
+//! [`crate::balance`] and [`crate::error`].
+//!
+//! A request's slot is its [`Permit`], kept in the request context [`Ctx`]: it is
+//! released when the context drops at the end of the request, whatever ended it
+//! (response sent, backend error, timeout, client gone). A response stream
+//! (`text/event-stream`) holds its slot for its whole life.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::*;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{Error, ErrorType};
+
+use crate::admission::Permit;
+use crate::balance::hash_bytes;
+use crate::config::{Affinity, Class};
+use crate::error::{classify_error, error_body, is_backend_failure, shed_body};
+use crate::state::{SharedSnapshot, Snapshot, Upstream};
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1) that are never forwarded. `connection` itself
+/// and the headers it names are handled separately; `transfer-encoding` is framing,
+/// which pingora owns on both sides.
+const HOP_BY_HOP: &[&str] = &["keep-alive", "proxy-connection", "te", "trailer", "upgrade"];
+
+/// The proxy service: reads the current snapshot once per request.
+pub struct Levee {
+    shared: SharedSnapshot,
+}
+
+impl Levee {
+    pub fn new(shared: SharedSnapshot) -> Levee {
+        Levee { shared }
+    }
+}
+
+/// Per-request state.
+pub struct Ctx {
+    snapshot: Option<Arc<Snapshot>>,
+    upstream: Option<Arc<Upstream>>,
+    class: Class,
+    key: Option<u64>,
+    permit: Option<Permit>,
+    /// Backends whose connect failed, not to be tried again.
+    tried: Vec<usize>,
+    admitted_at: Option<Instant>,
+    /// Whole-response deadline, for responses that are not streams.
+    deadline: Option<Instant>,
+    status: u16,
+    body_bytes: u64,
+    /// Is this a websocket-style upgrade (Connection/Upgrade must pass through)?
+    upgrade: bool,
+}
+
+fn new_error(etype: ErrorType, why: &'static str) -> Box<Error> {
+    Error::explain(etype, why)
+}
+
+/// The request's affinity key hash, when its upstream has affinity and the request
+/// carries the key.
+fn affinity_key(req: &RequestHeader, affinity: &Affinity) -> Option<u64> {
+    match affinity {
+        Affinity::Header(name) => req.headers.get(name.as_str()).map(|v| hash_bytes(v.as_bytes())),
+        Affinity::Cookie(name) => req.headers.get_all("cookie").iter().find_map(|v| {
+            v.to_str().ok()?.split(';').find_map(|pair| {
+                let (k, val) = pair.trim().split_once('=')?;
+                (k == name).then(|| hash_bytes(val.as_bytes()))
+            })
+        }),
+    }
+}
+
+/// Writes a small JSON response levee makes itself (shed, no route, errors).
+async fn respond(
+    session: &mut Session,
+    status: u16,
+    body: Bytes,
+    retry_after: Option<u32>,
+) -> Result<()> {
+    let mut resp = ResponseHeader::build(status, Some(4))?;
+    resp.insert_header("content-type", "application/json")?;
+    resp.insert_header("content-length", body.len().to_string())?;
+    resp.insert_header("cache-control", "no-store")?;
+    if let Some(secs) = retry_after {
+        resp.insert_header("retry-after", secs.to_string())?;
+    }
+    session.write_response_header(Box::new(resp), false).await?;
+    session.write_response_body(Some(body), true).await
+}
+
+/// The headers to drop when forwarding: `connection`, every header it names, and the
+/// fixed hop-by-hop set. An upgrade keeps `connection` and `upgrade`.
+fn hop_by_hop(headers: &http::HeaderMap, upgrade: bool) -> Vec<String> {
+    let mut names: Vec<String> = headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .filter(|t| !t.is_empty() && !(upgrade && t == "upgrade"))
+        .collect();
+    names.extend(
+        HOP_BY_HOP
+            .iter()
+            .filter(|n| !(upgrade && **n == "upgrade"))
+            .map(|n| n.to_string()),
+    );
+    if !upgrade {
+        names.push("connection".to_string());
+    }
+    names.retain(|n| headers.contains_key(n.as_str()));
+    names
+}
+
+#[async_trait]
+impl ProxyHttp for Levee {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx {
+            snapshot: None,
+            upstream: None,
+            class: Class::Normal,
+            key: None,
+            permit: None,
+            tried: Vec::new(),
+            admitted_at: None,
+            deadline: None,
+            status: 0,
+            body_bytes: 0,
+            upgrade: false,
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let snapshot = self.shared.load_full();
+        let server = &snapshot.config.server;
+        // Keep-alive idle time before the next request on this connection; body reads
+        // are bounded by the client header timeout.
+        session.set_keepalive(Some(server.timeouts.client_idle.as_secs().max(1)));
+        session.set_read_timeout(Some(server.timeouts.client_header));
+
+        let req = session.req_header();
+        let Some(upstream) = snapshot.route(req.uri.path()).cloned() else {
+            respond(session, 404, error_body("no_route", None), None).await?;
+            return Ok(true);
+        };
+        let limit = server.max_request_body_bytes;
+        let declared = req
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if limit > 0 && declared.is_some_and(|n| n > limit) {
+            session.set_keepalive(None);
+            respond(session, 413, error_body("body_too_large", Some(&upstream.name)), None).await?;
+            return Ok(true);
+        }
+        ctx.class = snapshot.classify(req);
+        ctx.key = upstream.affinity.as_ref().and_then(|a| affinity_key(req, a));
+        ctx.upgrade = req.headers.contains_key(http::header::UPGRADE);
+        let class = ctx.class;
+        ctx.snapshot = Some(snapshot);
+
+        match upstream.admit(class, ctx.key, rand::random()).await {
+            Ok(permit) => {
+                permit.backend().metrics.requests(class).inc();
+                ctx.permit = Some(permit);
+                ctx.admitted_at = Some(Instant::now());
+                ctx.upstream = Some(upstream);
+                Ok(false)
+            }
+            Err(shed) => {
+                let body = shed_body(&upstream.name, &shed);
+                respond(session, 503, body, Some(shed.retry_after)).await?;
+                ctx.status = 503;
+                Ok(true)
+            }
+        }
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let (Some(snapshot), Some(upstream)) = (ctx.snapshot.as_ref(), ctx.upstream.as_ref()) else {
+            return Err(new_error(ErrorType::InternalError, "no upstream chosen"));
+        };
+        let failed_backend = ctx.permit.as_ref().map(|p| p.backend_index());
+        if let Some(failed) = failed_backend.filter(|i| ctx.tried.contains(i)) {
+            // A retry after a failed connect: another backend, never waiting for it.
+            let _ = failed;
+            let permit = upstream
+                .take_retry_slot(ctx.key, &ctx.tried, rand::random())
+                .ok_or_else(|| new_error(ErrorType::ConnectNoRoute, "no other backend to retry on"))?;
+            permit.backend().metrics.requests(ctx.class).inc();
+            ctx.permit = Some(permit); // drops the failed backend's slot
+        }
+        let Some(permit) = ctx.permit.as_ref() else {
+            return Err(new_error(ErrorType::InternalError, "request has no slot"));
+        };
+        let t = &snapshot.config.server.timeouts;
+        let mut peer = HttpPeer::new(permit.backend().address, false, String::new());
+        let o = &mut peer.options;
+        o.connection_timeout = Some(t.connect);
+        o.total_connection_timeout = Some(t.connect);
+        o.read_timeout = Some(t.read.max(if ctx.upgrade { t.stream_idle } else { Duration::ZERO }));
+        o.write_timeout = Some(t.write);
+        o.idle_timeout = Some(t.upstream_idle);
+        Ok(Box::new(peer))
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut Ctx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        if let (Some(permit), Some(upstream)) = (ctx.permit.as_ref(), ctx.upstream.as_ref()) {
+            let backend = permit.backend();
+            if e.etype() == &ErrorType::ConnectTimedout {
+                backend.metrics.timeouts.inc();
+            } else {
+                backend.metrics.connect_errors.inc();
+            }
+            ctx.tried.push(permit.backend_index());
+            let retries = ctx.tried.len() as u32;
+            // Nothing reached the backend, so any method may go elsewhere.
+            e.set_retry(retries <= upstream.retry_on_connect_failure && upstream.backends.len() > ctx.tried.len());
+        }
+        e
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let (Some(chunk), Some(snapshot)) = (body.as_ref(), ctx.snapshot.as_ref()) {
+            ctx.body_bytes += chunk.len() as u64;
+            let limit = snapshot.config.server.max_request_body_bytes;
+            if limit > 0 && ctx.body_bytes > limit {
+                return Err(Error::explain(ErrorType::HTTPStatus(413), "request body too large"));
+            }
+        }
+        Ok(())
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        for name in hop_by_hop(&upstream_request.headers, ctx.upgrade) {
+            upstream_request.remove_header(&name);
+        }
+        if let Some(addr) = session.client_addr().and_then(|a| a.as_inet()) {
+            let ip = addr.ip().to_string();
+            let xff = match upstream_request.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+                Some(prior) if !prior.is_empty() => format!("{prior}, {ip}"),
+                _ => ip,
+            };
+            upstream_request.insert_header("x-forwarded-for", xff)?;
+        }
+        upstream_request.insert_header("x-forwarded-proto", "http")?;
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        ctx.status = upstream_response.status.as_u16();
+        for name in hop_by_hop(&upstream_response.headers, ctx.status == 101) {
+            upstream_response.remove_header(&name);
+        }
+        let streaming = ctx.status == 101
+            || upstream_response
+                .headers
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.trim_start().starts_with("text/event-stream"));
+        if !streaming {
+            if let (Some(at), Some(s)) = (ctx.admitted_at, ctx.snapshot.as_ref()) {
+                ctx.deadline = Some(at + s.config.server.timeouts.response);
+            }
+        }
+        Ok(())
+    }
+
+    fn upstream_response_body_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<Duration>> {
+        if ctx.deadline.is_some_and(|d| Instant::now() > d) {
+            return Err(Error::explain(ErrorType::ReadTimedout, "response deadline passed").into_up());
+        }
+        Ok(None)
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        let (status, label) = classify_error(e);
+        if status > 0 && ctx.status == 0 {
+            let upstream = ctx.upstream.as_ref().map(|u| u.name.as_str());
+            let _ = respond(session, status, error_body(label, upstream), None).await;
+        }
+        ctx.status = status;
+        FailToProxy {
+            error_code: status,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, _session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        let Some(permit) = ctx.permit.take() else { return };
+        let elapsed = ctx.admitted_at.map(|t| t.elapsed()).unwrap_or_default();
+        let failed_backend = e.is_some_and(is_backend_failure);
+        let failed = failed_backend || ctx.status >= 500;
+        let upstream = permit.upstream();
+        upstream.window.record(elapsed, failed);
+        upstream.metrics.duration.observe(elapsed.as_secs_f64());
+        let code_class = if failed_backend { 0 } else { (ctx.status / 100).min(5) as usize };
+        permit.backend().metrics.responses[code_class].inc();
+        if e.is_some_and(|e| matches!(e.etype(), ErrorType::ReadTimedout | ErrorType::WriteTimedout)) {
+            permit.backend().metrics.timeouts.inc();
+        }
+        drop(permit);
+    }
+
+    fn suppress_error_log(&self, _session: &Session, _ctx: &Ctx, e: &Error) -> bool {
+        // Clients leaving is routine; everything else is logged by pingora at error.
+        classify_error(e).0 == 0
+    }
+}

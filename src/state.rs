@@ -1,0 +1,298 @@
+//! The proxy's state: one immutable [`Snapshot`] of routes, upstreams and backends,
+//! published through a single `ArcSwap`. Requests `load()` it once and keep it in their
+//! context; the only writer builds a whole new value and stores it.
+//!
+//! Live counters (in-flight per backend, the queue, the level, the window) sit inside
+//! the snapshot's [`Upstream`] and [`Backend`] values behind atomics, where admission,
+//! the level ticker and metrics all read them.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use pingora::http::RequestHeader;
+
+use crate::admission::level::{queue_level, raw_level, Level, LevelState, Signals, Window};
+use crate::admission::queue::WaitQueue;
+use crate::config::{self, Affinity, Balance, Class, Config, PriorityMatch};
+use crate::metrics::{BackendMetrics, Metrics, UpstreamMetrics};
+
+/// How often the level ticker samples each upstream.
+pub const LEVEL_TICK: Duration = Duration::from_millis(100);
+
+/// One replica, as admission sees it.
+pub struct Backend {
+    pub address: SocketAddr,
+    /// `address` as text, for metric labels and logs.
+    pub label: String,
+    pub zone: String,
+    /// The configured cap.
+    pub max_inflight: u32,
+    /// Requests holding a slot of this backend. Never above `limit` (see `try_acquire`).
+    inflight: AtomicU32,
+    /// Current cap: `max_inflight`, or less while the backend ramps up.
+    limit: AtomicU32,
+    healthy: AtomicBool,
+    /// Seed of this backend in rendezvous hashing (from its address, so it is stable).
+    pub hash_seed: u64,
+    pub metrics: BackendMetrics,
+}
+
+impl Backend {
+    pub fn new(cfg: &config::Backend, metrics: BackendMetrics) -> Backend {
+        let label = cfg.address.to_string();
+        Backend {
+            address: cfg.address,
+            hash_seed: crate::balance::hash_str(&label),
+            label,
+            zone: cfg.zone.clone(),
+            max_inflight: cfg.max_inflight,
+            inflight: AtomicU32::new(0),
+            limit: AtomicU32::new(cfg.max_inflight),
+            healthy: AtomicBool::new(true),
+            metrics,
+        }
+    }
+
+    pub fn inflight(&self) -> u32 {
+        self.inflight.load(Ordering::SeqCst)
+    }
+
+    pub fn limit(&self) -> u32 {
+        self.limit.load(Ordering::Relaxed)
+    }
+
+    pub fn set_limit(&self, limit: u32) {
+        self.limit.store(limit, Ordering::Relaxed);
+    }
+
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    pub fn set_healthy(&self, healthy: bool) {
+        self.healthy.store(healthy, Ordering::Relaxed);
+    }
+
+    pub fn has_free_slot(&self) -> bool {
+        self.is_healthy() && self.inflight() < self.limit()
+    }
+
+    /// Takes one slot if the count is below the limit. The compare-and-swap makes the
+    /// cap hard: concurrent callers can never push the count past `limit`.
+    pub fn try_acquire(&self) -> bool {
+        if !self.is_healthy() {
+            return false;
+        }
+        let limit = self.limit();
+        self.inflight
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < limit).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    /// Gives one slot back. Only [`crate::admission::Permit`] calls this.
+    pub(crate) fn release_slot(&self) {
+        self.inflight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A pool of backends serving some routes, with its queue and load level.
+pub struct Upstream {
+    pub name: String,
+    pub balance: Balance,
+    pub affinity: Option<Affinity>,
+    pub retry_on_connect_failure: u32,
+    pub limits: config::Limits,
+    pub levels: config::Levels,
+    pub backends: Vec<Arc<Backend>>,
+    pub queue: WaitQueue,
+    pub level_state: LevelState,
+    pub window: Window,
+    pub metrics: UpstreamMetrics,
+    /// Upper bound of `Retry-After`, from `server.retry_after_max_secs`.
+    pub retry_after_max: u32,
+    /// Requests finished per second over the window (f64 bits), as of the last tick:
+    /// read by every shed, so it is computed once per tick, not per shed.
+    drain_rate: AtomicU64,
+    /// Round-robin cursor.
+    pub(crate) cursor: AtomicUsize,
+    /// Start of the current window slot (ticker only).
+    slot_started: parking_lot::Mutex<Instant>,
+}
+
+impl Upstream {
+    pub fn new(cfg: &config::Upstream, server: &config::Server, metrics: &Metrics) -> Upstream {
+        Upstream {
+            name: cfg.name.clone(),
+            balance: cfg.balance,
+            affinity: cfg.affinity.clone(),
+            retry_on_connect_failure: cfg.retry_on_connect_failure,
+            limits: cfg.limits,
+            levels: cfg.levels,
+            backends: cfg
+                .backends
+                .iter()
+                .map(|b| Arc::new(Backend::new(b, metrics.backend(&cfg.name, &b.address.to_string()))))
+                .collect(),
+            queue: WaitQueue::default(),
+            level_state: LevelState::default(),
+            window: Window::new(cfg.levels.window),
+            metrics: metrics.upstream(&cfg.name),
+            retry_after_max: u32::try_from(server.retry_after_max_secs).unwrap_or(u32::MAX),
+            drain_rate: AtomicU64::new(0),
+            cursor: AtomicUsize::new(0),
+            slot_started: parking_lot::Mutex::new(Instant::now()),
+        }
+    }
+
+    /// The level admission acts on: the published level, raised at once by the queue's
+    /// length now so that a burst does not wait for the next tick.
+    pub fn level(&self) -> Level {
+        let instant = queue_level(&self.levels, self.limits.queue_depth, self.queue.len());
+        self.level_state.get().max(instant)
+    }
+
+    /// The queue's drain rate as of the last tick, in requests per second.
+    pub fn drain_per_sec(&self) -> f64 {
+        f64::from_bits(self.drain_rate.load(Ordering::Relaxed))
+    }
+
+    pub fn inflight(&self) -> u32 {
+        self.backends.iter().map(|b| b.inflight()).sum()
+    }
+
+    /// Sum of the current limits of the backends that may take traffic.
+    pub fn capacity(&self) -> u32 {
+        self.backends
+            .iter()
+            .filter(|b| b.is_healthy())
+            .map(|b| b.limit())
+            .sum()
+    }
+
+    /// One tick of the level controller: rotate the window when a slot has passed,
+    /// read the signals, update the level. Returns the change, if any.
+    pub fn tick(&self, now: Instant) -> Option<(Level, Level)> {
+        {
+            let mut started = self.slot_started.lock();
+            if now.duration_since(*started) >= self.window.slot_len() {
+                self.window.rotate();
+                *started = now;
+            }
+        }
+        let capacity = self.capacity();
+        let window = self.window.stats();
+        self.drain_rate
+            .store(window.drain_per_sec.to_bits(), Ordering::Relaxed);
+        let signals = Signals {
+            utilization: if capacity == 0 {
+                0.0
+            } else {
+                f64::from(self.inflight()) / f64::from(capacity)
+            },
+            queue: self.queue.take_peak(),
+            queue_depth: self.limits.queue_depth,
+            window,
+        };
+        let raw = raw_level(&self.levels, &signals);
+        let change = self.level_state.update(raw, now, self.levels.cooldown);
+        if change.is_some() {
+            self.metrics.level_changes.inc();
+        }
+        change
+    }
+}
+
+/// Everything a request needs, built whole from one [`Config`].
+pub struct Snapshot {
+    pub config: Arc<Config>,
+    pub upstreams: Vec<Arc<Upstream>>,
+    /// (prefix, upstream index), longest prefix first.
+    routes: Vec<(String, usize)>,
+}
+
+impl Snapshot {
+    pub fn build(config: Config, metrics: &Metrics) -> Snapshot {
+        let upstreams: Vec<Arc<Upstream>> = config
+            .upstreams
+            .iter()
+            .map(|u| Arc::new(Upstream::new(u, &config.server, metrics)))
+            .collect();
+        let mut routes: Vec<(String, usize)> = config
+            .upstreams
+            .iter()
+            .enumerate()
+            .flat_map(|(i, u)| u.routes.iter().map(move |r| (r.clone(), i)))
+            .collect();
+        routes.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then_with(|| a.0.cmp(&b.0)));
+        Snapshot {
+            config: Arc::new(config),
+            upstreams,
+            routes,
+        }
+    }
+
+    /// The upstream whose longest route prefix matches `path`.
+    pub fn route(&self, path: &str) -> Option<&Arc<Upstream>> {
+        self.routes
+            .iter()
+            .find(|(prefix, _)| path.starts_with(prefix.as_str()))
+            .map(|(_, i)| &self.upstreams[*i])
+    }
+
+    /// The request's class: the first `[[priority]]` rule that matches, else `normal`.
+    pub fn classify(&self, req: &RequestHeader) -> Class {
+        for rule in &self.config.priorities {
+            let hit = match &rule.matcher {
+                PriorityMatch::PathPrefix(p) => req.uri.path().starts_with(p.as_str()),
+                PriorityMatch::Header(name, value) => req
+                    .headers
+                    .get_all(name.as_str())
+                    .iter()
+                    .any(|v| v.as_bytes() == value.as_bytes()),
+            };
+            if hit {
+                return rule.class;
+            }
+        }
+        Class::Normal
+    }
+}
+
+/// The one place the live snapshot is published.
+pub type SharedSnapshot = Arc<ArcSwap<Snapshot>>;
+
+/// Runs the level controller of every upstream of the current snapshot every
+/// [`LEVEL_TICK`], logging each change, until the returned handle is aborted.
+pub fn spawn_level_ticker(shared: SharedSnapshot) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(LEVEL_TICK);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            let snapshot = shared.load();
+            let now = Instant::now();
+            for up in &snapshot.upstreams {
+                if let Some((from, to)) = up.tick(now) {
+                    let stats = up.window.stats();
+                    tracing::info!(
+                        upstream = %up.name,
+                        from = %from,
+                        to = %to,
+                        inflight = up.inflight(),
+                        capacity = up.capacity(),
+                        queue = up.queue.len(),
+                        p95_ms = stats.p95.map(|d| d.as_secs_f64() * 1000.0),
+                        errors = stats.errors,
+                        requests = stats.done,
+                        "load level changed"
+                    );
+                }
+            }
+        }
+    })
+}
