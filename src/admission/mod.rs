@@ -96,6 +96,16 @@ pub struct Permit {
     pub queued: Duration,
 }
 
+impl std::fmt::Debug for Permit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Permit")
+            .field("upstream", &self.upstream.name)
+            .field("backend", &self.backend().label)
+            .field("queued", &self.queued)
+            .finish()
+    }
+}
+
 impl Permit {
     fn new(upstream: Arc<Upstream>, backend: usize) -> Permit {
         Permit {

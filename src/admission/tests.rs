@@ -1,0 +1,265 @@
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::level::Level;
+use super::*;
+use crate::config::{self, Balance, Class, Levels, Limits, Thresholds};
+use crate::metrics::Metrics;
+use crate::state::Upstream;
+
+fn server() -> config::Server {
+    config::Server {
+        listen: vec!["127.0.0.1:0".parse().unwrap()],
+        threads: 1,
+        zone: None,
+        admin_listen: None,
+        grace_period: Duration::from_secs(1),
+        timeouts: config::Timeouts {
+            connect: Duration::from_secs(1),
+            read: Duration::from_secs(1),
+            write: Duration::from_secs(1),
+            response: Duration::from_secs(1),
+            stream_idle: Duration::from_secs(1),
+            client_header: Duration::from_secs(1),
+            client_idle: Duration::from_secs(1),
+            upstream_idle: Duration::from_secs(1),
+        },
+        max_request_body_bytes: 0,
+        retry_after_max_secs: 30,
+    }
+}
+
+/// An upstream of `n` backends with `per` slots each.
+fn upstream(n: usize, per: u32, queue_depth: u32, timeout_ms: u64) -> Arc<Upstream> {
+    let cfg = config::Upstream {
+        name: "u".into(),
+        routes: vec!["/".into()],
+        balance: Balance::LeastInflight,
+        affinity: None,
+        retry_on_connect_failure: 1,
+        limits: Limits {
+            max_inflight: per,
+            queue_depth,
+            queue_timeout: Duration::from_millis(timeout_ms),
+        },
+        levels: Levels {
+            caution: Thresholds {
+                queue: Some(4),
+                ..Default::default()
+            },
+            danger: Thresholds {
+                queue: Some(8),
+                ..Default::default()
+            },
+            cooldown: Duration::from_millis(1000),
+            window: Duration::from_secs(5),
+            min_samples: 20,
+        },
+        health: config::Health {
+            path: None,
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_millis(500),
+            rise: 1,
+            fall: 1,
+            eject_after_failures: 0,
+            eject: Duration::from_secs(1),
+            slow_start: Duration::ZERO,
+        },
+        backends: (0..n)
+            .map(|i| config::Backend {
+                address: format!("127.0.0.1:{}", 2000 + i).parse().unwrap(),
+                zone: "a".into(),
+                max_inflight: per,
+            })
+            .collect(),
+    };
+    Arc::new(Upstream::new(&cfg, &server(), &Metrics::new()))
+}
+
+async fn admit(up: &Arc<Upstream>, class: Class) -> Result<Permit, Shed> {
+    up.admit(class, None, rand::random()).await
+}
+
+/// Polls (without sleeping through time) until `n` requests wait in the queue.
+async fn until_queued(up: &Upstream, n: u32) {
+    for _ in 0..10_000 {
+        if up.queue.len() == n {
+            return;
+        }
+        tokio::task::yield_now().await;
+    }
+    panic!("queue never reached {n} (at {})", up.queue.len());
+}
+
+#[tokio::test]
+async fn slots_then_queue_then_handoff_in_order() {
+    let up = upstream(2, 1, 10, 10_000);
+    let a = admit(&up, Class::Normal).await.unwrap();
+    let b = admit(&up, Class::Normal).await.unwrap();
+    assert_ne!(a.backend_index(), b.backend_index(), "p2c spreads");
+    assert_eq!(up.inflight(), 2);
+
+    let (u1, u2) = (up.clone(), up.clone());
+    let w1 = tokio::spawn(async move { admit(&u1, Class::Normal).await });
+    until_queued(&up, 1).await;
+    let w2 = tokio::spawn(async move { admit(&u2, Class::Normal).await });
+    until_queued(&up, 2).await;
+
+    let freed = a.backend_index();
+    drop(a);
+    let p1 = w1.await.unwrap().expect("first waiter gets the freed slot");
+    assert_eq!(p1.backend_index(), freed);
+    assert_eq!(up.queue.len(), 1, "second still waits");
+    assert_eq!(up.inflight(), 2, "handed over, never above the cap");
+    drop(b);
+    let p2 = w2.await.unwrap().unwrap();
+    drop((p1, p2));
+    assert_eq!(up.inflight(), 0);
+    assert!(up.queue.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn queue_is_bounded_and_times_out() {
+    let up = upstream(1, 1, 2, 250);
+    let held = admit(&up, Class::High).await.unwrap();
+    let waiters: Vec<_> = (0..2)
+        .map(|_| {
+            let u = up.clone();
+            tokio::spawn(async move { admit(&u, Class::High).await })
+        })
+        .collect();
+    until_queued(&up, 2).await;
+    let full = admit(&up, Class::High).await.unwrap_err();
+    assert_eq!(full.reason, ShedReason::QueueFull);
+    for w in waiters {
+        let shed = w.await.unwrap().unwrap_err();
+        assert_eq!(shed.reason, ShedReason::QueueTimeout);
+    }
+    assert!(up.queue.is_empty());
+    drop(held);
+    assert_eq!(up.inflight(), 0);
+}
+
+#[tokio::test]
+async fn dropped_waiter_leaves_the_queue_and_its_slot_goes_on() {
+    let up = upstream(1, 1, 10, 10_000);
+    let held = admit(&up, Class::Normal).await.unwrap();
+    let u = up.clone();
+    let gone = tokio::spawn(async move { admit(&u, Class::Normal).await });
+    until_queued(&up, 1).await;
+    let u = up.clone();
+    let next = tokio::spawn(async move { admit(&u, Class::Normal).await });
+    until_queued(&up, 2).await;
+    gone.abort(); // the client went away while waiting
+    let _ = gone.await;
+    assert_eq!(up.queue.len(), 1);
+    drop(held);
+    let p = next.await.unwrap().unwrap();
+    assert_eq!(up.inflight(), 1);
+    drop(p);
+    assert_eq!(up.inflight(), 0);
+}
+
+#[tokio::test]
+async fn low_is_shed_from_caution_even_with_free_slots() {
+    let up = upstream(2, 1, 10, 10_000);
+    up.level_state
+        .update(Level::Caution, std::time::Instant::now(), Duration::ZERO);
+    let shed = admit(&up, Class::Low).await.unwrap_err();
+    assert_eq!((shed.reason, shed.level), (ShedReason::LowPriority, Level::Caution));
+    assert!(shed.retry_after >= 1 && shed.retry_after <= 30);
+    // Work-conserving: normal takes the free slots at caution.
+    let _a = admit(&up, Class::Normal).await.unwrap();
+    let _b = admit(&up, Class::Normal).await.unwrap();
+}
+
+#[tokio::test]
+async fn danger_stops_normal_from_waiting_but_not_high() {
+    let up = upstream(1, 1, 10, 10_000);
+    up.level_state
+        .update(Level::Danger, std::time::Instant::now(), Duration::ZERO);
+    let held = admit(&up, Class::Normal).await.expect("a free slot is always used");
+    let shed = admit(&up, Class::Normal).await.unwrap_err();
+    assert_eq!(shed.reason, ShedReason::LevelNoQueue);
+    let u = up.clone();
+    let high = tokio::spawn(async move { admit(&u, Class::High).await });
+    until_queued(&up, 1).await;
+    drop(held);
+    drop(high.await.unwrap().unwrap());
+    assert_eq!(up.inflight(), 0);
+}
+
+#[tokio::test]
+async fn critical_displaces_the_lowest_class_from_a_full_queue() {
+    let up = upstream(1, 1, 2, 10_000);
+    let held = admit(&up, Class::Normal).await.unwrap();
+    let u = up.clone();
+    let high = tokio::spawn(async move { admit(&u, Class::High).await });
+    until_queued(&up, 1).await;
+    let u = up.clone();
+    let normal = tokio::spawn(async move { admit(&u, Class::Normal).await });
+    until_queued(&up, 2).await;
+    assert_eq!(up.level(), Level::Critical, "a full queue is critical");
+    assert_eq!(
+        admit(&up, Class::High).await.unwrap_err().reason,
+        ShedReason::QueueFull
+    );
+    let u = up.clone();
+    let critical = tokio::spawn(async move { admit(&u, Class::Critical).await });
+    let displaced = normal.await.unwrap().unwrap_err();
+    assert_eq!(displaced.reason, ShedReason::Displaced);
+    drop(held);
+    // FIFO among those left: high was first.
+    let h = high.await.unwrap().unwrap();
+    drop(h);
+    drop(critical.await.unwrap().unwrap());
+    assert_eq!(up.inflight(), 0);
+    assert!(up.queue.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cap_holds_under_ten_times_concurrency() {
+    let up = upstream(3, 4, 200, 5_000);
+    let peak = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let tasks: Vec<_> = (0..120)
+        .map(|_| {
+            let up = up.clone();
+            let peak = peak.clone();
+            tokio::spawn(async move {
+                let p = admit(&up, Class::High).await?;
+                let per_backend = p.backend().inflight();
+                assert!(per_backend <= 4, "backend over its cap: {per_backend}");
+                peak.fetch_max(up.inflight(), std::sync::atomic::Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                drop(p);
+                Ok::<_, Shed>(())
+            })
+        })
+        .collect();
+    let mut admitted = 0;
+    for t in tasks {
+        if t.await.unwrap().is_ok() {
+            admitted += 1;
+        }
+    }
+    assert!(peak.load(std::sync::atomic::Ordering::SeqCst) <= 12);
+    assert_eq!(admitted, 120, "all fit through the queue within its timeout");
+    assert_eq!(up.inflight(), 0);
+    assert!(up.queue.is_empty());
+}
+
+#[test]
+fn may_wait_follows_the_design_table() {
+    let table = [
+        (Level::Safe, [true, true, true, true]),
+        (Level::Caution, [false, true, true, true]),
+        (Level::Danger, [false, false, true, true]),
+        (Level::Critical, [false, false, false, true]),
+    ];
+    let classes = [Class::Low, Class::Normal, Class::High, Class::Critical];
+    for (level, row) in table {
+        for (class, want) in classes.into_iter().zip(row) {
+            assert_eq!(may_wait(level, class), want, "{level:?} {class:?}");
+        }
+    }
+}
