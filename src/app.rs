@@ -162,3 +162,68 @@ pub fn start_with(
         tasks,
     })
 }
+
+/// Re-reads `path` and publishes it if it is valid; an invalid file keeps the current
+/// config serving. Upstreams whose config did not change keep their state (counters,
+/// queue, level, health); a changed upstream starts fresh, and requests admitted under
+/// the old one release their slots into it as they finish.
+pub fn reload(app: &App, path: &std::path::Path) -> Result<(), crate::config::ConfigErrors> {
+    match crate::config::load(path) {
+        Ok(config) => {
+            let previous = app.shared.load_full();
+            let next = Snapshot::build_from(config, Some(&previous), &app.metrics);
+            app.shared.store(Arc::new(next));
+            app.metrics
+                .config_reloads
+                .with_label_values(&["success"])
+                .inc();
+            app.metrics.config_last_reload_success.set(unix_now());
+            tracing::info!(file = %path.display(), "config reloaded");
+            Ok(())
+        }
+        Err(errors) => {
+            app.metrics
+                .config_reloads
+                .with_label_values(&["failure"])
+                .inc();
+            for e in &errors.0 {
+                tracing::error!(file = %path.display(), error = %e, "config reload failed; keeping the current config");
+            }
+            Err(errors)
+        }
+    }
+}
+
+/// `levee run`: serve until SIGTERM (drain, then exit), SIGINT (exit now); SIGHUP
+/// reloads the config file.
+pub async fn run_until_signal(config: Config, path: std::path::PathBuf) -> std::io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let grace = config.server.grace_period;
+    let running = start(config).await?;
+    for addr in &running.addrs {
+        tracing::info!(%addr, "proxy listening");
+    }
+    if let Some(addr) = running.admin_addr {
+        tracing::info!(%addr, "admin listening");
+    }
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => {
+                tracing::info!(open = running.app.connections.open(), grace_ms = grace.as_millis() as u64, "SIGTERM: draining");
+                let drained = running.shutdown(grace).await;
+                tracing::info!(drained, "stopped");
+                return Ok(());
+            }
+            _ = int.recv() => {
+                tracing::info!("SIGINT: stopping now");
+                return Ok(());
+            }
+            _ = hup.recv() => {
+                let _ = reload(&running.app, &path);
+            }
+        }
+    }
+}

@@ -43,7 +43,11 @@ fn mix(mut z: u64) -> u64 {
 /// Rendezvous (highest random weight) hashing: the healthy backend with the highest
 /// score for this key. When a backend fails only its own keys move, each to the
 /// backend with the next-highest score, so the moved share is 1/N.
-pub fn rendezvous(backends: &[std::sync::Arc<Backend>], key: u64, exclude: &[usize]) -> Option<usize> {
+pub fn rendezvous(
+    backends: &[std::sync::Arc<Backend>],
+    key: u64,
+    exclude: &[usize],
+) -> Option<usize> {
     backends
         .iter()
         .enumerate()
@@ -211,6 +215,9 @@ mod tests {
                 assert_eq!(now, *was, "a key of a healthy backend moved");
             }
         }
-        assert!((120..=280).contains(&moved), "moved {moved} of 1000, expected ~200");
+        assert!(
+            (120..=280).contains(&moved),
+            "moved {moved} of 1000, expected ~200"
+        );
     }
 }

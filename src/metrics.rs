@@ -17,8 +17,8 @@ use crate::state::Snapshot;
 
 /// Request duration buckets, in seconds: 1 ms to 30 s.
 const DURATION_BUCKETS: &[f64] = &[
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.085, 0.1, 0.15, 0.2, 0.25, 0.5, 1.0, 2.5, 5.0,
-    10.0, 30.0,
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.085, 0.1, 0.15, 0.2, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    30.0,
 ];
 /// Queue wait buckets, in seconds: 100 µs to 5 s.
 const WAIT_BUCKETS: &[f64] = &[
@@ -234,9 +234,7 @@ impl Metrics {
             self.queue_depth
                 .with_label_values(&[name])
                 .set(i64::from(up.queue.len()));
-            self.level
-                .with_label_values(&[name])
-                .set(up.level() as i64);
+            self.level.with_label_values(&[name]).set(up.level() as i64);
             for b in &up.backends {
                 let addr = b.label.as_str();
                 self.inflight

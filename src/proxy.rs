@@ -66,7 +66,10 @@ fn new_error(etype: ErrorType, why: &'static str) -> Box<Error> {
 /// carries the key.
 fn affinity_key(req: &RequestHeader, affinity: &Affinity) -> Option<u64> {
     match affinity {
-        Affinity::Header(name) => req.headers.get(name.as_str()).map(|v| hash_bytes(v.as_bytes())),
+        Affinity::Header(name) => req
+            .headers
+            .get(name.as_str())
+            .map(|v| hash_bytes(v.as_bytes())),
         Affinity::Cookie(name) => req.headers.get_all("cookie").iter().find_map(|v| {
             v.to_str().ok()?.split(';').find_map(|pair| {
                 let (k, val) = pair.trim().split_once('=')?;
@@ -103,7 +106,7 @@ fn hop_by_hop(headers: &http::HeaderMap, upgrade: bool) -> Vec<String> {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .map(|t| t.trim().to_ascii_lowercase())
-        .filter(|t| !t.is_empty() && !(upgrade && t == "upgrade"))
+        .filter(|t| !(t.is_empty() || upgrade && t == "upgrade"))
         .collect();
     names.extend(
         HOP_BY_HOP
@@ -159,11 +162,20 @@ impl ProxyHttp for Levee {
             .and_then(|v| v.parse::<u64>().ok());
         if limit > 0 && declared.is_some_and(|n| n > limit) {
             session.set_keepalive(None);
-            respond(session, 413, error_body("body_too_large", Some(&upstream.name)), None).await?;
+            respond(
+                session,
+                413,
+                error_body("body_too_large", Some(&upstream.name)),
+                None,
+            )
+            .await?;
             return Ok(true);
         }
         ctx.class = snapshot.classify(req);
-        ctx.key = upstream.affinity.as_ref().and_then(|a| affinity_key(req, a));
+        ctx.key = upstream
+            .affinity
+            .as_ref()
+            .and_then(|a| affinity_key(req, a));
         ctx.upgrade = req.headers.contains_key(http::header::UPGRADE);
         let class = ctx.class;
         ctx.snapshot = Some(snapshot);
@@ -186,7 +198,8 @@ impl ProxyHttp for Levee {
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
-        let (Some(snapshot), Some(upstream)) = (ctx.snapshot.as_ref(), ctx.upstream.as_ref()) else {
+        let (Some(snapshot), Some(upstream)) = (ctx.snapshot.as_ref(), ctx.upstream.as_ref())
+        else {
             return Err(new_error(ErrorType::InternalError, "no upstream chosen"));
         };
         let failed_backend = ctx.permit.as_ref().map(|p| p.backend_index());
@@ -195,7 +208,9 @@ impl ProxyHttp for Levee {
             let _ = failed;
             let permit = upstream
                 .take_retry_slot(ctx.key, &ctx.tried, rand::random())
-                .ok_or_else(|| new_error(ErrorType::ConnectNoRoute, "no other backend to retry on"))?;
+                .ok_or_else(|| {
+                    new_error(ErrorType::ConnectNoRoute, "no other backend to retry on")
+                })?;
             permit.backend().metrics.requests(ctx.class).inc();
             ctx.permit = Some(permit); // drops the failed backend's slot
         }
@@ -207,7 +222,11 @@ impl ProxyHttp for Levee {
         let o = &mut peer.options;
         o.connection_timeout = Some(t.connect);
         o.total_connection_timeout = Some(t.connect);
-        o.read_timeout = Some(t.read.max(if ctx.upgrade { t.stream_idle } else { Duration::ZERO }));
+        o.read_timeout = Some(t.read.max(if ctx.upgrade {
+            t.stream_idle
+        } else {
+            Duration::ZERO
+        }));
         o.write_timeout = Some(t.write);
         o.idle_timeout = Some(t.upstream_idle);
         Ok(Box::new(peer))
@@ -230,7 +249,10 @@ impl ProxyHttp for Levee {
             ctx.tried.push(permit.backend_index());
             let retries = ctx.tried.len() as u32;
             // Nothing reached the backend, so any method may go elsewhere.
-            e.set_retry(retries <= upstream.retry_on_connect_failure && upstream.backends.len() > ctx.tried.len());
+            e.set_retry(
+                retries <= upstream.retry_on_connect_failure
+                    && upstream.backends.len() > ctx.tried.len(),
+            );
         }
         e
     }
@@ -246,7 +268,10 @@ impl ProxyHttp for Levee {
             ctx.body_bytes += chunk.len() as u64;
             let limit = snapshot.config.server.max_request_body_bytes;
             if limit > 0 && ctx.body_bytes > limit {
-                return Err(Error::explain(ErrorType::HTTPStatus(413), "request body too large"));
+                return Err(Error::explain(
+                    ErrorType::HTTPStatus(413),
+                    "request body too large",
+                ));
             }
         }
         Ok(())
@@ -263,7 +288,11 @@ impl ProxyHttp for Levee {
         }
         if let Some(addr) = session.client_addr().and_then(|a| a.as_inet()) {
             let ip = addr.ip().to_string();
-            let xff = match upstream_request.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+            let xff = match upstream_request
+                .headers
+                .get("x-forwarded-for")
+                .and_then(|v| v.to_str().ok())
+            {
                 Some(prior) if !prior.is_empty() => format!("{prior}, {ip}"),
                 _ => ip,
             };
@@ -305,7 +334,9 @@ impl ProxyHttp for Levee {
         ctx: &mut Ctx,
     ) -> Result<Option<Duration>> {
         if ctx.deadline.is_some_and(|d| Instant::now() > d) {
-            return Err(Error::explain(ErrorType::ReadTimedout, "response deadline passed").into_up());
+            return Err(
+                Error::explain(ErrorType::ReadTimedout, "response deadline passed").into_up(),
+            );
         }
         Ok(None)
     }
@@ -324,16 +355,27 @@ impl ProxyHttp for Levee {
     }
 
     async fn logging(&self, _session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
-        let Some(permit) = ctx.permit.take() else { return };
+        let Some(permit) = ctx.permit.take() else {
+            return;
+        };
         let elapsed = ctx.admitted_at.map(|t| t.elapsed()).unwrap_or_default();
         let failed_backend = e.is_some_and(is_backend_failure);
         let failed = failed_backend || ctx.status >= 500;
         let upstream = permit.upstream();
         upstream.window.record(elapsed, failed);
         upstream.metrics.duration.observe(elapsed.as_secs_f64());
-        let code_class = if failed_backend { 0 } else { (ctx.status / 100).min(5) as usize };
+        let code_class = if failed_backend {
+            0
+        } else {
+            (ctx.status / 100).min(5) as usize
+        };
         permit.backend().metrics.responses[code_class].inc();
-        if e.is_some_and(|e| matches!(e.etype(), ErrorType::ReadTimedout | ErrorType::WriteTimedout)) {
+        if e.is_some_and(|e| {
+            matches!(
+                e.etype(),
+                ErrorType::ReadTimedout | ErrorType::WriteTimedout
+            )
+        }) {
             permit.backend().metrics.timeouts.inc();
         }
         drop(permit);

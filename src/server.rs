@@ -11,7 +11,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use pingora::apps::ServerApp;
+use std::os::unix::io::AsRawFd;
+
 use pingora::protocols::l4::stream::Stream;
+use pingora::protocols::{GetSocketDigest, SocketDigest};
 use pingora::proxy::HttpProxy;
 use pingora::server::configuration::ServerConf;
 use pingora::server::ShutdownWatch;
@@ -93,7 +96,7 @@ pub async fn serve(
                 continue;
             }
         };
-        let (tcp, _) = match accepted {
+        let (tcp, peer) = match accepted {
             Ok(conn) => conn,
             Err(e) => {
                 // Out of descriptors and the like: back off briefly rather than spin.
@@ -109,7 +112,12 @@ pub async fn serve(
         let watch: ShutdownWatch = shutdown.clone();
         tokio::spawn(async move {
             let _guard = guard;
-            let mut next = app.process_new(Box::new(Stream::from(tcp)), &watch).await;
+            let mut stream = Stream::from(tcp);
+            // The digest is where pingora (and X-Forwarded-For) finds the client address.
+            let digest = SocketDigest::from_raw_fd(stream.as_raw_fd());
+            let _ = digest.peer_addr.set(Some(peer.into()));
+            stream.set_socket_digest(digest);
+            let mut next = app.process_new(Box::new(stream), &watch).await;
             while let Some(stream) = next {
                 next = app.process_new(stream, &watch).await;
             }

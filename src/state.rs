@@ -136,7 +136,12 @@ impl Upstream {
             backends: cfg
                 .backends
                 .iter()
-                .map(|b| Arc::new(Backend::new(b, metrics.backend(&cfg.name, &b.address.to_string()))))
+                .map(|b| {
+                    Arc::new(Backend::new(
+                        b,
+                        metrics.backend(&cfg.name, &b.address.to_string()),
+                    ))
+                })
                 .collect(),
             queue: WaitQueue::default(),
             level_state: LevelState::default(),
@@ -217,10 +222,24 @@ pub struct Snapshot {
 
 impl Snapshot {
     pub fn build(config: Config, metrics: &Metrics) -> Snapshot {
+        Snapshot::build_from(config, None, metrics)
+    }
+
+    /// Builds a snapshot, reusing the live state of every upstream of `previous` whose
+    /// config is unchanged.
+    pub fn build_from(config: Config, previous: Option<&Snapshot>, metrics: &Metrics) -> Snapshot {
+        let reusable = |u: &config::Upstream| {
+            let prev = previous?;
+            let i = prev.config.upstreams.iter().position(|p| p == u)?;
+            (prev.config.server.retry_after_max_secs == config.server.retry_after_max_secs)
+                .then(|| prev.upstreams[i].clone())
+        };
         let upstreams: Vec<Arc<Upstream>> = config
             .upstreams
             .iter()
-            .map(|u| Arc::new(Upstream::new(u, &config.server, metrics)))
+            .map(|u| {
+                reusable(u).unwrap_or_else(|| Arc::new(Upstream::new(u, &config.server, metrics)))
+            })
             .collect();
         let mut routes: Vec<(String, usize)> = config
             .upstreams

@@ -62,7 +62,11 @@ fn route(app: &App, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     match req.uri().path() {
         "/metrics" => {
             app.metrics.refresh(&app.snapshot());
-            reply(StatusCode::OK, "text/plain; version=0.0.4", app.metrics.encode())
+            reply(
+                StatusCode::OK,
+                "text/plain; version=0.0.4",
+                app.metrics.encode(),
+            )
         }
         "/status" => reply(
             StatusCode::OK,

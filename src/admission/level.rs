@@ -184,7 +184,11 @@ impl Window {
         s.wait_p95 = quantile(&wait, 0.95);
         // The current slot is partly filled: count it as half a slot on average.
         let span = self.slot_len.as_secs_f64() * (WINDOW_SLOTS as f64 - 0.5);
-        s.drain_per_sec = if span > 0.0 { s.done as f64 / span } else { 0.0 };
+        s.drain_per_sec = if span > 0.0 {
+            s.done as f64 / span
+        } else {
+            0.0
+        };
         s
     }
 }
@@ -221,14 +225,12 @@ fn exceeds(t: &Thresholds, s: &Signals, min_samples: u32) -> bool {
     t.utilization.is_some_and(|u| s.utilization >= u)
         || t.queue.is_some_and(|q| s.queue >= q)
         || (waited_enough
-            && t
-                .queue_wait
+            && t.queue_wait
                 .zip(s.window.wait_p95)
                 .is_some_and(|(t, v)| v >= t))
         || (enough && t.p95.zip(s.window.p95).is_some_and(|(t, v)| v >= t))
         || (enough
-            && t
-                .error_rate
+            && t.error_rate
                 .is_some_and(|e| s.window.errors as f64 / s.window.done as f64 >= e))
 }
 
@@ -354,7 +356,10 @@ mod tests {
         for us in [1u64, 3, 4, 5, 7, 8, 100, 999, 1000, 150_000, 9_999_999] {
             let upper = bucket_upper(bucket_of(us));
             assert!(upper > us, "{us} -> {upper}");
-            assert!((upper as f64) <= (us as f64) * 1.26 + 1.0, "{us} -> {upper}");
+            assert!(
+                (upper as f64) <= (us as f64) * 1.26 + 1.0,
+                "{us} -> {upper}"
+            );
         }
     }
 
@@ -370,7 +375,10 @@ mod tests {
         let s = w.stats();
         assert_eq!((s.done, s.errors), (100, 5));
         let p95 = s.p95.unwrap();
-        assert!(p95 >= Duration::from_millis(10) && p95 < Duration::from_millis(13), "{p95:?}");
+        assert!(
+            p95 >= Duration::from_millis(10) && p95 < Duration::from_millis(13),
+            "{p95:?}"
+        );
         assert!(s.drain_per_sec > 19.0 && s.drain_per_sec < 22.0);
         for _ in 0..WINDOW_SLOTS {
             w.rotate();
@@ -380,13 +388,20 @@ mod tests {
 
     #[test]
     fn utilization_alone_is_at_most_caution() {
-        let s = Signals { utilization: 1.0, queue_depth: 100, ..Default::default() };
+        let s = Signals {
+            utilization: 1.0,
+            queue_depth: 100,
+            ..Default::default()
+        };
         assert_eq!(raw_level(&levels(), &s), Level::Caution);
     }
 
     #[test]
     fn latency_counts_only_with_enough_samples() {
-        let mut s = Signals { queue_depth: 100, ..Default::default() };
+        let mut s = Signals {
+            queue_depth: 100,
+            ..Default::default()
+        };
         s.window.p95 = Some(Duration::from_millis(300));
         s.window.done = 5;
         assert_eq!(raw_level(&levels(), &s), Level::Safe);
@@ -396,7 +411,11 @@ mod tests {
 
     #[test]
     fn full_queue_is_critical() {
-        let s = Signals { queue: 100, queue_depth: 100, ..Default::default() };
+        let s = Signals {
+            queue: 100,
+            queue_depth: 100,
+            ..Default::default()
+        };
         assert_eq!(raw_level(&levels(), &s), Level::Critical);
         assert_eq!(queue_level(&levels(), 100, 100), Level::Critical);
         assert_eq!(queue_level(&levels(), 100, 50), Level::Danger);
@@ -409,13 +428,31 @@ mod tests {
         let st = LevelState::default();
         let t0 = Instant::now();
         let cd = Duration::from_secs(1);
-        assert_eq!(st.update(Level::Danger, t0, cd), Some((Level::Safe, Level::Danger)));
-        assert_eq!(st.update(Level::Safe, t0 + Duration::from_millis(100), cd), None);
-        assert_eq!(st.update(Level::Caution, t0 + Duration::from_millis(600), cd), None);
+        assert_eq!(
+            st.update(Level::Danger, t0, cd),
+            Some((Level::Safe, Level::Danger))
+        );
+        assert_eq!(
+            st.update(Level::Safe, t0 + Duration::from_millis(100), cd),
+            None
+        );
+        assert_eq!(
+            st.update(Level::Caution, t0 + Duration::from_millis(600), cd),
+            None
+        );
         // A spike back to danger restarts the cooldown.
-        assert_eq!(st.update(Level::Danger, t0 + Duration::from_millis(700), cd), None);
-        assert_eq!(st.update(Level::Safe, t0 + Duration::from_millis(800), cd), None);
-        assert_eq!(st.update(Level::Caution, t0 + Duration::from_millis(1500), cd), None);
+        assert_eq!(
+            st.update(Level::Danger, t0 + Duration::from_millis(700), cd),
+            None
+        );
+        assert_eq!(
+            st.update(Level::Safe, t0 + Duration::from_millis(800), cd),
+            None
+        );
+        assert_eq!(
+            st.update(Level::Caution, t0 + Duration::from_millis(1500), cd),
+            None
+        );
         assert_eq!(
             st.update(Level::Safe, t0 + Duration::from_millis(1800), cd),
             Some((Level::Danger, Level::Caution)),

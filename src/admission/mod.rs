@@ -77,6 +77,18 @@ pub struct Shed {
     pub retry_after: u32,
 }
 
+/// The outcome of [`Upstream::try_admit`].
+#[derive(Debug)]
+pub enum Admit {
+    Permit(Permit),
+    Shed(Shed),
+    /// No free slot, and the request may wait in the queue at this level.
+    Wait {
+        level: Level,
+        target: Option<usize>,
+    },
+}
+
 /// May a request of `class` wait in the queue at `level`?
 pub fn may_wait(level: Level, class: Class) -> bool {
     match level {
@@ -171,6 +183,31 @@ impl Drop for Waiting<'_> {
 }
 
 impl Upstream {
+    /// The decision that needs no waiting: a slot now, a shed now, or "may wait" (with
+    /// the one backend the request is bound to, if any). Never blocks.
+    pub fn try_admit(self: &Arc<Self>, class: Class, key: Option<u64>, random: u64) -> Admit {
+        let level = self.level();
+        if class == Class::Low && level >= Level::Caution {
+            return Admit::Shed(self.shed(ShedReason::LowPriority, level, class));
+        }
+        let target = match take_slot(self, key, &[], random) {
+            Take::Slot(i) => return Admit::Permit(Permit::new(self.clone(), i)),
+            Take::NoBackend => {
+                return Admit::Shed(self.shed(ShedReason::NoHealthyBackend, level, class))
+            }
+            Take::Full { target } => target,
+        };
+        if !may_wait(level, class) {
+            let reason = if level == Level::Critical {
+                ShedReason::QueueFull
+            } else {
+                ShedReason::LevelNoQueue
+            };
+            return Admit::Shed(self.shed(reason, level, class));
+        }
+        Admit::Wait { level, target }
+    }
+
     /// Admits a request of `class` (with the affinity hash `key`, when the upstream has
     /// affinity): a [`Permit`] at once, after waiting in the queue, or a [`Shed`].
     /// `random` feeds power-of-two-choices.
@@ -180,23 +217,11 @@ impl Upstream {
         key: Option<u64>,
         random: u64,
     ) -> Result<Permit, Shed> {
-        let level = self.level();
-        if class == Class::Low && level >= Level::Caution {
-            return Err(self.shed(ShedReason::LowPriority, level, class));
-        }
-        let target = match take_slot(self, key, &[], random) {
-            Take::Slot(i) => return Ok(Permit::new(self.clone(), i)),
-            Take::NoBackend => return Err(self.shed(ShedReason::NoHealthyBackend, level, class)),
-            Take::Full { target } => target,
+        let (level, target) = match self.try_admit(class, key, random) {
+            Admit::Permit(p) => return Ok(p),
+            Admit::Shed(s) => return Err(s),
+            Admit::Wait { level, target } => (level, target),
         };
-        if !may_wait(level, class) {
-            let reason = if level == Level::Critical {
-                ShedReason::QueueFull
-            } else {
-                ShedReason::LevelNoQueue
-            };
-            return Err(self.shed(reason, level, class));
-        }
         let (ticket, displaced) = match self.queue.push(class, target, self.limits.queue_depth) {
             Ok(joined) => joined,
             Err(Full) => return Err(self.shed(ShedReason::QueueFull, level, class)),
@@ -254,7 +279,12 @@ impl Upstream {
     }
 
     /// A slot on another backend, for a retry after a failed connect: never waits.
-    pub fn take_retry_slot(self: &Arc<Self>, key: Option<u64>, tried: &[usize], random: u64) -> Option<Permit> {
+    pub fn take_retry_slot(
+        self: &Arc<Self>,
+        key: Option<u64>,
+        tried: &[usize],
+        random: u64,
+    ) -> Option<Permit> {
         match take_slot(self, key, tried, random) {
             Take::Slot(i) => Some(Permit::new(self.clone(), i)),
             _ => None,
@@ -286,7 +316,9 @@ impl Upstream {
                 continue;
             };
             let Some(waiter) = q.remove_at(i) else { break };
-            if let Err(Grant::Permit(p)) = waiter.tx.send(Grant::Permit(Permit::new(self.clone(), b))) {
+            if let Err(Grant::Permit(p)) =
+                waiter.tx.send(Grant::Permit(Permit::new(self.clone(), b)))
+            {
                 // The waiter is gone (timed out or its client left): the slot goes
                 // back, and the loop offers it to the next waiter.
                 p.release_quietly();

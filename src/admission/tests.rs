@@ -166,7 +166,10 @@ async fn low_is_shed_from_caution_even_with_free_slots() {
     up.level_state
         .update(Level::Caution, std::time::Instant::now(), Duration::ZERO);
     let shed = admit(&up, Class::Low).await.unwrap_err();
-    assert_eq!((shed.reason, shed.level), (ShedReason::LowPriority, Level::Caution));
+    assert_eq!(
+        (shed.reason, shed.level),
+        (ShedReason::LowPriority, Level::Caution)
+    );
     assert!(shed.retry_after >= 1 && shed.retry_after <= 30);
     // Work-conserving: normal takes the free slots at caution.
     let _a = admit(&up, Class::Normal).await.unwrap();
@@ -178,7 +181,9 @@ async fn danger_stops_normal_from_waiting_but_not_high() {
     let up = upstream(1, 1, 10, 10_000);
     up.level_state
         .update(Level::Danger, std::time::Instant::now(), Duration::ZERO);
-    let held = admit(&up, Class::Normal).await.expect("a free slot is always used");
+    let held = admit(&up, Class::Normal)
+        .await
+        .expect("a free slot is always used");
     let shed = admit(&up, Class::Normal).await.unwrap_err();
     assert_eq!(shed.reason, ShedReason::LevelNoQueue);
     let u = up.clone();
@@ -243,7 +248,10 @@ async fn cap_holds_under_ten_times_concurrency() {
         }
     }
     assert!(peak.load(std::sync::atomic::Ordering::SeqCst) <= 12);
-    assert_eq!(admitted, 120, "all fit through the queue within its timeout");
+    assert_eq!(
+        admitted, 120,
+        "all fit through the queue within its timeout"
+    );
     assert_eq!(up.inflight(), 0);
     assert!(up.queue.is_empty());
 }

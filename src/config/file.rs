@@ -1,0 +1,193 @@
+//! The config file exactly as written: a serde mirror of levee's TOML schema.
+//!
+//! Every table denies unknown keys, so a typo is an error rather than a silently
+//! ignored setting. Every key is an `Option`, required ones included: serde stops at
+//! the first problem, so presence, ranges and cross-references are checked by
+//! validation in the parent module, which reports all of them at once. Numbers keep
+//! TOML's own types (`i64`, `f64`) and addresses stay strings for the same reason: a
+//! negative count or a host name becomes a specific error with its key path instead
+//! of a generic type error. Durations are integers of milliseconds in keys ending in
+//! `_ms`.
+//!
+//! Nothing here holds defaults or meaning; see [`super::Config`] for both.
+
+use serde::Deserialize;
+
+/// The whole file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Root {
+    /// `[server]`; required.
+    pub server: Option<Server>,
+    /// `[[upstream]]`; at least one.
+    pub upstream: Option<Vec<Upstream>>,
+    /// `[[priority]]`; optional, in order of precedence.
+    pub priority: Option<Vec<Priority>>,
+}
+
+/// `[server]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Server {
+    /// Socket addresses to accept clients on; required, at least one.
+    pub listen: Option<Vec<String>>,
+    /// Worker threads.
+    pub threads: Option<i64>,
+    /// This instance's zone.
+    pub zone: Option<String>,
+    /// Admin listener address.
+    pub admin_listen: Option<String>,
+    /// Drain time on SIGTERM.
+    pub grace_period_ms: Option<i64>,
+    /// Largest request body; 0 = no limit.
+    pub max_request_body_bytes: Option<i64>,
+    /// Upper bound of `Retry-After`.
+    pub retry_after_max_secs: Option<i64>,
+    /// `[server.timeouts]`
+    pub timeouts: Option<Timeouts>,
+}
+
+/// `[server.timeouts]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Timeouts {
+    /// Backend connect.
+    pub connect_ms: Option<i64>,
+    /// Each read from a backend.
+    pub read_ms: Option<i64>,
+    /// Each write to a backend.
+    pub write_ms: Option<i64>,
+    /// Whole non-streaming response.
+    pub response_ms: Option<i64>,
+    /// Gap inside a streaming response.
+    pub stream_idle_ms: Option<i64>,
+    /// Each read of a client's request header.
+    pub client_header_ms: Option<i64>,
+    /// Client keep-alive; whole seconds.
+    pub client_idle_ms: Option<i64>,
+    /// Pooled backend connection idle time.
+    pub upstream_idle_ms: Option<i64>,
+}
+
+/// One `[[upstream]]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Upstream {
+    /// Required.
+    pub name: Option<String>,
+    /// Path prefixes; required, at least one.
+    pub routes: Option<Vec<String>>,
+    /// `least_inflight`, `round_robin` or `consistent_hash`.
+    pub balance: Option<String>,
+    /// `header:NAME` or `cookie:NAME`.
+    pub affinity: Option<String>,
+    /// Other backends tried when connecting fails.
+    pub retry_on_connect_failure: Option<i64>,
+    /// `[upstream.limits]`
+    pub limits: Option<Limits>,
+    /// `[upstream.levels]`
+    pub levels: Option<Levels>,
+    /// `[upstream.health]`
+    pub health: Option<Health>,
+    /// `[[upstream.backend]]`; at least one.
+    pub backend: Option<Vec<Backend>>,
+}
+
+/// `[upstream.limits]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Per-backend in-flight cap.
+    pub max_inflight: Option<i64>,
+    /// Per-upstream queue size; 0 = no queue.
+    pub queue_depth: Option<i64>,
+    /// Longest wait in the queue.
+    pub queue_timeout_ms: Option<i64>,
+}
+
+/// `[upstream.levels]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Levels {
+    /// When present, only the signals it names are used at caution.
+    pub caution: Option<Thresholds>,
+    /// When present, only the signals it names are used at danger.
+    pub danger: Option<Thresholds>,
+    /// Time below a level before it is left.
+    pub cooldown_ms: Option<i64>,
+    /// Window of the p95 and error rate.
+    pub window_ms: Option<i64>,
+    /// Requests in the window before p95 and error rate count.
+    pub min_samples: Option<i64>,
+}
+
+/// `caution = { … }` or `danger = { … }`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Thresholds {
+    /// In-flight / capacity, in (0, 1]; caution only.
+    pub utilization: Option<f64>,
+    /// Requests waiting.
+    pub queue: Option<i64>,
+    /// p95 of the queue wait.
+    pub queue_wait_ms: Option<i64>,
+    /// p95 of the backend response time.
+    pub p95_ms: Option<i64>,
+    /// Share of failed requests, in [0, 1].
+    pub error_rate: Option<f64>,
+}
+
+/// `[upstream.health]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Health {
+    /// Probe path; no active checks when absent.
+    pub path: Option<String>,
+    /// Time between probes.
+    pub interval_ms: Option<i64>,
+    /// Probe timeout; at most the interval.
+    pub timeout_ms: Option<i64>,
+    /// Good probes in a row to become healthy.
+    pub rise: Option<i64>,
+    /// Failed probes in a row to become unhealthy.
+    pub fall: Option<i64>,
+    /// Failed requests in a row before ejection; 0 disables.
+    pub eject_after_failures: Option<i64>,
+    /// First ejection time.
+    pub eject_ms: Option<i64>,
+    /// Ramp-up time of a recovered backend.
+    pub slow_start_ms: Option<i64>,
+}
+
+/// One `[[upstream.backend]]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Backend {
+    /// Literal `IP:port`; required.
+    pub address: Option<String>,
+    /// Failure domain; `default` when absent.
+    pub zone: Option<String>,
+    /// Override of `limits.max_inflight`.
+    pub max_inflight: Option<i64>,
+}
+
+/// One `[[priority]]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Priority {
+    /// `match = { … }`; required.
+    #[serde(rename = "match")]
+    pub matcher: Option<Match>,
+    /// `critical`, `high`, `normal` or `low`; required.
+    pub class: Option<String>,
+}
+
+/// `match = { path_prefix = "…" }` or `match = { header = "name:value" }`: exactly one.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Match {
+    /// Request path prefix, starting with `/`.
+    pub path_prefix: Option<String>,
+    /// `name:value`, value matched exactly.
+    pub header: Option<String>,
+}

@@ -1,27 +1,118 @@
-//! levee's configuration: the TOML file model ([`file`]) validated *whole* into the
+//! levee's configuration: the TOML file model ([`file`](mod@file)) validated *whole* into the
 //! typed [`Config`] the rest of the proxy uses.
 //!
 //! Validation never stops at the first problem: [`parse`] collects every error, each
 //! naming the key path it is about (`upstream[0].limits.max_inflight: must be at least 1`),
 //! so an operator fixes a broken file in one pass. Nothing here panics on user input.
+//!
+//! TOML syntax errors are the one exception to "every error": the file cannot be
+//! read further, so they come alone, with their line and column. A key of the wrong
+//! type or an unknown key is reported alone too (serde stops there), but with its key
+//! path as well as its line and column.
+//!
+//! Layout: [`file`](mod@file) mirrors the TOML, `validate` turns it into [`Config`], and
+//! `locate` maps the byte spans of serde's errors to key paths.
 
 pub mod file;
+mod locate;
+mod validate;
 
+use std::collections::BTreeMap;
+use std::fmt::{self, Write as _};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
+/// Worker threads when `server.threads` is absent.
+pub const DEFAULT_THREADS: usize = 2;
+/// How long in-flight requests may take to finish on SIGTERM (`server.grace_period_ms`).
+pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_millis(10_000);
+/// Largest request body accepted by default (`server.max_request_body_bytes`): 10 MiB.
+pub const DEFAULT_MAX_REQUEST_BODY_BYTES: u64 = 10 * 1024 * 1024;
+/// Default upper bound of a computed `Retry-After` (`server.retry_after_max_secs`).
+pub const DEFAULT_RETRY_AFTER_MAX_SECS: u64 = 30;
+/// Other backends tried when connecting fails (`upstream.retry_on_connect_failure`).
+pub const DEFAULT_RETRY_ON_CONNECT_FAILURE: u32 = 1;
+/// Zone of a backend that names none.
+pub const DEFAULT_ZONE: &str = "default";
+
+/// Reads and validates the config file at `path`.
+///
+/// A file that cannot be read gives one [`ConfigError`] with an empty path and a
+/// message naming the file; otherwise see [`parse`].
+pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors(vec![ConfigError::new(
+            "",
+            format!("cannot read {}: {e}", path.display()),
+        )])
+    })?;
+    parse(&text)
+}
+
+/// Parses and validates a whole config file.
+///
+/// `Err` holds every validation problem of the file, table by table in schema order. A TOML syntax
+/// error, a value of the wrong type or an unknown key stops parsing, so it comes
+/// alone: with its key path when one can be found, and its line and column.
+pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
+    let root: file::Root =
+        toml::from_str(text).map_err(|e| ConfigErrors(vec![toml_error(text, &e)]))?;
+    validate::validate(&root)
+}
+
+/// Turns a `toml` error into a [`ConfigError`] naming the key path at the error's
+/// span when the document is well-formed TOML, and its line and column always.
+fn toml_error(text: &str, error: &toml::de::Error) -> ConfigError {
+    // toml's messages can span several lines ("invalid table header\nexpected …").
+    let message = error
+        .message()
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ");
+    let Some(span) = error.span() else {
+        return ConfigError::new("", message);
+    };
+    let (line, column) = locate::line_column(text, span.start);
+    // A key path is only trustworthy when the document itself is valid TOML: then
+    // the error is about types or keys, and the span points at the key or value.
+    let well_formed = text.parse::<toml::Table>().is_ok();
+    match well_formed
+        .then(|| locate::key_path_at(text, span.start))
+        .flatten()
+    {
+        Some(path) => ConfigError::new(path, format!("{message} (line {line} column {column})")),
+        None => ConfigError::new("", format!("line {line} column {column}: {message}")),
+    }
+}
+
 /// One problem in a config file, tied to the key path it is about.
+///
+/// Displays as `path: message`, or just `message` when the path is empty.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{path}: {message}")]
+#[error("{path}{}{message}", if .path.is_empty() { "" } else { ": " })]
 pub struct ConfigError {
     /// Dotted key path, with indexes for arrays of tables: `upstream[1].backend[0].address`.
     /// Empty for whole-file problems (unreadable file, TOML syntax error without a key).
     pub path: String,
+    /// What is wrong, lower case, quoting the offending value.
     pub message: String,
 }
 
-/// Every problem found in one config file.
+impl ConfigError {
+    /// An error about the key at `path` (empty: the whole file).
+    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Every problem found in one config file; never empty when returned by [`parse`].
+/// Displays one error per line.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{}", display_errors(.0))]
 pub struct ConfigErrors(pub Vec<ConfigError>);
@@ -37,6 +128,7 @@ fn display_errors(errors: &[ConfigError]) -> String {
 /// The whole validated configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
+    /// `[server]`.
     pub server: Server,
     /// In file order. Names are unique.
     pub upstreams: Vec<Upstream>,
@@ -44,17 +136,21 @@ pub struct Config {
     pub priorities: Vec<PriorityRule>,
 }
 
+/// `[server]`: listeners and process-wide settings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Server {
-    /// At least one.
+    /// At least one; no duplicates.
     pub listen: Vec<SocketAddr>,
-    /// Worker threads, at least 1.
+    /// Worker threads, 1 to 1024.
     pub threads: usize,
     /// This instance's zone; routing prefers backends in it. `None`: no preference.
     pub zone: Option<String>,
     /// Admin listener (/metrics, /status, /healthz, /readyz, dashboard). `None`: disabled.
+    /// Never one of `listen`.
     pub admin_listen: Option<SocketAddr>,
+    /// How long in-flight requests may take to finish on SIGTERM.
     pub grace_period: Duration,
+    /// `[server.timeouts]`.
     pub timeouts: Timeouts,
     /// Largest request body accepted, in bytes (413 beyond). 0 means no limit.
     pub max_request_body_bytes: u64,
@@ -62,7 +158,8 @@ pub struct Server {
     pub retry_after_max_secs: u64,
 }
 
-/// Every wait levee makes is bounded by one of these.
+/// Every wait levee makes is bounded by one of these. Each is at least 1 ms and at
+/// most one day.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timeouts {
     /// TCP connect to a backend.
@@ -77,17 +174,69 @@ pub struct Timeouts {
     pub stream_idle: Duration,
     /// Longest wait for each read of a client's request header.
     pub client_header: Duration,
-    /// Idle keep-alive time of a client connection between requests.
+    /// Idle keep-alive time of a client connection between requests. At least one
+    /// second; applied in whole seconds (rounded down).
     pub client_idle: Duration,
     /// Idle time of a pooled backend connection before it is closed.
     pub upstream_idle: Duration,
 }
 
+impl Timeouts {
+    /// The values used for absent `[server.timeouts]` keys.
+    pub const DEFAULT: Self = Self {
+        connect: Duration::from_millis(1_000),
+        read: Duration::from_millis(30_000),
+        write: Duration::from_millis(30_000),
+        response: Duration::from_millis(60_000),
+        stream_idle: Duration::from_millis(300_000),
+        client_header: Duration::from_millis(10_000),
+        client_idle: Duration::from_millis(60_000),
+        upstream_idle: Duration::from_millis(60_000),
+    };
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+/// How an upstream spreads requests over its backends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Balance {
+    /// The less loaded of two random backends (power of two choices).
     LeastInflight,
+    /// Each backend in turn.
     RoundRobin,
+    /// A consistent hash of the request's [`Affinity`] key: sticky sessions.
     ConsistentHash,
+}
+
+impl Balance {
+    /// The name used in the config file and in output.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::LeastInflight => "least_inflight",
+            Self::RoundRobin => "round_robin",
+            Self::ConsistentHash => "consistent_hash",
+        }
+    }
+
+    /// Parses a config-file name (exact, lower case).
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "least_inflight" => Some(Self::LeastInflight),
+            "round_robin" => Some(Self::RoundRobin),
+            "consistent_hash" => Some(Self::ConsistentHash),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Balance {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// Where the affinity key of a request comes from.
@@ -99,31 +248,75 @@ pub enum Affinity {
     Cookie(String),
 }
 
+impl fmt::Display for Affinity {
+    /// As written in the config file: `header:NAME` or `cookie:NAME`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Header(name) => write!(f, "header:{name}"),
+            Self::Cookie(name) => write!(f, "cookie:{name}"),
+        }
+    }
+}
+
+/// One `[[upstream]]`: a named pool of backends serving some routes.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Upstream {
+    /// `[A-Za-z0-9_.-]+`, unique.
     pub name: String,
     /// Path prefixes, each starting with `/`. Unique across all upstreams.
     pub routes: Vec<String>,
+    /// How requests are spread over the backends.
     pub balance: Balance,
     /// Required when `balance` is `ConsistentHash`; optional otherwise (ignored).
     pub affinity: Option<Affinity>,
     /// Other backends to try when connecting fails.
     pub retry_on_connect_failure: u32,
+    /// `[upstream.limits]`.
     pub limits: Limits,
+    /// `[upstream.levels]`.
     pub levels: Levels,
+    /// `[upstream.health]`.
     pub health: Health,
     /// At least one; addresses unique within the upstream.
     pub backends: Vec<Backend>,
 }
 
+impl Upstream {
+    /// Sum of the backends' in-flight caps: the most requests this upstream ever has
+    /// in flight, health and slow start aside.
+    pub fn capacity(&self) -> u64 {
+        self.backends
+            .iter()
+            .map(|b| u64::from(b.max_inflight))
+            .sum()
+    }
+}
+
+/// `[upstream.limits]`
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Limits {
-    /// Default per-backend hard cap of in-flight requests (at least 1).
+    /// Default per-backend hard cap of in-flight requests (1 to 1,000,000).
     pub max_inflight: u32,
-    /// Most requests that may wait in the upstream's queue (0 = no queue).
+    /// Most requests that may wait in the upstream's queue (0 = no queue; at most 1,000,000).
     pub queue_depth: u32,
-    /// Longest a request waits in the queue before it is shed.
+    /// Longest a request waits in the queue before it is shed (at least 1 ms when
+    /// there is a queue).
     pub queue_timeout: Duration,
+}
+
+impl Limits {
+    /// The values used for absent `[upstream.limits]` keys.
+    pub const DEFAULT: Self = Self {
+        max_inflight: 100,
+        queue_depth: 100,
+        queue_timeout: Duration::from_millis(250),
+    };
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
 }
 
 /// Thresholds of one level; any signal at or above its threshold raises the level.
@@ -132,9 +325,9 @@ pub struct Limits {
 pub struct Thresholds {
     /// in-flight / sum of eligible backends' limits, in (0, 1]. Only meaningful for caution.
     pub utilization: Option<f64>,
-    /// Requests waiting in the queue.
+    /// Requests waiting in the queue; at least 1 and at most `queue_depth`.
     pub queue: Option<u32>,
-    /// p95 of time spent in the queue over the window.
+    /// p95 of time spent in the queue over the window; at most `queue_timeout`.
     pub queue_wait: Option<Duration>,
     /// p95 of backend response time over the window.
     pub p95: Option<Duration>,
@@ -142,69 +335,370 @@ pub struct Thresholds {
     pub error_rate: Option<f64>,
 }
 
+impl Thresholds {
+    /// Caution when `[upstream.levels]` has no `caution` table: utilization 0.85 and a
+    /// tenth of the queue (at least 1; no queue signal without a queue).
+    pub fn default_caution(queue_depth: u32) -> Self {
+        Self {
+            utilization: Some(Levels::DEFAULT_CAUTION_UTILIZATION),
+            queue: (queue_depth > 0).then(|| (queue_depth / 10).max(1)),
+            ..Self::default()
+        }
+    }
+
+    /// Danger when `[upstream.levels]` has no `danger` table: half the queue (at
+    /// least 1; no signal at all without a queue).
+    pub fn default_danger(queue_depth: u32) -> Self {
+        Self {
+            queue: (queue_depth > 0).then(|| (queue_depth / 2).max(1)),
+            ..Self::default()
+        }
+    }
+
+    /// True when no signal is set: this level is never entered by signals.
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// `[upstream.levels]`: when an upstream is at caution or danger. Critical is not
+/// configured: it is the queue being full.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Levels {
+    /// Signals that raise the level to caution.
     pub caution: Thresholds,
     /// `utilization` is always `None` here (validation rejects it: busy is not overloaded).
+    /// Every signal set at both levels is at least as high here as at caution.
     pub danger: Thresholds,
     /// A level is left only after its signals stay below it this long.
     pub cooldown: Duration,
-    /// Length of the sliding window the p95 and error rate are computed over.
+    /// Length of the sliding window the p95 and error rate are computed over (at least 1 s).
     pub window: Duration,
-    /// Fewest requests in the window before p95 and error rate count.
+    /// Fewest requests in the window before p95 and error rate count (at least 1).
     pub min_samples: u32,
 }
 
+impl Levels {
+    /// Default `cooldown_ms`.
+    pub const DEFAULT_COOLDOWN: Duration = Duration::from_millis(1_000);
+    /// Default `window_ms`.
+    pub const DEFAULT_WINDOW: Duration = Duration::from_millis(5_000);
+    /// Default `min_samples`.
+    pub const DEFAULT_MIN_SAMPLES: u32 = 20;
+    /// `caution.utilization` when there is no `caution` table.
+    pub const DEFAULT_CAUTION_UTILIZATION: f64 = 0.85;
+
+    /// The levels of an upstream whose `[upstream.levels]` table is absent.
+    pub fn defaults(queue_depth: u32) -> Self {
+        Self {
+            caution: Thresholds::default_caution(queue_depth),
+            danger: Thresholds::default_danger(queue_depth),
+            cooldown: Self::DEFAULT_COOLDOWN,
+            window: Self::DEFAULT_WINDOW,
+            min_samples: Self::DEFAULT_MIN_SAMPLES,
+        }
+    }
+}
+
+/// `[upstream.health]`: active probes and passive ejection.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Health {
     /// `None`: no active checks (backends are taken as healthy).
     pub path: Option<String>,
+    /// Time between two probes of a backend (at least 1 ms).
     pub interval: Duration,
+    /// Longest a probe may take; at most `interval`.
     pub timeout: Duration,
+    /// Consecutive successful probes that make a backend healthy (at least 1).
     pub rise: u32,
+    /// Consecutive failed probes that make a backend unhealthy (at least 1).
     pub fall: u32,
     /// Consecutive failed requests before passive ejection; 0 disables it.
     pub eject_after_failures: u32,
+    /// First ejection time (at least 1 ms); grows with repeated ejections.
     pub eject: Duration,
+    /// Time over which a recovered backend ramps its limit up; 0: at once.
     pub slow_start: Duration,
 }
 
+impl Health {
+    /// The values used for absent `[upstream.health]` keys.
+    pub const DEFAULT: Self = Self {
+        path: None,
+        interval: Duration::from_millis(1_000),
+        timeout: Duration::from_millis(500),
+        rise: 2,
+        fall: 2,
+        eject_after_failures: 5,
+        eject: Duration::from_millis(10_000),
+        slow_start: Duration::from_millis(10_000),
+    };
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+/// One `[[upstream.backend]]`: a replica.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Backend {
+    /// A literal IP and a non-zero port; host names are not resolved.
     pub address: SocketAddr,
+    /// Failure domain, `[A-Za-z0-9_.-]+`; [`DEFAULT_ZONE`] when not given.
     pub zone: String,
     /// Per-backend cap: the override, or the upstream's `limits.max_inflight`.
     pub max_inflight: u32,
 }
 
+/// A request's priority; the order is `Low < Normal < High < Critical`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Class {
+    /// Shed first: from caution up.
     Low = 0,
+    /// The class of requests no rule matches.
     Normal = 1,
+    /// May wait in the queue at every level below critical.
     High = 2,
+    /// Queued even at critical, where it may displace a lower class.
     Critical = 3,
 }
 
+impl Class {
+    /// Every class, lowest first.
+    pub const ALL: [Self; 4] = [Self::Low, Self::Normal, Self::High, Self::Critical];
+
+    /// The name used in the config file and as a metric label.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Low => "low",
+            Self::Normal => "normal",
+            Self::High => "high",
+            Self::Critical => "critical",
+        }
+    }
+
+    /// Parses a config-file name (exact, lower case).
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|class| class.as_str() == name)
+    }
+}
+
+impl fmt::Display for Class {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a [`PriorityRule`] looks at.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PriorityMatch {
+    /// The request path starts with this (which starts with `/`).
     PathPrefix(String),
     /// Header name (lower case) and exact value.
     Header(String, String),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PriorityRule {
-    pub matcher: PriorityMatch,
-    pub class: Class,
-}
-
-impl Class {
-    pub fn as_str(self) -> &'static str {
+impl fmt::Display for PriorityMatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Class::Low => "low",
-            Class::Normal => "normal",
-            Class::High => "high",
-            Class::Critical => "critical",
+            Self::PathPrefix(prefix) => write!(f, "path {prefix}*"),
+            Self::Header(name, value) => write!(f, "header {name}: {value}"),
         }
     }
 }
+
+/// One `[[priority]]`: requests it matches get its class.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PriorityRule {
+    /// What the rule looks at.
+    pub matcher: PriorityMatch,
+    /// The class of the requests it matches.
+    pub class: Class,
+}
+
+impl Config {
+    /// A short human summary of what this config does, for `levee check`: listeners,
+    /// each upstream with its routes, balance, limits, level thresholds and backends by
+    /// zone, the priority rules, and the total capacity. Ends with a newline.
+    pub fn explain(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = self.write_explanation(&mut out);
+        out
+    }
+
+    fn write_explanation(&self, out: &mut String) -> fmt::Result {
+        let s = &self.server;
+        let listen: Vec<String> = s.listen.iter().map(ToString::to_string).collect();
+        write!(out, "listen {} ({} threads", listen.join(", "), s.threads)?;
+        if let Some(zone) = &s.zone {
+            write!(out, ", zone {zone}")?;
+        }
+        writeln!(out, ")")?;
+        match s.admin_listen {
+            Some(admin) => writeln!(out, "admin {admin}")?,
+            None => writeln!(out, "admin off")?,
+        }
+
+        for u in &self.upstreams {
+            writeln!(
+                out,
+                "\nupstream {:?}: routes {}",
+                u.name,
+                u.routes.join(", ")
+            )?;
+            write!(out, "  balance {}", u.balance)?;
+            if let (Balance::ConsistentHash, Some(affinity)) = (u.balance, &u.affinity) {
+                write!(out, " on {affinity}")?;
+            }
+            writeln!(
+                out,
+                ", {} retries on connect failure",
+                u.retry_on_connect_failure
+            )?;
+            let l = &u.limits;
+            write!(out, "  limits {} in flight per backend, ", l.max_inflight)?;
+            if l.queue_depth == 0 {
+                writeln!(out, "no queue")?;
+            } else {
+                writeln!(
+                    out,
+                    "queue {} (timeout {})",
+                    l.queue_depth,
+                    human_duration(l.queue_timeout)
+                )?;
+            }
+            writeln!(out, "  caution at {}", human_thresholds(&u.levels.caution))?;
+            writeln!(out, "  danger  at {}", human_thresholds(&u.levels.danger))?;
+            if l.queue_depth > 0 {
+                writeln!(out, "  critical when the queue is full")?;
+            }
+            let h = &u.health;
+            match &h.path {
+                Some(path) => write!(
+                    out,
+                    "  health GET {path} every {} (timeout {}, rise {}, fall {})",
+                    human_duration(h.interval),
+                    human_duration(h.timeout),
+                    h.rise,
+                    h.fall
+                )?,
+                None => write!(out, "  health no active checks")?,
+            }
+            if h.eject_after_failures == 0 {
+                writeln!(out, "; no passive ejection")?;
+            } else {
+                writeln!(
+                    out,
+                    "; eject for {} after {} failures",
+                    human_duration(h.eject),
+                    h.eject_after_failures
+                )?;
+            }
+            let mut zones: BTreeMap<&str, Vec<&Backend>> = BTreeMap::new();
+            for b in &u.backends {
+                zones.entry(b.zone.as_str()).or_default().push(b);
+            }
+            for (zone, backends) in &zones {
+                let capacity: u64 = backends.iter().map(|b| u64::from(b.max_inflight)).sum();
+                let addresses: Vec<String> = backends
+                    .iter()
+                    .map(|b| {
+                        if b.max_inflight == l.max_inflight {
+                            b.address.to_string()
+                        } else {
+                            format!("{} (max {})", b.address, b.max_inflight)
+                        }
+                    })
+                    .collect();
+                writeln!(
+                    out,
+                    "  zone {zone}: {}, {capacity} in flight: {}",
+                    count(backends.len(), "backend"),
+                    addresses.join(", ")
+                )?;
+            }
+            writeln!(
+                out,
+                "  capacity {} in flight + {} queued",
+                u.capacity(),
+                l.queue_depth
+            )?;
+        }
+
+        if !self.priorities.is_empty() {
+            writeln!(out, "\npriority (first match wins; otherwise normal)")?;
+            for rule in &self.priorities {
+                writeln!(out, "  {} -> {}", rule.matcher, rule.class)?;
+            }
+        }
+
+        let in_flight: u64 = self.upstreams.iter().map(Upstream::capacity).sum();
+        let queued: u64 = self
+            .upstreams
+            .iter()
+            .map(|u| u64::from(u.limits.queue_depth))
+            .sum();
+        let backends: usize = self.upstreams.iter().map(|u| u.backends.len()).sum();
+        writeln!(
+            out,
+            "\ntotal {}, {}: {in_flight} in flight + {queued} queued",
+            count(self.upstreams.len(), "upstream"),
+            count(backends, "backend")
+        )
+    }
+}
+
+/// `1 backend`, `8 backends`.
+fn count(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
+/// `250 ms`, `10 s`: whole seconds when exact.
+fn human_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms >= 1000 && ms.is_multiple_of(1000) {
+        format!("{} s", ms / 1000)
+    } else {
+        format!("{ms} ms")
+    }
+}
+
+fn human_thresholds(t: &Thresholds) -> String {
+    let mut signals = Vec::new();
+    if let Some(u) = t.utilization {
+        signals.push(format!("utilization {}%", percent(u)));
+    }
+    if let Some(q) = t.queue {
+        signals.push(format!("queue {q}"));
+    }
+    if let Some(w) = t.queue_wait {
+        signals.push(format!("queue wait p95 {}", human_duration(w)));
+    }
+    if let Some(p) = t.p95 {
+        signals.push(format!("p95 {}", human_duration(p)));
+    }
+    if let Some(e) = t.error_rate {
+        signals.push(format!("errors {}%", percent(e)));
+    }
+    if signals.is_empty() {
+        "no signal (never)".to_owned()
+    } else {
+        signals.join(" or ")
+    }
+}
+
+/// A share as a percentage without float noise: 0.001 → "0.1", 0.85 → "85".
+fn percent(share: f64) -> String {
+    let text = format!("{:.4}", share * 100.0);
+    text.trim_end_matches('0').trim_end_matches('.').to_owned()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,5 +1,176 @@
-//! `levee demo`: embedded replicas in two zones, the proxy in front, and an open-loop
-//! load generator, for a first look at shedding.
+//! `levee demo`: embedded replicas in two zones, the proxy and its admin page in front
+//! of them, and an open-loop load ramp through the proxy, so a newcomer sees levee keep
+//! admitted latency flat while it sheds the excess.
+//!
+//! The replicas are in-process HTTP servers with finite capacity (a worker pool and a
+//! service time; past capacity they queue without bound, like real servers). The config
+//! is ordinary levee TOML, printed at start and parsed by the same code as `levee run`.
 
 pub mod load;
 pub mod replica;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use replica::{Replica, ReplicaConfig};
+
+/// Replicas per zone.
+const REPLICAS_PER_ZONE: usize = 2;
+/// Workers per replica: its concurrency before it starts queueing.
+const WORKERS: usize = 8;
+/// Service time of a demo request.
+const SERVICE_TIME: Duration = Duration::from_millis(20);
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct DemoArgs {
+    /// Proxy listen address.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Admin listen address (status page, /metrics, /status).
+    #[arg(long, default_value = "127.0.0.1:9901")]
+    pub admin: SocketAddr,
+    /// Offer this many requests per second for `--duration` seconds instead of the
+    /// default ramp (0.5x, 1x, 2x, 5x of capacity).
+    #[arg(long)]
+    pub load: Option<f64>,
+    /// Seconds per load step.
+    #[arg(long, default_value_t = 5)]
+    pub duration: u64,
+    /// Skip the load; just serve until Ctrl-C.
+    #[arg(long)]
+    pub no_load: bool,
+    /// Exit after the load instead of serving until Ctrl-C.
+    #[arg(long)]
+    pub exit: bool,
+    /// Write the demo's config to this file too.
+    #[arg(long)]
+    pub write_config: Option<std::path::PathBuf>,
+}
+
+/// Requests per second the demo replicas can serve together.
+pub fn capacity() -> f64 {
+    let per_replica = WORKERS as f64 / SERVICE_TIME.as_secs_f64();
+    per_replica * (2 * REPLICAS_PER_ZONE) as f64
+}
+
+/// The demo config for these replica addresses.
+pub fn config_toml(
+    listen: SocketAddr,
+    admin: SocketAddr,
+    replicas: &[(SocketAddr, &str)],
+) -> String {
+    let mut s = format!(
+        r#"# levee demo config: {n} replicas in 2 zones, {WORKERS} workers x {ms} ms each
+[server]
+listen = ["{listen}"]
+admin_listen = "{admin}"
+threads = 2
+zone = "a"
+
+[[upstream]]
+name = "demo"
+routes = ["/"]
+balance = "least_inflight"
+
+[upstream.limits]
+max_inflight = {WORKERS}     # per replica: its workers, so it never queues inside
+queue_depth = 64
+queue_timeout_ms = 50
+
+[upstream.levels]
+caution = {{ utilization = 0.9, queue = 8, p95_ms = 60 }}
+danger = {{ queue = 32, queue_wait_ms = 40, p95_ms = 100 }}
+cooldown_ms = 1000
+
+[[priority]]
+match = {{ path_prefix = "/admin/" }}
+class = "critical"
+
+[[priority]]
+match = {{ header = "x-priority:low" }}
+class = "low"
+"#,
+        n = replicas.len(),
+        ms = SERVICE_TIME.as_millis(),
+    );
+    for (addr, zone) in replicas {
+        s.push_str(&format!(
+            "\n[[upstream.backend]]\naddress = \"{addr}\"\nzone = \"{zone}\"\n"
+        ));
+    }
+    s
+}
+
+pub async fn run(args: DemoArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let mut replicas = Vec::new();
+    for zone in ["a", "b"] {
+        for i in 0..REPLICAS_PER_ZONE {
+            let r = Replica::start(ReplicaConfig {
+                name: format!("{zone}{}", i + 1),
+                zone: zone.to_string(),
+                workers: WORKERS,
+                service_time: SERVICE_TIME,
+            })
+            .await?;
+            replicas.push((r, zone));
+        }
+    }
+    let addrs: Vec<(SocketAddr, &str)> = replicas.iter().map(|(r, z)| (r.addr(), *z)).collect();
+    let text = config_toml(args.listen, args.admin, &addrs);
+    if let Some(path) = &args.write_config {
+        std::fs::write(path, &text)?;
+    }
+    let config = crate::config::parse(&text)?;
+    let running = crate::app::start(config).await?;
+    let proxy = running.addr();
+    let admin = running.admin_addr.unwrap_or(args.admin);
+    let cap = capacity();
+    println!("{text}");
+    println!(
+        "levee demo: {} replicas in zones a and b, capacity about {cap:.0} req/s",
+        replicas.len()
+    );
+    println!("  proxy        http://{proxy}/hello");
+    println!("  status page  http://{admin}/");
+    println!("  metrics      http://{admin}/metrics");
+    println!("  try          curl -i http://{proxy}/hello   and   curl -i -H 'x-priority: low' http://{proxy}/hello");
+    println!();
+
+    if !args.no_load {
+        let steps: Vec<f64> = match args.load {
+            Some(rate) => vec![rate],
+            None => vec![0.5 * cap, cap, 2.0 * cap, 5.0 * cap],
+        };
+        for rate in steps {
+            println!(
+                "--- offering {rate:.0} req/s ({:.1}x capacity) for {} s",
+                rate / cap,
+                args.duration
+            );
+            let report = load::run(
+                load::LoadConfig {
+                    target: proxy,
+                    path: "/hello".into(),
+                    rate,
+                    duration: Duration::from_secs(args.duration),
+                    connections: 1024,
+                    timeout: Duration::from_secs(2),
+                    headers: Vec::new(),
+                },
+                |tick| println!("{}", load::format_tick(tick)),
+            )
+            .await;
+            println!("{}", load::format_report(&report));
+        }
+        println!();
+        println!("Admitted requests kept their latency while the excess got a fast 503 with Retry-After.");
+    }
+    if args.exit {
+        running.shutdown(Duration::from_secs(1)).await;
+        return Ok(());
+    }
+    println!("levee demo is serving; Ctrl-C to stop.");
+    tokio::signal::ctrl_c().await?;
+    running.shutdown(Duration::from_secs(1)).await;
+    Ok(())
+}

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Installs what building and testing levee needs on a fresh Debian machine:
+# cmake (pingora's zlib-ng build) and, for the optional checks, chromium (status page
+# test), haproxy, nginx and wrk (benchmarks). Safe to run again.
+set -euo pipefail
+
+need=()
+command -v cmake >/dev/null || need+=(cmake)
+if [ "${LEVEE_SETUP_MINIMAL:-0}" != 1 ]; then
+  command -v chromium >/dev/null || need+=(chromium)
+  command -v haproxy >/dev/null || need+=(haproxy)
+  command -v nginx >/dev/null || need+=(nginx)
+  command -v wrk >/dev/null || need+=(wrk)
+fi
+if [ ${#need[@]} -gt 0 ]; then
+  SUDO=""
+  [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  echo "installing: ${need[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+command -v cargo >/dev/null || { echo "cargo not found: install Rust (rustup) first" >&2; exit 1; }

@@ -1,0 +1,792 @@
+//! Validation of the file model ([`super::file`]) into the typed [`Config`].
+//!
+//! Every check runs, whatever failed before it: a bad value is reported and
+//! replaced by its default so that the checks depending on it still run, and the
+//! caller gets every problem of the file in one [`ConfigErrors`]. Each error names
+//! the key path it is about and quotes the offending value.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use super::file;
+use super::*;
+
+/// Largest `*_ms` duration accepted, one day: far beyond any sane timeout, and small
+/// enough that adding it to an `Instant` can never overflow.
+const MAX_DURATION_MS: i64 = 86_400_000;
+/// Largest count accepted (in-flight limits, queue depths, probe counts).
+const MAX_COUNT: i64 = 1_000_000;
+/// Largest `server.threads`.
+const MAX_THREADS: i64 = 1024;
+/// Largest `server.retry_after_max_secs`, one day.
+const MAX_RETRY_AFTER_SECS: i64 = 86_400;
+
+/// Validates the whole file; `Err` holds every problem found, table by table.
+pub(super) fn validate(root: &file::Root) -> Result<Config, ConfigErrors> {
+    let mut v = Validator::default();
+    let server = v.server(root.server.as_ref());
+    let upstreams = v.upstreams(root.upstream.as_deref());
+    let priorities = v.priorities(root.priority.as_deref());
+    if v.errors.is_empty() {
+        Ok(Config {
+            server,
+            upstreams,
+            priorities,
+        })
+    } else {
+        Err(ConfigErrors(v.errors))
+    }
+}
+
+#[derive(Default)]
+struct Validator {
+    errors: Vec<ConfigError>,
+}
+
+impl Validator {
+    fn error(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.errors.push(ConfigError::new(path, message));
+    }
+
+    /// An integer in `[min, max]`, `default` when absent. Out of range: an error, and
+    /// the default is used so dependent checks can go on.
+    fn int(&mut self, path: &str, value: Option<i64>, default: i64, min: i64, max: i64) -> i64 {
+        match value {
+            None => default,
+            Some(v) if v < min => {
+                self.error(path, format!("must be at least {min} (got {v})"));
+                default
+            }
+            Some(v) if v > max => {
+                self.error(path, format!("must be at most {max} (got {v})"));
+                default
+            }
+            Some(v) => v,
+        }
+    }
+
+    /// A count in `[min, MAX_COUNT]`.
+    fn count(&mut self, path: &str, value: Option<i64>, default: u32, min: u32) -> u32 {
+        let v = self.int(path, value, default.into(), min.into(), MAX_COUNT);
+        u32::try_from(v).unwrap_or(default)
+    }
+
+    /// A `*_ms` duration in `[min_ms, MAX_DURATION_MS]`.
+    fn millis(
+        &mut self,
+        path: &str,
+        value: Option<i64>,
+        default: Duration,
+        min_ms: i64,
+    ) -> Duration {
+        let default_ms = i64::try_from(default.as_millis()).unwrap_or(MAX_DURATION_MS);
+        let v = self.int(path, value, default_ms, min_ms, MAX_DURATION_MS);
+        u64::try_from(v).map_or(default, Duration::from_millis)
+    }
+
+    /// A name usable in metric labels and logs: `[A-Za-z0-9_.-]+`.
+    fn name(&mut self, path: &str, what: &str, value: &str) -> bool {
+        if is_name(value) {
+            true
+        } else {
+            self.error(
+                path,
+                format!("invalid {what} {value:?}: use letters, digits, '_', '.' and '-'"),
+            );
+            false
+        }
+    }
+
+    fn socket_addr(&mut self, path: &str, value: &str) -> Option<SocketAddr> {
+        match value.parse::<SocketAddr>() {
+            Ok(addr) => Some(addr),
+            Err(_) => {
+                self.error(
+                    path,
+                    format!("{value:?} is not a literal IP:port (host names are not resolved)"),
+                );
+                None
+            }
+        }
+    }
+
+    fn server(&mut self, server: Option<&file::Server>) -> Server {
+        let default = file::Server::default();
+        let s = server.unwrap_or_else(|| {
+            self.error("server", "required: a [server] table with listen addresses");
+            &default
+        });
+
+        let mut listen: Vec<SocketAddr> = Vec::new();
+        let mut first_index: HashMap<SocketAddr, usize> = HashMap::new();
+        if server.is_some() && s.listen.as_ref().is_none_or(Vec::is_empty) {
+            self.error(
+                "server.listen",
+                "required: at least one address to listen on",
+            );
+        }
+        for (i, text) in s.listen.iter().flatten().enumerate() {
+            let path = format!("server.listen[{i}]");
+            let Some(addr) = self.socket_addr(&path, text) else {
+                continue;
+            };
+            // Port 0 asks the kernel for a free port, so two of them never clash.
+            if let Some(first) = first_index.get(&addr).filter(|_| addr.port() != 0) {
+                self.error(
+                    path,
+                    format!("duplicate listen address {addr} (also listen[{first}])"),
+                );
+                continue;
+            }
+            first_index.insert(addr, i);
+            listen.push(addr);
+        }
+
+        let threads = self.int(
+            "server.threads",
+            s.threads,
+            DEFAULT_THREADS as i64,
+            1,
+            MAX_THREADS,
+        );
+        let zone = s
+            .zone
+            .as_deref()
+            .filter(|zone| self.name("server.zone", "zone", zone))
+            .map(str::to_owned);
+        let admin_listen = s
+            .admin_listen
+            .as_deref()
+            .and_then(|text| self.socket_addr("server.admin_listen", text));
+        if let Some(admin) = admin_listen {
+            if let Some(i) = first_index.get(&admin).filter(|_| admin.port() != 0) {
+                self.error(
+                    "server.admin_listen",
+                    format!(
+                        "{admin} is also listen[{i}]: the admin listener needs its own address"
+                    ),
+                );
+            }
+        }
+        let grace_period = self.millis(
+            "server.grace_period_ms",
+            s.grace_period_ms,
+            DEFAULT_GRACE_PERIOD,
+            0,
+        );
+        let max_request_body_bytes = self.int(
+            "server.max_request_body_bytes",
+            s.max_request_body_bytes,
+            DEFAULT_MAX_REQUEST_BODY_BYTES as i64,
+            0,
+            i64::MAX,
+        );
+        let retry_after_max_secs = self.int(
+            "server.retry_after_max_secs",
+            s.retry_after_max_secs,
+            DEFAULT_RETRY_AFTER_MAX_SECS as i64,
+            1,
+            MAX_RETRY_AFTER_SECS,
+        );
+        let timeouts = self.timeouts(s.timeouts.as_ref());
+
+        Server {
+            listen,
+            threads: usize::try_from(threads).unwrap_or(DEFAULT_THREADS),
+            zone,
+            admin_listen,
+            grace_period,
+            timeouts,
+            max_request_body_bytes: u64::try_from(max_request_body_bytes)
+                .unwrap_or(DEFAULT_MAX_REQUEST_BODY_BYTES),
+            retry_after_max_secs: u64::try_from(retry_after_max_secs)
+                .unwrap_or(DEFAULT_RETRY_AFTER_MAX_SECS),
+        }
+    }
+
+    fn timeouts(&mut self, t: Option<&file::Timeouts>) -> Timeouts {
+        let default = file::Timeouts::default();
+        let t = t.unwrap_or(&default);
+        let d = Timeouts::DEFAULT;
+        let mut ms = |key: &str, value: Option<i64>, default: Duration, min: i64| {
+            self.millis(&format!("server.timeouts.{key}"), value, default, min)
+        };
+        Timeouts {
+            connect: ms("connect_ms", t.connect_ms, d.connect, 1),
+            read: ms("read_ms", t.read_ms, d.read, 1),
+            write: ms("write_ms", t.write_ms, d.write, 1),
+            response: ms("response_ms", t.response_ms, d.response, 1),
+            stream_idle: ms("stream_idle_ms", t.stream_idle_ms, d.stream_idle, 1),
+            client_header: ms("client_header_ms", t.client_header_ms, d.client_header, 1),
+            // Client keep-alive is set in whole seconds.
+            client_idle: ms("client_idle_ms", t.client_idle_ms, d.client_idle, 1000),
+            upstream_idle: ms("upstream_idle_ms", t.upstream_idle_ms, d.upstream_idle, 1),
+        }
+    }
+
+    fn upstreams(&mut self, upstreams: Option<&[file::Upstream]>) -> Vec<Upstream> {
+        let upstreams = upstreams.unwrap_or_default();
+        if upstreams.is_empty() {
+            self.error("upstream", "required: at least one [[upstream]]");
+        }
+        let mut names: HashMap<&str, usize> = HashMap::new();
+        // route → (upstream index, route index)
+        let mut routes: HashMap<&str, (usize, usize)> = HashMap::new();
+        let mut out = Vec::with_capacity(upstreams.len());
+        for (i, u) in upstreams.iter().enumerate() {
+            let prefix = format!("upstream[{i}]");
+            match u.name.as_deref() {
+                None => self.error(format!("{prefix}.name"), "required"),
+                Some(name) => {
+                    if self.name(&format!("{prefix}.name"), "upstream name", name) {
+                        if let Some(first) = names.get(name) {
+                            self.error(
+                                format!("{prefix}.name"),
+                                format!(
+                                    "duplicate upstream name {name:?} (also upstream[{first}])"
+                                ),
+                            );
+                        } else {
+                            names.insert(name, i);
+                        }
+                    }
+                }
+            }
+            for (j, route) in u.routes.iter().flatten().enumerate() {
+                let path = format!("{prefix}.routes[{j}]");
+                if !self.route(&path, route) {
+                    continue;
+                }
+                match routes.get(route.as_str()) {
+                    Some(&(other, k)) if other == i => {
+                        self.error(
+                            path,
+                            format!("duplicate route {route:?} (also routes[{k}])"),
+                        );
+                    }
+                    Some(&(other, _)) => {
+                        let by = upstreams
+                            .get(other)
+                            .and_then(|o| o.name.as_deref())
+                            .map_or_else(|| format!("upstream[{other}]"), |n| format!("{n:?}"));
+                        self.error(
+                            path,
+                            format!("route {route:?} is already served by upstream {by}"),
+                        );
+                    }
+                    None => {
+                        routes.insert(route, (i, j));
+                    }
+                }
+            }
+            out.push(self.upstream(&prefix, u));
+        }
+        out
+    }
+
+    /// A route or path prefix: starts with `/`, no query, fragment, space or control.
+    fn route(&mut self, path: &str, route: &str) -> bool {
+        if !route.starts_with('/') {
+            self.error(path, format!("{route:?} must start with '/'"));
+            false
+        } else if route
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || c == '?' || c == '#')
+        {
+            self.error(
+                path,
+                format!("{route:?} must be a plain path (no spaces, query or fragment)"),
+            );
+            false
+        } else {
+            true
+        }
+    }
+
+    fn upstream(&mut self, prefix: &str, u: &file::Upstream) -> Upstream {
+        if u.routes.as_ref().is_none_or(Vec::is_empty) {
+            self.error(
+                format!("{prefix}.routes"),
+                "required: at least one path prefix, e.g. [\"/\"]",
+            );
+        }
+        let balance = match u.balance.as_deref() {
+            None => Balance::LeastInflight,
+            Some(text) => Balance::parse(text).unwrap_or_else(|| {
+                self.error(
+                    format!("{prefix}.balance"),
+                    format!(
+                        "unknown balance {text:?} (expected least_inflight, round_robin or consistent_hash)"
+                    ),
+                );
+                Balance::LeastInflight
+            }),
+        };
+        let affinity = u
+            .affinity
+            .as_deref()
+            .and_then(|text| self.affinity(&format!("{prefix}.affinity"), text));
+        if balance == Balance::ConsistentHash && u.affinity.is_none() {
+            self.error(
+                format!("{prefix}.affinity"),
+                "required with balance = \"consistent_hash\": \"header:NAME\" or \"cookie:NAME\"",
+            );
+        }
+        let retry_on_connect_failure = self.count(
+            &format!("{prefix}.retry_on_connect_failure"),
+            u.retry_on_connect_failure,
+            DEFAULT_RETRY_ON_CONNECT_FAILURE,
+            0,
+        );
+        let limits = self.limits(prefix, u.limits.as_ref());
+        let levels = self.levels(prefix, u.levels.as_ref(), &limits);
+        let health = self.health(prefix, u.health.as_ref());
+        let backends = self.backends(prefix, u.backend.as_deref(), &limits);
+        Upstream {
+            name: u.name.clone().unwrap_or_default(),
+            routes: u.routes.clone().unwrap_or_default(),
+            balance,
+            affinity,
+            retry_on_connect_failure,
+            limits,
+            levels,
+            health,
+            backends,
+        }
+    }
+
+    fn affinity(&mut self, path: &str, text: &str) -> Option<Affinity> {
+        let parsed = match text.split_once(':') {
+            Some(("header", name)) if is_token(name) => {
+                Some(Affinity::Header(name.to_ascii_lowercase()))
+            }
+            Some(("cookie", name)) if is_token(name) => Some(Affinity::Cookie(name.to_owned())),
+            Some(("header" | "cookie", name)) => {
+                self.error(path, format!("{text:?}: {name:?} is not a valid name"));
+                return None;
+            }
+            _ => None,
+        };
+        if parsed.is_none() {
+            self.error(
+                path,
+                format!("{text:?} must be \"header:NAME\" or \"cookie:NAME\""),
+            );
+        }
+        parsed
+    }
+
+    fn limits(&mut self, prefix: &str, l: Option<&file::Limits>) -> Limits {
+        let default = file::Limits::default();
+        let l = l.unwrap_or(&default);
+        let d = Limits::DEFAULT;
+        let max_inflight = self.count(
+            &format!("{prefix}.limits.max_inflight"),
+            l.max_inflight,
+            d.max_inflight,
+            1,
+        );
+        let queue_depth = self.count(
+            &format!("{prefix}.limits.queue_depth"),
+            l.queue_depth,
+            d.queue_depth,
+            0,
+        );
+        // Without a queue nothing waits, so no timeout is needed.
+        let min_timeout = i64::from(queue_depth > 0);
+        let queue_timeout = self.millis(
+            &format!("{prefix}.limits.queue_timeout_ms"),
+            l.queue_timeout_ms,
+            d.queue_timeout,
+            min_timeout,
+        );
+        Limits {
+            max_inflight,
+            queue_depth,
+            queue_timeout,
+        }
+    }
+
+    fn levels(&mut self, prefix: &str, l: Option<&file::Levels>, limits: &Limits) -> Levels {
+        let default = file::Levels::default();
+        let l = l.unwrap_or(&default);
+        let path = format!("{prefix}.levels");
+        let caution = match &l.caution {
+            Some(t) => self.thresholds(&format!("{path}.caution"), t, limits, false),
+            None => Thresholds::default_caution(limits.queue_depth),
+        };
+        let danger = match &l.danger {
+            Some(t) => self.thresholds(&format!("{path}.danger"), t, limits, true),
+            None => Thresholds::default_danger(limits.queue_depth),
+        };
+        let danger_path = format!("{path}.danger");
+        let note = |written: bool| if written { "" } else { " by default" };
+        let notes = (note(l.caution.is_some()), note(l.danger.is_some()));
+        self.ordered(&danger_path, "queue", caution.queue, danger.queue, notes);
+        self.ordered(
+            &danger_path,
+            "queue_wait_ms",
+            caution.queue_wait.map(millis_of),
+            danger.queue_wait.map(millis_of),
+            notes,
+        );
+        self.ordered(
+            &danger_path,
+            "p95_ms",
+            caution.p95.map(millis_of),
+            danger.p95.map(millis_of),
+            notes,
+        );
+        self.ordered(
+            &danger_path,
+            "error_rate",
+            caution.error_rate,
+            danger.error_rate,
+            notes,
+        );
+        Levels {
+            caution,
+            danger,
+            cooldown: self.millis(
+                &format!("{path}.cooldown_ms"),
+                l.cooldown_ms,
+                Levels::DEFAULT_COOLDOWN,
+                0,
+            ),
+            window: self.millis(
+                &format!("{path}.window_ms"),
+                l.window_ms,
+                Levels::DEFAULT_WINDOW,
+                1000,
+            ),
+            min_samples: self.count(
+                &format!("{path}.min_samples"),
+                l.min_samples,
+                Levels::DEFAULT_MIN_SAMPLES,
+                1,
+            ),
+        }
+    }
+
+    /// Danger must not trigger before caution on the same signal.
+    fn ordered<T: PartialOrd + std::fmt::Display>(
+        &mut self,
+        danger_path: &str,
+        key: &str,
+        caution: Option<T>,
+        danger: Option<T>,
+        (caution_note, danger_note): (&str, &str),
+    ) {
+        if let (Some(c), Some(d)) = (caution, danger) {
+            if d < c {
+                self.error(
+                    format!("{danger_path}.{key}"),
+                    format!(
+                        "danger must be at least caution ({c}{caution_note}), got {d}{danger_note}"
+                    ),
+                );
+            }
+        }
+    }
+
+    fn thresholds(
+        &mut self,
+        path: &str,
+        t: &file::Thresholds,
+        limits: &Limits,
+        danger: bool,
+    ) -> Thresholds {
+        let utilization = t.utilization.and_then(|u| {
+            let key = format!("{path}.utilization");
+            if danger {
+                self.error(
+                    key,
+                    "utilization only raises the level to caution: busy is not overloaded",
+                );
+                None
+            } else if u > 0.0 && u <= 1.0 {
+                Some(u)
+            } else {
+                self.error(key, format!("must be in (0, 1] (got {u})"));
+                None
+            }
+        });
+        let queue = t.queue.and_then(|q| {
+            let key = format!("{path}.queue");
+            let q = self.int(&key, Some(q), 0, 1, MAX_COUNT);
+            let q = u32::try_from(q).ok().filter(|&q| q > 0)?;
+            if q > limits.queue_depth {
+                self.error(
+                    key,
+                    format!(
+                        "{q} can never be reached: queue_depth is {}",
+                        limits.queue_depth
+                    ),
+                );
+                return None;
+            }
+            Some(q)
+        });
+        let queue_wait = t.queue_wait_ms.and_then(|ms| {
+            let key = format!("{path}.queue_wait_ms");
+            let wait = self.millis(&key, Some(ms), Duration::ZERO, 1);
+            if wait.is_zero() {
+                return None;
+            }
+            if limits.queue_depth == 0 {
+                self.error(key, format!("{ms} can never be reached: queue_depth is 0"));
+                return None;
+            }
+            if wait > limits.queue_timeout {
+                self.error(
+                    key,
+                    format!(
+                        "{ms} can never be reached: queue_timeout_ms is {}",
+                        millis_of(limits.queue_timeout)
+                    ),
+                );
+                return None;
+            }
+            Some(wait)
+        });
+        let p95 = t.p95_ms.and_then(|ms| {
+            let p95 = self.millis(&format!("{path}.p95_ms"), Some(ms), Duration::ZERO, 1);
+            (!p95.is_zero()).then_some(p95)
+        });
+        let error_rate = t.error_rate.and_then(|r| {
+            if r > 0.0 && r <= 1.0 {
+                Some(r)
+            } else {
+                self.error(
+                    format!("{path}.error_rate"),
+                    format!(
+                        "must be in (0, 1] (got {r}); 0 would hold the level forever, leave the key out instead"
+                    ),
+                );
+                None
+            }
+        });
+        Thresholds {
+            utilization,
+            queue,
+            queue_wait,
+            p95,
+            error_rate,
+        }
+    }
+
+    fn health(&mut self, prefix: &str, h: Option<&file::Health>) -> Health {
+        let default = file::Health::default();
+        let h = h.unwrap_or(&default);
+        let d = Health::DEFAULT;
+        let path = format!("{prefix}.health");
+        let probe = h
+            .path
+            .as_deref()
+            .and_then(|p| self.route(&format!("{path}.path"), p).then(|| p.to_owned()));
+        let interval = self.millis(&format!("{path}.interval_ms"), h.interval_ms, d.interval, 1);
+        let mut timeout = self.millis(&format!("{path}.timeout_ms"), h.timeout_ms, d.timeout, 1);
+        if timeout > interval {
+            self.error(
+                format!("{path}.timeout_ms"),
+                format!(
+                    "must be at most interval_ms ({}), got {}",
+                    millis_of(interval),
+                    millis_of(timeout)
+                ),
+            );
+            timeout = interval;
+        }
+        Health {
+            path: probe,
+            interval,
+            timeout,
+            rise: self.count(&format!("{path}.rise"), h.rise, d.rise, 1),
+            fall: self.count(&format!("{path}.fall"), h.fall, d.fall, 1),
+            eject_after_failures: self.count(
+                &format!("{path}.eject_after_failures"),
+                h.eject_after_failures,
+                d.eject_after_failures,
+                0,
+            ),
+            eject: self.millis(&format!("{path}.eject_ms"), h.eject_ms, d.eject, 1),
+            slow_start: self.millis(
+                &format!("{path}.slow_start_ms"),
+                h.slow_start_ms,
+                d.slow_start,
+                0,
+            ),
+        }
+    }
+
+    fn backends(
+        &mut self,
+        prefix: &str,
+        backends: Option<&[file::Backend]>,
+        limits: &Limits,
+    ) -> Vec<Backend> {
+        let backends = backends.unwrap_or_default();
+        if backends.is_empty() {
+            self.error(
+                format!("{prefix}.backend"),
+                "required: at least one [[upstream.backend]]",
+            );
+        }
+        let mut seen: HashMap<SocketAddr, usize> = HashMap::new();
+        let mut out = Vec::with_capacity(backends.len());
+        for (i, b) in backends.iter().enumerate() {
+            let path = format!("{prefix}.backend[{i}]");
+            let address = match b.address.as_deref() {
+                None => {
+                    self.error(format!("{path}.address"), "required: IP:port");
+                    None
+                }
+                Some(text) => self.socket_addr(&format!("{path}.address"), text),
+            };
+            let address = address.filter(|addr| {
+                if addr.port() == 0 {
+                    self.error(
+                        format!("{path}.address"),
+                        format!("{addr}: port 0 is not a port"),
+                    );
+                    return false;
+                }
+                if let Some(first) = seen.get(addr) {
+                    self.error(
+                        format!("{path}.address"),
+                        format!("duplicate backend address {addr} (also backend[{first}])"),
+                    );
+                    return false;
+                }
+                seen.insert(*addr, i);
+                true
+            });
+            let zone = match b.zone.as_deref() {
+                Some(zone) if self.name(&format!("{path}.zone"), "zone", zone) => zone.to_owned(),
+                _ => DEFAULT_ZONE.to_owned(),
+            };
+            let max_inflight = self.count(
+                &format!("{path}.max_inflight"),
+                b.max_inflight,
+                limits.max_inflight,
+                1,
+            );
+            if let Some(address) = address {
+                out.push(Backend {
+                    address,
+                    zone,
+                    max_inflight,
+                });
+            }
+        }
+        out
+    }
+
+    fn priorities(&mut self, rules: Option<&[file::Priority]>) -> Vec<PriorityRule> {
+        let mut out = Vec::new();
+        for (i, rule) in rules.unwrap_or_default().iter().enumerate() {
+            let path = format!("priority[{i}]");
+            let matcher = self.matcher(&format!("{path}.match"), rule.matcher.as_ref());
+            let class = match rule.class.as_deref() {
+                None => {
+                    self.error(
+                        format!("{path}.class"),
+                        "required: critical, high, normal or low",
+                    );
+                    None
+                }
+                Some(text) => Class::parse(text).or_else(|| {
+                    self.error(
+                        format!("{path}.class"),
+                        format!("unknown class {text:?} (expected critical, high, normal or low)"),
+                    );
+                    None
+                }),
+            };
+            if let (Some(matcher), Some(class)) = (matcher, class) {
+                out.push(PriorityRule { matcher, class });
+            }
+        }
+        out
+    }
+
+    fn matcher(&mut self, path: &str, m: Option<&file::Match>) -> Option<PriorityMatch> {
+        let exactly_one = "give exactly one of path_prefix = \"/…\" or header = \"name:value\"";
+        let Some(m) = m else {
+            self.error(path, format!("required: {exactly_one}"));
+            return None;
+        };
+        match (m.path_prefix.as_deref(), m.header.as_deref()) {
+            (Some(prefix), None) => self
+                .route(&format!("{path}.path_prefix"), prefix)
+                .then(|| PriorityMatch::PathPrefix(prefix.to_owned())),
+            (None, Some(header)) => {
+                let parsed = header
+                    .split_once(':')
+                    .map(|(name, value)| (name.trim(), value.trim()))
+                    .filter(|(name, value)| {
+                        is_token(name) && !value.is_empty() && is_header_value(value)
+                    });
+                match parsed {
+                    Some((name, value)) => Some(PriorityMatch::Header(
+                        name.to_ascii_lowercase(),
+                        value.to_owned(),
+                    )),
+                    None => {
+                        self.error(
+                            format!("{path}.header"),
+                            format!("{header:?} must be name:value, e.g. \"x-priority:high\""),
+                        );
+                        None
+                    }
+                }
+            }
+            _ => {
+                self.error(path, exactly_one);
+                None
+            }
+        }
+    }
+}
+
+fn is_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
+/// An HTTP token (RFC 9110 §5.6.2): what header and cookie names are made of.
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes().all(|b| {
+            b.is_ascii_alphanumeric()
+                || matches!(
+                    b,
+                    b'!' | b'#'
+                        | b'$'
+                        | b'%'
+                        | b'&'
+                        | b'\''
+                        | b'*'
+                        | b'+'
+                        | b'-'
+                        | b'.'
+                        | b'^'
+                        | b'_'
+                        | b'`'
+                        | b'|'
+                        | b'~'
+                )
+        })
+}
+
+/// Visible ASCII, spaces and tabs: what a header value can be compared against.
+fn is_header_value(s: &str) -> bool {
+    s.bytes().all(|b| b == b'\t' || (b' '..=b'~').contains(&b))
+}
+
+/// Whole milliseconds of `d`, saturating.
+pub(super) fn millis_of(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}

@@ -1,0 +1,183 @@
+//! Test kit: real replicas and a real levee on `127.0.0.1:0`, and a small HTTP/1.1
+//! client over one connection.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use levee::app::Running;
+use levee::demo::replica::{Replica, ReplicaConfig};
+use tokio::net::TcpStream;
+
+pub async fn replica(name: &str, zone: &str, workers: usize, service_ms: u64) -> Replica {
+    Replica::start(ReplicaConfig {
+        name: name.into(),
+        zone: zone.into(),
+        workers,
+        service_time: Duration::from_millis(service_ms),
+    })
+    .await
+    .expect("replica starts")
+}
+
+/// A levee config around `backends`, with `extra` TOML appended to the upstream table
+/// (limits, levels...) and `tail` after everything (priority rules).
+pub struct Setup {
+    pub upstream: String,
+    pub backends: Vec<(SocketAddr, String)>,
+    pub server: String,
+    pub tail: String,
+}
+
+impl Setup {
+    pub fn new(backends: &[&Replica]) -> Setup {
+        Setup {
+            upstream: String::new(),
+            backends: backends
+                .iter()
+                .map(|r| (r.addr(), "a".to_string()))
+                .collect(),
+            server: String::new(),
+            tail: String::new(),
+        }
+    }
+
+    pub fn upstream(mut self, toml: &str) -> Setup {
+        self.upstream.push_str(toml);
+        self.upstream.push('\n');
+        self
+    }
+
+    pub fn server(mut self, toml: &str) -> Setup {
+        self.server.push_str(toml);
+        self.server.push('\n');
+        self
+    }
+
+    pub fn tail(mut self, toml: &str) -> Setup {
+        self.tail.push_str(toml);
+        self.tail.push('\n');
+        self
+    }
+
+    pub fn toml(&self) -> String {
+        let mut s = format!(
+            "[server]\nlisten = [\"127.0.0.1:0\"]\nadmin_listen = \"127.0.0.1:0\"\nthreads = 2\n{}\n[[upstream]]\nname = \"app\"\nroutes = [\"/\"]\n{}\n",
+            self.server, self.upstream
+        );
+        for (addr, zone) in &self.backends {
+            s.push_str(&format!(
+                "[[upstream.backend]]\naddress = \"{addr}\"\nzone = \"{zone}\"\n"
+            ));
+        }
+        s.push_str(&self.tail);
+        s
+    }
+
+    pub async fn start(self) -> Running {
+        let text = self.toml();
+        let config = levee::config::parse(&text)
+            .unwrap_or_else(|e| panic!("test config invalid:\n{e}\n---\n{text}"));
+        levee::app::start(config).await.expect("levee starts")
+    }
+}
+
+/// One client connection, kept alive across requests.
+pub struct Conn {
+    sender: SendRequest<Full<Bytes>>,
+}
+
+pub struct Reply {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+impl Conn {
+    pub async fn open(addr: SocketAddr) -> Conn {
+        let tcp = TcpStream::connect(addr).await.expect("connect");
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+            .await
+            .expect("handshake");
+        tokio::spawn(conn);
+        Conn { sender }
+    }
+
+    pub async fn send(
+        &mut self,
+        req: http::Request<Full<Bytes>>,
+    ) -> hyper::Response<hyper::body::Incoming> {
+        self.sender.ready().await.expect("connection usable");
+        self.sender.send_request(req).await.expect("response")
+    }
+
+    pub async fn request(&mut self, req: http::Request<Full<Bytes>>) -> Reply {
+        let resp = self.send(req).await;
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        Reply {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    pub async fn get(&mut self, path: &str) -> Reply {
+        self.request(get(path)).await
+    }
+}
+
+pub fn get(path: &str) -> http::Request<Full<Bytes>> {
+    http::Request::get(path)
+        .header("host", "test")
+        .body(Full::new(Bytes::new()))
+        .expect("request")
+}
+
+pub fn get_with(path: &str, headers: &[(&str, &str)]) -> http::Request<Full<Bytes>> {
+    let mut b = http::Request::get(path).header("host", "test");
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    b.body(Full::new(Bytes::new())).expect("request")
+}
+
+/// One request on a fresh connection.
+pub async fn fetch(addr: SocketAddr, req: http::Request<Full<Bytes>>) -> Reply {
+    Conn::open(addr).await.request(req).await
+}
+
+/// Waits (polling, bounded) until `cond` holds; panics with `what` after `limit`.
+pub async fn eventually(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < limit, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Every slot released and nobody queued, in every upstream.
+pub fn all_idle(running: &Running) -> bool {
+    running
+        .app
+        .snapshot()
+        .upstreams
+        .iter()
+        .all(|u| u.inflight() == 0 && u.queue.is_empty())
+}
