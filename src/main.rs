@@ -43,12 +43,15 @@ enum Command {
     Demo(levee::demo::DemoArgs),
 }
 
-fn init_logs(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("LEVEE_LOG").unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new("info,pingora_core=warn,pingora_proxy=warn")
-    });
+/// Logs go to stderr; `LEVEE_LOG` (a tracing filter such as `debug` or
+/// `levee=debug,pingora_proxy=info`) overrides `default`.
+fn init_logs(format: LogFormat, default: &str) {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LEVEE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Human => builder.init(),
@@ -66,7 +69,12 @@ fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logs(cli.log_format);
+    // The demo prints its own per-second view; its logs stay at warnings unless asked.
+    let default = match cli.command {
+        Command::Demo(_) => "warn",
+        _ => "info,pingora_core=warn,pingora_proxy=warn",
+    };
+    init_logs(cli.log_format, default);
     match cli.command {
         Command::Check { config } => match levee::config::load(&config) {
             Ok(cfg) => {

@@ -107,6 +107,11 @@ pub fn status_json(snapshot: &Snapshot, ready: bool) -> serde_json::Value {
                 .flat_map(|r| crate::metrics::CLASSES.iter().map(move |c| (*r, *c)))
                 .map(|(r, c)| up.metrics.shed(r, c).get())
                 .sum();
+            let requests: u64 = up
+                .backends
+                .iter()
+                .flat_map(|b| crate::metrics::CLASSES.map(|c| b.metrics.requests(c).get()))
+                .sum();
             let window = up.window.stats();
             json!({
                 "name": up.name,
@@ -115,6 +120,7 @@ pub fn status_json(snapshot: &Snapshot, ready: bool) -> serde_json::Value {
                 "queue_depth": up.limits.queue_depth,
                 "inflight": up.inflight(),
                 "capacity": up.capacity(),
+                "requests_total": requests,
                 "shed_total": shed,
                 "drain_per_sec": up.drain_per_sec(),
                 "p95_ms": window.p95.map(|d| d.as_secs_f64() * 1000.0),
