@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# Installs what building and testing levee needs on a fresh Debian machine:
-# cmake (pingora's zlib-ng build) and, for the optional checks, chromium (status page
-# test), haproxy, nginx and wrk (benchmarks). Safe to run again.
+# Installs what building levee needs on a fresh Debian machine: cmake (pingora's
+# zlib-ng build). With --all it also installs what the optional checks use: chromium
+# (status page test), haproxy, nginx and wrk (benchmarks). Safe to run again.
 set -euo pipefail
 
 need=()
 command -v cmake >/dev/null || need+=(cmake)
-if [ "${LEVEE_SETUP_MINIMAL:-0}" != 1 ]; then
+if [ "${1:-}" = "--all" ]; then
   command -v chromium >/dev/null || need+=(chromium)
   command -v haproxy >/dev/null || need+=(haproxy)
   command -v nginx >/dev/null || need+=(nginx)

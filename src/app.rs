@@ -143,6 +143,7 @@ pub fn start_with(
         tasks.push(tokio::spawn(serve(
             l,
             app.proxy.clone(),
+            app.shared.clone(),
             app.connections.clone(),
             app.shutdown_signal(),
         )));

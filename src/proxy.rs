@@ -56,6 +56,9 @@ pub struct Ctx {
     body_bytes: u64,
     /// Is this a websocket-style upgrade (Connection/Upgrade must pass through)?
     upgrade: bool,
+    /// Did the client say it accepts a stream (or ask for an upgrade)? Then reads from
+    /// the backend may be as far apart as `stream_idle`, not just `read`.
+    may_stream: bool,
 }
 
 fn new_error(etype: ErrorType, why: &'static str) -> Box<Error> {
@@ -138,6 +141,7 @@ impl ProxyHttp for Levee {
             status: 0,
             body_bytes: 0,
             upgrade: false,
+            may_stream: false,
         }
     }
 
@@ -177,6 +181,12 @@ impl ProxyHttp for Levee {
             .as_ref()
             .and_then(|a| affinity_key(req, a));
         ctx.upgrade = req.headers.contains_key(http::header::UPGRADE);
+        ctx.may_stream = ctx.upgrade
+            || req
+                .headers
+                .get_all(http::header::ACCEPT)
+                .iter()
+                .any(|v| v.to_str().is_ok_and(|v| v.contains("text/event-stream")));
         let class = ctx.class;
         ctx.snapshot = Some(snapshot);
 
@@ -222,11 +232,11 @@ impl ProxyHttp for Levee {
         let o = &mut peer.options;
         o.connection_timeout = Some(t.connect);
         o.total_connection_timeout = Some(t.connect);
-        o.read_timeout = Some(t.read.max(if ctx.upgrade {
-            t.stream_idle
+        o.read_timeout = Some(if ctx.may_stream {
+            t.read.max(t.stream_idle)
         } else {
-            Duration::ZERO
-        }));
+            t.read
+        });
         o.write_timeout = Some(t.write);
         o.idle_timeout = Some(t.upstream_idle);
         Ok(Box::new(peer))

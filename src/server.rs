@@ -10,7 +10,8 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use pingora::apps::ServerApp;
+use pingora::apps::{HttpServerApp, ServerApp};
+use pingora::protocols::http::ServerSession;
 use std::os::unix::io::AsRawFd;
 
 use pingora::protocols::l4::stream::Stream;
@@ -41,6 +42,48 @@ pub fn proxy_app(shared: SharedSnapshot, threads: usize) -> Arc<ProxyApp> {
     app.server_options = Some(options);
     app.handle_init_modules();
     Arc::new(app)
+}
+
+/// The first bytes of an HTTP/2 connection (prior knowledge, h2c).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Serves one client connection: HTTP/2 (h2c) through pingora's own path; HTTP/1.x
+/// request after request while the connection is kept alive.
+///
+/// pingora reads a new connection's first request header with a fixed 60 s per read;
+/// levee uses `client_header` for that instead (and the client never sending anything
+/// at all is bounded by it too). Later requests on the connection wait at most the
+/// keep-alive idle time that `request_filter` sets.
+async fn handle(
+    app: Arc<ProxyApp>,
+    mut stream: pingora::protocols::Stream,
+    watch: ShutdownWatch,
+    header_timeout: std::time::Duration,
+) {
+    let mut preface = [0u8; H2_PREFACE.len()];
+    match tokio::time::timeout(header_timeout, stream.try_peek(&mut preface)).await {
+        Ok(Ok(true)) if preface == H2_PREFACE => {
+            app.process_new(stream, &watch).await;
+            return;
+        }
+        Ok(Ok(_)) => {}
+        // Silent past the header timeout, or gone.
+        Ok(Err(_)) | Err(_) => return,
+    }
+    let mut session = ServerSession::new_http1(stream);
+    if *watch.borrow() {
+        session.set_keepalive(None);
+    } else {
+        session.set_keepalive(Some(header_timeout.as_secs().max(1)));
+    }
+    let mut result = app.process_new_http(session, &watch).await;
+    while let Some((stream, settings)) = result.map(|r| r.consume()) {
+        let mut session = ServerSession::new_http1(stream);
+        if let Some(settings) = settings {
+            settings.apply_to_session(&mut session);
+        }
+        result = app.process_new_http(session, &watch).await;
+    }
 }
 
 /// Open client connections, and a way to wait until there are none.
@@ -83,6 +126,7 @@ impl Drop for ConnectionGuard {
 pub async fn serve(
     listener: TcpListener,
     app: Arc<ProxyApp>,
+    shared: SharedSnapshot,
     connections: Arc<Connections>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -110,6 +154,7 @@ pub async fn serve(
         let guard = ConnectionGuard(connections.clone());
         let app = app.clone();
         let watch: ShutdownWatch = shutdown.clone();
+        let header_timeout = shared.load().config.server.timeouts.client_header;
         tokio::spawn(async move {
             let _guard = guard;
             let mut stream = Stream::from(tcp);
@@ -117,10 +162,7 @@ pub async fn serve(
             let digest = SocketDigest::from_raw_fd(stream.as_raw_fd());
             let _ = digest.peer_addr.set(Some(peer.into()));
             stream.set_socket_digest(digest);
-            let mut next = app.process_new(Box::new(stream), &watch).await;
-            while let Some(stream) = next {
-                next = app.process_new(stream, &watch).await;
-            }
+            handle(app, Box::new(stream), watch, header_timeout).await;
         });
     }
 }
