@@ -37,6 +37,7 @@ fn upstream(n: usize, per: u32, queue_depth: u32, timeout_ms: u64) -> Arc<Upstre
         balance: Balance::LeastInflight,
         affinity: None,
         retry_on_connect_failure: 1,
+        retry_budget: 0.2,
         limits: Limits {
             max_inflight: per,
             queue_depth,
@@ -64,6 +65,7 @@ fn upstream(n: usize, per: u32, queue_depth: u32, timeout_ms: u64) -> Arc<Upstre
             eject_after_failures: 0,
             eject: Duration::from_secs(1),
             slow_start: Duration::ZERO,
+            ..config::Health::DEFAULT
         },
         backends: (0..n)
             .map(|i| config::Backend {

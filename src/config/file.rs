@@ -83,6 +83,8 @@ pub struct Upstream {
     pub affinity: Option<String>,
     /// Other backends tried when connecting fails.
     pub retry_on_connect_failure: Option<i64>,
+    /// Share of recent requests that may be retries after reaching a backend.
+    pub retry_budget: Option<f64>,
     /// `[upstream.limits]`
     pub limits: Option<Limits>,
     /// `[upstream.levels]`
@@ -157,6 +159,18 @@ pub struct Health {
     pub eject_ms: Option<i64>,
     /// Ramp-up time of a recovered backend.
     pub slow_start_ms: Option<i64>,
+    /// `http` (needs `path`), `tcp` or `none`.
+    pub check: Option<String>,
+    /// Longest ejection, however often a backend is ejected.
+    pub eject_max_ms: Option<i64>,
+    /// Whether 5xx responses count as failures for passive ejection.
+    pub eject_on_5xx: Option<bool>,
+    /// Largest share of an upstream's backends ejected at once.
+    pub max_ejected_share: Option<f64>,
+    /// Below this share of healthy backends, route to all of them.
+    pub panic_threshold: Option<f64>,
+    /// Below this healthy share, the local zone stops being preferred.
+    pub local_zone_min_healthy: Option<f64>,
 }
 
 /// One `[[upstream.backend]]`.

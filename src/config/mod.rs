@@ -31,6 +31,9 @@ pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_millis(10_000);
 pub const DEFAULT_MAX_REQUEST_BODY_BYTES: u64 = 10 * 1024 * 1024;
 /// Default upper bound of a computed `Retry-After` (`server.retry_after_max_secs`).
 pub const DEFAULT_RETRY_AFTER_MAX_SECS: u64 = 30;
+/// Default `upstream.retry_budget`: retries may add at most a fifth to the load.
+pub const DEFAULT_RETRY_BUDGET: f64 = 0.2;
+
 /// Other backends tried when connecting fails (`upstream.retry_on_connect_failure`).
 pub const DEFAULT_RETRY_ON_CONNECT_FAILURE: u32 = 1;
 /// Zone of a backend that names none.
@@ -271,6 +274,9 @@ pub struct Upstream {
     pub affinity: Option<Affinity>,
     /// Other backends to try when connecting fails.
     pub retry_on_connect_failure: u32,
+    /// Share of recent requests that may be retried after reaching a backend
+    /// (idempotent requests only); 0 disables those retries.
+    pub retry_budget: f64,
     /// `[upstream.limits]`.
     pub limits: Limits,
     /// `[upstream.levels]`.
@@ -419,6 +425,30 @@ pub struct Health {
     pub eject: Duration,
     /// Time over which a recovered backend ramps its limit up; 0: at once.
     pub slow_start: Duration,
+    /// How backends are probed.
+    pub check: Check,
+    /// Cap of the ejection time, which doubles with each ejection in a row.
+    pub eject_max: Duration,
+    /// Whether 5xx responses count as failed requests for passive ejection.
+    pub eject_on_5xx: bool,
+    /// Largest share of an upstream's backends ejected passively at once, in [0, 1].
+    pub max_ejected_share: f64,
+    /// When fewer than this share of backends are healthy, route to all of them
+    /// (panic mode) rather than overload the few, in [0, 1).
+    pub panic_threshold: f64,
+    /// When the local zone's healthy share falls below this, it is no longer preferred.
+    pub local_zone_min_healthy: f64,
+}
+
+/// The active health check of an upstream's backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Check {
+    /// No probes: backends are up unless passively ejected.
+    None,
+    /// `GET path`, healthy on 2xx.
+    Http,
+    /// A TCP connect.
+    Tcp,
 }
 
 impl Health {
@@ -432,6 +462,12 @@ impl Health {
         eject_after_failures: 5,
         eject: Duration::from_millis(10_000),
         slow_start: Duration::from_millis(10_000),
+        check: Check::None,
+        eject_max: Duration::from_millis(300_000),
+        eject_on_5xx: true,
+        max_ejected_share: 0.5,
+        panic_threshold: 0.25,
+        local_zone_min_healthy: 0.5,
     };
 }
 

@@ -123,6 +123,7 @@ fn full_example_parses_to_typed_values() {
                 balance: Balance::ConsistentHash,
                 affinity: Some(Affinity::Header("mcp-session-id".into())),
                 retry_on_connect_failure: 2,
+                retry_budget: DEFAULT_RETRY_BUDGET,
                 limits: Limits {
                     max_inflight: 150,
                     queue_depth: 200,
@@ -156,6 +157,9 @@ fn full_example_parses_to_typed_values() {
                     eject_after_failures: 0,
                     eject: ms(20_000),
                     slow_start: ms(0),
+                    check: Check::Http,
+                    eject_max: ms(300_000),
+                    ..Health::DEFAULT
                 },
                 backends: vec![
                     Backend {
@@ -176,6 +180,7 @@ fn full_example_parses_to_typed_values() {
                 balance: Balance::RoundRobin,
                 affinity: Some(Affinity::Cookie("sid".into())),
                 retry_on_connect_failure: 0,
+                retry_budget: DEFAULT_RETRY_BUDGET,
                 limits: Limits {
                     max_inflight: 100,
                     queue_depth: 0,
@@ -313,6 +318,12 @@ fn defaults_fill_every_absent_key() {
             eject_after_failures: 5,
             eject: ms(10_000),
             slow_start: ms(10_000),
+            check: Check::None,
+            eject_max: ms(300_000),
+            eject_on_5xx: true,
+            max_ejected_share: 0.5,
+            panic_threshold: 0.25,
+            local_zone_min_healthy: 0.5,
         }
     );
     assert_eq!(

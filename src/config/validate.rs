@@ -339,6 +339,12 @@ impl Validator {
             DEFAULT_RETRY_ON_CONNECT_FAILURE,
             0,
         );
+        let retry_budget = self.share(
+            &format!("{prefix}.retry_budget"),
+            u.retry_budget,
+            DEFAULT_RETRY_BUDGET,
+            true,
+        );
         let limits = self.limits(prefix, u.limits.as_ref());
         let levels = self.levels(prefix, u.levels.as_ref(), &limits);
         let health = self.health(prefix, u.health.as_ref());
@@ -349,10 +355,24 @@ impl Validator {
             balance,
             affinity,
             retry_on_connect_failure,
+            retry_budget,
             limits,
             levels,
             health,
             backends,
+        }
+    }
+
+    /// A share in `[0, 1]` (or `[0, 1)` when `one_ok` is false).
+    fn share(&mut self, path: &str, value: Option<f64>, default: f64, one_ok: bool) -> f64 {
+        match value {
+            None => default,
+            Some(v) if v >= 0.0 && (v < 1.0 || (one_ok && v == 1.0)) => v,
+            Some(v) => {
+                let range = if one_ok { "[0, 1]" } else { "[0, 1)" };
+                self.error(path, format!("must be in {range} (got {v})"));
+                default
+            }
         }
     }
 
@@ -598,7 +618,65 @@ impl Validator {
             );
             timeout = interval;
         }
+        let check = match h.check.as_deref() {
+            None if probe.is_some() => Check::Http,
+            None => Check::None,
+            Some("http") => {
+                if h.path.is_none() {
+                    self.error(format!("{path}.path"), "required with check = \"http\"");
+                }
+                Check::Http
+            }
+            Some("tcp") => Check::Tcp,
+            Some("none") => Check::None,
+            Some(other) => {
+                self.error(
+                    format!("{path}.check"),
+                    format!("unknown check {other:?}: use \"http\", \"tcp\" or \"none\""),
+                );
+                Check::None
+            }
+        };
+        let eject = self.millis(&format!("{path}.eject_ms"), h.eject_ms, d.eject, 1);
+        let mut eject_max = self.millis(
+            &format!("{path}.eject_max_ms"),
+            h.eject_max_ms,
+            d.eject_max.max(eject),
+            1,
+        );
+        if eject_max < eject {
+            self.error(
+                format!("{path}.eject_max_ms"),
+                format!(
+                    "must be at least eject_ms ({}), got {}",
+                    millis_of(eject),
+                    millis_of(eject_max)
+                ),
+            );
+            eject_max = eject;
+        }
         Health {
+            check,
+            eject_max,
+            eject_on_5xx: h.eject_on_5xx.unwrap_or(d.eject_on_5xx),
+            max_ejected_share: self.share(
+                &format!("{path}.max_ejected_share"),
+                h.max_ejected_share,
+                d.max_ejected_share,
+                true,
+            ),
+            panic_threshold: self.share(
+                &format!("{path}.panic_threshold"),
+                h.panic_threshold,
+                d.panic_threshold,
+                false,
+            ),
+            local_zone_min_healthy: self.share(
+                &format!("{path}.local_zone_min_healthy"),
+                h.local_zone_min_healthy,
+                d.local_zone_min_healthy,
+                true,
+            ),
             path: probe,
             interval,
             timeout,
@@ -610,7 +688,7 @@ impl Validator {
                 d.eject_after_failures,
                 0,
             ),
-            eject: self.millis(&format!("{path}.eject_ms"), h.eject_ms, d.eject, 1),
+            eject,
             slow_start: self.millis(
                 &format!("{path}.slow_start_ms"),
                 h.slow_start_ms,

@@ -709,12 +709,6 @@ mod tests {
             "{}",
             format_report(&report)
         );
-        // Most requests were not due during the freeze.
-        assert!(
-            report.ok_p50 < report.ok_max / 2,
-            "{}",
-            format_report(&report)
-        );
     }
 
     #[tokio::test]
