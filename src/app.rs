@@ -92,6 +92,25 @@ impl Running {
         self.addrs[0]
     }
 
+    /// Waits until every backend with active checks had its first probe (bounded by the
+    /// longest probe timeout), so levee does not answer its first requests with
+    /// "no healthy backend" only because it has not looked yet.
+    pub async fn wait_for_first_probes(&self) {
+        let snapshot = self.app.snapshot();
+        let longest = snapshot
+            .upstreams
+            .iter()
+            .map(|u| u.health.timeout)
+            .max()
+            .unwrap_or_default();
+        let deadline = tokio::time::Instant::now() + longest + Duration::from_millis(100);
+        while !snapshot.upstreams.iter().all(|u| u.probed())
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     /// Drains (see [`App::drain`]) and stops every task.
     pub async fn shutdown(self, grace: Duration) -> bool {
         let drained = self.app.drain(grace).await;
@@ -127,7 +146,9 @@ pub async fn start(config: Config) -> std::io::Result<Running> {
         None => None,
     };
     let app = App::new(config);
-    start_with(app, listeners, admin)
+    let running = start_with(app, listeners, admin)?;
+    running.wait_for_first_probes().await;
+    Ok(running)
 }
 
 /// Starts serving on listeners the caller bound.
@@ -138,6 +159,9 @@ pub fn start_with(
 ) -> std::io::Result<Running> {
     let mut addrs = Vec::new();
     let mut tasks = vec![spawn_level_ticker(app.shared.clone())];
+    for up in &app.snapshot().upstreams {
+        crate::health::probe::spawn_probes(up);
+    }
     for l in listeners {
         addrs.push(l.local_addr()?);
         tasks.push(tokio::spawn(serve(
@@ -173,6 +197,11 @@ pub fn reload(app: &App, path: &std::path::Path) -> Result<(), crate::config::Co
         Ok(config) => {
             let previous = app.shared.load_full();
             let next = Snapshot::build_from(config, Some(&previous), &app.metrics);
+            for up in &next.upstreams {
+                if !previous.upstreams.iter().any(|p| Arc::ptr_eq(p, up)) {
+                    crate::health::probe::spawn_probes(up);
+                }
+            }
             app.shared.store(Arc::new(next));
             app.metrics
                 .config_reloads

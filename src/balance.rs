@@ -65,20 +65,71 @@ fn load(b: &Backend) -> u64 {
 
 /// Takes a slot for a request of `up`. `key` is the affinity hash (consistent hashing
 /// only), `exclude` the backends already tried, `random` a fresh random number.
+///
+/// Zones: when the upstream prefers its local zone (this instance's `server.zone` is
+/// healthy enough), a slot there is taken first; only when every local backend is full
+/// or down does the request spill to the other zones, so no request waits while a slot
+/// it may use is free anywhere. Affinity ignores zones: the key's backend wins.
 pub fn take_slot(up: &Upstream, key: Option<u64>, exclude: &[usize], random: u64) -> Take {
     let backends = &up.backends;
-    match (up.balance, key) {
-        (Balance::ConsistentHash, Some(key)) => match rendezvous(backends, key, exclude) {
+    if let (Balance::ConsistentHash, Some(key)) = (up.balance, key) {
+        return match rendezvous(backends, key, exclude) {
             Some(i) if backends[i].try_acquire() => Take::Slot(i),
             Some(i) => Take::Full { target: Some(i) },
             None => Take::NoBackend,
-        },
-        (Balance::RoundRobin, _) => {
-            let start = up.cursor.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            scan(backends, exclude, start, |_| 0)
+        };
+    }
+    if up.prefers_local() {
+        let local = pick_among(up, &up.local, exclude, random);
+        if matches!(local, Take::Slot(_)) {
+            return local;
         }
-        // Least in-flight, and consistent hashing for requests without a key.
-        _ => power_of_two(backends, exclude, random),
+        let remote = pick_among(up, &up.remote, exclude, random);
+        return match (local, remote) {
+            (_, Take::Slot(i)) => {
+                up.metrics.spill.inc();
+                Take::Slot(i)
+            }
+            (Take::NoBackend, Take::NoBackend) => Take::NoBackend,
+            _ => Take::Full { target: None },
+        };
+    }
+    pick_among(up, &up.all, exclude, random)
+}
+
+/// A slot among `candidates` by the upstream's balance (consistent hashing without a
+/// key falls back to least in-flight).
+fn pick_among(up: &Upstream, candidates: &[usize], exclude: &[usize], random: u64) -> Take {
+    match up.balance {
+        Balance::RoundRobin => {
+            let start = up.cursor.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            scan(&up.backends, candidates, exclude, start, |_| 0)
+        }
+        _ => power_of_two(&up.backends, candidates, exclude, random),
+    }
+}
+
+/// A slot for a retry after a failed attempt: a backend not tried yet, in a zone not
+/// tried yet if there is one with room.
+pub fn take_retry_slot(up: &Upstream, key: Option<u64>, tried: &[usize], random: u64) -> Take {
+    if let (Balance::ConsistentHash, Some(_)) = (up.balance, key) {
+        // The next backend in the key's ranking: where the key moves when its own fails.
+        return take_slot(up, key, tried, random);
+    }
+    let fresh_zone: Vec<usize> = up
+        .all
+        .iter()
+        .copied()
+        .filter(|&i| {
+            !tried.contains(&i)
+                && !tried
+                    .iter()
+                    .any(|&t| up.backends[t].zone == up.backends[i].zone)
+        })
+        .collect();
+    match pick_among(up, &fresh_zone, tried, random) {
+        Take::Slot(i) => Take::Slot(i),
+        _ => pick_among(up, &up.all, tried, random),
     }
 }
 
@@ -86,13 +137,19 @@ fn usable(backends: &[std::sync::Arc<Backend>], exclude: &[usize], i: usize) -> 
     !exclude.contains(&i) && backends[i].has_free_slot()
 }
 
-/// Power of two choices: two random backends, the less loaded first; if neither has
-/// room (or both lose the race for it), the least loaded backend that has room.
-fn power_of_two(backends: &[std::sync::Arc<Backend>], exclude: &[usize], random: u64) -> Take {
-    let n = backends.len();
+/// Power of two choices: two random candidates, the less loaded first; if neither has
+/// room (or both lose the race for it), the least loaded candidate that has room.
+fn power_of_two(
+    backends: &[std::sync::Arc<Backend>],
+    candidates: &[usize],
+    exclude: &[usize],
+    random: u64,
+) -> Take {
+    let n = candidates.len();
     if n >= 2 {
         let a = (random % n as u64) as usize;
         let b = (a + 1 + ((random >> 32) % (n as u64 - 1)) as usize) % n;
+        let (a, b) = (candidates[a], candidates[b]);
         let (first, second) = if load(&backends[a]) <= load(&backends[b]) {
             (a, b)
         } else {
@@ -104,24 +161,25 @@ fn power_of_two(backends: &[std::sync::Arc<Backend>], exclude: &[usize], random:
             }
         }
     }
-    scan(backends, exclude, random as usize, load)
+    scan(backends, candidates, exclude, random as usize, load)
 }
 
-/// Tries every usable backend from `start` on, lowest `score` first; a few passes
+/// Tries every usable candidate from `start` on, lowest `score` first; a few passes
 /// because a compare-and-swap can lose a race for the last slot.
 fn scan(
     backends: &[std::sync::Arc<Backend>],
+    candidates: &[usize],
     exclude: &[usize],
     start: usize,
     score: impl Fn(&Backend) -> u64,
 ) -> Take {
-    let n = backends.len();
+    let n = candidates.len();
     if n == 0 {
         return Take::NoBackend;
     }
     for _ in 0..3 {
         let best = (0..n)
-            .map(|k| (start + k) % n)
+            .map(|k| candidates[(start + k) % n])
             .filter(|&i| usable(backends, exclude, i))
             .min_by_key(|&i| score(&backends[i]));
         match best {
@@ -130,10 +188,9 @@ fn scan(
             None => break,
         }
     }
-    let any_healthy = backends
+    let any_healthy = candidates
         .iter()
-        .enumerate()
-        .any(|(i, b)| b.is_healthy() && !exclude.contains(&i));
+        .any(|&i| backends[i].is_healthy() && !exclude.contains(&i));
     if any_healthy {
         Take::Full { target: None }
     } else {
@@ -157,9 +214,17 @@ mod tests {
                     zone: "a".into(),
                     max_inflight: limit,
                 };
-                Arc::new(Backend::new(&cfg, m.backend("u", &i.to_string())))
+                Arc::new(Backend::new(
+                    &cfg,
+                    config::Check::None,
+                    m.backend("u", &i.to_string()),
+                ))
             })
             .collect()
+    }
+
+    fn all(bs: &[Arc<Backend>]) -> Vec<usize> {
+        (0..bs.len()).collect()
     }
 
     #[test]
@@ -167,7 +232,7 @@ mod tests {
         let bs = backends(4, 3);
         let mut taken = 0;
         for r in 0..100u64 {
-            match power_of_two(&bs, &[], r.wrapping_mul(0x9e37_79b9_7f4a_7c15)) {
+            match power_of_two(&bs, &all(&bs), &[], r.wrapping_mul(0x9e37_79b9_7f4a_7c15)) {
                 Take::Slot(_) => taken += 1,
                 Take::Full { target: None } => {}
                 other => panic!("{other:?}"),
@@ -184,7 +249,7 @@ mod tests {
             assert!(bs[0].try_acquire());
         }
         for r in 0..4 {
-            assert_eq!(power_of_two(&bs, &[], r), Take::Slot(1));
+            assert_eq!(power_of_two(&bs, &all(&bs), &[], r), Take::Slot(1));
         }
     }
 
@@ -192,10 +257,11 @@ mod tests {
     fn excluded_and_unhealthy_backends_are_skipped() {
         let bs = backends(3, 1);
         bs[1].set_healthy(false);
-        assert_eq!(scan(&bs, &[0], 0, load), Take::Slot(2));
-        assert_eq!(scan(&bs, &[0], 0, load), Take::Full { target: None });
+        let c = all(&bs);
+        assert_eq!(scan(&bs, &c, &[0], 0, load), Take::Slot(2));
+        assert_eq!(scan(&bs, &c, &[0], 0, load), Take::Full { target: None });
         bs[2].set_healthy(false);
-        assert_eq!(scan(&bs, &[0], 0, load), Take::NoBackend);
+        assert_eq!(scan(&bs, &c, &[0], 0, load), Take::NoBackend);
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod balance;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod health;
 pub mod metrics;
 pub mod proxy;
 pub mod server;

@@ -43,6 +43,10 @@ pub struct Metrics {
     pub config_reloads: IntCounterVec,
     pub config_last_reload_success: IntGauge,
     level_changes: IntCounterVec,
+    spill: IntCounterVec,
+    panic: IntGaugeVec,
+    zone_healthy: IntGaugeVec,
+    ejections: IntGaugeVec,
 }
 
 /// Handles of one upstream, resolved once per snapshot.
@@ -52,6 +56,8 @@ pub struct UpstreamMetrics {
     pub duration: Histogram,
     pub queue_wait: Histogram,
     pub level_changes: IntCounter,
+    /// Requests sent outside the local zone because it was full or down.
+    pub spill: IntCounter,
 }
 
 impl UpstreamMetrics {
@@ -165,6 +171,26 @@ impl Metrics {
                 "Changes of the load level.",
                 &["upstream"],
             ),
+            spill: counter(
+                "levee_zone_spill_total",
+                "Requests sent outside the local zone because it was full or down.",
+                &["upstream"],
+            ),
+            panic: gauge(
+                "levee_panic_mode",
+                "1 while too few backends are healthy and all of them take traffic.",
+                &["upstream"],
+            ),
+            zone_healthy: gauge(
+                "levee_zone_healthy_backends",
+                "Healthy backends per zone.",
+                &["upstream", "zone"],
+            ),
+            ejections: gauge(
+                "levee_backend_ejected",
+                "1 while the backend is ejected after failed requests.",
+                &["upstream", "backend"],
+            ),
             duration: histogram(
                 "levee_request_duration_seconds",
                 "Time from admission to the end of the response, admitted requests only.",
@@ -200,6 +226,7 @@ impl Metrics {
             duration: self.duration.with_label_values(&[upstream]),
             queue_wait: self.queue_wait.with_label_values(&[upstream]),
             level_changes: self.level_changes.with_label_values(&[upstream]),
+            spill: self.spill.with_label_values(&[upstream]),
         }
     }
 
@@ -235,8 +262,25 @@ impl Metrics {
                 .with_label_values(&[name])
                 .set(i64::from(up.queue.len()));
             self.level.with_label_values(&[name]).set(up.level() as i64);
+            self.panic
+                .with_label_values(&[name])
+                .set(i64::from(up.in_panic()));
+            let mut zones: Vec<(&str, i64)> = Vec::new();
+            for b in &up.backends {
+                let healthy = i64::from(b.health.state() == crate::health::State::Healthy);
+                match zones.iter_mut().find(|(z, _)| *z == b.zone.as_str()) {
+                    Some((_, n)) => *n += healthy,
+                    None => zones.push((b.zone.as_str(), healthy)),
+                }
+            }
+            for (zone, n) in zones {
+                self.zone_healthy.with_label_values(&[name, zone]).set(n);
+            }
             for b in &up.backends {
                 let addr = b.label.as_str();
+                self.ejections
+                    .with_label_values(&[name, addr])
+                    .set(i64::from(b.health.is_ejected()));
                 self.inflight
                     .with_label_values(&[name, addr])
                     .set(i64::from(b.inflight()));
@@ -245,7 +289,7 @@ impl Metrics {
                     .set(i64::from(b.limit()));
                 self.healthy
                     .with_label_values(&[name, addr, b.zone.as_str()])
-                    .set(i64::from(b.is_healthy()));
+                    .set(i64::from(b.health.state() == crate::health::State::Healthy));
             }
         }
     }

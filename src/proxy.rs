@@ -59,7 +59,15 @@ pub struct Ctx {
     /// Did the client say it accepts a stream (or ask for an upgrade)? Then reads from
     /// the backend may be as far apart as `stream_idle`, not just `read`.
     may_stream: bool,
+    /// Status of the backend's response header, 0 before one arrived.
+    backend_status: u16,
+    connect_retries: u32,
+    /// Retries of a request that may have reached a backend.
+    replays: u32,
 }
+
+/// Most retries of one idempotent request that may have reached a backend.
+const MAX_REPLAYS: u32 = 2;
 
 fn new_error(etype: ErrorType, why: &'static str) -> Box<Error> {
     Error::explain(etype, why)
@@ -142,6 +150,9 @@ impl ProxyHttp for Levee {
             body_bytes: 0,
             upgrade: false,
             may_stream: false,
+            backend_status: 0,
+            connect_retries: 0,
+            replays: 0,
         }
     }
 
@@ -193,6 +204,7 @@ impl ProxyHttp for Levee {
         match upstream.admit(class, ctx.key, rand::random()).await {
             Ok(permit) => {
                 permit.backend().metrics.requests(class).inc();
+                upstream.retry_budget.deposit();
                 ctx.permit = Some(permit);
                 ctx.admitted_at = Some(Instant::now());
                 ctx.upstream = Some(upstream);
@@ -212,10 +224,9 @@ impl ProxyHttp for Levee {
         else {
             return Err(new_error(ErrorType::InternalError, "no upstream chosen"));
         };
-        let failed_backend = ctx.permit.as_ref().map(|p| p.backend_index());
-        if let Some(failed) = failed_backend.filter(|i| ctx.tried.contains(i)) {
-            // A retry after a failed connect: another backend, never waiting for it.
-            let _ = failed;
+        let current = ctx.permit.as_ref().map(|p| p.backend_index());
+        if current.is_some_and(|i| ctx.tried.contains(&i)) {
+            // A retry: another backend (another zone first), never waiting for it.
             let permit = upstream
                 .take_retry_slot(ctx.key, &ctx.tried, rand::random())
                 .ok_or_else(|| {
@@ -257,13 +268,56 @@ impl ProxyHttp for Levee {
                 backend.metrics.connect_errors.inc();
             }
             ctx.tried.push(permit.backend_index());
-            let retries = ctx.tried.len() as u32;
+            ctx.connect_retries += 1;
             // Nothing reached the backend, so any method may go elsewhere.
-            e.set_retry(
-                retries <= upstream.retry_on_connect_failure
-                    && upstream.backends.len() > ctx.tried.len(),
-            );
+            let retry = ctx.connect_retries <= upstream.retry_on_connect_failure
+                && upstream.backends.len() > ctx.tried.len();
+            if retry {
+                // Without a retry, `logging` counts the failure.
+                upstream.record_outcome(permit.backend_index(), true);
+            }
+            e.set_retry(retry);
         }
+        e
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut Ctx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("backend {}", peer._address));
+        let replayable = session.req_header().method.is_idempotent()
+            && !session.as_ref().retry_buffer_truncated()
+            && ctx.backend_status == 0;
+        if !replayable || *e.esource() == pingora::ErrorSource::Downstream {
+            e.set_retry(false);
+            return e;
+        }
+        if client_reused && e.retry() {
+            // A pooled connection the backend had closed: not the backend's fault, and
+            // a fresh connection to it is as good as another backend.
+            return e;
+        }
+        let (Some(permit), Some(upstream)) = (ctx.permit.as_ref(), ctx.upstream.as_ref()) else {
+            e.set_retry(false);
+            return e;
+        };
+        // The request may have reached the backend: retry elsewhere only within the
+        // upstream's retry budget, so retries never multiply an overload.
+        let others = upstream.backends.len() > ctx.tried.len() + 1;
+        let retry = others && ctx.replays < MAX_REPLAYS && upstream.retry_budget.try_withdraw();
+        if retry {
+            // The request moves on; its outcome here counts against this backend now
+            // (without a retry, `logging` counts it).
+            upstream.record_outcome(permit.backend_index(), true);
+            ctx.tried.push(permit.backend_index());
+            ctx.replays += 1;
+        }
+        e.set_retry(retry);
         e
     }
 
@@ -319,6 +373,7 @@ impl ProxyHttp for Levee {
         ctx: &mut Ctx,
     ) -> Result<()> {
         ctx.status = upstream_response.status.as_u16();
+        ctx.backend_status = ctx.status;
         for name in hop_by_hop(&upstream_response.headers, ctx.status == 101) {
             upstream_response.remove_header(&name);
         }
@@ -380,6 +435,11 @@ impl ProxyHttp for Levee {
             (ctx.status / 100).min(5) as usize
         };
         permit.backend().metrics.responses[code_class].inc();
+        let backend_5xx = ctx.backend_status >= 500 && upstream.health.eject_on_5xx;
+        let client_gone = e.is_some_and(|e| *e.esource() == pingora::ErrorSource::Downstream);
+        if !client_gone {
+            upstream.record_outcome(permit.backend_index(), failed_backend || backend_5xx);
+        }
         if e.is_some_and(|e| {
             matches!(
                 e.etype(),

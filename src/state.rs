@@ -17,6 +17,7 @@ use pingora::http::RequestHeader;
 use crate::admission::level::{queue_level, raw_level, Level, LevelState, Signals, Window};
 use crate::admission::queue::WaitQueue;
 use crate::config::{self, Affinity, Balance, Class, Config, PriorityMatch};
+use crate::health::{BackendHealth, State as HealthState};
 use crate::metrics::{BackendMetrics, Metrics, UpstreamMetrics};
 
 /// How often the level ticker samples each upstream.
@@ -34,15 +35,22 @@ pub struct Backend {
     inflight: AtomicU32,
     /// Current cap: `max_inflight`, or less while the backend ramps up.
     limit: AtomicU32,
+    /// May this backend take traffic now? Written by [`Upstream::refresh_health`] only:
+    /// healthy and not ejected, or any backend while the upstream is in panic mode.
     healthy: AtomicBool,
     /// Seed of this backend in rendezvous hashing (from its address, so it is stable).
     pub hash_seed: u64,
+    /// In this instance's own zone (`server.zone`)?
+    pub local: bool,
+    pub health: BackendHealth,
     pub metrics: BackendMetrics,
 }
 
 impl Backend {
-    pub fn new(cfg: &config::Backend, metrics: BackendMetrics) -> Backend {
+    pub fn new(cfg: &config::Backend, check: config::Check, metrics: BackendMetrics) -> Backend {
         let label = cfg.address.to_string();
+        let health = BackendHealth::new(check, Instant::now());
+        let up = health.state() == HealthState::Healthy;
         Backend {
             address: cfg.address,
             hash_seed: crate::balance::hash_str(&label),
@@ -51,7 +59,9 @@ impl Backend {
             max_inflight: cfg.max_inflight,
             inflight: AtomicU32::new(0),
             limit: AtomicU32::new(cfg.max_inflight),
-            healthy: AtomicBool::new(true),
+            healthy: AtomicBool::new(up),
+            local: false,
+            health,
             metrics,
         }
     }
@@ -72,6 +82,7 @@ impl Backend {
         self.healthy.load(Ordering::Relaxed)
     }
 
+    /// Overrides the routing flag until the next health evaluation (tests, tools).
     pub fn set_healthy(&self, healthy: bool) {
         self.healthy.store(healthy, Ordering::Relaxed);
     }
@@ -122,27 +133,113 @@ pub struct Upstream {
     pub(crate) cursor: AtomicUsize,
     /// Start of the current window slot (ticker only).
     slot_started: parking_lot::Mutex<Instant>,
+    pub health: config::Health,
+    /// Fewer than `panic_threshold` of the backends are healthy: route to all.
+    panic: AtomicBool,
+    /// The local zone is healthy enough to be preferred.
+    prefer_local: AtomicBool,
+    /// Indexes of the local zone's backends, and of the others. Both empty-local when
+    /// `server.zone` is unset or no backend is in it (then there is no preference).
+    pub local: Vec<usize>,
+    pub remote: Vec<usize>,
+    /// Every backend index.
+    pub all: Vec<usize>,
+    pub retry_budget: RetryBudget,
+    /// Serializes health re-evaluation (probe tasks, ejections and the tick).
+    health_lock: parking_lot::Mutex<()>,
+}
+
+/// Retries after a request may have reached a backend are paid from this budget:
+/// each admitted request deposits `share` of a token, each retry takes one, and a
+/// trickle of one token a second keeps low-traffic upstreams able to retry. So retries
+/// add at most `share` to the load, and never multiply an overload.
+pub struct RetryBudget {
+    /// Thousandths of a token.
+    milli: std::sync::atomic::AtomicI64,
+    deposit: i64,
+}
+
+impl RetryBudget {
+    /// Most tokens saved up.
+    const CAP_MILLI: i64 = 100_000;
+    /// Tokens added per control tick (one a second).
+    const TRICKLE_MILLI: i64 = 100;
+
+    pub fn new(share: f64) -> RetryBudget {
+        RetryBudget {
+            milli: std::sync::atomic::AtomicI64::new(10_000),
+            deposit: (share * 1000.0).round() as i64,
+        }
+    }
+
+    pub fn deposit(&self) {
+        if self.deposit > 0 && self.milli.load(Ordering::Relaxed) < Self::CAP_MILLI {
+            self.milli.fetch_add(self.deposit, Ordering::Relaxed);
+        }
+    }
+
+    fn trickle(&self) {
+        if self.deposit > 0 && self.milli.load(Ordering::Relaxed) < Self::CAP_MILLI {
+            self.milli.fetch_add(Self::TRICKLE_MILLI, Ordering::Relaxed);
+        }
+    }
+
+    /// Takes one token if there is one.
+    pub fn try_withdraw(&self) -> bool {
+        self.deposit > 0
+            && self
+                .milli
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |m| {
+                    (m >= 1000).then_some(m - 1000)
+                })
+                .is_ok()
+    }
 }
 
 impl Upstream {
     pub fn new(cfg: &config::Upstream, server: &config::Server, metrics: &Metrics) -> Upstream {
+        let backends: Vec<Arc<Backend>> = cfg
+            .backends
+            .iter()
+            .map(|b| {
+                let mut backend = Backend::new(
+                    b,
+                    cfg.health.check,
+                    metrics.backend(&cfg.name, &b.address.to_string()),
+                );
+                backend.local = server.zone.as_deref() == Some(b.zone.as_str());
+                Arc::new(backend)
+            })
+            .collect();
+        let (mut local, mut remote) = (Vec::new(), Vec::new());
+        for (i, b) in backends.iter().enumerate() {
+            if b.local {
+                local.push(i);
+            } else {
+                remote.push(i);
+            }
+        }
+        if local.is_empty() || remote.is_empty() {
+            // No zone preference to apply.
+            local.clear();
+            remote = (0..backends.len()).collect();
+        }
         Upstream {
+            backends,
             name: cfg.name.clone(),
             balance: cfg.balance,
             affinity: cfg.affinity.clone(),
             retry_on_connect_failure: cfg.retry_on_connect_failure,
             limits: cfg.limits,
             levels: cfg.levels,
-            backends: cfg
-                .backends
-                .iter()
-                .map(|b| {
-                    Arc::new(Backend::new(
-                        b,
-                        metrics.backend(&cfg.name, &b.address.to_string()),
-                    ))
-                })
-                .collect(),
+            health: cfg.health.clone(),
+            panic: AtomicBool::new(false),
+            prefer_local: AtomicBool::new(!local.is_empty()),
+            all: (0..cfg.backends.len()).collect(),
+            local,
+            remote,
+            retry_budget: RetryBudget::new(cfg.retry_budget),
+            health_lock: parking_lot::Mutex::new(()),
             queue: WaitQueue::default(),
             level_state: LevelState::default(),
             window: Window::new(cfg.levels.window),
@@ -179,9 +276,97 @@ impl Upstream {
             .sum()
     }
 
+    /// In panic mode: too few healthy backends, so all of them take traffic.
+    pub fn in_panic(&self) -> bool {
+        self.panic.load(Ordering::Relaxed)
+    }
+
+    /// Whether requests go to the local zone first.
+    pub fn prefers_local(&self) -> bool {
+        !self.local.is_empty() && self.prefer_local.load(Ordering::Relaxed)
+    }
+
+    /// Records a request's outcome for passive health: a streak of failures ejects the
+    /// backend, unless `max_ejected_share` of the upstream is ejected already.
+    pub fn record_outcome(&self, backend: usize, failed: bool) {
+        let b = &self.backends[backend];
+        if !b.health.record_request(failed, &self.health) {
+            return;
+        }
+        let ejected = self.backends.iter().filter(|b| b.health.is_ejected()).count();
+        let allowed = (self.health.max_ejected_share * self.backends.len() as f64).floor() as usize;
+        if ejected >= allowed {
+            tracing::warn!(upstream = %self.name, backend = %b.label, ejected, allowed,
+                "backend keeps failing but is not ejected: max_ejected_share reached");
+            return;
+        }
+        let now = Instant::now();
+        if let Some(time) = b.health.eject(now, &self.health) {
+            tracing::warn!(upstream = %self.name, backend = %b.label, zone = %b.zone,
+                eject_ms = time.as_millis() as u64, ejections = b.health.ejections(),
+                "backend ejected after failed requests");
+            self.refresh_health(now);
+        }
+    }
+
+    /// Re-evaluates every backend's health and publishes the routing flags, limits,
+    /// panic mode and zone preference. Called by probes, ejections and every tick.
+    pub fn refresh_health(&self, now: Instant) {
+        let _serial = self.health_lock.lock();
+        let mut up = 0usize;
+        let mut local_up = 0usize;
+        for b in &self.backends {
+            let (change, limit) = b.health.evaluate(now, &self.health, b.max_inflight);
+            b.set_limit(limit);
+            if let Some(c) = change {
+                if c.to == HealthState::Healthy {
+                    tracing::info!(upstream = %self.name, backend = %b.label, zone = %b.zone,
+                        from = c.from.as_str(), "backend healthy");
+                } else {
+                    tracing::warn!(upstream = %self.name, backend = %b.label, zone = %b.zone,
+                        from = c.from.as_str(), to = c.to.as_str(), "backend not taking traffic");
+                }
+            }
+            if b.health.state() == HealthState::Healthy {
+                up += 1;
+                local_up += usize::from(b.local);
+            }
+        }
+        let n = self.backends.len();
+        let panic = n > 0 && (up as f64) < self.health.panic_threshold * n as f64;
+        if panic != self.panic.swap(panic, Ordering::Relaxed) {
+            if panic {
+                tracing::error!(upstream = %self.name, healthy = up, backends = n,
+                    "panic mode: too few healthy backends, routing to all");
+            } else {
+                tracing::info!(upstream = %self.name, healthy = up, backends = n, "panic mode over");
+            }
+        }
+        for b in &self.backends {
+            b.healthy
+                .store(panic || b.health.state() == HealthState::Healthy, Ordering::Relaxed);
+        }
+        if !self.local.is_empty() {
+            let share = local_up as f64 / self.local.len() as f64;
+            let prefer = share >= self.health.local_zone_min_healthy && local_up > 0;
+            if prefer != self.prefer_local.swap(prefer, Ordering::Relaxed) {
+                tracing::warn!(upstream = %self.name, local_healthy = local_up,
+                    local_backends = self.local.len(), prefer_local = prefer,
+                    "local zone preference changed");
+            }
+        }
+    }
+
+    /// Whether every backend has had its first probe (true without checks).
+    pub fn probed(&self) -> bool {
+        self.backends.iter().all(|b| b.health.probed())
+    }
+
     /// One tick of the level controller: rotate the window when a slot has passed,
     /// read the signals, update the level. Returns the change, if any.
     pub fn tick(&self, now: Instant) -> Option<(Level, Level)> {
+        self.refresh_health(now);
+        self.retry_budget.trickle();
         {
             let mut started = self.slot_started.lock();
             if now.duration_since(*started) >= self.window.slot_len() {
