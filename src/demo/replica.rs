@@ -88,14 +88,26 @@ pub enum Fault {
     /// Every request but `/health` is read and never answered; it stays in
     /// flight until the client closes the connection.
     Hang,
+    /// Down: `/health` and every request answer `500`.
+    Failing,
+    /// Frozen: every request, `/health` included, is read and never answered, as
+    /// a process that accepts connections but is stuck.
+    Frozen,
 }
 
 impl Fault {
     fn from_u8(v: u8) -> Self {
-        [Fault::None, Fault::Health500, Fault::Error500, Fault::Hang]
-            .get(usize::from(v))
-            .copied()
-            .unwrap_or_default()
+        [
+            Fault::None,
+            Fault::Health500,
+            Fault::Error500,
+            Fault::Hang,
+            Fault::Failing,
+            Fault::Frozen,
+        ]
+        .get(usize::from(v))
+        .copied()
+        .unwrap_or_default()
     }
 }
 
@@ -308,18 +320,21 @@ async fn handle(
     let fault = Fault::from_u8(shared.fault.load(Ordering::SeqCst));
     if req.uri().path() == HEALTH_PATH {
         return Ok(match fault {
-            Fault::Health500 => shared.text(StatusCode::INTERNAL_SERVER_ERROR, "unhealthy"),
+            Fault::Health500 | Fault::Failing => {
+                shared.text(StatusCode::INTERNAL_SERVER_ERROR, "unhealthy")
+            }
+            Fault::Frozen => std::future::pending().await,
             _ => shared.text(StatusCode::OK, "ok"),
         });
     }
     let inflight = InflightGuard::arrive(&shared);
     let resp = match fault {
-        Fault::Hang => {
+        Fault::Hang | Fault::Frozen => {
             let _ = read_digest(req.into_body()).await;
             // hyper drops this future, and the guard with it, when the client leaves.
             std::future::pending().await
         }
-        Fault::Error500 => {
+        Fault::Error500 | Fault::Failing => {
             let _ = read_digest(req.into_body()).await;
             shared.text(StatusCode::INTERNAL_SERVER_ERROR, "injected fault")
         }
