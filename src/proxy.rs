@@ -297,6 +297,7 @@ impl ProxyHttp for Levee {
             e.set_retry(false);
             return e;
         }
+        e.retry.decide_reuse(client_reused);
         if client_reused && e.retry() {
             // A pooled connection the backend had closed: not the backend's fault, and
             // a fresh connection to it is as good as another backend.

@@ -293,7 +293,11 @@ impl Upstream {
         if !b.health.record_request(failed, &self.health) {
             return;
         }
-        let ejected = self.backends.iter().filter(|b| b.health.is_ejected()).count();
+        let ejected = self
+            .backends
+            .iter()
+            .filter(|b| b.health.is_ejected())
+            .count();
         let allowed = (self.health.max_ejected_share * self.backends.len() as f64).floor() as usize;
         if ejected >= allowed {
             tracing::warn!(upstream = %self.name, backend = %b.label, ejected, allowed,
@@ -343,8 +347,10 @@ impl Upstream {
             }
         }
         for b in &self.backends {
-            b.healthy
-                .store(panic || b.health.state() == HealthState::Healthy, Ordering::Relaxed);
+            b.healthy.store(
+                panic || b.health.state() == HealthState::Healthy,
+                Ordering::Relaxed,
+            );
         }
         if !self.local.is_empty() {
             let share = local_up as f64 / self.local.len() as f64;

@@ -214,7 +214,8 @@ impl BackendHealth {
         }
         // An ejection streak is forgotten after a calm period as long as the longest ejection.
         if s.ejected_until.is_none()
-            && s.last_ejected.is_some_and(|t| now.duration_since(t) > cfg.eject_max)
+            && s.last_ejected
+                .is_some_and(|t| now.duration_since(t) > cfg.eject_max)
         {
             s.ejections = 0;
             s.last_ejected = None;
@@ -256,7 +257,10 @@ impl BackendHealth {
             None => max_inflight,
         };
         self.state.store(next as u8, Ordering::Relaxed);
-        let change = (next != prev).then_some(Change { from: prev, to: next });
+        let change = (next != prev).then_some(Change {
+            from: prev,
+            to: next,
+        });
         (change, limit)
     }
 }
@@ -293,7 +297,13 @@ mod tests {
         assert_eq!(h.state(), State::Probation);
         h.record_probe(true, t0, &cfg());
         let (change, limit) = h.evaluate(t0, &cfg(), 10);
-        assert_eq!(change, Some(Change { from: State::Probation, to: State::Healthy }));
+        assert_eq!(
+            change,
+            Some(Change {
+                from: State::Probation,
+                to: State::Healthy
+            })
+        );
         assert_eq!(limit, 1, "slow start begins at the floor");
         let (_, limit) = h.evaluate(t0 + Duration::from_secs(5), &cfg(), 10);
         assert_eq!(limit, 5);
@@ -311,7 +321,10 @@ mod tests {
         h.record_probe(false, t0, &c);
         assert_eq!(h.evaluate(t0, &c, 10).0, None, "one failure is not enough");
         h.record_probe(false, t0, &c);
-        assert_eq!(h.evaluate(t0, &c, 10).0.map(|c| c.to), Some(State::Unhealthy));
+        assert_eq!(
+            h.evaluate(t0, &c, 10).0.map(|c| c.to),
+            Some(State::Unhealthy)
+        );
         h.record_probe(true, t0, &c);
         assert_eq!(
             h.evaluate(t0, &c, 10).0.map(|c| c.to),
@@ -320,7 +333,9 @@ mod tests {
         );
         h.record_probe(true, t0 + Duration::from_millis(1), &c);
         assert_eq!(
-            h.evaluate(t0 + Duration::from_millis(1), &c, 10).0.map(|c| c.to),
+            h.evaluate(t0 + Duration::from_millis(1), &c, 10)
+                .0
+                .map(|c| c.to),
             Some(State::Healthy)
         );
     }
@@ -341,7 +356,11 @@ mod tests {
         assert_eq!(h.state(), State::Ejected);
         let t1 = t0 + Duration::from_secs(1);
         h.evaluate(t1, &c, 10);
-        assert_eq!(h.state(), State::Probation, "needs a probe after the ejection");
+        assert_eq!(
+            h.state(),
+            State::Probation,
+            "needs a probe after the ejection"
+        );
         h.record_probe(true, t1, &c);
         h.evaluate(t1, &c, 10);
         assert_eq!(h.state(), State::Healthy);

@@ -23,9 +23,10 @@ pub async fn probe(check: Check, addr: SocketAddr, path: &str, timeout: Duration
             return Some(true);
         }
         let _ = tcp.set_nodelay(true);
-        let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(tcp))
-            .await
-            .ok()?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(tcp))
+                .await
+                .ok()?;
         let driver = tokio::spawn(conn);
         let req = http::Request::get(path)
             .header(http::header::HOST, addr.to_string())
