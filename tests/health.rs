@@ -136,7 +136,7 @@ async fn a_recovered_backend_ramps_its_limit_up() {
     eventually(LIMIT, "up", || state(&levee, 1) == State::Healthy).await;
     let first = b.limit();
     assert!(
-        first < 20 && first >= 2,
+        (2..20).contains(&first),
         "starts ramping from a small share: {first}"
     );
     eventually(LIMIT, "full limit", || b.limit() == 20).await;
