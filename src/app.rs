@@ -26,6 +26,8 @@ pub struct App {
     shutdown: watch::Sender<bool>,
     /// False once draining: `/readyz` answers 503.
     ready: AtomicBool,
+    /// One reload at a time (SIGHUP and the file watcher may both ask).
+    reload_lock: parking_lot::Mutex<()>,
 }
 
 impl App {
@@ -44,6 +46,7 @@ impl App {
             connections: Arc::new(Connections::default()),
             shutdown,
             ready: AtomicBool::new(true),
+            reload_lock: parking_lot::Mutex::new(()),
         })
     }
 
@@ -64,6 +67,9 @@ impl App {
     pub async fn drain(&self, grace: Duration) -> bool {
         self.ready.store(false, Ordering::SeqCst);
         let _ = self.shutdown.send(true);
+        // Wakes idle keep-alive connections waiting for their next request, so they
+        // close now instead of at their idle timeout.
+        pingora::apps::ServerApp::cleanup(&*self.proxy).await;
         tokio::time::timeout(grace, self.connections.drained())
             .await
             .is_ok()
@@ -160,7 +166,7 @@ pub fn start_with(
     let mut addrs = Vec::new();
     let mut tasks = vec![spawn_level_ticker(app.shared.clone())];
     for up in &app.snapshot().upstreams {
-        crate::health::probe::spawn_probes(up);
+        crate::health::probe::spawn_probes(up, &app.shared);
     }
     for l in listeners {
         addrs.push(l.local_addr()?);
@@ -193,16 +199,17 @@ pub fn start_with(
 /// queue, level, health); a changed upstream starts fresh, and requests admitted under
 /// the old one release their slots into it as they finish.
 pub fn reload(app: &App, path: &std::path::Path) -> Result<(), crate::config::ConfigErrors> {
+    let _one_at_a_time = app.reload_lock.lock();
     match crate::config::load(path) {
         Ok(config) => {
             let previous = app.shared.load_full();
-            let next = Snapshot::build_from(config, Some(&previous), &app.metrics);
+            let next = Arc::new(Snapshot::build_from(config, Some(&previous), &app.metrics));
+            app.shared.store(next.clone());
             for up in &next.upstreams {
                 if !previous.upstreams.iter().any(|p| Arc::ptr_eq(p, up)) {
-                    crate::health::probe::spawn_probes(up);
+                    crate::health::probe::spawn_probes(up, &app.shared);
                 }
             }
-            app.shared.store(Arc::new(next));
             app.metrics
                 .config_reloads
                 .with_label_values(&["success"])
@@ -224,6 +231,44 @@ pub fn reload(app: &App, path: &std::path::Path) -> Result<(), crate::config::Co
     }
 }
 
+/// How long the watcher waits after a change of the config file for more changes
+/// before reloading: editors and config managers write in several steps.
+pub const RELOAD_DEBOUNCE: Duration = Duration::from_millis(250);
+
+/// Reloads when the config file changes. Watches the file's directory, so a file
+/// replaced by a rename (as editors and config managers do) is seen too. The returned
+/// watcher stops watching when dropped.
+pub fn watch_config(
+    app: Arc<App>,
+    path: std::path::PathBuf,
+) -> notify::Result<(notify::RecommendedWatcher, JoinHandle<()>)> {
+    use notify::Watcher;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
+    let name = path.file_name().map(|n| n.to_os_string());
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        let Ok(event) = event else { return };
+        if event.kind.is_access() {
+            return;
+        }
+        if event.paths.iter().any(|p| p.file_name() == name.as_deref()) {
+            let _ = tx.try_send(()); // a full channel already means "reload"
+        }
+    })?;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    watcher.watch(&dir, notify::RecursiveMode::NonRecursive)?;
+    let task = tokio::spawn(async move {
+        while rx.recv().await.is_some() {
+            tokio::time::sleep(RELOAD_DEBOUNCE).await;
+            while rx.try_recv().is_ok() {}
+            let _ = reload(&app, &path);
+        }
+    });
+    Ok((watcher, task))
+}
+
 /// `levee run`: serve until SIGTERM (drain, then exit), SIGINT (exit now); SIGHUP
 /// reloads the config file.
 pub async fn run_until_signal(config: Config, path: std::path::PathBuf) -> std::io::Result<()> {
@@ -236,6 +281,13 @@ pub async fn run_until_signal(config: Config, path: std::path::PathBuf) -> std::
     if let Some(addr) = running.admin_addr {
         tracing::info!(%addr, "admin listening");
     }
+    let _watch = match watch_config(running.app.clone(), path.clone()) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!(file = %path.display(), error = %e, "cannot watch the config file; reload with SIGHUP");
+            None
+        }
+    };
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;

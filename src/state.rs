@@ -29,8 +29,8 @@ pub struct Backend {
     /// `address` as text, for metric labels and logs.
     pub label: String,
     pub zone: String,
-    /// The configured cap.
-    pub max_inflight: u32,
+    /// The configured cap (a reload may change it).
+    max_inflight: AtomicU32,
     /// Requests holding a slot of this backend. Never above `limit` (see `try_acquire`).
     inflight: AtomicU32,
     /// Current cap: `max_inflight`, or less while the backend ramps up.
@@ -56,7 +56,7 @@ impl Backend {
             hash_seed: crate::balance::hash_str(&label),
             label,
             zone: cfg.zone.clone(),
-            max_inflight: cfg.max_inflight,
+            max_inflight: AtomicU32::new(cfg.max_inflight),
             inflight: AtomicU32::new(0),
             limit: AtomicU32::new(cfg.max_inflight),
             healthy: AtomicBool::new(up),
@@ -68,6 +68,10 @@ impl Backend {
 
     pub fn inflight(&self) -> u32 {
         self.inflight.load(Ordering::SeqCst)
+    }
+
+    pub fn max_inflight(&self) -> u32 {
+        self.max_inflight.load(Ordering::Relaxed)
     }
 
     pub fn limit(&self) -> u32 {
@@ -120,9 +124,11 @@ pub struct Upstream {
     pub limits: config::Limits,
     pub levels: config::Levels,
     pub backends: Vec<Arc<Backend>>,
-    pub queue: WaitQueue,
-    pub level_state: LevelState,
-    pub window: Window,
+    /// The queue, level, window and retry budget carry over when a reload changes the
+    /// upstream's config, so waiting requests and the level survive it.
+    pub queue: Arc<WaitQueue>,
+    pub level_state: Arc<LevelState>,
+    pub window: Arc<Window>,
     pub metrics: UpstreamMetrics,
     /// Upper bound of `Retry-After`, from `server.retry_after_max_secs`.
     pub retry_after_max: u32,
@@ -144,7 +150,7 @@ pub struct Upstream {
     pub remote: Vec<usize>,
     /// Every backend index.
     pub all: Vec<usize>,
-    pub retry_budget: RetryBudget,
+    pub retry_budget: Arc<RetryBudget>,
     /// Serializes health re-evaluation (probe tasks, ejections and the tick).
     health_lock: parking_lot::Mutex<()>,
 }
@@ -238,17 +244,51 @@ impl Upstream {
             all: (0..cfg.backends.len()).collect(),
             local,
             remote,
-            retry_budget: RetryBudget::new(cfg.retry_budget),
+            retry_budget: Arc::new(RetryBudget::new(cfg.retry_budget)),
             health_lock: parking_lot::Mutex::new(()),
-            queue: WaitQueue::default(),
-            level_state: LevelState::default(),
-            window: Window::new(cfg.levels.window),
+            queue: Arc::new(WaitQueue::default()),
+            level_state: Arc::new(LevelState::default()),
+            window: Arc::new(Window::new(cfg.levels.window)),
             metrics: metrics.upstream(&cfg.name),
             retry_after_max: u32::try_from(server.retry_after_max_secs).unwrap_or(u32::MAX),
             drain_rate: AtomicU64::new(0),
             cursor: AtomicUsize::new(0),
             slot_started: parking_lot::Mutex::new(Instant::now()),
         }
+    }
+
+    /// The next version of `previous` for a changed config: backends with the same
+    /// address and zone keep their object (in-flight count, health, ejections; their
+    /// limit follows the new config), and the queue, level, window and retry budget
+    /// carry over. Requests admitted under `previous` finish there and release their
+    /// slots into the shared backends; a removed backend finishes its requests and then
+    /// goes away with the old version.
+    pub fn renew(
+        cfg: &config::Upstream,
+        server: &config::Server,
+        metrics: &Metrics,
+        previous: &Upstream,
+    ) -> Upstream {
+        let mut next = Upstream::new(cfg, server, metrics);
+        for (i, b) in cfg.backends.iter().enumerate() {
+            let same = previous
+                .backends
+                .iter()
+                .find(|p| p.address == b.address && p.zone == b.zone);
+            if let Some(p) = same {
+                // The limit follows at the `refresh_health` below (ramp-up included).
+                p.max_inflight.store(b.max_inflight, Ordering::Relaxed);
+                next.backends[i] = p.clone();
+            }
+        }
+        next.queue = previous.queue.clone();
+        next.level_state = previous.level_state.clone();
+        if previous.levels.window == cfg.levels.window {
+            next.window = previous.window.clone();
+        }
+        next.retry_budget = previous.retry_budget.clone();
+        next.refresh_health(Instant::now());
+        next
     }
 
     /// The level admission acts on: the published level, raised at once by the queue's
@@ -320,7 +360,7 @@ impl Upstream {
         let mut up = 0usize;
         let mut local_up = 0usize;
         for b in &self.backends {
-            let (change, limit) = b.health.evaluate(now, &self.health, b.max_inflight);
+            let (change, limit) = b.health.evaluate(now, &self.health, b.max_inflight());
             b.set_limit(limit);
             if let Some(c) = change {
                 if c.to == HealthState::Healthy {
@@ -419,17 +459,28 @@ impl Snapshot {
     /// Builds a snapshot, reusing the live state of every upstream of `previous` whose
     /// config is unchanged.
     pub fn build_from(config: Config, previous: Option<&Snapshot>, metrics: &Metrics) -> Snapshot {
-        let reusable = |u: &config::Upstream| {
-            let prev = previous?;
-            let i = prev.config.upstreams.iter().position(|p| p == u)?;
-            (prev.config.server.retry_after_max_secs == config.server.retry_after_max_secs)
-                .then(|| prev.upstreams[i].clone())
+        let server_same = |prev: &Snapshot| {
+            prev.config.server.retry_after_max_secs == config.server.retry_after_max_secs
+                && prev.config.server.zone == config.server.zone
         };
         let upstreams: Vec<Arc<Upstream>> = config
             .upstreams
             .iter()
             .map(|u| {
-                reusable(u).unwrap_or_else(|| Arc::new(Upstream::new(u, &config.server, metrics)))
+                let prev = previous.and_then(|p| {
+                    let i = p.config.upstreams.iter().position(|o| o.name == u.name)?;
+                    Some((p, i))
+                });
+                match prev {
+                    // Unchanged: the very same object, probes and all.
+                    Some((p, i)) if p.config.upstreams[i] == *u && server_same(p) => {
+                        p.upstreams[i].clone()
+                    }
+                    Some((p, i)) => {
+                        Arc::new(Upstream::renew(u, &config.server, metrics, &p.upstreams[i]))
+                    }
+                    None => Arc::new(Upstream::new(u, &config.server, metrics)),
+                }
             })
             .collect();
         let mut routes: Vec<(String, usize)> = config

@@ -103,7 +103,7 @@ pub fn status_json(snapshot: &Snapshot, ready: bool) -> serde_json::Value {
                         "local": b.local,
                         "inflight": b.inflight(),
                         "limit": b.limit(),
-                        "max_inflight": b.max_inflight,
+                        "max_inflight": b.max_inflight(),
                         "requests": crate::metrics::CLASSES.iter().map(|c| b.metrics.requests(*c).get()).sum::<u64>(),
                     })
                 })

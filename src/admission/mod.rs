@@ -158,7 +158,42 @@ impl Drop for Permit {
         // request that joins the queue concurrently either sees the free slot on its
         // re-check, or is seen here and handed a slot.
         if !upstream.queue.is_empty() {
-            upstream.dispatch();
+            dispatch(&upstream.queue);
+        }
+    }
+}
+
+/// Hands free slots to waiters, oldest first. Called after a slot was released while
+/// the queue was not empty. Each waiter takes its slot in the upstream version it was
+/// admitted under (versions share backends, so the counts stay one).
+pub(crate) fn dispatch(queue: &queue::WaitQueue) {
+    let mut q = queue.lock();
+    let mut i = 0;
+    let mut any_full = false;
+    while i < q.waiters.len() {
+        let target = q.waiters[i].target;
+        if target.is_none() && any_full {
+            i += 1;
+            continue;
+        }
+        let up = q.waiters[i].upstream.clone();
+        let slot = match target {
+            Some(b) => up.backends[b].try_acquire().then_some(b),
+            None => match take_slot(&up, None, &[], i as u64) {
+                Take::Slot(b) => Some(b),
+                _ => None,
+            },
+        };
+        let Some(b) = slot else {
+            any_full |= target.is_none();
+            i += 1;
+            continue;
+        };
+        let Some(waiter) = q.remove_at(i) else { break };
+        if let Err(Grant::Permit(p)) = waiter.tx.send(Grant::Permit(Permit::new(up, b))) {
+            // The waiter is gone (timed out or its client left): the slot goes back,
+            // and the loop offers it to the next waiter.
+            p.release_quietly();
         }
     }
 }
@@ -222,10 +257,14 @@ impl Upstream {
             Admit::Shed(s) => return Err(s),
             Admit::Wait { level, target } => (level, target),
         };
-        let (ticket, displaced) = match self.queue.push(class, target, self.limits.queue_depth) {
-            Ok(joined) => joined,
-            Err(Full) => return Err(self.shed(ShedReason::QueueFull, level, class)),
-        };
+        let (ticket, displaced) =
+            match self
+                .queue
+                .push(self, class, target, self.limits.queue_depth)
+            {
+                Ok(joined) => joined,
+                Err(Full) => return Err(self.shed(ShedReason::QueueFull, level, class)),
+            };
         if let Some(w) = displaced {
             let _ = w.tx.send(Grant::Displaced);
         }
@@ -288,41 +327,6 @@ impl Upstream {
         match take_slot(self, key, tried, random) {
             Take::Slot(i) => Some(Permit::new(self.clone(), i)),
             _ => None,
-        }
-    }
-
-    /// Hands free slots to waiters, oldest first. Called after a slot was released
-    /// while the queue was not empty.
-    pub(crate) fn dispatch(self: &Arc<Self>) {
-        let mut q = self.queue.lock();
-        let mut i = 0;
-        let mut any_full = false;
-        while i < q.waiters.len() {
-            let target = q.waiters[i].target;
-            if target.is_none() && any_full {
-                i += 1;
-                continue;
-            }
-            let slot = match target {
-                Some(b) => self.backends[b].try_acquire().then_some(b),
-                None => match take_slot(self, None, &[], i as u64) {
-                    Take::Slot(b) => Some(b),
-                    _ => None,
-                },
-            };
-            let Some(b) = slot else {
-                any_full |= target.is_none();
-                i += 1;
-                continue;
-            };
-            let Some(waiter) = q.remove_at(i) else { break };
-            if let Err(Grant::Permit(p)) =
-                waiter.tx.send(Grant::Permit(Permit::new(self.clone(), b)))
-            {
-                // The waiter is gone (timed out or its client left): the slot goes
-                // back, and the loop offers it to the next waiter.
-                p.release_quietly();
-            }
         }
     }
 

@@ -12,8 +12,11 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use parking_lot::{Mutex, MutexGuard};
 use tokio::sync::oneshot;
 
+use std::sync::Arc;
+
 use super::Permit;
 use crate::config::Class;
+use crate::state::Upstream;
 
 /// What a waiter receives.
 pub enum Grant {
@@ -26,6 +29,9 @@ pub enum Grant {
 pub(crate) struct Waiter {
     pub id: u64,
     pub class: Class,
+    /// The upstream version the request was admitted under: its backend list is the
+    /// one `target` indexes, and the slot is taken there. Versions share the queue.
+    pub upstream: Arc<Upstream>,
     /// The one backend this waiter can use (affinity), or any backend.
     pub target: Option<usize>,
     pub tx: oneshot::Sender<Grant>,
@@ -77,6 +83,7 @@ impl WaitQueue {
     /// newest waiter of the lowest class below critical, which is returned to be told.
     pub(crate) fn push(
         &self,
+        upstream: &Arc<Upstream>,
         class: Class,
         target: Option<usize>,
         depth: u32,
@@ -104,6 +111,7 @@ impl WaitQueue {
         q.waiters.push_back(Waiter {
             id,
             class,
+            upstream: upstream.clone(),
             target,
             tx,
         });

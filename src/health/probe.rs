@@ -13,7 +13,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use crate::config::Check;
-use crate::state::Upstream;
+use crate::state::{SharedSnapshot, Upstream};
 
 /// One probe of `addr`: true when it passed within `timeout`.
 pub async fn probe(check: Check, addr: SocketAddr, path: &str, timeout: Duration) -> bool {
@@ -45,22 +45,25 @@ pub async fn probe(check: Check, addr: SocketAddr, path: &str, timeout: Duration
 }
 
 /// Spawns the probe task of every backend of `upstream` (none without checks). Each
-/// task holds only a weak reference and ends when the upstream is dropped (replaced
-/// by a reload that changed it).
-pub fn spawn_probes(upstream: &Arc<Upstream>) {
+/// task holds only a weak reference, and ends once a reload replaced this version of
+/// the upstream (the new version probes its backends itself).
+pub fn spawn_probes(upstream: &Arc<Upstream>, shared: &SharedSnapshot) {
     let health = &upstream.health;
     if health.check == Check::None {
         return;
     }
     for index in 0..upstream.backends.len() {
         let weak = Arc::downgrade(upstream);
-        tokio::spawn(probe_loop(weak, index));
+        tokio::spawn(probe_loop(weak, shared.clone(), index));
     }
 }
 
-async fn probe_loop(upstream: Weak<Upstream>, index: usize) {
+async fn probe_loop(upstream: Weak<Upstream>, shared: SharedSnapshot, index: usize) {
     loop {
         let Some(up) = upstream.upgrade() else { return };
+        if !shared.load().upstreams.iter().any(|u| Arc::ptr_eq(u, &up)) {
+            return;
+        }
         let cfg = up.health.clone();
         let addr = up.backends[index].address;
         drop(up); // never keep the upstream alive across a probe
