@@ -47,6 +47,9 @@ pub struct Metrics {
     panic: IntGaugeVec,
     zone_healthy: IntGaugeVec,
     ejections: IntGaugeVec,
+    prefer_local: IntGaugeVec,
+    retries: IntCounterVec,
+    ready: IntGauge,
 }
 
 /// Handles of one upstream, resolved once per snapshot.
@@ -58,6 +61,10 @@ pub struct UpstreamMetrics {
     pub level_changes: IntCounter,
     /// Requests sent outside the local zone because it was full or down.
     pub spill: IntCounter,
+    /// Retries on another backend after a failed connect.
+    pub connect_retries: IntCounter,
+    /// Retries of idempotent requests that may have reached a backend (budgeted).
+    pub replays: IntCounter,
 }
 
 impl UpstreamMetrics {
@@ -120,7 +127,7 @@ impl Metrics {
             "Unix time of the last config load that succeeded.",
         ));
         must(registry.register(Box::new(last_success.clone())));
-        Metrics {
+        let metrics = Metrics {
             requests: counter(
                 "levee_requests_total",
                 "Requests admitted and sent to a backend.",
@@ -186,6 +193,24 @@ impl Metrics {
                 "Healthy backends per zone.",
                 &["upstream", "zone"],
             ),
+            prefer_local: gauge(
+                "levee_zone_local_preferred",
+                "1 while the local zone is healthy enough to be preferred.",
+                &["upstream"],
+            ),
+            retries: counter(
+                "levee_retries_total",
+                "Requests sent again to another backend: kind=connect (nothing reached the first) or replay (idempotent, within the retry budget).",
+                &["upstream", "kind"],
+            ),
+            ready: {
+                let g = must(IntGauge::new(
+                    "levee_ready",
+                    "1 while levee accepts traffic, 0 while it drains.",
+                ));
+                must(registry.register(Box::new(g.clone())));
+                g
+            },
             ejections: gauge(
                 "levee_backend_ejected",
                 "1 while the backend is ejected after failed requests.",
@@ -208,7 +233,12 @@ impl Metrics {
             ),
             config_last_reload_success: last_success,
             registry,
+        };
+        // Both results exist from the start, so `increase()` sees the first failure.
+        for result in ["success", "failure"] {
+            metrics.config_reloads.with_label_values(&[result]);
         }
+        metrics
     }
 
     pub fn upstream(&self, upstream: &str) -> UpstreamMetrics {
@@ -227,6 +257,8 @@ impl Metrics {
             queue_wait: self.queue_wait.with_label_values(&[upstream]),
             level_changes: self.level_changes.with_label_values(&[upstream]),
             spill: self.spill.with_label_values(&[upstream]),
+            connect_retries: self.retries.with_label_values(&[upstream, "connect"]),
+            replays: self.retries.with_label_values(&[upstream, "replay"]),
         }
     }
 
@@ -254,8 +286,23 @@ impl Metrics {
         }
     }
 
-    /// Copies live state into the gauges; called before each scrape.
-    pub fn refresh(&self, snapshot: &Snapshot) {
+    /// Copies live state into the gauges; called before each scrape. The gauges are
+    /// cleared first, so backends and zones a reload removed do not linger.
+    pub fn refresh(&self, snapshot: &Snapshot, ready: bool) {
+        self.ready.set(i64::from(ready));
+        for g in [
+            &self.inflight,
+            &self.limit,
+            &self.queue_depth,
+            &self.level,
+            &self.healthy,
+            &self.panic,
+            &self.zone_healthy,
+            &self.ejections,
+            &self.prefer_local,
+        ] {
+            g.reset();
+        }
         for up in &snapshot.upstreams {
             let name = up.name.as_str();
             self.queue_depth
@@ -265,6 +312,9 @@ impl Metrics {
             self.panic
                 .with_label_values(&[name])
                 .set(i64::from(up.in_panic()));
+            self.prefer_local
+                .with_label_values(&[name])
+                .set(i64::from(up.prefers_local()));
             let mut zones: Vec<(&str, i64)> = Vec::new();
             for b in &up.backends {
                 let healthy = i64::from(b.health.state() == crate::health::State::Healthy);

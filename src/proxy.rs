@@ -275,6 +275,7 @@ impl ProxyHttp for Levee {
             if retry {
                 // Without a retry, `logging` counts the failure.
                 upstream.record_outcome(permit.backend_index(), true);
+                upstream.metrics.connect_retries.inc();
             }
             e.set_retry(retry);
         }
@@ -315,6 +316,7 @@ impl ProxyHttp for Levee {
             // The request moves on; its outcome here counts against this backend now
             // (without a retry, `logging` counts it).
             upstream.record_outcome(permit.backend_index(), true);
+            upstream.metrics.replays.inc();
             ctx.tried.push(permit.backend_index());
             ctx.replays += 1;
         }
