@@ -21,7 +21,10 @@ pub fn classify_error(e: &Error) -> (u16, &'static str) {
             (502, "upstream_bad_response")
         }
         (ErrorSource::Upstream, _) => (502, "upstream_error"),
-        (ErrorSource::Downstream, ReadError | WriteError | ConnectionClosed) => (0, "client_gone"),
+        (
+            ErrorSource::Downstream | ErrorSource::Unset,
+            ReadError | WriteError | ConnectionClosed,
+        ) => (0, "client_gone"),
         (ErrorSource::Downstream, ReadTimedout | WriteTimedout) => (408, "client_timeout"),
         (ErrorSource::Downstream, _) => (400, "bad_request"),
         (_, ConnectTimedout) => (502, "connect_timeout"),

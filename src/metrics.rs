@@ -77,8 +77,9 @@ impl UpstreamMetrics {
 pub struct BackendMetrics {
     /// Indexed by `Class as usize`.
     requests: [IntCounter; 4],
-    /// Responses by status class: 1xx..5xx at 1..=5, and 0 for no response (error).
-    pub responses: [IntCounter; 6],
+    /// Responses by status class: 1xx..5xx at 1..=5, 0 for no response because the
+    /// backend failed (`error`), 6 for no response because the client left (`aborted`).
+    pub responses: [IntCounter; 7],
     pub connect_errors: IntCounter,
     pub timeouts: IntCounter,
 }
@@ -135,7 +136,7 @@ impl Metrics {
             ),
             responses: counter(
                 "levee_responses_total",
-                "Backend responses by status class (code=\"error\": no response).",
+                "Backend responses by status class (code=\"error\": the backend failed; code=\"aborted\": the client left first).",
                 &["upstream", "backend", "code"],
             ),
             shed: counter(
@@ -280,6 +281,7 @@ impl Metrics {
                 code("3xx"),
                 code("4xx"),
                 code("5xx"),
+                code("aborted"),
             ],
             connect_errors: err("connect"),
             timeouts: err("timeout"),

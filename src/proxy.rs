@@ -108,6 +108,20 @@ async fn respond(
     session.write_response_body(Some(body), true).await
 }
 
+/// Like [`respond`]; when the client is gone (the write fails) the connection is
+/// simply not kept: there is nobody left to tell.
+async fn respond_or_close(
+    session: &mut Session,
+    status: u16,
+    body: Bytes,
+    retry_after: Option<u32>,
+) {
+    if let Err(e) = respond(session, status, body, retry_after).await {
+        tracing::debug!(error = %e, status, "client gone before levee's own response was written");
+        session.set_keepalive(None);
+    }
+}
+
 /// The headers to drop when forwarding: `connection`, every header it names, and the
 /// fixed hop-by-hop set. An upgrade keeps `connection` and `upgrade`.
 fn hop_by_hop(headers: &http::HeaderMap, upgrade: bool) -> Vec<String> {
@@ -166,7 +180,7 @@ impl ProxyHttp for Levee {
 
         let req = session.req_header();
         let Some(upstream) = snapshot.route(req.uri.path()).cloned() else {
-            respond(session, 404, error_body("no_route", None), None).await?;
+            respond_or_close(session, 404, error_body("no_route", None), None).await;
             return Ok(true);
         };
         let limit = server.max_request_body_bytes;
@@ -177,13 +191,8 @@ impl ProxyHttp for Levee {
             .and_then(|v| v.parse::<u64>().ok());
         if limit > 0 && declared.is_some_and(|n| n > limit) {
             session.set_keepalive(None);
-            respond(
-                session,
-                413,
-                error_body("body_too_large", Some(&upstream.name)),
-                None,
-            )
-            .await?;
+            let body = error_body("body_too_large", Some(&upstream.name));
+            respond_or_close(session, 413, body, None).await;
             return Ok(true);
         }
         ctx.class = snapshot.classify(req);
@@ -212,7 +221,7 @@ impl ProxyHttp for Levee {
             }
             Err(shed) => {
                 let body = shed_body(&upstream.name, &shed);
-                respond(session, 503, body, Some(shed.retry_after)).await?;
+                respond_or_close(session, 503, body, Some(shed.retry_after)).await;
                 ctx.status = 503;
                 Ok(true)
             }
@@ -432,14 +441,16 @@ impl ProxyHttp for Levee {
         let upstream = permit.upstream();
         upstream.window.record(elapsed, failed);
         upstream.metrics.duration.observe(elapsed.as_secs_f64());
+        let client_gone = e.is_some_and(|e| *e.esource() == pingora::ErrorSource::Downstream);
         let code_class = if failed_backend {
             0
+        } else if ctx.backend_status == 0 && client_gone {
+            6
         } else {
             (ctx.status / 100).min(5) as usize
         };
         permit.backend().metrics.responses[code_class].inc();
         let backend_5xx = ctx.backend_status >= 500 && upstream.health.eject_on_5xx;
-        let client_gone = e.is_some_and(|e| *e.esource() == pingora::ErrorSource::Downstream);
         if !client_gone {
             upstream.record_outcome(permit.backend_index(), failed_backend || backend_5xx);
         }
