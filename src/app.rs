@@ -4,6 +4,7 @@
 //! levee through here.
 
 use std::net::SocketAddr;
+use std::os::unix::io::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -90,6 +91,8 @@ pub struct Running {
     pub addrs: Vec<SocketAddr>,
     pub admin_addr: Option<SocketAddr>,
     tasks: Vec<JoinHandle<()>>,
+    /// Listening sockets by handover key, for a binary upgrade.
+    handover: Vec<(String, std::os::unix::io::RawFd)>,
 }
 
 impl Running {
@@ -117,6 +120,20 @@ impl Running {
         }
     }
 
+    /// Sends the listening sockets to a new levee waiting on `sock` (`run --upgrade`).
+    /// Both processes then share them; this one should drain and exit next.
+    pub async fn hand_over(&self, sock: &std::path::Path) -> std::io::Result<usize> {
+        let mut fds = pingora::server::Fds::new();
+        for (key, fd) in &self.handover {
+            fds.add(key.clone(), *fd);
+        }
+        let path = sock.to_string_lossy().into_owned();
+        tokio::task::spawn_blocking(move || fds.send_to_sock(path.as_str()))
+            .await
+            .map_err(std::io::Error::other)?
+            .map_err(|e| std::io::Error::other(format!("handover to {}: {e}", sock.display())))
+    }
+
     /// Drains (see [`App::drain`]) and stops every task.
     pub async fn shutdown(self, grace: Duration) -> bool {
         let drained = self.app.drain(grace).await;
@@ -138,21 +155,63 @@ impl Drop for Running {
 /// Binds `server.listen` and `server.admin_listen` (port 0 picks a free port) and
 /// starts serving on the current runtime.
 pub async fn start(config: Config) -> std::io::Result<Running> {
+    start_inheriting(config, None).await
+}
+
+/// The key of a listener in the handover table.
+fn handover_key(addr: &SocketAddr, admin: bool) -> String {
+    if admin {
+        format!("admin:{addr}")
+    } else {
+        addr.to_string()
+    }
+}
+
+/// A listener taken over from the previous levee, or a fresh one.
+async fn listener(
+    addr: SocketAddr,
+    admin: bool,
+    inherited: Option<&pingora::server::Fds>,
+) -> std::io::Result<TcpListener> {
+    use std::os::unix::io::FromRawFd;
+    if let Some(fd) = inherited.and_then(|f| f.get(&handover_key(&addr, admin))) {
+        // SAFETY: the descriptor arrived over the handover socket for this process
+        // alone, and is wrapped exactly once, here.
+        let std_listener = unsafe { std::net::TcpListener::from_raw_fd(*fd) };
+        std_listener.set_nonblocking(true)?;
+        tracing::info!(%addr, admin, "listener taken over from the previous levee");
+        return TcpListener::from_std(std_listener);
+    }
+    let what = if admin { "admin " } else { "" };
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {what}{addr}: {e}")))
+}
+
+/// Like [`start`], but takes the listeners a previous levee handed over where their
+/// addresses match, and binds the rest.
+pub async fn start_inheriting(
+    config: Config,
+    inherited: Option<pingora::server::Fds>,
+) -> std::io::Result<Running> {
     let mut listeners = Vec::new();
+    let mut handover = Vec::new();
     for addr in &config.server.listen {
-        let l = TcpListener::bind(addr)
-            .await
-            .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
+        let l = listener(*addr, false, inherited.as_ref()).await?;
+        handover.push((handover_key(addr, false), l.as_raw_fd()));
         listeners.push(l);
     }
     let admin = match config.server.admin_listen {
-        Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| {
-            std::io::Error::new(e.kind(), format!("cannot listen on admin {addr}: {e}"))
-        })?),
+        Some(addr) => {
+            let l = listener(addr, true, inherited.as_ref()).await?;
+            handover.push((handover_key(&addr, true), l.as_raw_fd()));
+            Some(l)
+        }
         None => None,
     };
     let app = App::new(config);
-    let running = start_with(app, listeners, admin)?;
+    let mut running = start_with(app, listeners, admin)?;
+    running.handover = handover;
     running.wait_for_first_probes().await;
     Ok(running)
 }
@@ -191,6 +250,7 @@ pub fn start_with(
         addrs,
         admin_addr,
         tasks,
+        handover: Vec::new(),
     })
 }
 
@@ -271,10 +331,45 @@ pub fn watch_config(
 
 /// `levee run`: serve until SIGTERM (drain, then exit), SIGINT (exit now); SIGHUP
 /// reloads the config file.
-pub async fn run_until_signal(config: Config, path: std::path::PathBuf) -> std::io::Result<()> {
+/// Receives the listening sockets of the running levee (which sends them on SIGQUIT)
+/// over `sock`. Blocks until they arrive, or fails after pingora's retries.
+pub async fn receive_listeners(sock: &std::path::Path) -> std::io::Result<pingora::server::Fds> {
+    let path = sock.to_path_buf();
+    let parent_ok = path.parent().is_some_and(|p| p.is_dir());
+    if !parent_ok {
+        return Err(std::io::Error::other(format!(
+            "server.upgrade_sock {}: its directory does not exist",
+            path.display()
+        )));
+    }
+    let path = path.to_string_lossy().into_owned();
+    tokio::task::spawn_blocking(move || {
+        let mut fds = pingora::server::Fds::new();
+        fds.get_from_sock(path.as_str()).map(|()| fds)
+    })
+    .await
+    .map_err(std::io::Error::other)?
+    .map_err(|e| std::io::Error::other(format!("receiving listeners on {}: {e}", sock.display())))
+}
+
+/// `levee run`: serve until SIGTERM (drain, then exit), SIGINT (exit now) or SIGQUIT
+/// (hand the listeners to a new levee started with `--upgrade`, then drain and exit);
+/// SIGHUP and changes of the file reload the config.
+pub async fn run_until_signal(
+    config: Config,
+    path: std::path::PathBuf,
+    upgrade: bool,
+) -> std::io::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let grace = config.server.grace_period;
-    let running = start(config).await?;
+    let sock = config.server.upgrade_sock.clone();
+    let inherited = if upgrade {
+        tracing::info!(sock = %sock.display(), "waiting for the running levee's listeners (send it SIGQUIT)");
+        Some(receive_listeners(&sock).await?)
+    } else {
+        None
+    };
+    let running = start_inheriting(config, inherited).await?;
     for addr in &running.addrs {
         tracing::info!(%addr, "proxy listening");
     }
@@ -291,8 +386,20 @@ pub async fn run_until_signal(config: Config, path: std::path::PathBuf) -> std::
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
+    let mut quit = signal(SignalKind::quit())?;
     loop {
         tokio::select! {
+            _ = quit.recv() => {
+                match running.hand_over(&sock).await {
+                    Ok(_) => {
+                        tracing::info!(sock = %sock.display(), "listeners handed over; draining");
+                        let drained = running.shutdown(grace).await;
+                        tracing::info!(drained, "stopped after the upgrade");
+                        return Ok(());
+                    }
+                    Err(e) => tracing::error!(error = %e, "binary upgrade failed; still serving"),
+                }
+            }
             _ = term.recv() => {
                 tracing::info!(open = running.app.connections.open(), grace_ms = grace.as_millis() as u64, "SIGTERM: draining");
                 let drained = running.shutdown(grace).await;

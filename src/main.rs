@@ -32,6 +32,10 @@ enum Command {
     Run {
         #[arg(short, long)]
         config: PathBuf,
+        /// Take over the listeners of the running levee instead of binding them:
+        /// start this, then send the running levee SIGQUIT.
+        #[arg(long)]
+        upgrade: bool,
     },
     /// Validate a config file: print `ok` and a summary, or every error; exit 0 or 1.
     Check {
@@ -90,7 +94,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Run { config } => {
+        Command::Run { config, upgrade } => {
             let cfg = match levee::config::load(&config) {
                 Ok(cfg) => cfg,
                 Err(errors) => {
@@ -108,7 +112,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match rt.block_on(levee::app::run_until_signal(cfg, config)) {
+            match rt.block_on(levee::app::run_until_signal(cfg, config, upgrade)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("levee: {e}");

@@ -189,9 +189,22 @@ async fn a_changed_file_is_reloaded_by_the_watcher() {
 
 /// Runs the real binary; returns it and its proxy and admin addresses, read from its log.
 fn spawn_levee(config: &Path) -> (std::process::Child, String, String) {
+    let (mut child, logs) = start_levee(config, &[]);
+    let (proxy, admin) = listening(&logs);
+    let _ = &mut child;
+    (child, proxy, admin)
+}
+
+/// Starts the binary with `extra` arguments after `run -c FILE`; its log lines arrive
+/// on the returned channel.
+fn start_levee(
+    config: &Path,
+    extra: &[&str],
+) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_levee"))
         .args(["--log-format", "json", "run", "-c"])
         .arg(config)
+        .args(extra)
         .env("LEVEE_LOG", "info")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -208,6 +221,11 @@ fn spawn_levee(config: &Path) -> (std::process::Child, String, String) {
             let _ = tx.send(line);
         }
     });
+    (child, rx)
+}
+
+/// Reads the proxy and admin addresses off the log.
+fn listening(rx: &std::sync::mpsc::Receiver<String>) -> (String, String) {
     let (mut proxy, mut admin) = (None, None);
     let deadline = Instant::now() + LIMIT;
     while proxy.is_none() || admin.is_none() {
@@ -222,7 +240,7 @@ fn spawn_levee(config: &Path) -> (std::process::Child, String, String) {
             _ => {}
         }
     }
-    (child, proxy.unwrap(), admin.unwrap())
+    (proxy.unwrap(), admin.unwrap())
 }
 
 fn wait_exit(child: &mut std::process::Child, limit: Duration) -> Option<std::process::ExitStatus> {
@@ -315,4 +333,73 @@ async fn sighup_reloads_the_running_binary() {
         .await
         .unwrap();
     assert!(status.is_some(), "SIGINT stops levee");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_upgrade_hands_the_listeners_over_without_failed_requests() {
+    let r1 = replica("r1", "a", 8, 2).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("levee.toml");
+    let sock = dir.path().join("upgrade.sock");
+    let text = config_text(&[&r1], 8, None).replace(
+        "[server]\n",
+        &format!("[server]\nupgrade_sock = \"{}\"\n", sock.display()),
+    );
+    write(&path, &text);
+    let (mut old, proxy, _admin) = spawn_levee(&path);
+    let proxy: std::net::SocketAddr = proxy.parse().unwrap();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+            tokio::spawn(async move {
+                for _ in 0..100_000 {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    match tokio::time::timeout(LIMIT, fetch(proxy, get("/u"))).await {
+                        Ok(r) if r.status == 200 => ok.fetch_add(1, Ordering::Relaxed),
+                        _ => failed.fetch_add(1, Ordering::Relaxed),
+                    };
+                }
+            })
+        })
+        .collect();
+
+    // The new binary waits for the sockets; SIGQUIT makes the old one send them.
+    let (mut new, logs) = start_levee(&path, &["--upgrade"]);
+    eventually(LIMIT, "upgrade socket ready", || sock.exists()).await;
+    signal(&old, "-QUIT");
+    let (new_proxy, _) = tokio::task::spawn_blocking(move || listening(&logs))
+        .await
+        .unwrap();
+    assert_eq!(
+        new_proxy.parse::<std::net::SocketAddr>().unwrap(),
+        proxy,
+        "same socket"
+    );
+    let old_status = tokio::task::spawn_blocking(move || wait_exit(&mut old, LIMIT))
+        .await
+        .unwrap()
+        .expect("the old levee exits after handing over");
+    assert!(old_status.success());
+    let before = ok.load(Ordering::Relaxed);
+    eventually(LIMIT, "the new levee serves", || {
+        ok.load(Ordering::Relaxed) > before + 50
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.await.unwrap();
+    }
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    println!("binary upgrade under load: {ok} ok, {failed} failed");
+    assert_eq!(failed, 0);
+    signal(&new, "-TERM");
+    let status = tokio::task::spawn_blocking(move || wait_exit(&mut new, LIMIT))
+        .await
+        .unwrap();
+    assert!(status.is_some_and(|s| s.success()));
 }

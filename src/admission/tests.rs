@@ -26,6 +26,7 @@ fn server() -> config::Server {
         },
         max_request_body_bytes: 0,
         retry_after_max_secs: 30,
+        upgrade_sock: config::DEFAULT_UPGRADE_SOCK.into(),
     }
 }
 

@@ -43,6 +43,8 @@ pub struct Server {
     pub max_request_body_bytes: Option<i64>,
     /// Upper bound of `Retry-After`.
     pub retry_after_max_secs: Option<i64>,
+    /// Unix socket where a new levee (`run --upgrade`) takes over the listeners.
+    pub upgrade_sock: Option<String>,
     /// `[server.timeouts]`
     pub timeouts: Option<Timeouts>,
 }

@@ -159,7 +159,13 @@ pub struct Server {
     pub max_request_body_bytes: u64,
     /// Upper bound of the `Retry-After` levee computes, in seconds (at least 1).
     pub retry_after_max_secs: u64,
+    /// Unix socket of the listener handover: `levee run --upgrade` waits there for the
+    /// running levee's sockets, which it sends on SIGQUIT.
+    pub upgrade_sock: std::path::PathBuf,
 }
+
+/// Default `server.upgrade_sock`.
+pub const DEFAULT_UPGRADE_SOCK: &str = "/tmp/levee_upgrade.sock";
 
 /// Every wait levee makes is bounded by one of these. Each is at least 1 ms and at
 /// most one day.

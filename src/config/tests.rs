@@ -115,6 +115,7 @@ fn full_example_parses_to_typed_values() {
             },
             max_request_body_bytes: 0,
             retry_after_max_secs: 10,
+            upgrade_sock: DEFAULT_UPGRADE_SOCK.into(),
         },
         upstreams: vec![
             Upstream {

@@ -190,8 +190,22 @@ impl Validator {
             MAX_RETRY_AFTER_SECS,
         );
         let timeouts = self.timeouts(s.timeouts.as_ref());
+        let upgrade_sock = match s.upgrade_sock.as_deref() {
+            None => std::path::PathBuf::from(DEFAULT_UPGRADE_SOCK),
+            Some(p) if p.starts_with('/') && p.len() < 100 && !p.contains('\0') => {
+                std::path::PathBuf::from(p)
+            }
+            Some(p) => {
+                self.error(
+                    "server.upgrade_sock",
+                    format!("must be an absolute path under 100 bytes (got {p:?})"),
+                );
+                std::path::PathBuf::from(DEFAULT_UPGRADE_SOCK)
+            }
+        };
 
         Server {
+            upgrade_sock,
             listen,
             threads: usize::try_from(threads).unwrap_or(DEFAULT_THREADS),
             zone,
