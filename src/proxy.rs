@@ -175,7 +175,20 @@ impl ProxyHttp for Levee {
         let server = &snapshot.config.server;
         // Keep-alive idle time before the next request on this connection; body reads
         // are bounded by the client header timeout.
-        session.set_keepalive(Some(server.timeouts.client_idle.as_secs().max(1)));
+        // HTTP/1.0 closes after each response unless the client asked to keep alive
+        // (pingora would keep it open, and a 1.0 client would wait for the close).
+        let http10 = session.req_header().version == http::Version::HTTP_10;
+        let wants_keepalive = session
+            .req_header()
+            .headers
+            .get(http::header::CONNECTION)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.to_ascii_lowercase().contains("keep-alive"));
+        if http10 && !wants_keepalive {
+            session.set_keepalive(None);
+        } else {
+            session.set_keepalive(Some(server.timeouts.client_idle.as_secs().max(1)));
+        }
         session.set_read_timeout(Some(server.timeouts.client_header));
 
         let req = session.req_header();

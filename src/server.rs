@@ -9,6 +9,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use pingora::apps::{HttpServerApp, ServerApp};
 use pingora::protocols::http::ServerSession;
@@ -47,42 +48,101 @@ pub fn proxy_app(shared: SharedSnapshot, threads: usize) -> Arc<ProxyApp> {
 /// The first bytes of an HTTP/2 connection (prior knowledge, h2c).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// Serves one client connection: HTTP/2 (h2c) through pingora's own path; HTTP/1.x
-/// request after request while the connection is kept alive.
+/// What the first bytes of a connection say.
+enum Opening {
+    H2,
+    H1,
+    /// Nothing arrived within the header timeout, or the client left.
+    Silent,
+}
+
+/// Waits for the first bytes of a connection, peeking without consuming them: enough
+/// to tell the HTTP/2 preface from HTTP/1.x. (pingora's own check reads exactly 24
+/// bytes, which makes a shorter complete HTTP/1.0 request wait for the timeout.)
+async fn opening(tcp: &tokio::net::TcpStream, header_timeout: Duration) -> Opening {
+    let deadline = tokio::time::Instant::now() + header_timeout;
+    let mut buf = [0u8; H2_PREFACE.len()];
+    loop {
+        let n = match tokio::time::timeout_at(deadline, tcp.peek(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => n,
+            _ => return Opening::Silent,
+        };
+        if buf[..n] != H2_PREFACE[..n] {
+            return Opening::H1;
+        }
+        if n == H2_PREFACE.len() {
+            return Opening::H2;
+        }
+        // Part of the preface so far (rare): give the rest a moment.
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// Serves one client connection: HTTP/2 (h2c, prior knowledge) through pingora's own
+/// path; HTTP/1.x request after request while the connection is kept alive.
 ///
 /// pingora reads a new connection's first request header with a fixed 60 s per read;
-/// levee uses `client_header` for that instead (and the client never sending anything
-/// at all is bounded by it too). Later requests on the connection wait at most the
-/// keep-alive idle time that `request_filter` sets.
+/// levee uses `client_header` instead, and a client that never sends anything is closed
+/// after it too. Between two requests the connection waits here, holding no request
+/// buffers, for at most `client_idle` (or until shutdown), which keeps idle keep-alive
+/// connections cheap.
 async fn handle(
     app: Arc<ProxyApp>,
-    mut stream: pingora::protocols::Stream,
+    tcp: tokio::net::TcpStream,
+    peer: std::net::SocketAddr,
     watch: ShutdownWatch,
-    header_timeout: std::time::Duration,
+    timeouts: crate::config::Timeouts,
 ) {
-    let mut preface = [0u8; H2_PREFACE.len()];
-    match tokio::time::timeout(header_timeout, stream.try_peek(&mut preface)).await {
-        Ok(Ok(true)) if preface == H2_PREFACE => {
+    let opening = opening(&tcp, timeouts.client_header).await;
+    let mut stream = Stream::from(tcp);
+    // The digest is where pingora (and X-Forwarded-For) finds the client address.
+    let digest = SocketDigest::from_raw_fd(stream.as_raw_fd());
+    let _ = digest.peer_addr.set(Some(peer.into()));
+    stream.set_socket_digest(digest);
+    let stream: pingora::protocols::Stream = Box::new(stream);
+    match opening {
+        Opening::Silent => return,
+        Opening::H2 => {
             app.process_new(stream, &watch).await;
             return;
         }
-        Ok(Ok(_)) => {}
-        // Silent past the header timeout, or gone.
-        Ok(Err(_)) | Err(_) => return,
+        Opening::H1 => {}
     }
     let mut session = ServerSession::new_http1(stream);
     if *watch.borrow() {
         session.set_keepalive(None);
     } else {
-        session.set_keepalive(Some(header_timeout.as_secs().max(1)));
+        session.set_keepalive(Some(timeouts.client_header.as_secs().max(1)));
     }
     let mut result = app.process_new_http(session, &watch).await;
-    while let Some((stream, settings)) = result.map(|r| r.consume()) {
+    while let Some((mut stream, settings)) = result.map(|r| r.consume()) {
+        if !next_request(&mut stream, timeouts.client_idle, watch.clone()).await {
+            return;
+        }
         let mut session = ServerSession::new_http1(stream);
         if let Some(settings) = settings {
             settings.apply_to_session(&mut session);
         }
         result = app.process_new_http(session, &watch).await;
+    }
+}
+
+/// Waits for the first byte of the next request on a kept-alive connection: false when
+/// the client stays idle past `idle`, leaves, or levee shuts down.
+async fn next_request(
+    stream: &mut pingora::protocols::Stream,
+    idle: Duration,
+    mut watch: ShutdownWatch,
+) -> bool {
+    if *watch.borrow() {
+        return false;
+    }
+    let mut first = [0u8; 1];
+    tokio::select! {
+        peeked = tokio::time::timeout(idle, stream.try_peek(&mut first)) => {
+            matches!(peeked, Ok(Ok(_)))
+        }
+        _ = watch.changed() => false,
     }
 }
 
@@ -154,15 +214,10 @@ pub async fn serve(
         let guard = ConnectionGuard(connections.clone());
         let app = app.clone();
         let watch: ShutdownWatch = shutdown.clone();
-        let header_timeout = shared.load().config.server.timeouts.client_header;
+        let timeouts = shared.load().config.server.timeouts;
         tokio::spawn(async move {
             let _guard = guard;
-            let mut stream = Stream::from(tcp);
-            // The digest is where pingora (and X-Forwarded-For) finds the client address.
-            let digest = SocketDigest::from_raw_fd(stream.as_raw_fd());
-            let _ = digest.peer_addr.set(Some(peer.into()));
-            stream.set_socket_digest(digest);
-            handle(app, Box::new(stream), watch, header_timeout).await;
+            handle(app, tcp, peer, watch, timeouts).await;
         });
     }
 }

@@ -82,3 +82,91 @@ async fn malformed_requests_get_400_and_never_reach_a_backend() {
     );
     assert_eq!(fetch(levee.addr(), get("/x")).await.status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_http10_request_is_answered_at_once() {
+    let r = replica("r1", "a", 4, 0).await;
+    let levee = Setup::new(&[&r])
+        .server("[server.timeouts]\nclient_header_ms = 5000")
+        .start()
+        .await;
+    let mut tcp = TcpStream::connect(levee.addr()).await.unwrap();
+    let started = Instant::now();
+    // 18 bytes: shorter than the HTTP/2 preface levee looks for.
+    tcp.write_all(b"GET / HTTP/1.0\r\n\r\n").await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut out))
+        .await
+        .expect("answered")
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out).starts_with("HTTP/1.0 200")
+            || String::from_utf8_lossy(&out).starts_with("HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "waited {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_keep_alive_connections_close_after_the_idle_timeout_and_serve_until_then() {
+    let r = replica("r1", "a", 4, 0).await;
+    let levee = Setup::new(&[&r])
+        .server("[server.timeouts]\nclient_idle_ms = 1000")
+        .start()
+        .await;
+    let mut tcp = TcpStream::connect(levee.addr()).await.unwrap();
+    let req = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n";
+    for _ in 0..3 {
+        tcp.write_all(req).await.unwrap();
+        let head = read_response(&mut tcp).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        tokio::time::sleep(Duration::from_millis(300)).await; // idle, but under the timeout
+    }
+    // Idle since the last answer, 300 ms ago.
+    let idle_from = Instant::now() - Duration::from_millis(300);
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut buf))
+        .await
+        .expect("closed by levee")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    let idle = idle_from.elapsed();
+    assert!(
+        idle >= Duration::from_millis(800) && idle < Duration::from_secs(4),
+        "{idle:?}"
+    );
+}
+
+/// Reads one response with a Content-Length body; returns its head.
+async fn read_response(tcp: &mut TcpStream) -> String {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut chunk))
+            .await
+            .expect("response in time")
+            .unwrap();
+        assert!(n > 0, "closed mid-response");
+        buf.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&buf).to_string();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let head = text[..end].to_string();
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse().ok())?
+                })
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + len {
+                return head;
+            }
+        }
+    }
+}
