@@ -43,8 +43,8 @@ impl App {
         Arc::new(App {
             proxy: proxy_app(shared.clone(), threads),
             shared,
+            connections: Arc::new(Connections::new(&metrics)),
             metrics,
-            connections: Arc::new(Connections::default()),
             shutdown,
             ready: AtomicBool::new(true),
             reload_lock: parking_lot::Mutex::new(()),

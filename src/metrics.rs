@@ -50,6 +50,8 @@ pub struct Metrics {
     prefer_local: IntGaugeVec,
     retries: IntCounterVec,
     ready: IntGauge,
+    connections_open: IntGauge,
+    connections_refused: IntCounterVec,
 }
 
 /// Handles of one upstream, resolved once per snapshot.
@@ -212,6 +214,19 @@ impl Metrics {
                 must(registry.register(Box::new(g.clone())));
                 g
             },
+            connections_open: {
+                let g = must(IntGauge::new(
+                    "levee_connections_open",
+                    "Client connections open now.",
+                ));
+                must(registry.register(Box::new(g.clone())));
+                g
+            },
+            connections_refused: counter(
+                "levee_connections_refused_total",
+                "Client connections closed at once (reason=per_ip) or left in the kernel backlog while at the cap (reason=max_connections, counted per pause).",
+                &["reason"],
+            ),
             ejections: gauge(
                 "levee_backend_ejected",
                 "1 while the backend is ejected after failed requests.",
@@ -240,6 +255,11 @@ impl Metrics {
             metrics.config_reloads.with_label_values(&[result]);
         }
         metrics
+    }
+
+    /// The counter of connections refused for `reason` (`per_ip`, `max_connections`).
+    pub fn connections_refused(&self, reason: &str) -> IntCounter {
+        self.connections_refused.with_label_values(&[reason])
     }
 
     pub fn upstream(&self, upstream: &str) -> UpstreamMetrics {
@@ -290,8 +310,9 @@ impl Metrics {
 
     /// Copies live state into the gauges; called before each scrape. The gauges are
     /// cleared first, so backends and zones a reload removed do not linger.
-    pub fn refresh(&self, snapshot: &Snapshot, ready: bool) {
+    pub fn refresh(&self, snapshot: &Snapshot, ready: bool, open_connections: usize) {
         self.ready.set(i64::from(ready));
+        self.connections_open.set(open_connections as i64);
         for g in [
             &self.inflight,
             &self.limit,

@@ -64,6 +64,11 @@ pub struct Ctx {
     connect_retries: u32,
     /// Retries of a request that may have reached a backend.
     replays: u32,
+    /// When the request header had been read, and whether to log the request.
+    started: Option<Instant>,
+    access_log: bool,
+    /// What levee answered itself (shed reason, no_route, ...), for the access log.
+    outcome: &'static str,
 }
 
 /// Most retries of one idempotent request that may have reached a backend.
@@ -122,6 +127,32 @@ async fn respond_or_close(
     }
 }
 
+/// One line per request at info, target `levee::access`, when `server.access_log` is on.
+fn access_log(session: &Session, e: Option<&Error>, ctx: &Ctx) {
+    let req = session.req_header();
+    let client = session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip().to_string())
+        .unwrap_or_default();
+    let backend = ctx.permit.as_ref().map(|p| p.backend().label.as_str());
+    tracing::info!(
+        target: "levee::access",
+        client = %client,
+        method = %req.method,
+        path = %req.uri.path(),
+        status = ctx.status,
+        upstream = ctx.upstream.as_ref().map(|u| u.name.as_str()),
+        backend,
+        class = ctx.class.as_str(),
+        outcome = ctx.outcome,
+        queued_ms = ctx.permit.as_ref().map(|p| p.queued.as_secs_f64() * 1000.0),
+        ms = ctx.started.map(|t| t.elapsed().as_secs_f64() * 1000.0),
+        error = e.map(|e| classify_error(e).1),
+        "request"
+    );
+}
+
 /// The headers to drop when forwarding: `connection`, every header it names, and the
 /// fixed hop-by-hop set. An upgrade keeps `connection` and `upgrade`.
 fn hop_by_hop(headers: &http::HeaderMap, upgrade: bool) -> Vec<String> {
@@ -167,12 +198,17 @@ impl ProxyHttp for Levee {
             backend_status: 0,
             connect_retries: 0,
             replays: 0,
+            started: None,
+            access_log: false,
+            outcome: "proxied",
         }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let snapshot = self.shared.load_full();
         let server = &snapshot.config.server;
+        ctx.started = Some(Instant::now());
+        ctx.access_log = server.access_log;
         // Keep-alive idle time before the next request on this connection; body reads
         // are bounded by the client header timeout.
         // HTTP/1.0 closes after each response unless the client asked to keep alive
@@ -194,6 +230,8 @@ impl ProxyHttp for Levee {
         let req = session.req_header();
         let Some(upstream) = snapshot.route(req.uri.path()).cloned() else {
             respond_or_close(session, 404, error_body("no_route", None), None).await;
+            ctx.status = 404;
+            ctx.outcome = "no_route";
             return Ok(true);
         };
         let limit = server.max_request_body_bytes;
@@ -206,6 +244,8 @@ impl ProxyHttp for Levee {
             session.set_keepalive(None);
             let body = error_body("body_too_large", Some(&upstream.name));
             respond_or_close(session, 413, body, None).await;
+            ctx.status = 413;
+            ctx.outcome = "body_too_large";
             return Ok(true);
         }
         ctx.class = snapshot.classify(req);
@@ -236,6 +276,8 @@ impl ProxyHttp for Levee {
                 let body = shed_body(&upstream.name, &shed);
                 respond_or_close(session, 503, body, Some(shed.retry_after)).await;
                 ctx.status = 503;
+                ctx.outcome = shed.reason.as_str();
+                ctx.upstream = Some(upstream);
                 Ok(true)
             }
         }
@@ -444,7 +486,10 @@ impl ProxyHttp for Levee {
         }
     }
 
-    async fn logging(&self, _session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        if ctx.access_log {
+            access_log(session, e, ctx);
+        }
         let Some(permit) = ctx.permit.take() else {
             return;
         };

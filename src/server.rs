@@ -146,16 +146,49 @@ async fn next_request(
     }
 }
 
-/// Open client connections, and a way to wait until there are none.
-#[derive(Default)]
+/// Open client connections: counts, per-IP counts, and ways to wait for fewer.
 pub struct Connections {
     open: AtomicUsize,
     idle: Notify,
+    /// Notified whenever a connection closes (for the accept loop at its cap).
+    closed: Notify,
+    per_ip: dashmap::DashMap<std::net::IpAddr, u32>,
+    /// Connections closed at once because their IP had `max_connections_per_ip` open.
+    rejected_per_ip: prometheus::IntCounter,
+    /// Times the accept loop paused at `max_connections`.
+    paused_at_max: prometheus::IntCounter,
 }
 
 impl Connections {
+    pub fn new(metrics: &crate::metrics::Metrics) -> Connections {
+        Connections {
+            open: AtomicUsize::new(0),
+            idle: Notify::new(),
+            closed: Notify::new(),
+            per_ip: dashmap::DashMap::new(),
+            rejected_per_ip: metrics.connections_refused("per_ip"),
+            paused_at_max: metrics.connections_refused("max_connections"),
+        }
+    }
+
     pub fn open(&self) -> usize {
         self.open.load(Ordering::SeqCst)
+    }
+
+    /// Counts a new connection from `ip`, unless that IP is at `per_ip_cap` (0: none).
+    fn admit(self: &Arc<Self>, ip: std::net::IpAddr, per_ip_cap: u32) -> Option<ConnectionGuard> {
+        if per_ip_cap > 0 {
+            let mut n = self.per_ip.entry(ip).or_insert(0);
+            if *n >= per_ip_cap {
+                return None;
+            }
+            *n += 1;
+        }
+        self.open.fetch_add(1, Ordering::SeqCst);
+        Some(ConnectionGuard {
+            connections: self.clone(),
+            ip: (per_ip_cap > 0).then_some(ip),
+        })
     }
 
     /// Resolves once no connection is open.
@@ -170,13 +203,26 @@ impl Connections {
     }
 }
 
-struct ConnectionGuard(Arc<Connections>);
+struct ConnectionGuard {
+    connections: Arc<Connections>,
+    /// Set when the connection was counted per IP.
+    ip: Option<std::net::IpAddr>,
+}
 
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
-        if self.0.open.fetch_sub(1, Ordering::SeqCst) == 1 {
-            self.0.idle.notify_waiters();
+        let c = &self.connections;
+        if let Some(ip) = self.ip {
+            // Drop the entry at zero so the map holds only IPs with open connections.
+            c.per_ip.remove_if_mut(&ip, |_, n| {
+                *n = n.saturating_sub(1);
+                *n == 0
+            });
         }
+        if c.open.fetch_sub(1, Ordering::SeqCst) == 1 {
+            c.idle.notify_waiters();
+        }
+        c.closed.notify_waiters();
     }
 }
 
@@ -191,6 +237,29 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
+        let (cap, per_ip_cap, timeouts) = {
+            let snapshot = shared.load();
+            let s = &snapshot.config.server;
+            (
+                s.max_connections as usize,
+                s.max_connections_per_ip,
+                s.timeouts,
+            )
+        };
+        if cap > 0 && connections.open() >= cap {
+            // At the cap: stop accepting (the kernel backlog holds new connections)
+            // until one closes, or shutdown.
+            connections.paused_at_max.inc();
+            while connections.open() >= cap && !*shutdown.borrow() {
+                let closed = connections.closed.notified();
+                tokio::select! {
+                    _ = closed => {}
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    _ = shutdown.changed() => {}
+                }
+            }
+            continue;
+        }
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             changed = shutdown.changed() => {
@@ -209,12 +278,15 @@ pub async fn serve(
                 continue;
             }
         };
+        let Some(guard) = connections.admit(peer.ip(), per_ip_cap) else {
+            connections.rejected_per_ip.inc();
+            tracing::debug!(%peer, "closed: too many connections from this address");
+            drop(tcp);
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
-        connections.open.fetch_add(1, Ordering::SeqCst);
-        let guard = ConnectionGuard(connections.clone());
         let app = app.clone();
         let watch: ShutdownWatch = shutdown.clone();
-        let timeouts = shared.load().config.server.timeouts;
         tokio::spawn(async move {
             let _guard = guard;
             handle(app, tcp, peer, watch, timeouts).await;

@@ -170,3 +170,60 @@ async fn read_response(tcp: &mut TcpStream) -> String {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_the_per_ip_cap_are_closed_and_others_served() {
+    let r = replica("r1", "a", 4, 0).await;
+    let levee = Setup::new(&[&r])
+        .server("max_connections_per_ip = 2")
+        .start()
+        .await;
+    let mut a = Conn::open(levee.addr()).await;
+    let mut b = Conn::open(levee.addr()).await;
+    assert_eq!(a.get("/a").await.status, 200);
+    assert_eq!(b.get("/b").await.status, 200);
+    let mut third = TcpStream::connect(levee.addr()).await.unwrap();
+    let _ = third.write_all(b"GET /c HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(5), third.read(&mut buf))
+        .await
+        .expect("closed at once")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "the third connection from one address is closed");
+    drop(a);
+    eventually(Duration::from_secs(5), "a closed", || {
+        levee.app.connections.open() == 1
+    })
+    .await;
+    assert_eq!(fetch(levee.addr(), get("/d")).await.status, 200);
+    assert_eq!(b.get("/b2").await.status, 200);
+    let metrics = levee.app.metrics.encode();
+    assert!(
+        metrics.contains("levee_connections_refused_total{reason=\"per_ip\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_max_connections_new_ones_wait_in_the_backlog_until_one_closes() {
+    let r = replica("r1", "a", 4, 0).await;
+    let levee = Setup::new(&[&r])
+        .server("max_connections = 2")
+        .start()
+        .await;
+    let mut a = Conn::open(levee.addr()).await;
+    let mut b = Conn::open(levee.addr()).await;
+    assert_eq!(a.get("/a").await.status, 200);
+    assert_eq!(b.get("/b").await.status, 200);
+    let addr = levee.addr();
+    let waiting = tokio::spawn(async move { fetch(addr, get("/c")).await.status });
+    tokio::time::sleep(Duration::from_millis(300)).await; // give it the chance to be (wrongly) served
+    assert!(!waiting.is_finished(), "served past max_connections");
+    drop(a);
+    let status = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("served once a connection closed")
+        .unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(b.get("/b2").await.status, 200);
+}

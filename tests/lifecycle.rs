@@ -403,3 +403,32 @@ async fn binary_upgrade_hands_the_listeners_over_without_failed_requests() {
         .unwrap();
     assert!(status.is_some_and(|s| s.success()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_access_log_has_one_line_per_request_when_turned_on() {
+    let r1 = replica("r1", "a", 8, 0).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("levee.toml");
+    let text = config_text(&[&r1], 4, None).replace("[server]\n", "[server]\naccess_log = true\n");
+    write(&path, &text);
+    let (mut child, logs) = start_levee(&path, &[]);
+    let (proxy, _) = listening(&logs);
+    let proxy: std::net::SocketAddr = proxy.parse().unwrap();
+    assert_eq!(fetch(proxy, get("/logged?x=1")).await.status, 200);
+    let line = tokio::task::spawn_blocking(move || loop {
+        let line = logs.recv_timeout(LIMIT).expect("an access log line");
+        if line.contains("levee::access") {
+            return line;
+        }
+    })
+    .await
+    .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let f = &v["fields"];
+    assert_eq!(f["path"], "/logged");
+    assert_eq!(f["status"], 200);
+    assert_eq!(f["upstream"], "app");
+    assert_eq!(f["class"], "normal");
+    signal(&child, "-INT");
+    let _ = tokio::task::spawn_blocking(move || wait_exit(&mut child, LIMIT)).await;
+}

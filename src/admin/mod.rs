@@ -61,7 +61,8 @@ fn reply(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Resp
 fn route(app: &App, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     match req.uri().path() {
         "/metrics" => {
-            app.metrics.refresh(&app.snapshot(), app.is_ready());
+            app.metrics
+                .refresh(&app.snapshot(), app.is_ready(), app.connections.open());
             reply(
                 StatusCode::OK,
                 "text/plain; version=0.0.4",

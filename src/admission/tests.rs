@@ -27,6 +27,9 @@ fn server() -> config::Server {
         max_request_body_bytes: 0,
         retry_after_max_secs: 30,
         upgrade_sock: config::DEFAULT_UPGRADE_SOCK.into(),
+        max_connections: 0,
+        max_connections_per_ip: 0,
+        access_log: false,
     }
 }
 

@@ -45,6 +45,12 @@ pub struct Server {
     pub retry_after_max_secs: Option<i64>,
     /// Unix socket where a new levee (`run --upgrade`) takes over the listeners.
     pub upgrade_sock: Option<String>,
+    /// Most client connections open at once; 0 = no cap.
+    pub max_connections: Option<i64>,
+    /// Most client connections open at once from one IP address; 0 = no cap.
+    pub max_connections_per_ip: Option<i64>,
+    /// One info line per request (target `levee::access`).
+    pub access_log: Option<bool>,
     /// `[server.timeouts]`
     pub timeouts: Option<Timeouts>,
 }

@@ -162,6 +162,13 @@ pub struct Server {
     /// Unix socket of the listener handover: `levee run --upgrade` waits there for the
     /// running levee's sockets, which it sends on SIGQUIT.
     pub upgrade_sock: std::path::PathBuf,
+    /// Most client connections open at once; past it levee stops accepting (the kernel
+    /// backlog holds the rest) until one closes. 0: no cap but the descriptor limit.
+    pub max_connections: u32,
+    /// Most client connections from one IP address; more are closed at once. 0: no cap.
+    pub max_connections_per_ip: u32,
+    /// Log one info line per request (target `levee::access`).
+    pub access_log: bool,
 }
 
 /// Default `server.upgrade_sock`.

@@ -116,6 +116,9 @@ fn full_example_parses_to_typed_values() {
             max_request_body_bytes: 0,
             retry_after_max_secs: 10,
             upgrade_sock: DEFAULT_UPGRADE_SOCK.into(),
+            max_connections: 0,
+            max_connections_per_ip: 0,
+            access_log: false,
         },
         upstreams: vec![
             Upstream {

@@ -204,7 +204,24 @@ impl Validator {
             }
         };
 
+        let max_connections = self.int(
+            "server.max_connections",
+            s.max_connections,
+            0,
+            0,
+            i64::from(u32::MAX),
+        );
+        let max_connections_per_ip = self.int(
+            "server.max_connections_per_ip",
+            s.max_connections_per_ip,
+            0,
+            0,
+            i64::from(u32::MAX),
+        );
         Server {
+            max_connections: u32::try_from(max_connections).unwrap_or(0),
+            max_connections_per_ip: u32::try_from(max_connections_per_ip).unwrap_or(0),
+            access_log: s.access_log.unwrap_or(false),
             upgrade_sock,
             listen,
             threads: usize::try_from(threads).unwrap_or(DEFAULT_THREADS),
