@@ -422,7 +422,8 @@ async fn every_metric_and_label_in_alerts_and_dashboard_is_exported() {
         assert_eq!(fetch(addr, get("/x")).await.status, 200);
     }
     let up = levee.app.snapshot().upstreams[0].clone();
-    let holder = tokio::spawn(async move { fetch(addr, get("/hold?ms=1000")).await.status });
+    // Held long enough for the queueing below even on a loaded machine.
+    let holder = tokio::spawn(async move { fetch(addr, get("/hold?ms=3000")).await.status });
     eventually(LIMIT, "slot taken", || up.inflight() == 1).await;
     let waiter = tokio::spawn(async move { fetch(addr, get("/x")).await.status });
     eventually(LIMIT, "one queued", || up.queue.len() == 1).await;
