@@ -52,6 +52,8 @@ pub struct Ctx {
     admitted_at: Option<Instant>,
     /// Whole-response deadline, for responses that are not streams.
     deadline: Option<Instant>,
+    /// When the client's request body ended.
+    body_done: Option<Instant>,
     status: u16,
     body_bytes: u64,
     /// Is this a websocket-style upgrade (Connection/Upgrade must pass through)?
@@ -191,6 +193,7 @@ impl ProxyHttp for Levee {
             tried: Vec::new(),
             admitted_at: None,
             deadline: None,
+            body_done: None,
             status: 0,
             body_bytes: 0,
             upgrade: false,
@@ -211,22 +214,33 @@ impl ProxyHttp for Levee {
         ctx.access_log = server.access_log;
         // Keep-alive idle time before the next request on this connection; body reads
         // are bounded by the client header timeout.
-        // HTTP/1.0 closes after each response unless the client asked to keep alive
-        // (pingora would keep it open, and a 1.0 client would wait for the close).
-        let http10 = session.req_header().version == http::Version::HTTP_10;
-        let wants_keepalive = session
-            .req_header()
-            .headers
-            .get(http::header::CONNECTION)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.to_ascii_lowercase().contains("keep-alive"));
-        if http10 && !wants_keepalive {
-            session.set_keepalive(None);
-        } else {
+        // Only lengthen keep-alive where pingora kept it: it turns it off for HTTP/1.0
+        // without keep-alive, `Connection: close`, and CL together with TE (RFC 9112 6.1).
+        if session.get_keepalive().is_some() {
             session.set_keepalive(Some(server.timeouts.client_idle.as_secs().max(1)));
         }
+        session.set_write_timeout(Some(server.timeouts.write));
         session.set_read_timeout(Some(server.timeouts.client_header));
 
+        let req = session.req_header();
+        let mut cls = req.headers.get_all(http::header::CONTENT_LENGTH).iter();
+        let dup_cl = match (cls.next(), cls.next()) {
+            (Some(_), Some(_)) => true,
+            (Some(v), None) => v.as_bytes().contains(&b','),
+            _ => false,
+        };
+        let raw = req.raw_path();
+        let target_ok = raw.first() == Some(&b'/')
+            || (req.uri.scheme().is_some() && req.uri.authority().is_some())
+            || (raw == b"*" && req.method == http::Method::OPTIONS);
+        let no_host =
+            req.version == http::Version::HTTP_11 && !req.headers.contains_key(http::header::HOST);
+        if dup_cl || !target_ok || no_host {
+            session.set_keepalive(None);
+            respond_or_close(session, 400, error_body("bad_request", None), None).await;
+            ctx.status = 400;
+            return Ok(true);
+        }
         let req = session.req_header();
         let Some(upstream) = snapshot.route(req.uri.path()).cloned() else {
             respond_or_close(session, 404, error_body("no_route", None), None).await;
@@ -392,9 +406,12 @@ impl ProxyHttp for Levee {
         &self,
         _session: &mut Session,
         body: &mut Option<Bytes>,
-        _end_of_stream: bool,
+        end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        if end_of_stream {
+            ctx.body_done = Some(Instant::now());
+        }
         if let (Some(chunk), Some(snapshot)) = (body.as_ref(), ctx.snapshot.as_ref()) {
             ctx.body_bytes += chunk.len() as u64;
             let limit = snapshot.config.server.max_request_body_bytes;
@@ -452,7 +469,8 @@ impl ProxyHttp for Levee {
                 .is_some_and(|v| v.trim_start().starts_with("text/event-stream"));
         if !streaming {
             if let (Some(at), Some(s)) = (ctx.admitted_at, ctx.snapshot.as_ref()) {
-                ctx.deadline = Some(at + s.config.server.timeouts.response);
+                let from = ctx.body_done.map_or(at, |b| b.max(at));
+                ctx.deadline = Some(from + s.config.server.timeouts.response);
             }
         }
         Ok(())

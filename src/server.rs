@@ -78,6 +78,36 @@ async fn opening(tcp: &tokio::net::TcpStream, header_timeout: Duration) -> Openi
     }
 }
 
+/// Largest request header levee waits for as a whole before handing the connection to
+/// pingora (which then bounds each read only).
+const WHOLE_HEADER_MAX: usize = 16 * 1024;
+
+/// Waits, peeking, until the first request header has fully arrived (an empty line is
+/// in the peeked bytes, or `WHOLE_HEADER_MAX` bytes are there), at most until
+/// `deadline`: false if it did not, so a header dripped byte by byte cannot hold the
+/// connection past `client_header`.
+async fn whole_header(tcp: &tokio::net::TcpStream, deadline: tokio::time::Instant) -> bool {
+    let mut buf = vec![0u8; WHOLE_HEADER_MAX];
+    loop {
+        let n = match tokio::time::timeout_at(deadline, tcp.peek(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => n,
+            _ => return false,
+        };
+        let seen = &buf[..n];
+        if n == buf.len()
+            || seen.windows(2).any(|w| w == b"\n\n")
+            || seen.windows(3).any(|w| w == b"\n\r\n")
+        {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        // peek returns at once while unread bytes wait: poll gently.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// Serves one client connection: HTTP/2 (h2c, prior knowledge) through pingora's own
 /// path; HTTP/1.x request after request while the connection is kept alive.
 ///
@@ -93,7 +123,13 @@ async fn handle(
     watch: ShutdownWatch,
     timeouts: crate::config::Timeouts,
 ) {
-    let opening = opening(&tcp, timeouts.client_header).await;
+    let accepted = tokio::time::Instant::now();
+    let mut opening = opening(&tcp, timeouts.client_header).await;
+    if matches!(opening, Opening::H1)
+        && !whole_header(&tcp, accepted + timeouts.client_header).await
+    {
+        opening = Opening::Silent;
+    }
     let mut stream = Stream::from(tcp);
     // The digest is where pingora (and X-Forwarded-For) finds the client address.
     let digest = SocketDigest::from_raw_fd(stream.as_raw_fd());
