@@ -1,2 +1,1021 @@
-//! Load benchmark: levee against HAProxy, nginx and a direct connection (written next).
-fn main() {}
+//! Load benchmark: levee against HAProxy, nginx and a direct connection, on the same
+//! machine, in one run. See `benches/README.md`.
+//!
+//! ```text
+//! cargo bench --bench load               # full run, ~6 minutes
+//! cargo bench --bench load -- --quick    # CI smoke, < 60 s
+//! scripts/bench.sh [--quick]             # the same, after raising `ulimit -n`
+//! ```
+//!
+//! Options (after `--`): `--quick`, `--reps N`, `--only levee,haproxy,nginx,direct`,
+//! `--sections raw,overload,memory,shed`, `--json PATH`, `--ticks`.
+//!
+//! Sections:
+//! - raw: a fast backend; wrk's closed-loop requests/s per target, then the open-loop
+//!   generator at half the slowest proxy's rate for latency (added p99 over direct);
+//! - overload: 4 capacity-limited replicas; C measured first; 1x, 2x, 5x, 10x C offered
+//!   open loop through each proxy: goodput, admitted and 503 latency, replica peak;
+//! - memory: RSS of each proxy holding 10,000 idle keep-alive client connections;
+//! - shed: 503s per second levee answers on one thread when every slot is held.
+//!
+//! Everything runs on 127.0.0.1; every loop is bounded in count and time; proxies
+//! run one at a time, with the same thread count ([`THREADS`]).
+
+#[path = "load/idle.rs"]
+mod idle;
+#[path = "load/probe.rs"]
+mod probe;
+#[path = "load/proxies.rs"]
+mod proxies;
+#[path = "load/report.rs"]
+mod report;
+#[path = "load/wrk.rs"]
+mod wrk;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use levee::demo::load::{self, LoadConfig, Report};
+use levee::demo::replica::{Replica, ReplicaConfig};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use probe::{Probe, ProbeStats};
+use proxies::{Kind, Running, Setup, Tools};
+use report::{median, median_d, MemRow, OverRow, RawRow, Results, ShedRow};
+
+/// Worker threads of every proxy (nginx: worker processes).
+const THREADS: usize = 2;
+/// Threads of the runtime the replicas run on (the generator has its own 2).
+const BACKEND_THREADS: usize = 1;
+/// wrk's threads and connections.
+const WRK_THREADS: usize = 2;
+const WRK_CONNECTIONS: usize = 64;
+/// The overload replicas: 4 of them, each 8 workers x 50 ms, so C is about 620 req/s
+/// and 10x C about 6,200 req/s: what one open-loop generator sustains on 2 shared
+/// cores next to the proxy (with 20 ms, 10x C would be 16,000 req/s and the bench
+/// would measure its own generator).
+const REPLICAS: usize = 4;
+const WORKERS: usize = 8;
+const SERVICE_TIME: Duration = Duration::from_millis(50);
+/// Offered load in multiples of the measured capacity C.
+const FACTORS: [f64; 4] = [1.0, 2.0, 5.0, 10.0];
+/// levee's queue under overload: small, and short (half a service time); HAProxy
+/// gets the same `timeout queue`.
+const QUEUE_DEPTH: u32 = 8;
+const QUEUE_TIMEOUT: Duration = Duration::from_millis(10);
+/// Workers of the "fast" backend: more than any concurrency the bench creates.
+const FAST_WORKERS: usize = 4096;
+/// Idle keep-alive connections held in the memory section.
+const IDLE_CONNECTIONS: usize = 10_000;
+/// Slots of the shed section's backend, each held by one long request.
+const SHED_SLOTS: usize = 4;
+const HOLD: Duration = Duration::from_secs(20);
+/// Highest open-loop rate used for the half-load latency: above it the generator's
+/// own queueing (on this 2-core machine) would dominate what it measures.
+const GENERATOR_MAX_RATE: f64 = 5000.0;
+/// Open-loop request deadline (from the scheduled send time).
+const LOAD_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Clone)]
+struct Opts {
+    quick: bool,
+    reps: usize,
+    kinds: Vec<Kind>,
+    sections: Vec<String>,
+    json: Option<PathBuf>,
+    /// Print the generator's per-second ticks (with levee's level) in overload steps.
+    ticks: bool,
+}
+
+impl Opts {
+    fn parse() -> Result<Opts, String> {
+        let mut opts = Opts {
+            quick: false,
+            reps: 0,
+            kinds: Kind::ALL.to_vec(),
+            sections: ["raw", "overload", "memory", "shed"]
+                .map(String::from)
+                .to_vec(),
+            json: None,
+            ticks: false,
+        };
+        let mut args = std::env::args().skip(1);
+        while let Some(arg) = args.next() {
+            let mut value = |name: &str| args.next().ok_or(format!("{name} needs a value"));
+            match arg.as_str() {
+                "--quick" => opts.quick = true,
+                "--ticks" => opts.ticks = true,
+                "--reps" => {
+                    opts.reps = value("--reps")?
+                        .parse()
+                        .map_err(|e| format!("--reps: {e}"))?
+                }
+                "--only" => {
+                    opts.kinds = value("--only")?
+                        .split(',')
+                        .map(|k| Kind::parse(k.trim()).ok_or(format!("unknown target {k:?}")))
+                        .collect::<Result<_, _>>()?
+                }
+                "--sections" | "--section" => {
+                    opts.sections = value("--sections")?
+                        .split(',')
+                        .map(|s| s.trim().to_owned())
+                        .collect()
+                }
+                "--json" => opts.json = Some(PathBuf::from(value("--json")?)),
+                "-h" | "--help" => {
+                    println!("{}", USAGE);
+                    std::process::exit(0);
+                }
+                // `cargo bench` passes `--bench`; filters and other flags do not apply.
+                "--bench" => {}
+                other => eprintln!("load bench: ignoring argument {other:?}"),
+            }
+        }
+        if opts.reps == 0 {
+            opts.reps = if opts.quick { 1 } else { 3 };
+        }
+        Ok(opts)
+    }
+
+    fn has(&self, section: &str) -> bool {
+        self.sections.iter().any(|s| s == section)
+    }
+}
+
+const USAGE: &str = "cargo bench --bench load -- [--quick] [--reps N] [--only levee,haproxy,nginx,direct] [--sections raw,overload,memory,shed] [--json PATH] [--ticks]";
+
+/// How long each measurement lasts.
+#[derive(Debug, Clone, Copy)]
+struct Plan {
+    wrk: Duration,
+    half_load: Duration,
+    capacity_probe: Duration,
+    step: Duration,
+    idle: usize,
+    shed: Duration,
+}
+
+impl Plan {
+    fn new(quick: bool) -> Plan {
+        if quick {
+            Plan {
+                wrk: Duration::from_secs(1),
+                half_load: Duration::from_secs(1),
+                capacity_probe: Duration::from_secs(1),
+                step: Duration::from_secs(1),
+                idle: IDLE_CONNECTIONS,
+                shed: Duration::from_secs(1),
+            }
+        } else {
+            Plan {
+                wrk: Duration::from_secs(5),
+                half_load: Duration::from_secs(3),
+                capacity_probe: Duration::from_secs(3),
+                step: Duration::from_secs(4),
+                idle: IDLE_CONNECTIONS,
+                shed: Duration::from_secs(5),
+            }
+        }
+    }
+}
+
+fn main() {
+    let opts = match Opts::parse() {
+        Ok(opts) => opts,
+        Err(e) => {
+            eprintln!("load bench: {e}\nusage: {USAGE}");
+            std::process::exit(2);
+        }
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("load")
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let backends = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(BACKEND_THREADS)
+        .thread_name("replica")
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let _ = BACKEND_RUNTIME.set(backends.handle().clone());
+    // Ctrl-C drops the run, and with it every running proxy (their `Drop` kills them).
+    let results = rt.block_on(async {
+        tokio::select! {
+            results = run(opts.clone()) => Some(results),
+            _ = tokio::signal::ctrl_c() => None,
+        }
+    });
+    let Some(results) = results else {
+        eprintln!("load bench: interrupted; proxies stopped");
+        rt.shutdown_timeout(Duration::from_secs(1));
+        backends.shutdown_timeout(Duration::from_secs(1));
+        std::process::exit(130);
+    };
+    let text = results.render();
+    println!("\n{text}");
+    if let Some(path) = &opts.json {
+        let json = serde_json::to_string_pretty(&results.to_json()).unwrap_or_default();
+        match std::fs::write(path, json) {
+            Ok(()) => println!("results written to {}", path.display()),
+            Err(e) => eprintln!("cannot write {}: {e}", path.display()),
+        }
+    }
+    rt.shutdown_timeout(Duration::from_secs(1));
+    backends.shutdown_timeout(Duration::from_secs(1));
+}
+
+async fn run(opts: Opts) -> Results {
+    let start = Instant::now();
+    let plan = Plan::new(opts.quick);
+    let tools = Tools::find();
+    let mut res = Results {
+        command: command_line(&opts),
+        quick: opts.quick,
+        reps: opts.reps,
+        machine: machine(&tools),
+        idle_target: plan.idle,
+        ..Results::default()
+    };
+    println!(
+        "levee load bench: {} mode, {} rep(s); {} CPUs ({}); proxies run one at a time with {THREADS} threads",
+        if opts.quick { "quick" } else { "full" },
+        opts.reps,
+        res.machine.cpus,
+        res.machine.cpu_model
+    );
+    let mut kinds = Vec::new();
+    for &kind in &opts.kinds {
+        match tools.binary(kind) {
+            Ok(_) => kinds.push(kind),
+            Err(why) => {
+                println!("SKIP {why}");
+                res.notes.push(why);
+            }
+        }
+    }
+    if res.machine.cpus <= 2 {
+        res.notes.push(format!(
+            "{} CPUs shared by the load generator (or wrk), the backends and the proxy: absolute numbers are low and noisy; compare within a run",
+            res.machine.cpus
+        ));
+    }
+    if opts.has("raw") {
+        raw_section(&plan, &opts, &tools, &kinds, &mut res).await;
+    }
+    if opts.has("overload") {
+        overload_section(&plan, &opts, &tools, &kinds, &mut res).await;
+    }
+    if opts.has("memory") {
+        memory_section(&plan, &opts, &tools, &kinds, &mut res).await;
+    }
+    if opts.has("shed") {
+        shed_section(&plan, &opts, &tools, &kinds, &mut res).await;
+    }
+    res.elapsed = start.elapsed();
+    res
+}
+
+fn command_line(opts: &Opts) -> String {
+    let mut cmd = "cargo bench --bench load".to_owned();
+    let mut extra = Vec::new();
+    if opts.quick {
+        extra.push("--quick".to_owned());
+    }
+    let default_reps = if opts.quick { 1 } else { 3 };
+    if opts.reps != default_reps {
+        extra.push(format!("--reps {}", opts.reps));
+    }
+    if opts.kinds != Kind::ALL {
+        let names: Vec<_> = opts.kinds.iter().map(|k| k.name()).collect();
+        extra.push(format!("--only {}", names.join(",")));
+    }
+    if opts.sections.len() != 4 {
+        extra.push(format!("--sections {}", opts.sections.join(",")));
+    }
+    if !extra.is_empty() {
+        cmd.push_str(" -- ");
+        cmd.push_str(&extra.join(" "));
+    }
+    cmd
+}
+
+fn machine(tools: &Tools) -> report::Machine {
+    let read = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
+    let cpu_model = read("/proc/cpuinfo")
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, v)| v.trim().to_owned())
+        .unwrap_or_else(|| "unknown CPU".into());
+    let loadavg = read("/proc/loadavg")
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ");
+    let output = |cmd: &std::path::Path, arg: &str| {
+        std::process::Command::new(cmd)
+            .arg(arg)
+            .output()
+            .ok()
+            .map(|o| {
+                let text = format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&o.stdout),
+                    String::from_utf8_lossy(&o.stderr)
+                );
+                text.lines().next().unwrap_or_default().trim().to_owned()
+            })
+            .unwrap_or_default()
+    };
+    let mut versions = Vec::new();
+    for (name, path, arg) in [
+        ("haproxy", &tools.haproxy, "-v"),
+        ("nginx", &tools.nginx, "-v"),
+        ("wrk", &tools.wrk, "-v"),
+    ] {
+        if let Some(p) = path {
+            versions.push((name.to_owned(), output(p, arg)));
+        }
+    }
+    let commit = std::process::Command::new("git")
+        .args([
+            "-C",
+            env!("CARGO_MANIFEST_DIR"),
+            "describe",
+            "--always",
+            "--dirty",
+        ])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    report::Machine {
+        cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
+        cpu_model,
+        kernel: read("/proc/sys/kernel/osrelease").trim().to_owned(),
+        loadavg,
+        nofile: proxies::nofile_limit().map_or("?".into(), |n| n.to_string()),
+        versions,
+        commit,
+    }
+}
+
+/// The runtime the replicas run on: their own threads, apart from the load generator's,
+/// so neither delays the other's tasks (on one runtime, a generator talking to an
+/// in-process replica queues behind it and reports latency neither side caused).
+static BACKEND_RUNTIME: std::sync::OnceLock<tokio::runtime::Handle> = std::sync::OnceLock::new();
+
+async fn replica(name: &str, workers: usize, service_time: Duration) -> Replica {
+    let cfg = ReplicaConfig {
+        name: name.into(),
+        zone: "a".into(),
+        workers,
+        service_time,
+    };
+    let handle = BACKEND_RUNTIME.get().expect("backend runtime").clone();
+    handle
+        .spawn(Replica::start(cfg))
+        .await
+        .expect("replica start task")
+        .expect("start a replica on 127.0.0.1:0")
+}
+
+fn open_loop(target: SocketAddr, path: &str, rate: f64, duration: Duration) -> LoadConfig {
+    LoadConfig {
+        target,
+        path: path.into(),
+        rate,
+        duration,
+        connections: 4096,
+        timeout: LOAD_TIMEOUT,
+        headers: Vec::new(),
+    }
+}
+
+/// A few hundred requests so connections, pools and caches exist before measuring.
+async fn warm_up(addr: SocketAddr) {
+    let cfg = open_loop(addr, "/warm", 1000.0, Duration::from_millis(300));
+    load::run(cfg, |_| {}).await;
+}
+
+async fn start(kind: Kind, setup: &Setup, tools: &Tools, res: &mut Results) -> Option<Running> {
+    match Running::start(kind, setup, tools).await {
+        Ok(running) => Some(running),
+        Err(e) => {
+            let msg = format!("{} failed to start: {e}", kind.name());
+            println!("SKIP {msg}");
+            res.notes.push(msg);
+            None
+        }
+    }
+}
+
+fn fast_setup(backend: SocketAddr, threads: usize, max_clients: u32) -> Setup {
+    Setup {
+        backends: vec![backend],
+        threads,
+        max_conns: None,
+        queue_depth: 1000,
+        queue_timeout: Duration::from_secs(1),
+        max_clients,
+    }
+}
+
+async fn raw_section(plan: &Plan, opts: &Opts, tools: &Tools, kinds: &[Kind], res: &mut Results) {
+    println!("\n== raw cost: fast backend, keep-alive, small responses");
+    let fast = replica("fast", FAST_WORKERS, Duration::ZERO).await;
+    let setup = fast_setup(fast.addr(), THREADS, 4096);
+    let mut wrk_runs: BTreeMap<Kind, Vec<(wrk::WrkResult, Option<f64>)>> = BTreeMap::new();
+    let mut open_runs: BTreeMap<Kind, Vec<(Report, ProbeStats, Option<f64>)>> = BTreeMap::new();
+    match &tools.wrk {
+        None => {
+            let msg = "wrk not found (apt-get install wrk): no closed-loop requests/s".to_owned();
+            println!("SKIP {msg}");
+            res.notes.push(msg);
+        }
+        Some(wrk_bin) => {
+            for rep in 1..=opts.reps {
+                for &kind in kinds {
+                    let Some(p) = start(kind, &setup, tools, res).await else {
+                        continue;
+                    };
+                    warm_up(p.addr).await;
+                    let url = format!("http://{}/", p.addr);
+                    let cpu0 = p.cpu_time();
+                    let r = wrk::run(wrk_bin, &url, WRK_THREADS, WRK_CONNECTIONS, plan.wrk).await;
+                    let done = r.as_ref().map_or(0, |r| r.requests);
+                    let cpu = cpu_per_request(cpu0, p.cpu_time(), done);
+                    p.stop().await;
+                    match r {
+                        Ok(r) => {
+                            println!(
+                                "  rep {rep} {:<8} wrk {:>8.0} req/s  p50 {}  p99 {}  errors {}  CPU/req {}",
+                                kind.name(),
+                                r.rps,
+                                report::ms(r.p50),
+                                report::ms(r.p99),
+                                r.non2xx + r.socket_errors,
+                                report::us_opt(cpu)
+                            );
+                            wrk_runs.entry(kind).or_default().push((r, cpu));
+                        }
+                        Err(e) => println!("  rep {rep} {:<8} wrk failed: {e}", kind.name()),
+                    }
+                }
+            }
+        }
+    }
+    let medians: BTreeMap<Kind, f64> = wrk_runs
+        .iter()
+        .map(|(k, runs)| (*k, median(runs.iter().map(|(r, _)| r.rps).collect())))
+        .collect();
+    let slowest = medians
+        .iter()
+        .filter(|(k, _)| k.is_proxy())
+        .map(|(_, &rps)| rps)
+        .fold(f64::INFINITY, f64::min);
+    let rate = if slowest.is_finite() {
+        (0.5 * slowest).max(100.0)
+    } else {
+        res.notes.push(format!(
+            "open-loop half load at a fixed {GENERATOR_MAX_RATE:.0} req/s (no wrk rates)"
+        ));
+        GENERATOR_MAX_RATE
+    };
+    let rate = if rate > GENERATOR_MAX_RATE {
+        res.notes.push(format!(
+            "half load capped at {GENERATOR_MAX_RATE:.0} req/s (half the slowest proxy is {rate:.0}): the generator's own limit on this machine"
+        ));
+        GENERATOR_MAX_RATE
+    } else {
+        rate
+    };
+    res.half_rate = Some(rate);
+    println!(
+        "  open loop at {rate:.0} req/s (half the slowest proxy's wrk rate), plus a 50 req/s probe"
+    );
+    for rep in 1..=opts.reps {
+        for &kind in kinds {
+            let Some(p) = start(kind, &setup, tools, res).await else {
+                continue;
+            };
+            warm_up(p.addr).await;
+            let probe = Probe::start(p.addr, "/", plan.half_load + Duration::from_secs(1));
+            let cpu0 = p.cpu_time();
+            let r = load::run(open_loop(p.addr, "/", rate, plan.half_load), |_| {}).await;
+            let probed = probe.finish();
+            let cpu = cpu_per_request(cpu0, p.cpu_time(), r.ok + probed.ok.len() as u64);
+            p.stop().await;
+            let q = |v: &[Duration], x| ProbeStats::quantile(v, x).unwrap_or_default();
+            println!(
+                "  rep {rep} {:<8} open loop p50 {}  p99 {}  2xx {}  other {}  CPU/req {}  | probe p50 {} p99 {} {}",
+                kind.name(),
+                report::ms(r.ok_p50),
+                report::ms(r.ok_p99),
+                r.ok,
+                r.other,
+                report::us_opt(cpu),
+                report::ms(q(&probed.ok, 0.5)),
+                report::ms(q(&probed.ok, 0.99)),
+                r.errors_sample.join("; ")
+            );
+            open_runs.entry(kind).or_default().push((r, probed, cpu));
+        }
+    }
+    for &kind in kinds {
+        let w = wrk_runs.get(&kind).map(Vec::as_slice).unwrap_or_default();
+        let o = open_runs.get(&kind).map(Vec::as_slice).unwrap_or_default();
+        if w.is_empty() && o.is_empty() {
+            continue;
+        }
+        let opt_median = |v: Vec<f64>| (!v.is_empty()).then(|| median(v));
+        res.raw.push(RawRow {
+            kind,
+            runs: w.len(),
+            rps: median(w.iter().map(|(r, _)| r.rps).collect()),
+            wrk_p50: median_d(w.iter().map(|(r, _)| r.p50)),
+            wrk_p99: median_d(w.iter().map(|(r, _)| r.p99)),
+            wrk_errors: median(
+                w.iter()
+                    .map(|(r, _)| (r.non2xx + r.socket_errors) as f64)
+                    .collect(),
+            ),
+            wrk_cpu_us: opt_median(w.iter().filter_map(|(_, c)| *c).collect()),
+            open_runs: o.len(),
+            open_p50: median_d(o.iter().map(|(r, _, _)| r.ok_p50)),
+            open_p99: median_d(o.iter().map(|(r, _, _)| r.ok_p99)),
+            open_failed: median(
+                o.iter()
+                    .map(|(r, _, _)| (r.other + r.shed) as f64)
+                    .collect(),
+            ),
+            open_cpu_us: opt_median(o.iter().filter_map(|(_, _, c)| *c).collect()),
+            // Paired by repetition: each repetition runs every target back to back, so
+            // slow drifts in the machine's other load cancel out of the difference.
+            added_p99: (kind != Kind::Direct)
+                .then(|| {
+                    let direct = open_runs.get(&Kind::Direct)?;
+                    let diffs: Vec<f64> = o
+                        .iter()
+                        .zip(direct)
+                        .map(|((p, _, _), (d, _, _))| {
+                            p.ok_p99.as_secs_f64() - d.ok_p99.as_secs_f64()
+                        })
+                        .collect();
+                    opt_median(diffs)
+                })
+                .flatten(),
+            probe_p50: median_d(
+                o.iter()
+                    .filter_map(|(_, p, _)| ProbeStats::quantile(&p.ok, 0.5)),
+            ),
+            probe_p99: median_d(
+                o.iter()
+                    .filter_map(|(_, p, _)| ProbeStats::quantile(&p.ok, 0.99)),
+            ),
+        });
+    }
+}
+
+/// `queue_timeout 120, level_no_queue 2300` (counts divided by `runs`).
+fn fmt_reasons(reasons: &BTreeMap<String, f64>, runs: f64) -> String {
+    reasons
+        .iter()
+        .map(|(k, v)| format!("{k} {:.0}", v / runs))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// CPU microseconds per request between two [`Running::cpu_time`] readings.
+fn cpu_per_request(
+    before: Option<Duration>,
+    after: Option<Duration>,
+    requests: u64,
+) -> Option<f64> {
+    let (before, after) = (before?, after?);
+    (requests > 0).then(|| after.saturating_sub(before).as_secs_f64() * 1e6 / requests as f64)
+}
+
+/// One overload step of one proxy.
+struct StepRun {
+    report: Report,
+    /// Highest in-flight count any replica saw during the step.
+    peak: usize,
+    probe: ProbeStats,
+    /// CPU the proxy used, in cores.
+    cores: Option<f64>,
+}
+
+/// One memory measurement of one proxy.
+struct MemRun {
+    base_kib: f64,
+    idle_kib: f64,
+    conns: f64,
+    failed: f64,
+    closed: f64,
+}
+
+/// Waits (at most 5 s) until no replica has a request in flight, then resets peaks.
+async fn settle(replicas: &[Replica]) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while replicas.iter().any(|r| r.stats().inflight > 0) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for r in replicas {
+        r.reset_peak();
+    }
+}
+
+async fn overload_section(
+    plan: &Plan,
+    opts: &Opts,
+    tools: &Tools,
+    kinds: &[Kind],
+    res: &mut Results,
+) {
+    println!(
+        "\n== overload: {REPLICAS} replicas x {WORKERS} workers x {} ms",
+        SERVICE_TIME.as_millis()
+    );
+    let mut replicas = Vec::new();
+    for i in 0..REPLICAS {
+        replicas.push(replica(&format!("r{i}"), WORKERS, SERVICE_TIME).await);
+    }
+    // Capacity: slots / real service time, the service time being the median latency
+    // of one replica at half its nominal rate (timers and sockets add a little).
+    let nominal_one = WORKERS as f64 / SERVICE_TIME.as_secs_f64();
+    let probe = load::run(
+        open_loop(
+            replicas[0].addr(),
+            "/work",
+            0.5 * nominal_one,
+            plan.capacity_probe,
+        ),
+        |_| {},
+    )
+    .await;
+    let slots = REPLICAS * WORKERS;
+    let p50 = if probe.ok_p50.is_zero() {
+        SERVICE_TIME
+    } else {
+        probe.ok_p50
+    };
+    let cap = slots as f64 / p50.as_secs_f64();
+    res.capacity = Some((slots, p50, cap));
+    res.step_secs = plan.step.as_secs();
+    res.overload_shape = format!(
+        "{REPLICAS} replicas x {WORKERS} workers x {} ms",
+        SERVICE_TIME.as_millis()
+    );
+    println!(
+        "  C = {slots} slots / {} = {cap:.0} req/s (nominal {:.0})",
+        report::ms(p50),
+        nominal_one * REPLICAS as f64
+    );
+    let setup = Setup {
+        backends: replicas.iter().map(Replica::addr).collect(),
+        threads: THREADS,
+        max_conns: Some(WORKERS as u32),
+        queue_depth: QUEUE_DEPTH,
+        queue_timeout: QUEUE_TIMEOUT,
+        max_clients: 8192,
+    };
+    let fast = replica("fast", FAST_WORKERS, Duration::ZERO).await;
+    let mut runs: BTreeMap<(Kind, usize), Vec<StepRun>> = BTreeMap::new();
+    let mut floor = Vec::new();
+    let mut shed_reasons: BTreeMap<(Kind, usize), BTreeMap<String, f64>> = BTreeMap::new();
+    for rep in 1..=opts.reps {
+        for &kind in kinds.iter().filter(|k| k.is_proxy()) {
+            let Some(p) = start(kind, &setup, tools, res).await else {
+                continue;
+            };
+            let warm = open_loop(p.addr, "/work", 0.25 * cap, Duration::from_millis(400));
+            load::run(warm, |_| {}).await;
+            for (fi, factor) in FACTORS.iter().enumerate() {
+                settle(&replicas).await;
+                let rate = factor * cap;
+                let probe = Probe::start(p.addr, "/work", plan.step);
+                let sheds0 = p.levee_sheds().await;
+                let cpu0 = p.cpu_time();
+                let ticks = opts.ticks;
+                let r = load::run(open_loop(p.addr, "/work", rate, plan.step), |t| {
+                    if ticks {
+                        println!("      {}", load::format_tick(t));
+                    }
+                })
+                .await;
+                let probed = probe.finish();
+                let cores = p
+                    .cpu_time()
+                    .zip(cpu0)
+                    .map(|(b, a)| b.saturating_sub(a).as_secs_f64() / plan.step.as_secs_f64());
+                let peak = replicas
+                    .iter()
+                    .map(|r| r.stats().peak_inflight)
+                    .max()
+                    .unwrap_or(0);
+                let probe_shed = ProbeStats::quantile(&probed.shed, 0.99);
+                let reasons = match (sheds0, p.levee_sheds().await) {
+                    (Some(before), Some(after)) => after
+                        .into_iter()
+                        .map(|(k, v)| {
+                            let d = v - before.get(&k).copied().unwrap_or(0.0);
+                            (k, d)
+                        })
+                        .filter(|(_, d)| *d > 0.0)
+                        .collect(),
+                    _ => BTreeMap::new(),
+                };
+                println!(
+                    "  rep {rep} {:<8} {factor:>4.0}x {rate:>6.0}/s  2xx {:>6.0}/s p99 {:<8} 503 {:>6.0}/s p99 {:<8} probe 503 p99 {:<8} other {:<5} peak {peak} CPU {:.2} {}",
+                    kind.name(),
+                    r.ok as f64 / plan.step.as_secs_f64(),
+                    report::ms(r.ok_p99),
+                    r.shed as f64 / plan.step.as_secs_f64(),
+                    report::ms(r.shed_p99),
+                    probe_shed.map_or("-".into(), report::ms),
+                    r.other,
+                    cores.unwrap_or(0.0),
+                    r.errors_sample.join("; ")
+                );
+                if !reasons.is_empty() {
+                    println!(
+                        "      levee sheds by reason: {}",
+                        fmt_reasons(&reasons, 1.0)
+                    );
+                }
+                for (k, v) in reasons {
+                    *shed_reasons
+                        .entry((kind, fi))
+                        .or_default()
+                        .entry(k)
+                        .or_default() += v;
+                }
+                runs.entry((kind, fi)).or_default().push(StepRun {
+                    report: r,
+                    peak,
+                    probe: probed,
+                    cores,
+                });
+            }
+            p.stop().await;
+        }
+        // The generator's own floor at the highest rate: no proxy, a backend that
+        // answers at once.
+        let rate = FACTORS[FACTORS.len() - 1] * cap;
+        let r = load::run(open_loop(fast.addr(), "/", rate, plan.step), |_| {}).await;
+        println!(
+            "  rep {rep} floor    direct fast backend at {rate:.0}/s: p50 {} p99 {}",
+            report::ms(r.ok_p50),
+            report::ms(r.ok_p99)
+        );
+        floor.push(r);
+    }
+    if !floor.is_empty() {
+        res.floor = Some((
+            FACTORS[FACTORS.len() - 1] * cap,
+            median_d(floor.iter().map(|r| r.ok_p50)),
+            median_d(floor.iter().map(|r| r.ok_p99)),
+        ));
+    }
+    let secs = plan.step.as_secs_f64();
+    for ((kind, fi), v) in runs {
+        let f = |g: &dyn Fn(&Report) -> f64| median(v.iter().map(|s| g(&s.report)).collect());
+        let shed_probes: Vec<Duration> = v
+            .iter()
+            .filter_map(|s| ProbeStats::quantile(&s.probe.shed, 0.99))
+            .collect();
+        res.overload.push(OverRow {
+            kind,
+            factor: FACTORS[fi],
+            runs: v.len(),
+            offered: FACTORS[fi] * cap,
+            goodput: f(&|r| r.ok as f64 / secs),
+            ok_p50: median_d(v.iter().map(|s| s.report.ok_p50)),
+            ok_p99: median_d(v.iter().map(|s| s.report.ok_p99)),
+            shed: f(&|r| r.shed as f64),
+            shed_rate: f(&|r| r.shed as f64 / secs),
+            shed_p99: median_d(v.iter().map(|s| s.report.shed_p99)),
+            probe_shed_p99: (!shed_probes.is_empty()).then(|| median_d(shed_probes)),
+            other: f(&|r| r.other as f64),
+            peak: v.iter().map(|s| s.peak).max().unwrap_or(0),
+            shed_reasons: shed_reasons
+                .get(&(kind, fi))
+                .map_or(String::new(), |r| fmt_reasons(r, v.len() as f64)),
+            cpu_cores: {
+                let c: Vec<f64> = v.iter().filter_map(|s| s.cores).collect();
+                (!c.is_empty()).then(|| median(c))
+            },
+        });
+    }
+}
+
+async fn memory_section(
+    plan: &Plan,
+    opts: &Opts,
+    tools: &Tools,
+    kinds: &[Kind],
+    res: &mut Results,
+) {
+    println!(
+        "\n== memory: {} idle keep-alive client connections",
+        report::thousands(plan.idle)
+    );
+    let need = plan.idle as u64 + 1024;
+    match proxies::nofile_limit() {
+        Some(limit) if limit >= need => {}
+        limit => {
+            let msg = format!(
+                "memory section skipped: open files limit {} < {need}; run `ulimit -n {need}` first (scripts/bench.sh does)",
+                limit.map_or("?".into(), |l| l.to_string())
+            );
+            println!("SKIP {msg}");
+            res.notes.push(msg);
+            return;
+        }
+    }
+    let fast = replica("fast", FAST_WORKERS, Duration::ZERO).await;
+    let setup = fast_setup(fast.addr(), THREADS, plan.idle as u32 + 1000);
+    let mut runs: BTreeMap<Kind, Vec<MemRun>> = BTreeMap::new();
+    for rep in 1..=opts.reps {
+        for &kind in kinds.iter().filter(|k| k.is_proxy()) {
+            let Some(p) = start(kind, &setup, tools, res).await else {
+                continue;
+            };
+            warm_up(p.addr).await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let base = p.rss_kib().unwrap_or(0) as f64;
+            let conns = idle::open(p.addr, plan.idle, 256, Duration::from_secs(60)).await;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let with = p.rss_kib().unwrap_or(0) as f64;
+            let closed = conns.closed();
+            println!(
+                "  rep {rep} {:<8} RSS {:.1} MiB -> {:.1} MiB with {} conns (opened in {:.1} s, {} failed{}, {closed} closed by the proxy)",
+                kind.name(),
+                base / 1024.0,
+                with / 1024.0,
+                conns.streams.len(),
+                conns.took.as_secs_f64(),
+                conns.failed,
+                conns
+                    .first_error
+                    .as_ref()
+                    .map_or(String::new(), |e| format!(": {e}")),
+            );
+            runs.entry(kind).or_default().push(MemRun {
+                base_kib: base,
+                idle_kib: with,
+                conns: conns.streams.len() as f64,
+                failed: conns.failed as f64,
+                closed: closed as f64,
+            });
+            drop(conns);
+            p.stop().await;
+        }
+    }
+    for (kind, v) in runs {
+        let f = |g: fn(&MemRun) -> f64| median(v.iter().map(g).collect());
+        res.memory.push(MemRow {
+            kind,
+            runs: v.len(),
+            base_kib: f(|r| r.base_kib),
+            idle_kib: f(|r| r.idle_kib),
+            conns: f(|r| r.conns),
+            failed: f(|r| r.failed),
+            closed: f(|r| r.closed),
+        });
+    }
+}
+
+/// Holds `n` slots of levee at `addr`: `n` requests that the backend answers after
+/// [`HOLD`]; the connections are closed when the returned streams drop.
+async fn hold_slots(addr: SocketAddr, n: usize) -> Vec<TcpStream> {
+    let mut held = Vec::new();
+    let req = format!(
+        "GET /hold?ms={} HTTP/1.1\r\nhost: bench\r\n\r\n",
+        HOLD.as_millis()
+    );
+    for _ in 0..n {
+        if let Ok(mut s) = TcpStream::connect(addr).await {
+            if s.write_all(req.as_bytes()).await.is_ok() {
+                held.push(s);
+            }
+        }
+    }
+    held
+}
+
+async fn shed_section(plan: &Plan, opts: &Opts, tools: &Tools, kinds: &[Kind], res: &mut Results) {
+    println!("\n== shed cost: levee on one thread");
+    if !kinds.contains(&Kind::Levee) {
+        println!("SKIP shed: levee not selected");
+        return;
+    }
+    let Some(wrk_bin) = &tools.wrk else {
+        let msg = "shed section skipped: wrk not found".to_owned();
+        println!("SKIP {msg}");
+        res.notes.push(msg);
+        return;
+    };
+    let fast = replica("fast", FAST_WORKERS, Duration::ZERO).await;
+    let proxied_setup = fast_setup(fast.addr(), 1, 4096);
+    let shed_setup = Setup {
+        max_conns: Some(SHED_SLOTS as u32),
+        queue_depth: 0,
+        queue_timeout: Duration::from_millis(10),
+        ..proxied_setup.clone()
+    };
+    let mut proxied = Vec::new();
+    let mut shed = Vec::new();
+    let mut all_held = true;
+    for rep in 1..=opts.reps {
+        if let Some(p) = start(Kind::Levee, &proxied_setup, tools, res).await {
+            warm_up(p.addr).await;
+            let url = format!("http://{}/", p.addr);
+            let cpu0 = p.cpu_time();
+            let r = wrk::run(wrk_bin, &url, WRK_THREADS, WRK_CONNECTIONS, plan.shed).await;
+            let done = r.as_ref().map_or(0, |r| r.requests);
+            let cpu = cpu_per_request(cpu0, p.cpu_time(), done);
+            match r {
+                Ok(r) => {
+                    println!(
+                        "  rep {rep} proxied  {:>8.0} req/s  p99 {}  CPU/req {}",
+                        r.rps,
+                        report::ms(r.p99),
+                        report::us_opt(cpu)
+                    );
+                    proxied.push((r, cpu));
+                }
+                Err(e) => println!("  rep {rep} proxied: wrk failed: {e}"),
+            }
+            p.stop().await;
+        }
+        let Some(p) = start(Kind::Levee, &shed_setup, tools, res).await else {
+            continue;
+        };
+        let holders = hold_slots(p.addr, SHED_SLOTS).await;
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while fast.stats().inflight < SHED_SLOTS && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let held_before = fast.stats().inflight;
+        let url = format!("http://{}/", p.addr);
+        let cpu0 = p.cpu_time();
+        let r = wrk::run(wrk_bin, &url, WRK_THREADS, WRK_CONNECTIONS, plan.shed).await;
+        let done = r.as_ref().map_or(0, |r| r.requests);
+        let cpu = cpu_per_request(cpu0, p.cpu_time(), done);
+        let held = held_before >= SHED_SLOTS && fast.stats().inflight >= SHED_SLOTS;
+        all_held &= held;
+        drop(holders);
+        p.stop().await;
+        match r {
+            Ok(r) => {
+                println!(
+                    "  rep {rep} shed     {:>8.0} req/s  p50 {}  p99 {}  non-2xx {} of {}  slots held: {held}  CPU/503 {}",
+                    r.rps,
+                    report::ms(r.p50),
+                    report::ms(r.p99),
+                    r.non2xx,
+                    r.requests,
+                    report::us_opt(cpu)
+                );
+                shed.push((r, cpu));
+            }
+            Err(e) => println!("  rep {rep} shed: wrk failed: {e}"),
+        }
+    }
+    if shed.is_empty() {
+        return;
+    }
+    let cpu = |v: &[(wrk::WrkResult, Option<f64>)]| {
+        let c: Vec<f64> = v.iter().filter_map(|(_, c)| *c).collect();
+        (!c.is_empty()).then(|| median(c))
+    };
+    res.shed = Some(ShedRow {
+        runs: shed.len(),
+        proxied_rps: median(proxied.iter().map(|(r, _)| r.rps).collect()),
+        proxied_p99: median_d(proxied.iter().map(|(r, _)| r.p99)),
+        proxied_cpu_us: cpu(&proxied),
+        shed_rps: median(
+            shed.iter()
+                .map(|(r, _)| r.non2xx as f64 / r.seconds.max(1e-3))
+                .collect(),
+        ),
+        shed_p50: median_d(shed.iter().map(|(r, _)| r.p50)),
+        shed_p99: median_d(shed.iter().map(|(r, _)| r.p99)),
+        shed_cpu_us: cpu(&shed),
+        non2xx_share: median(
+            shed.iter()
+                .map(|(r, _)| r.non2xx as f64 / r.requests.max(1) as f64)
+                .collect(),
+        ),
+        held: all_held,
+    });
+}

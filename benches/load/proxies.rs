@@ -1,0 +1,600 @@
+//! The proxies under test: levee (its release binary), HAProxy and nginx as child
+//! processes on free `127.0.0.1` ports, each with a config written into its own temp
+//! dir, plus "direct" (the client talks to the backend itself, no proxy).
+//!
+//! Every proxy gets the same thread count and the same limits, expressed in its own
+//! terms (see [`Setup`]). A [`Running`] proxy is stopped on [`Running::stop`] or on
+//! drop (SIGTERM, then SIGKILL after [`STOP_GRACE`]), together with its children
+//! (nginx's workers), so a failed bench leaves nothing behind.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Longest a proxy may take to answer its first request after spawn.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest a proxy may take to exit after SIGTERM before it gets SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(3);
+
+/// One thing the load goes through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    Levee,
+    Haproxy,
+    Nginx,
+    /// No proxy: the client connects to the (first) backend.
+    Direct,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 4] = [Kind::Levee, Kind::Haproxy, Kind::Nginx, Kind::Direct];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Levee => "levee",
+            Kind::Haproxy => "haproxy",
+            Kind::Nginx => "nginx",
+            Kind::Direct => "direct",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.name() == name)
+    }
+
+    pub fn is_proxy(self) -> bool {
+        self != Kind::Direct
+    }
+}
+
+/// Where the binaries are; `None` when not installed.
+#[derive(Debug, Clone)]
+pub struct Tools {
+    pub levee: Option<PathBuf>,
+    pub haproxy: Option<PathBuf>,
+    pub nginx: Option<PathBuf>,
+    pub wrk: Option<PathBuf>,
+}
+
+impl Tools {
+    /// levee is the binary cargo built for this bench (the bench profile inherits
+    /// release); the others are looked up in `PATH` and the sbin dirs, where Debian
+    /// puts haproxy and nginx.
+    pub fn find() -> Tools {
+        let levee = PathBuf::from(env!("CARGO_BIN_EXE_levee"));
+        Tools {
+            levee: is_executable(&levee).then_some(levee),
+            haproxy: which("haproxy"),
+            nginx: which("nginx"),
+            wrk: which("wrk"),
+        }
+    }
+
+    /// The binary of `kind`, or why it cannot run. Direct needs none.
+    pub fn binary(&self, kind: Kind) -> Result<Option<&Path>, String> {
+        let found = match kind {
+            Kind::Direct => return Ok(None),
+            Kind::Levee => &self.levee,
+            Kind::Haproxy => &self.haproxy,
+            Kind::Nginx => &self.nginx,
+        };
+        match found {
+            Some(path) => Ok(Some(path)),
+            None => Err(format!(
+                "{} binary not found (Debian: apt-get install {}); skipped",
+                kind.name(),
+                kind.name()
+            )),
+        }
+    }
+}
+
+fn is_executable(path: &Path) -> bool {
+    path.metadata()
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
+}
+
+fn which(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin", "/usr/local/sbin"].map(PathBuf::from))
+        .map(|dir| dir.join(name))
+        .find(|candidate| is_executable(candidate))
+}
+
+/// Soft limit of open files of this process (children inherit it), from
+/// `/proc/self/limits`; `None` if it cannot be read. "unlimited" reads as `u64::MAX`.
+pub fn nofile_limit() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = text.lines().find(|l| l.starts_with("Max open files"))?;
+    let soft = line.split_whitespace().nth(3)?;
+    if soft == "unlimited" {
+        return Some(u64::MAX);
+    }
+    soft.parse().ok()
+}
+
+/// What every proxy is configured to do, in levee's terms.
+#[derive(Debug, Clone)]
+pub struct Setup {
+    pub backends: Vec<SocketAddr>,
+    /// Worker threads (nginx: worker processes).
+    pub threads: usize,
+    /// Per-backend concurrency cap (levee `max_inflight`, HAProxy `maxconn`, nginx
+    /// `max_conns`); `None`: no cap (levee gets a cap far above the load).
+    pub max_conns: Option<u32>,
+    /// levee `queue_depth`; HAProxy and nginx cannot bound a queue's length.
+    pub queue_depth: u32,
+    /// levee `queue_timeout_ms` and HAProxy `timeout queue`; nginx has no queue.
+    pub queue_timeout: Duration,
+    /// Most client connections the proxy must accept (memory section: 10,000 + slack).
+    pub max_clients: u32,
+}
+
+/// A started proxy (or direct): where to send the load.
+pub struct Running {
+    pub kind: Kind,
+    pub addr: SocketAddr,
+    /// levee's admin listener (`/metrics`).
+    pub admin: Option<SocketAddr>,
+    child: Option<Child>,
+    dir: Option<tempfile::TempDir>,
+}
+
+impl Running {
+    /// Starts `kind` per `setup` on a free port and returns once it answered a request.
+    pub async fn start(kind: Kind, setup: &Setup, tools: &Tools) -> Result<Running, String> {
+        let Some(binary) = tools.binary(kind)? else {
+            let addr = *setup.backends.first().ok_or("no backend")?;
+            return Ok(Running {
+                kind,
+                addr,
+                admin: None,
+                child: None,
+                dir: None,
+            });
+        };
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("levee-bench-{}-", kind.name()))
+            .tempdir()
+            .map_err(|e| format!("temp dir: {e}"))?;
+        let port = free_port()?;
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        let admin = match kind {
+            Kind::Levee => Some(SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?))),
+            _ => None,
+        };
+        let d = dir.path();
+        let (conf_name, text) = match kind {
+            Kind::Levee => ("levee.toml", levee_config(addr, admin, setup)),
+            Kind::Haproxy => ("haproxy.cfg", haproxy_config(addr, setup)),
+            Kind::Nginx => ("nginx.conf", nginx_config(addr, setup, d)),
+            Kind::Direct => unreachable!("direct has no binary"),
+        };
+        let conf = d.join(conf_name);
+        std::fs::write(&conf, text).map_err(|e| format!("write {}: {e}", conf.display()))?;
+        let log = std::fs::File::create(d.join("stderr.log")).map_err(|e| format!("log: {e}"))?;
+        let mut cmd = Command::new(binary);
+        match kind {
+            Kind::Levee => cmd.arg("run").arg("-c").arg(&conf),
+            Kind::Haproxy => cmd.arg("-db").arg("-f").arg(&conf),
+            Kind::Nginx => cmd
+                .arg("-p")
+                .arg(d)
+                .arg("-e")
+                .arg(d.join("error.log"))
+                .arg("-c")
+                .arg(&conf),
+            Kind::Direct => unreachable!(),
+        };
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("spawn {}: {e}", binary.display()))?;
+        let mut running = Running {
+            kind,
+            addr,
+            admin,
+            child: Some(child),
+            dir: Some(dir),
+        };
+        running.wait_ready().await?;
+        Ok(running)
+    }
+
+    /// The proxy's main process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Resident memory of the proxy and its children (nginx workers), in KiB.
+    pub fn rss_kib(&self) -> Option<u64> {
+        let pid = self.pid()?;
+        let mut pids = vec![pid];
+        pids.extend(children(pid));
+        pids.iter().map(|&p| vm_rss_kib(p)).sum()
+    }
+
+    /// CPU time (user + system) the proxy and its children (nginx workers) used so
+    /// far; `None` for direct. Read before and after a run: the difference over the
+    /// requests served is the proxy's CPU cost per request, a figure that noise from
+    /// other processes on the machine disturbs far less than requests/s.
+    pub fn cpu_time(&self) -> Option<Duration> {
+        let pid = self.pid()?;
+        let mut ticks = 0u64;
+        for p in std::iter::once(pid).chain(children(pid)) {
+            ticks += cpu_ticks(p)?;
+        }
+        Some(Duration::from_secs_f64(
+            ticks as f64 / clock_ticks_per_second(),
+        ))
+    }
+
+    /// levee's `levee_shed_total` by reason, summed over upstreams and classes, from
+    /// its admin `/metrics`; `None` for other proxies or when it cannot be read.
+    pub async fn levee_sheds(&self) -> Option<BTreeMap<String, f64>> {
+        let admin = self.admin?;
+        let text = tokio::time::timeout(Duration::from_secs(2), get(admin, "/metrics"))
+            .await
+            .ok()?
+            .ok()?;
+        let mut sheds = BTreeMap::new();
+        for line in text.lines().filter(|l| l.starts_with("levee_shed_total{")) {
+            let reason = line
+                .split("reason=\"")
+                .nth(1)
+                .and_then(|r| r.split('"').next())
+                .unwrap_or("?");
+            let value: f64 = line
+                .rsplit(' ')
+                .next()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0.0);
+            *sheds.entry(reason.to_owned()).or_default() += value;
+        }
+        Some(sheds)
+    }
+
+    /// The last lines the proxy wrote to its logs, to explain a failure.
+    pub fn log_tail(&self) -> String {
+        let Some(dir) = &self.dir else {
+            return String::new();
+        };
+        let mut out = String::new();
+        for name in ["stderr.log", "error.log"] {
+            if let Ok(text) = std::fs::read_to_string(dir.path().join(name)) {
+                let lines: Vec<&str> = text.lines().collect();
+                for line in &lines[lines.len().saturating_sub(8)..] {
+                    let _ = writeln!(out, "    {name}: {line}");
+                }
+            }
+        }
+        out
+    }
+
+    async fn wait_ready(&mut self) -> Result<(), String> {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    return Err(format!(
+                        "{} exited at start ({status}):\n{}",
+                        self.kind.name(),
+                        self.log_tail()
+                    ));
+                }
+            }
+            if let Ok(Ok(status)) =
+                tokio::time::timeout(Duration::from_secs(1), probe(self.addr)).await
+            {
+                if (200..300).contains(&status) {
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "{} did not answer 2xx on {} within {START_TIMEOUT:?}:\n{}",
+                    self.kind.name(),
+                    self.addr,
+                    self.log_tail()
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// SIGTERM, then SIGKILL after [`STOP_GRACE`]; children too.
+    pub async fn stop(mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let kids = children(child.id());
+        signal("TERM", child.id());
+        let deadline = Instant::now() + STOP_GRACE;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        kill_now(&mut child, &kids);
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let kids = children(child.id());
+            kill_now(&mut child, &kids);
+        }
+    }
+}
+
+fn kill_now(child: &mut Child, kids: &[u32]) {
+    if !matches!(child.try_wait(), Ok(Some(_))) {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    for &pid in kids {
+        if Path::new(&format!("/proc/{pid}")).exists() {
+            signal("KILL", pid);
+        }
+    }
+}
+
+/// Sends a signal with `kill(1)` (the bench uses no libc).
+fn signal(name: &str, pid: u32) {
+    let _ = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// Direct children of `pid`, from `/proc/*/stat`.
+fn children(pid: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&p| {
+            std::fs::read_to_string(format!("/proc/{p}/stat"))
+                .ok()
+                .and_then(|s| {
+                    // The command name may hold spaces: fields restart after the last ')'.
+                    let rest = &s[s.rfind(')')? + 2..];
+                    rest.split_whitespace().nth(1)?.parse::<u32>().ok()
+                })
+                == Some(pid)
+        })
+        .collect()
+}
+
+/// utime + stime of one process (all its threads), in clock ticks.
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// `getconf CLK_TCK` (100 on Linux almost everywhere), read once.
+fn clock_ticks_per_second() -> f64 {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+            .filter(|&t: &f64| t > 0.0)
+            .unwrap_or(100.0)
+    })
+}
+
+/// `VmRSS` of one process, in KiB.
+pub fn vm_rss_kib(pid: u32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = text.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// A port that was free a moment ago (bound to port 0, then released).
+fn free_port() -> Result<u16, String> {
+    let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .map_err(|e| format!("bind 127.0.0.1:0: {e}"))?;
+    listener
+        .local_addr()
+        .map(|a| a.port())
+        .map_err(|e| e.to_string())
+}
+
+/// `GET path` with `connection: close`; the whole response, head and body.
+async fn get(addr: SocketAddr, path: &str) -> std::io::Result<String> {
+    let mut stream = TcpStream::connect(addr).await?;
+    let req = format!("GET {path} HTTP/1.1\r\nhost: bench\r\nconnection: close\r\n\r\n");
+    stream.write_all(req.as_bytes()).await?;
+    let mut buf = Vec::new();
+    stream.read_to_end(&mut buf).await?;
+    Ok(String::from_utf8_lossy(&buf).into_owned())
+}
+
+/// One `GET /ready` on a fresh connection; the response's status.
+async fn probe(addr: SocketAddr) -> std::io::Result<u16> {
+    let mut stream = TcpStream::connect(addr).await?;
+    stream
+        .write_all(b"GET /ready HTTP/1.1\r\nhost: bench\r\nconnection: close\r\n\r\n")
+        .await?;
+    let mut buf = Vec::with_capacity(512);
+    stream.read_to_end(&mut buf).await?;
+    let head = String::from_utf8_lossy(&buf[..buf.len().min(12)]).into_owned();
+    head.strip_prefix("HTTP/1.1 ")
+        .and_then(|s| s.get(..3)?.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad response {head:?}")))
+}
+
+/// levee: one upstream, least in-flight, the limits of `setup`; health checks are
+/// not configured (levee has none yet), logs at levee's defaults.
+fn levee_config(addr: SocketAddr, admin: Option<SocketAddr>, s: &Setup) -> String {
+    let max_inflight = s.max_conns.unwrap_or(100_000);
+    let mut t = format!(
+        r#"[server]
+listen = ["{addr}"]
+threads = {threads}
+grace_period_ms = 200
+{admin}
+
+[[upstream]]
+name = "bench"
+routes = ["/"]
+balance = "least_inflight"
+
+[upstream.limits]
+max_inflight = {max_inflight}
+queue_depth = {depth}
+queue_timeout_ms = {timeout}
+"#,
+        threads = s.threads,
+        admin = admin.map_or(String::new(), |a| format!("admin_listen = \"{a}\"")),
+        depth = s.queue_depth,
+        timeout = s.queue_timeout.as_millis().max(1),
+    );
+    if s.queue_depth >= 4 && s.max_conns.is_some() {
+        // Shed early under sustained overload: the queue only absorbs bursts.
+        let _ = write!(
+            t,
+            "\n[upstream.levels]\ncaution = {{ utilization = 0.9, queue = {c} }}\ndanger = {{ queue = {d} }}\ncooldown_ms = 1000\n",
+            c = (s.queue_depth / 4).max(1),
+            d = (s.queue_depth / 2).max(1),
+        );
+    }
+    for b in &s.backends {
+        let _ = write!(t, "\n[[upstream.backend]]\naddress = \"{b}\"\n");
+    }
+    t
+}
+
+/// HAProxy: `maxconn` per server and `timeout queue`; requests past a full server
+/// wait in the backend queue (unbounded in length) until a slot frees or the queue
+/// timeout answers 503. No logs.
+fn haproxy_config(addr: SocketAddr, s: &Setup) -> String {
+    let maxconn = s.max_clients.max(2000);
+    let mut t = format!(
+        r#"global
+    nbthread {threads}
+    maxconn {maxconn}
+    # Idle client connections need one descriptor each, not the two per connection
+    # haproxy reserves: run even when `ulimit -n` is below 2 x maxconn.
+    no strict-limits
+
+defaults
+    mode http
+    maxconn {maxconn}
+    option http-keep-alive
+    timeout connect 1s
+    timeout client 60s
+    timeout server 30s
+    timeout http-request 10s
+    timeout http-keep-alive 60s
+    timeout queue {queue}ms
+
+frontend fe
+    bind {addr}
+    default_backend be
+
+backend be
+    balance leastconn
+    http-reuse always
+"#,
+        threads = s.threads,
+        queue = s.queue_timeout.as_millis().max(1),
+    );
+    for (i, b) in s.backends.iter().enumerate() {
+        let _ = write!(t, "    server s{i} {b}");
+        if let Some(n) = s.max_conns {
+            let _ = write!(t, " maxconn {n}");
+        }
+        t.push('\n');
+    }
+    t
+}
+
+/// nginx: `max_conns` per server in a shared-memory `zone` (without one the cap is
+/// per worker). Open-source nginx has no upstream `queue` (NGINX Plus only): a request
+/// finding every server at `max_conns` fails at once with 502 "no live upstreams",
+/// mapped here to 503 so it counts as a shed. Access log off, error log at `crit`.
+fn nginx_config(addr: SocketAddr, s: &Setup, dir: &Path) -> String {
+    let nofile = nofile_limit().unwrap_or(1024).min(1_000_000);
+    let worker_connections = (nofile.saturating_sub(64)).clamp(512, 32_768);
+    let d = dir.display();
+    let mut servers = String::new();
+    for b in &s.backends {
+        let _ = write!(servers, "        server {b}");
+        if let Some(n) = s.max_conns {
+            let _ = write!(servers, " max_conns={n}");
+        }
+        servers.push_str(";\n");
+    }
+    let shed = if s.max_conns.is_some() {
+        "            error_page 502 =503 @shed;\n"
+    } else {
+        ""
+    };
+    format!(
+        r#"daemon off;
+worker_processes {threads};
+pid {d}/nginx.pid;
+error_log {d}/error.log crit;
+worker_rlimit_nofile {nofile};
+
+events {{
+    worker_connections {worker_connections};
+}}
+
+http {{
+    access_log off;
+    client_body_temp_path {d}/client_body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    keepalive_timeout 60s;
+    keepalive_requests 1000000;
+
+    upstream be {{
+        zone be 256k;
+        least_conn;
+{servers}        keepalive 64;
+        keepalive_requests 1000000;
+    }}
+
+    server {{
+        listen {addr} backlog=4096;
+        location / {{
+            proxy_pass http://be;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+{shed}        }}
+        location @shed {{
+            default_type application/json;
+            return 503 '{{"error":"overloaded"}}\n';
+        }}
+    }}
+}}
+"#,
+        threads = s.threads,
+    )
+}

@@ -1,0 +1,658 @@
+//! Results of a run: medians over repetitions, the tables printed at the end, the
+//! targets judged PASS/MISS, and the same data as JSON.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::proxies::Kind;
+
+/// Median of `values` (mean of the middle two for an even count); 0 when empty.
+pub fn median(mut values: Vec<f64>) -> f64 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    if values.len() % 2 == 1 {
+        values[mid]
+    } else {
+        (values[mid - 1] + values[mid]) / 2.0
+    }
+}
+
+pub fn median_d(values: impl IntoIterator<Item = Duration>) -> Duration {
+    let secs = median(values.into_iter().map(|d| d.as_secs_f64()).collect());
+    Duration::from_secs_f64(secs.max(0.0))
+}
+
+/// `0.41ms` below 10 ms, `21.3ms` below a second, `1.28s` above.
+pub fn ms(d: Duration) -> String {
+    let v = d.as_secs_f64() * 1000.0;
+    if v < 10.0 {
+        format!("{v:.2}ms")
+    } else if v < 1000.0 {
+        format!("{v:.1}ms")
+    } else {
+        format!("{:.2}s", v / 1000.0)
+    }
+}
+
+/// `152µs`, or `-` when not measured.
+pub fn us_opt(v: Option<f64>) -> String {
+    v.map_or("-".into(), |v| format!("{v:.0}µs"))
+}
+
+fn us(d: f64) -> String {
+    format!("{:+.0}µs", d * 1e6)
+}
+
+/// The machine and the tools, for the README.
+#[derive(Debug, Clone, Default)]
+pub struct Machine {
+    pub cpus: usize,
+    pub cpu_model: String,
+    pub kernel: String,
+    pub loadavg: String,
+    pub nofile: String,
+    pub versions: Vec<(String, String)>,
+    pub commit: String,
+}
+
+/// Raw cost of one target: wrk (closed loop) and open loop at half load.
+#[derive(Debug, Clone)]
+pub struct RawRow {
+    pub kind: Kind,
+    pub runs: usize,
+    pub rps: f64,
+    pub wrk_p50: Duration,
+    pub wrk_p99: Duration,
+    pub wrk_errors: f64,
+    /// Proxy CPU time per request during the wrk runs, in µs.
+    pub wrk_cpu_us: Option<f64>,
+    pub open_runs: usize,
+    pub open_p50: Duration,
+    pub open_p99: Duration,
+    pub open_failed: f64,
+    /// Proxy CPU time per request at half load (the same offered rate for every
+    /// proxy), in µs: the cost figure least disturbed by other load on the machine.
+    pub open_cpu_us: Option<f64>,
+    /// Median over repetitions of (this target's open-loop p99 - direct's), in seconds.
+    pub added_p99: Option<f64>,
+    /// The blocking probe's latency (no timer floor), median over runs.
+    pub probe_p50: Duration,
+    pub probe_p99: Duration,
+}
+
+/// One proxy at one overload factor (medians over repetitions).
+#[derive(Debug, Clone)]
+pub struct OverRow {
+    pub kind: Kind,
+    pub factor: f64,
+    pub runs: usize,
+    pub offered: f64,
+    pub goodput: f64,
+    pub ok_p50: Duration,
+    pub ok_p99: Duration,
+    pub shed: f64,
+    pub shed_rate: f64,
+    pub shed_p99: Duration,
+    /// p99 of the blocking probe's 503s (no timer floor), when it got any.
+    pub probe_shed_p99: Option<Duration>,
+    pub other: f64,
+    /// Highest in-flight count any replica saw (queued + working), max over runs.
+    pub peak: usize,
+    /// CPU the proxy used during the step, in cores (CPU seconds per second).
+    pub cpu_cores: Option<f64>,
+    /// levee only: its 503s by `levee_shed_total` reason, per run.
+    pub shed_reasons: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct MemRow {
+    pub kind: Kind,
+    pub runs: usize,
+    pub base_kib: f64,
+    pub idle_kib: f64,
+    pub conns: f64,
+    pub failed: f64,
+    pub closed: f64,
+}
+
+#[derive(Debug, Clone)]
+pub struct ShedRow {
+    pub runs: usize,
+    pub proxied_rps: f64,
+    pub proxied_p99: Duration,
+    pub proxied_cpu_us: Option<f64>,
+    pub shed_rps: f64,
+    pub shed_p50: Duration,
+    pub shed_p99: Duration,
+    pub shed_cpu_us: Option<f64>,
+    /// Share of wrk's responses that were not 2xx/3xx (should be 1.0).
+    pub non2xx_share: f64,
+    /// Did the held slots stay held for the whole run?
+    pub held: bool,
+}
+
+/// Everything one run measured.
+#[derive(Debug, Clone, Default)]
+pub struct Results {
+    pub command: String,
+    pub quick: bool,
+    pub reps: usize,
+    pub elapsed: Duration,
+    pub machine: Machine,
+    pub raw: Vec<RawRow>,
+    pub half_rate: Option<f64>,
+    /// Measured capacity C: (slots, p50 at half load, req/s).
+    pub capacity: Option<(usize, Duration, f64)>,
+    /// The overload backends, e.g. `4 replicas x 8 workers x 50 ms`.
+    pub overload_shape: String,
+    /// Length of one overload step, in seconds.
+    pub step_secs: u64,
+    pub overload: Vec<OverRow>,
+    /// Generator + fast backend, direct, at the 10x rate: (p50, p99).
+    pub floor: Option<(f64, Duration, Duration)>,
+    pub memory: Vec<MemRow>,
+    pub idle_target: usize,
+    pub shed: Option<ShedRow>,
+    pub notes: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Pass,
+    Miss,
+    Skip,
+}
+
+impl Verdict {
+    fn of(ok: bool) -> Verdict {
+        if ok {
+            Verdict::Pass
+        } else {
+            Verdict::Miss
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Pass => "PASS",
+            Verdict::Miss => "MISS",
+            Verdict::Skip => "SKIP",
+        }
+    }
+}
+
+/// One target: levee's value and verdict, and the other proxies' for context.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub name: String,
+    pub levee: String,
+    pub verdict: Verdict,
+    pub others: Vec<(Kind, String)>,
+}
+
+/// Goodput share of C, admitted p99 ratio, 503 p99 of one row.
+fn overload_checks(r: &OverRow, base_p99: Option<Duration>, cap: f64) -> [(String, bool); 3] {
+    let share = r.goodput / cap;
+    let ratio = base_p99.map(|b| r.ok_p99.as_secs_f64() / b.as_secs_f64().max(1e-9));
+    [
+        (format!("{:.1}%", share * 100.0), share >= 0.97),
+        match ratio {
+            Some(x) => (format!("{} ({x:.2}x)", ms(r.ok_p99)), x <= 1.5),
+            None => ("-".into(), false),
+        },
+        if r.shed > 0.0 {
+            // The probe has no timer floor; the generator's figure is shown beside it.
+            match r.probe_shed_p99 {
+                Some(p) => (
+                    format!("{} (generator {})", ms(p), ms(r.shed_p99)),
+                    p <= Duration::from_millis(1),
+                ),
+                None => (
+                    format!("{} (generator)", ms(r.shed_p99)),
+                    r.shed_p99 <= Duration::from_millis(1),
+                ),
+            }
+        } else {
+            ("no 503".into(), true)
+        },
+    ]
+}
+
+fn mark(ok: bool) -> &'static str {
+    if ok {
+        "pass"
+    } else {
+        "miss"
+    }
+}
+
+impl Results {
+    fn raw_row(&self, kind: Kind) -> Option<&RawRow> {
+        self.raw.iter().find(|r| r.kind == kind)
+    }
+
+    fn over_row(&self, kind: Kind, factor: f64) -> Option<&OverRow> {
+        self.overload
+            .iter()
+            .find(|r| r.kind == kind && r.factor == factor)
+    }
+
+    fn added_p99(&self, kind: Kind) -> Option<f64> {
+        self.raw_row(kind)?.added_p99
+    }
+
+    /// Every target of the issue, judged on levee; other proxies shown for context.
+    pub fn targets(&self) -> Vec<Target> {
+        let mut out = Vec::new();
+        let skip = |name: String| Target {
+            name,
+            levee: "-".into(),
+            verdict: Verdict::Skip,
+            others: Vec::new(),
+        };
+        for other in [Kind::Haproxy, Kind::Nginx] {
+            let name = format!("req/s >= 1.1x {}", other.name());
+            match (self.raw_row(Kind::Levee), self.raw_row(other)) {
+                (Some(l), Some(o)) if l.runs > 0 && o.runs > 0 => {
+                    let x = l.rps / o.rps;
+                    out.push(Target {
+                        name,
+                        levee: format!("{:.0} vs {:.0} ({x:.2}x)", l.rps, o.rps),
+                        verdict: Verdict::of(x >= 1.1),
+                        others: Vec::new(),
+                    });
+                }
+                _ => out.push(skip(name)),
+            }
+        }
+        let name = "added p99 at half load <= 200µs".to_string();
+        match self.added_p99(Kind::Levee) {
+            Some(a) => out.push(Target {
+                name,
+                levee: us(a),
+                verdict: Verdict::of(a <= 200e-6),
+                others: [Kind::Haproxy, Kind::Nginx]
+                    .into_iter()
+                    .filter_map(|k| {
+                        let a = self.added_p99(k)?;
+                        Some((k, format!("{} {}", us(a), mark(a <= 200e-6))))
+                    })
+                    .collect(),
+            }),
+            None => out.push(skip(name)),
+        }
+        let cap = self.capacity.map(|c| c.2);
+        let names = [
+            "goodput >= 97% of C",
+            "admitted p99 <= 1.5x p99 at 1x",
+            "503 p99 <= 1ms",
+        ];
+        for factor in [2.0, 5.0, 10.0] {
+            for (i, what) in names.iter().enumerate() {
+                let name = format!("{factor:.0}x C: {what}");
+                let check = |kind: Kind| {
+                    let row = self.over_row(kind, factor)?;
+                    let base = self.over_row(kind, 1.0).map(|r| r.ok_p99);
+                    Some(overload_checks(row, base, cap?)[i].clone())
+                };
+                match check(Kind::Levee) {
+                    Some((value, ok)) => out.push(Target {
+                        name,
+                        levee: value,
+                        verdict: Verdict::of(ok),
+                        others: [Kind::Haproxy, Kind::Nginx]
+                            .into_iter()
+                            .filter_map(|k| {
+                                let (v, ok) = check(k)?;
+                                Some((k, format!("{v} {}", mark(ok))))
+                            })
+                            .collect(),
+                    }),
+                    None => out.push(skip(name)),
+                }
+            }
+        }
+        let name = format!(
+            "RSS with {} idle conns <= 64 MiB",
+            thousands(self.idle_target)
+        );
+        let mem = |kind: Kind| {
+            let r = self.memory.iter().find(|r| r.kind == kind)?;
+            let mib = r.idle_kib / 1024.0;
+            let complete = r.conns >= self.idle_target as f64 && r.closed == 0.0;
+            let note = if complete { "" } else { " (incomplete)" };
+            Some((format!("{mib:.1} MiB{note}"), mib <= 64.0 && complete))
+        };
+        match mem(Kind::Levee) {
+            Some((value, ok)) => out.push(Target {
+                name,
+                levee: value,
+                verdict: Verdict::of(ok),
+                others: [Kind::Haproxy, Kind::Nginx]
+                    .into_iter()
+                    .filter_map(|k| {
+                        let (v, ok) = mem(k)?;
+                        Some((k, format!("{v} {}", mark(ok))))
+                    })
+                    .collect(),
+            }),
+            None => out.push(skip(name)),
+        }
+        out
+    }
+
+    /// The tables printed at the end of a run (Markdown, pasteable into the README).
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        let m = &self.machine;
+        let _ = writeln!(s, "## levee load benchmark");
+        let _ = writeln!(s);
+        let _ = writeln!(s, "- command: `{}`", self.command);
+        let _ = writeln!(
+            s,
+            "- mode: {}, {} repetition(s) per measurement, medians shown; took {:.0} s",
+            if self.quick { "quick" } else { "full" },
+            self.reps,
+            self.elapsed.as_secs_f64()
+        );
+        let _ = writeln!(
+            s,
+            "- machine: {} CPUs, {}, kernel {}, load average at start {}, open files limit {}",
+            m.cpus, m.cpu_model, m.kernel, m.loadavg, m.nofile
+        );
+        if !m.commit.is_empty() {
+            let _ = writeln!(s, "- levee commit: {}", m.commit);
+        }
+        for (tool, version) in &m.versions {
+            let _ = writeln!(s, "- {tool}: {version}");
+        }
+        for note in &self.notes {
+            let _ = writeln!(s, "- note: {note}");
+        }
+
+        if !self.raw.is_empty() {
+            let _ = writeln!(s);
+            let _ = writeln!(
+                s,
+                "### Raw cost: fast backend (service time 0), keep-alive, ~40-byte responses"
+            );
+            let _ = writeln!(s);
+            let rate = self
+                .half_rate
+                .map_or("-".into(), |r| format!("{r:.0} req/s"));
+            let _ = writeln!(
+                s,
+                "| target | wrk req/s | wrk p50 | wrk p99 | wrk errors | CPU/req (wrk) | open loop @ {rate}: p50 | p99 | added p99 vs direct (paired median) | CPU/req | probe p50 | probe p99 |"
+            );
+            let _ = writeln!(
+                s,
+                "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+            );
+            for r in &self.raw {
+                let (rps, p50, p99, errs) = if r.runs > 0 {
+                    (
+                        format!("{:.0}", r.rps),
+                        ms(r.wrk_p50),
+                        ms(r.wrk_p99),
+                        format!("{:.0}", r.wrk_errors),
+                    )
+                } else {
+                    ("-".into(), "-".into(), "-".into(), "-".into())
+                };
+                let (op50, op99) = if r.open_runs > 0 {
+                    (ms(r.open_p50), ms(r.open_p99))
+                } else {
+                    ("-".into(), "-".into())
+                };
+                let added = match (r.kind, self.added_p99(r.kind)) {
+                    (Kind::Direct, _) => "(baseline)".into(),
+                    (_, Some(a)) => us(a),
+                    _ => "-".into(),
+                };
+                let failed = if r.open_failed > 0.0 {
+                    format!(" ({:.0} failed)", r.open_failed)
+                } else {
+                    String::new()
+                };
+                let (pp50, pp99) = if r.open_runs > 0 {
+                    (ms(r.probe_p50), ms(r.probe_p99))
+                } else {
+                    ("-".into(), "-".into())
+                };
+                let _ = writeln!(
+                    s,
+                    "| {} | {rps} | {p50} | {p99} | {errs} | {} | {op50} | {op99}{failed} | {added} | {} | {pp50} | {pp99} |",
+                    r.kind.name(),
+                    us_opt(r.wrk_cpu_us),
+                    us_opt(r.open_cpu_us),
+                );
+            }
+        }
+
+        if let Some((slots, p50, cap)) = self.capacity {
+            let _ = writeln!(s);
+            let _ = writeln!(
+                s,
+                "### Overload: {}; C = {slots} slots / {} (p50 at half load, direct) = {cap:.0} req/s",
+                self.overload_shape,
+                ms(p50)
+            );
+            let _ = writeln!(s);
+            let _ = writeln!(
+                s,
+                "| proxy | load | offered/s | goodput/s | % of C | 2xx p50 | 2xx p99 | 503/s | 503 p99 | 503 p99 (probe) | other | replica peak in flight | proxy CPU (cores) |"
+            );
+            let _ = writeln!(
+                s,
+                "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+            );
+            for r in &self.overload {
+                let _ = writeln!(
+                    s,
+                    "| {} | {:.0}x | {:.0} | {:.0} | {:.1}% | {} | {} | {:.0} | {} | {} | {:.0} | {} | {} |",
+                    r.kind.name(),
+                    r.factor,
+                    r.offered,
+                    r.goodput,
+                    100.0 * r.goodput / cap,
+                    ms(r.ok_p50),
+                    ms(r.ok_p99),
+                    r.shed_rate,
+                    if r.shed > 0.0 {
+                        ms(r.shed_p99)
+                    } else {
+                        "-".into()
+                    },
+                    r.probe_shed_p99.map_or("-".into(), ms),
+                    r.other,
+                    r.peak,
+                    r.cpu_cores.map_or("-".into(), |c| format!("{c:.2}"))
+                );
+            }
+            if let Some((rate, p50, p99)) = self.floor {
+                let _ = writeln!(s);
+                let _ = writeln!(
+                    s,
+                    "Generator floor (direct to a fast backend at {rate:.0} req/s, no proxy): p50 {}, p99 {}. \
+                     The open-loop generator sends on tokio's 1 ms timer, so each request leaves up to ~1 ms \
+                     after its scheduled time and that delay counts in its latencies; the probe column is a \
+                     blocking client on its own thread ({} req/s, one request at a time) without that floor, \
+                     and the 503 target is judged on it.",
+                    ms(p50),
+                    ms(p99),
+                    crate::probe::Probe::RATE
+                );
+            }
+        }
+
+        let reasons: Vec<String> = self
+            .overload
+            .iter()
+            .filter(|r| !r.shed_reasons.is_empty())
+            .map(|r| format!("{} {:.0}x: {}", r.kind.name(), r.factor, r.shed_reasons))
+            .collect();
+        if !reasons.is_empty() {
+            let _ = writeln!(s);
+            let _ = writeln!(
+                s,
+                "levee's 503s by reason (`levee_shed_total`, per {}-s step): {}.",
+                self.step_secs,
+                reasons.join("; ")
+            );
+        }
+
+        if !self.memory.is_empty() {
+            let _ = writeln!(s);
+            let _ = writeln!(
+                s,
+                "### Memory: RSS with {} idle keep-alive client connections (each did one request)",
+                thousands(self.idle_target)
+            );
+            let _ = writeln!(s);
+            let _ = writeln!(
+                s,
+                "| proxy | RSS before | RSS with conns | per conn | conns open | failed | closed by proxy |"
+            );
+            let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|");
+            for r in &self.memory {
+                let per = if r.conns > 0.0 {
+                    (r.idle_kib - r.base_kib) / r.conns
+                } else {
+                    0.0
+                };
+                let _ = writeln!(
+                    s,
+                    "| {} | {:.1} MiB | {:.1} MiB | {:.1} KiB | {:.0} | {:.0} | {:.0} |",
+                    r.kind.name(),
+                    r.base_kib / 1024.0,
+                    r.idle_kib / 1024.0,
+                    per,
+                    r.conns,
+                    r.failed,
+                    r.closed
+                );
+            }
+        }
+
+        if let Some(sh) = &self.shed {
+            let _ = writeln!(s);
+            let _ = writeln!(s, "### Shed cost: levee with threads = 1 (wrk -t2 -c64)");
+            let _ = writeln!(s);
+            let _ = writeln!(
+                s,
+                "| levee, 1 thread | req/s | p50 | p99 | CPU/req | note |"
+            );
+            let _ = writeln!(s, "|---|---:|---:|---:|---:|---|");
+            let _ = writeln!(
+                s,
+                "| proxied (fast backend, free slots) | {:.0} | - | {} | {} | |",
+                sh.proxied_rps,
+                ms(sh.proxied_p99),
+                us_opt(sh.proxied_cpu_us)
+            );
+            let _ = writeln!(
+                s,
+                "| shed (all slots held, queue_depth = 0) | {:.0} | {} | {} | {} | {:.1}% non-2xx, slots held: {}, {:.2}x proxied |",
+                sh.shed_rps,
+                ms(sh.shed_p50),
+                ms(sh.shed_p99),
+                us_opt(sh.shed_cpu_us),
+                sh.non2xx_share * 100.0,
+                if sh.held { "yes" } else { "NO" },
+                sh.shed_rps / sh.proxied_rps.max(1.0)
+            );
+        }
+
+        let targets = self.targets();
+        let _ = writeln!(s);
+        let _ = writeln!(s, "### Targets (levee; HAProxy and nginx for context)");
+        let _ = writeln!(s);
+        let _ = writeln!(s, "| target | levee | verdict | haproxy | nginx |");
+        let _ = writeln!(s, "|---|---|---|---|---|");
+        for t in &targets {
+            let other = |k: Kind| {
+                t.others
+                    .iter()
+                    .find(|(kind, _)| *kind == k)
+                    .map_or("-".to_string(), |(_, v)| v.clone())
+            };
+            let _ = writeln!(
+                s,
+                "| {} | {} | **{}** | {} | {} |",
+                t.name,
+                t.levee,
+                t.verdict.as_str(),
+                other(Kind::Haproxy),
+                other(Kind::Nginx)
+            );
+        }
+        let count = |v: Verdict| targets.iter().filter(|t| t.verdict == v).count();
+        let _ = writeln!(
+            s,
+            "\n{} PASS, {} MISS, {} SKIP",
+            count(Verdict::Pass),
+            count(Verdict::Miss),
+            count(Verdict::Skip)
+        );
+        s
+    }
+
+    pub fn to_json(&self) -> Value {
+        let d = |d: Duration| d.as_secs_f64() * 1e3;
+        json!({
+            "command": self.command,
+            "quick": self.quick,
+            "reps": self.reps,
+            "elapsed_s": self.elapsed.as_secs_f64(),
+            "machine": {
+                "cpus": self.machine.cpus,
+                "cpu_model": self.machine.cpu_model,
+                "kernel": self.machine.kernel,
+                "loadavg": self.machine.loadavg,
+                "commit": self.machine.commit,
+            },
+            "raw": self.raw.iter().map(|r| json!({
+                "target": r.kind.name(), "runs": r.runs, "rps": r.rps,
+                "wrk_p50_ms": d(r.wrk_p50), "wrk_p99_ms": d(r.wrk_p99), "wrk_cpu_us": r.wrk_cpu_us, "open_cpu_us": r.open_cpu_us,
+                "open_rate": self.half_rate, "added_p99_us": r.added_p99.map(|a| a * 1e6), "open_p50_ms": d(r.open_p50), "open_p99_ms": d(r.open_p99),
+                "probe_p50_ms": d(r.probe_p50), "probe_p99_ms": d(r.probe_p99),
+            })).collect::<Vec<_>>(),
+            "capacity": self.capacity.map(|(slots, p50, c)| json!({"slots": slots, "p50_ms": d(p50), "rps": c})),
+            "overload": self.overload.iter().map(|r| json!({
+                "proxy": r.kind.name(), "runs": r.runs, "factor": r.factor, "offered": r.offered,
+                "goodput": r.goodput, "ok_p50_ms": d(r.ok_p50), "ok_p99_ms": d(r.ok_p99),
+                "shed_per_s": r.shed_rate, "shed_p99_ms": d(r.shed_p99), "probe_shed_p99_ms": r.probe_shed_p99.map(d), "other": r.other, "peak_inflight": r.peak, "cpu_cores": r.cpu_cores, "shed_reasons": r.shed_reasons,
+            })).collect::<Vec<_>>(),
+            "memory": self.memory.iter().map(|r| json!({
+                "proxy": r.kind.name(), "runs": r.runs, "base_kib": r.base_kib, "idle_kib": r.idle_kib,
+                "conns": r.conns, "failed": r.failed, "closed": r.closed,
+            })).collect::<Vec<_>>(),
+            "shed": self.shed.as_ref().map(|s| json!({
+                "runs": s.runs, "proxied_rps": s.proxied_rps, "shed_rps": s.shed_rps,
+                "shed_p50_ms": d(s.shed_p50), "shed_p99_ms": d(s.shed_p99), "held": s.held,
+                "proxied_cpu_us": s.proxied_cpu_us, "shed_cpu_us": s.shed_cpu_us,
+            })),
+            "targets": self.targets().iter().map(|t| json!({
+                "target": t.name, "levee": t.levee, "verdict": t.verdict.as_str(),
+            })).collect::<Vec<_>>(),
+        })
+    }
+}
+
+/// `10,000`.
+pub fn thousands(n: usize) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}

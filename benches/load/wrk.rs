@@ -1,0 +1,117 @@
+//! Runs `wrk` (closed loop, keep-alive) and parses its summary: the most requests a
+//! target answers per second with `connections` requests always outstanding.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+/// What one `wrk --latency` run reported.
+#[derive(Debug, Clone, Default)]
+pub struct WrkResult {
+    pub requests: u64,
+    pub seconds: f64,
+    pub rps: f64,
+    pub p50: Duration,
+    pub p99: Duration,
+    /// Responses whose status was not 2xx or 3xx.
+    pub non2xx: u64,
+    /// connect + read + write + timeout errors.
+    pub socket_errors: u64,
+}
+
+/// `wrk -t{threads} -c{connections} -d{seconds}s --latency URL`, killed if it runs
+/// 15 s past its duration.
+pub async fn run(
+    wrk: &Path,
+    url: &str,
+    threads: usize,
+    connections: usize,
+    duration: Duration,
+) -> Result<WrkResult, String> {
+    let secs = duration.as_secs().max(1);
+    let child = tokio::process::Command::new(wrk)
+        .arg(format!("-t{threads}"))
+        .arg(format!("-c{connections}"))
+        .arg(format!("-d{secs}s"))
+        .arg("--latency")
+        .arg(url)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("spawn wrk: {e}"))?;
+    let limit = Duration::from_secs(secs + 15);
+    let out = tokio::time::timeout(limit, child.wait_with_output())
+        .await
+        .map_err(|_| format!("wrk ran past {limit:?}"))?
+        .map_err(|e| format!("wrk: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        return Err(format!(
+            "wrk failed ({}): {}{}",
+            out.status,
+            text.trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    parse(&text).ok_or_else(|| format!("cannot parse wrk output:\n{text}"))
+}
+
+/// Parses wrk's text summary.
+pub fn parse(text: &str) -> Option<WrkResult> {
+    let mut r = WrkResult::default();
+    let mut in_distribution = false;
+    for line in text.lines().map(str::trim) {
+        if line.starts_with("Latency Distribution") {
+            in_distribution = true;
+            continue;
+        }
+        if in_distribution {
+            if let Some((pct, value)) = line.split_once(char::is_whitespace) {
+                match pct {
+                    "50%" => r.p50 = parse_latency(value.trim())?,
+                    "99%" => r.p99 = parse_latency(value.trim())?,
+                    "75%" | "90%" => {}
+                    _ => in_distribution = false,
+                }
+                if in_distribution {
+                    continue;
+                }
+            }
+        }
+        if let Some(rest) = line.strip_prefix("Requests/sec:") {
+            r.rps = rest.trim().parse().ok()?;
+        } else if let Some(rest) = line.strip_prefix("Non-2xx or 3xx responses:") {
+            r.non2xx = rest.trim().parse().ok()?;
+        } else if let Some(rest) = line.strip_prefix("Socket errors:") {
+            r.socket_errors = rest
+                .split(',')
+                .filter_map(|part| part.split_whitespace().last()?.parse::<u64>().ok())
+                .sum();
+        } else if line.contains(" requests in ") {
+            // "123456 requests in 5.00s, 10.00MB read"
+            let mut words = line.split_whitespace();
+            r.requests = words.next()?.parse().ok()?;
+            let secs = words.nth(2)?.trim_end_matches(',');
+            r.seconds = parse_latency(secs)?.as_secs_f64();
+        }
+    }
+    (r.rps > 0.0 || r.requests > 0).then_some(r)
+}
+
+/// `812.00us`, `1.23ms`, `2.01s`, `1.50m`.
+fn parse_latency(text: &str) -> Option<Duration> {
+    let split = text.find(|c: char| c.is_ascii_alphabetic())?;
+    let (num, unit) = text.split_at(split);
+    let value: f64 = num.parse().ok()?;
+    let secs = match unit {
+        "us" => value / 1e6,
+        "ms" => value / 1e3,
+        "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        _ => return None,
+    };
+    Duration::try_from_secs_f64(secs).ok()
+}

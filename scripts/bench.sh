@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Runs the load benchmark (benches/load.rs): levee against HAProxy, nginx and a direct
+# connection. Raises the open-files limit first, so the memory section can hold
+# 10,000 idle client connections (it needs 11,024 descriptors; HAProxy asks for two per
+# connection and is started with `no strict-limits` when the limit is lower).
+#
+#   scripts/bench.sh              # full run, about 6 minutes
+#   scripts/bench.sh --quick      # CI smoke, under 60 s
+#   scripts/bench.sh --only levee,haproxy --sections raw
+#
+# The results are printed as Markdown tables and written as JSON to
+# target/bench-load.json. haproxy, nginx and wrk come from Debian
+# (scripts/setup.sh --all installs them); a missing one is skipped with a message.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+want=65536
+hard=$(ulimit -Hn)
+if [ "$hard" != "unlimited" ] && [ "$hard" -lt "$want" ]; then
+  want=$hard
+fi
+ulimit -n "$want" 2>/dev/null || echo "bench.sh: could not raise the open-files limit (now $(ulimit -n))" >&2
+if [ "$(ulimit -n)" != "unlimited" ] && [ "$(ulimit -n)" -lt 11024 ]; then
+  echo "bench.sh: open-files limit $(ulimit -n) < 11024: the memory section will be skipped" >&2
+fi
+
+for tool in haproxy nginx wrk; do
+  command -v "$tool" >/dev/null || [ -x "/usr/sbin/$tool" ] ||
+    echo "bench.sh: $tool not installed (scripts/setup.sh --all): its part is skipped" >&2
+done
+
+mkdir -p target
+# `cargo bench` builds levee's binary in release (the bench profile) before the bench.
+exec cargo bench --bench load -- --json target/bench-load.json "$@"
