@@ -1,0 +1,563 @@
+//! Resource exhaustion on the real `levee` binary.
+//!
+//! - **File descriptors**: levee runs under a limit of 64 open files (`prlimit
+//!   --nofile=64:64`, or `ulimit -n 64` in `sh` when prlimit is missing), then 150 client
+//!   connections each send a request at once: far more than it can hold. levee must stay
+//!   up, answer what it can (the rest wait in the kernel's accept queue, are refused or
+//!   closed), and serve normally again once the excess connections close.
+//!
+//!   Known finding, printed as `FINDING:` rather than asserted: when levee cannot create
+//!   the socket to a backend (EMFILE), `Levee::fail_to_connect` counts it as that
+//!   backend's connect failure, so healthy backends get passively ejected, and the
+//!   client gets a 502 that blames the backend instead of a 503 for levee's own overload.
+//! - **Header flood**: 32 connections send requests with the largest headers levee
+//!   takes — 96 headers of 1 KiB (forwarded), 250 of 1 KiB (forwarded; the replica itself
+//!   refuses more than 100), 300 headers (over pingora's 256) and one 1.1 MiB header (over
+//!   its 1 MiB) — for 6 s. levee must stay up, answer every request with a status, and
+//!   keep its resident memory (VmRSS, sampled every 100 ms, and the kernel's high-water
+//!   mark VmHWM) under 200 MiB.
+//!
+//! Figures are printed; run with `--nocapture` to see them.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::*;
+use http_body_util::{BodyExt, Full};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const FD_LIMIT: u32 = 64;
+const CLIENTS: usize = 150;
+const RSS_BOUND_KIB: u64 = 200 * 1024;
+
+/// The real binary, killed (by its id) on drop, with its log collected.
+struct Levee {
+    child: Child,
+    proxy: SocketAddr,
+    admin: SocketAddr,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Drop for Levee {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Levee {
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    fn log_count(&self, needle: &str) -> usize {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+
+    /// Open descriptors, from /proc.
+    fn fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+
+    /// A field of /proc/PID/status in KiB (`VmRSS`, `VmHWM`).
+    fn status_kib(&self, field: &str) -> u64 {
+        proc_status_kib(self.pid(), field).unwrap_or(0)
+    }
+}
+
+fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Starts `levee run -c config`, behind `wrapper` (e.g. prlimit) when given, and reads
+/// its listen addresses from its JSON log.
+fn spawn_levee(config: &std::path::Path, wrapper: &[String]) -> Levee {
+    let levee = env!("CARGO_BIN_EXE_levee");
+    let mut argv: Vec<String> = wrapper.to_vec();
+    argv.extend(
+        [levee, "--log-format", "json", "run", "-c"]
+            .iter()
+            .map(|s| (*s).to_owned()),
+    );
+    argv.push(config.display().to_string());
+    let mut child = Command::new(&argv[0])
+        .args(&argv[1..])
+        .env("LEVEE_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {argv:?}: {e}"));
+    let stderr = child.stderr.take().expect("stderr");
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let (tx, rx) = mpsc::channel();
+    let sink = log.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line.clone());
+            sink.lock().unwrap().push(line);
+        }
+    });
+    let (mut proxy, mut admin) = (None, None);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while proxy.is_none() || admin.is_none() {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .unwrap_or_else(|_| panic!("levee logs its listeners; log: {:?}", log.lock().unwrap()));
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+        let addr = v["fields"]["addr"].as_str().and_then(|a| a.parse().ok());
+        match v["fields"]["message"].as_str() {
+            Some("proxy listening") => proxy = addr,
+            Some("admin listening") => admin = addr,
+            _ => {}
+        }
+    }
+    Levee {
+        child,
+        proxy: proxy.expect("proxy"),
+        admin: admin.expect("admin"),
+        log,
+    }
+}
+
+fn write_config(
+    dir: &tempfile::TempDir,
+    backends: &[SocketAddr],
+    extra_server: &str,
+    extra_upstream: &str,
+) -> std::path::PathBuf {
+    let path = dir.path().join("levee.toml");
+    let mut text = format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nadmin_listen = \"127.0.0.1:0\"\nthreads = 2\n{extra_server}\n\
+         [[upstream]]\nname = \"app\"\nroutes = [\"/\"]\n\
+         [upstream.limits]\nmax_inflight = 64\nqueue_depth = 256\nqueue_timeout_ms = 2000\n\
+         [upstream.levels]\ncaution = {{ utilization = 0.99 }}\ndanger = {{ queue = 250 }}\n{extra_upstream}\n"
+    );
+    for b in backends {
+        text.push_str(&format!("[[upstream.backend]]\naddress = \"{b}\"\n"));
+    }
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
+/// `GET path` on the admin listener, as JSON.
+async fn admin_json(admin: SocketAddr, path: &str) -> Option<serde_json::Value> {
+    tokio::time::timeout(Duration::from_secs(2), async {
+        let tcp = TcpStream::connect(admin).await.ok()?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+                .await
+                .ok()?;
+        tokio::spawn(conn);
+        let resp = sender.send_request(get(path)).await.ok()?;
+        let body = resp.into_body().collect().await.ok()?.to_bytes();
+        serde_json::from_slice(&body).ok()
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
+/// One GET on a fresh connection with a deadline: the status, or `None`.
+async fn try_get(addr: SocketAddr, path: &str, limit: Duration) -> Option<u16> {
+    tokio::time::timeout(limit, async {
+        let tcp = TcpStream::connect(addr).await.ok()?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+                .await
+                .ok()?;
+        tokio::spawn(conn);
+        let resp = sender.send_request(get(path)).await.ok()?;
+        let status = resp.status().as_u16();
+        resp.into_body().collect().await.ok()?;
+        Some(status)
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
+/// How one of the excess clients fared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Fate {
+    /// An HTTP answer with this status.
+    Answered(u16),
+    /// The connection was refused, reset or closed without an answer.
+    Closed,
+    /// Connected (the kernel queued it) but no answer within the wait.
+    Waiting,
+}
+
+/// Connects, sends one GET and waits up to `wait` for the status line; keeps the
+/// connection open (returned) so that it holds its descriptor in levee.
+async fn excess_client(addr: SocketAddr, wait: Duration) -> (Fate, Option<TcpStream>) {
+    let Ok(Ok(mut tcp)) = tokio::time::timeout(wait, TcpStream::connect(addr)).await else {
+        return (Fate::Closed, None);
+    };
+    if tcp
+        .write_all(b"GET /fd?ms=50 HTTP/1.1\r\nhost: t\r\n\r\n")
+        .await
+        .is_err()
+    {
+        return (Fate::Closed, None);
+    }
+    let mut buf = [0u8; 1024];
+    let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        match tokio::time::timeout_at(deadline, tcp.read(&mut buf)).await {
+            Err(_) => return (Fate::Waiting, Some(tcp)),
+            Ok(Ok(0)) | Ok(Err(_)) => return (Fate::Closed, None),
+            Ok(Ok(n)) => {
+                got.extend_from_slice(&buf[..n]);
+                if let Some(line) = got
+                    .split(|&b| b == b'\n')
+                    .next()
+                    .filter(|_| got.contains(&b'\n'))
+                {
+                    let status = std::str::from_utf8(line)
+                        .ok()
+                        .and_then(|l| l.split_whitespace().nth(1))
+                        .and_then(|s| s.parse().ok())
+                        .unwrap_or(0);
+                    return (Fate::Answered(status), Some(tcp));
+                }
+            }
+        }
+    }
+}
+
+/// The command that runs levee with at most `FD_LIMIT` descriptors.
+fn fd_limit_wrapper() -> Vec<String> {
+    let prlimit = Command::new("prlimit")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if prlimit {
+        vec![
+            "prlimit".into(),
+            format!("--nofile={FD_LIMIT}:{FD_LIMIT}"),
+            "--".into(),
+        ]
+    } else {
+        vec![
+            "sh".into(),
+            "-c".into(),
+            format!("ulimit -n {FD_LIMIT} && exec \"$0\" \"$@\""),
+        ]
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn survives_running_out_of_file_descriptors_and_recovers() {
+    let r1 = replica("r1", "a", 64, 1).await;
+    let r2 = replica("r2", "a", 64, 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    // A short client-header timeout so that silent connections give their descriptor
+    // back; passive ejection after 3 failures, for 10 s, to see whether levee blames
+    // the backends for its own lack of descriptors.
+    let config = write_config(
+        &dir,
+        &[r1.addr(), r2.addr()],
+        "[server.timeouts]\nclient_header_ms = 3000",
+        "[upstream.health]\neject_after_failures = 3\neject_ms = 10000",
+    );
+    let wrapper = fd_limit_wrapper();
+    let mut levee = spawn_levee(&config, &wrapper);
+    let limit = std::fs::read_to_string(format!("/proc/{}/limits", levee.pid()))
+        .ok()
+        .and_then(|l| {
+            l.lines()
+                .find(|l| l.starts_with("Max open files"))
+                .map(|l| l.split_whitespace().nth(3).unwrap_or("?").to_owned())
+        })
+        .unwrap_or_default();
+    assert_eq!(
+        limit,
+        FD_LIMIT.to_string(),
+        "the limit did not apply ({wrapper:?})"
+    );
+    assert_eq!(
+        try_get(levee.proxy, "/warm", Duration::from_secs(5)).await,
+        Some(200)
+    );
+    let idle_fds = levee.fds();
+
+    // More clients than descriptors, all at once.
+    let t0 = Instant::now();
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let addr = levee.proxy;
+            tokio::spawn(async move { excess_client(addr, Duration::from_secs(3)).await })
+        })
+        .collect();
+    let mut fates = std::collections::BTreeMap::new();
+    let mut held = Vec::new();
+    for c in clients {
+        let (fate, conn) = c.await.unwrap();
+        *fates.entry(fate).or_insert(0usize) += 1;
+        held.extend(conn);
+    }
+    let peak_fds = levee.fds();
+    let health_during = try_get(levee.admin, "/healthz", Duration::from_secs(1)).await;
+    let alive_during = levee.alive();
+    println!(
+        "fd limit {FD_LIMIT}: levee used {idle_fds} descriptors idle, {peak_fds} with {CLIENTS} clients; their fates after 3 s: {fates:?}; /healthz during: {health_during:?}; {} 'accept failed' warnings so far",
+        levee.log_count("accept failed")
+    );
+
+    // The excess leaves; levee must serve normally again.
+    drop(held);
+    let released = Instant::now();
+    let mut recovered = None;
+    while released.elapsed() < Duration::from_secs(15) {
+        if try_get(levee.proxy, "/again", Duration::from_secs(1)).await == Some(200) {
+            recovered = Some(released.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut after = Vec::new();
+    for i in 0..20 {
+        after.push(try_get(levee.proxy, &format!("/after{i}"), Duration::from_secs(2)).await);
+    }
+    let health_after = try_get(levee.admin, "/healthz", Duration::from_secs(2)).await;
+    let status = admin_json(levee.admin, "/status").await;
+    let ejections: Vec<u64> = status
+        .as_ref()
+        .and_then(|s| s["upstreams"][0]["backends"].as_array().cloned())
+        .unwrap_or_default()
+        .iter()
+        .map(|b| b["ejections"].as_u64().unwrap_or(0))
+        .collect();
+    // Descriptors come back once levee has accepted and closed what the kernel queued.
+    let mut fds_after = levee.fds();
+    for _ in 0..100 {
+        if fds_after <= idle_fds + 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        fds_after = levee.fds();
+    }
+    let accept_failed = levee.log_count("accept failed");
+    let emfile_logged = levee.log_count("Too many open files");
+    if let Some(line) = levee
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|l| l.contains("Too many open files") && !l.contains("accept failed"))
+    {
+        println!("fd limit {FD_LIMIT}: e.g. {line}");
+    }
+    println!(
+        "fd limit {FD_LIMIT}: backend ejections after the exhaustion {ejections:?}; 'Too many open files' in {emfile_logged} log lines"
+    );
+    if ejections.iter().any(|&n| n > 0) {
+        // Reported, not asserted, until fixed: see the module documentation.
+        println!(
+            "FINDING: a healthy backend was ejected for levee's own EMFILE (socket creation failed locally, counted as a backend connect failure, answered 502)"
+        );
+    }
+    println!(
+        "fd limit {FD_LIMIT}: serving again {} after the excess closed; next 20 requests {:?}; /healthz {:?}; descriptors back to {fds_after}; {accept_failed} 'accept failed' warnings in all over {:.1} s",
+        recovered.map_or("never".into(), |d| format!("{} ms", d.as_millis())),
+        after.iter().fold(std::collections::BTreeMap::new(), |mut m, s| {
+            *m.entry(*s).or_insert(0) += 1;
+            m
+        }),
+        health_after,
+        t0.elapsed().as_secs_f64()
+    );
+
+    assert!(alive_during && levee.alive(), "levee exited");
+    assert_eq!(levee.log_count("panicked"), 0, "levee panicked");
+    let answered: usize = fates
+        .iter()
+        .filter(|(f, _)| matches!(f, Fate::Answered(_)))
+        .map(|(_, n)| n)
+        .sum();
+    assert!(
+        answered > 0,
+        "levee answered none of the clients: {fates:?}"
+    );
+    assert!(
+        recovered.is_some(),
+        "levee did not serve again after the excess closed"
+    );
+    assert!(
+        after.iter().all(|s| *s == Some(200)),
+        "not normal after recovery: {after:?}"
+    );
+    assert_eq!(health_after, Some(200));
+    assert!(
+        fds_after <= idle_fds + 8,
+        "descriptors leaked: {idle_fds} idle before, {fds_after} after"
+    );
+    // One warning per failed accept, with a 50 ms pause: bounded, not a busy loop.
+    let secs = t0.elapsed().as_secs_f64();
+    assert!(
+        (accept_failed as f64) <= secs * 20.0 * 2.0 + 10.0,
+        "{accept_failed} accept warnings in {secs:.1} s: the accept loop spins"
+    );
+}
+
+/// A request with `count` headers of `size` bytes each.
+fn big_request(count: usize, size: usize, path: &str) -> http::Request<Full<Bytes>> {
+    let value = "v".repeat(size);
+    let mut b = http::Request::get(path).header("host", "t");
+    for i in 0..count {
+        b = b.header(format!("x-h{i}"), value.as_str());
+    }
+    b.body(Full::new(Bytes::new())).expect("request")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_flood_keeps_memory_bounded() {
+    let backend = replica("r1", "a", 64, 0).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(&dir, &[backend.addr()], "", "");
+    let mut levee = spawn_levee(&config, &[]);
+    assert_eq!(
+        try_get(levee.proxy, "/warm", Duration::from_secs(5)).await,
+        Some(200)
+    );
+    let rss_start = levee.status_kib("VmRSS");
+
+    // Request shapes: (headers, bytes each, label).
+    const SHAPES: [(usize, usize, &str); 4] = [
+        (96, 1024, "96 x 1 KiB"),
+        (250, 1024, "250 x 1 KiB"),
+        (300, 16, "300 headers"),
+        (1, 1_100_000, "1 x 1.1 MiB"),
+    ];
+    let stop = Arc::new(AtomicBool::new(false));
+    let statuses: Arc<Mutex<std::collections::BTreeMap<(&str, u16), u64>>> =
+        Arc::new(Mutex::new(Default::default()));
+    let sent = Arc::new(AtomicU64::new(0));
+    let workers: Vec<_> = (0..32usize)
+        .map(|w| {
+            let (stop, statuses, sent) = (stop.clone(), statuses.clone(), sent.clone());
+            let addr = levee.proxy;
+            tokio::spawn(async move {
+                // Mostly the forwarded 96-header shape; every 4th worker the others in turn.
+                let mut conn = None;
+                for i in 0..100_000usize {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let (count, size, label) = if w % 4 == 0 {
+                        SHAPES[1 + i % 3]
+                    } else {
+                        SHAPES[0]
+                    };
+                    let req = big_request(count, size, "/flood");
+                    sent.fetch_add(1, Ordering::Relaxed);
+                    let outcome = tokio::time::timeout(Duration::from_secs(10), async {
+                        if conn.is_none() {
+                            let tcp = TcpStream::connect(addr).await.ok()?;
+                            let (sender, c) = hyper::client::conn::http1::handshake(
+                                hyper_util::rt::TokioIo::new(tcp),
+                            )
+                            .await
+                            .ok()?;
+                            tokio::spawn(c);
+                            conn = Some(sender);
+                        }
+                        let sender = conn.as_mut()?;
+                        sender.ready().await.ok()?;
+                        let resp = sender.send_request(req).await.ok()?;
+                        let status = resp.status().as_u16();
+                        resp.into_body().collect().await.ok()?;
+                        Some(status)
+                    })
+                    .await;
+                    let status = match outcome {
+                        Ok(Some(s)) => s,
+                        Ok(None) => 0,
+                        Err(_) => 1, // hung
+                    };
+                    if status != 200 {
+                        conn = None; // levee may close after refusing a request
+                    }
+                    *statuses.lock().unwrap().entry((label, status)).or_default() += 1;
+                }
+            })
+        })
+        .collect();
+
+    let t0 = Instant::now();
+    let mut rss_max = 0;
+    let mut samples = 0;
+    while t0.elapsed() < Duration::from_secs(6) {
+        rss_max = rss_max.max(levee.status_kib("VmRSS"));
+        samples += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        let _ = w.await;
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    let alive = levee.alive();
+    let hwm = levee.status_kib("VmHWM");
+    let rss_end = levee.status_kib("VmRSS");
+    let after = try_get(levee.proxy, "/after", Duration::from_secs(5)).await;
+    let statuses = statuses.lock().unwrap().clone();
+    let total = sent.load(Ordering::Relaxed);
+    println!(
+        "header flood: {total} requests in {secs:.1} s ({:.0}/s), outcomes (shape, status; 0 = no answer, 1 = hung): {statuses:?}",
+        total as f64 / secs
+    );
+    println!(
+        "header flood: levee VmRSS {} MiB before, max {} MiB over {samples} samples, {} MiB after; VmHWM {} MiB (bound {} MiB); alive {alive}; next request {after:?}",
+        rss_start / 1024,
+        rss_max / 1024,
+        rss_end / 1024,
+        hwm / 1024,
+        RSS_BOUND_KIB / 1024
+    );
+
+    assert!(alive, "levee exited under the header flood");
+    assert_eq!(levee.log_count("panicked"), 0, "levee panicked");
+    assert!(
+        hwm < RSS_BOUND_KIB && rss_max < RSS_BOUND_KIB,
+        "memory not bounded"
+    );
+    assert_eq!(after, Some(200), "not serving normally after the flood");
+    let hung: u64 = statuses
+        .iter()
+        .filter(|((_, s), _)| *s == 1)
+        .map(|(_, n)| n)
+        .sum();
+    assert_eq!(hung, 0, "requests hung: {statuses:?}");
+    let forwarded: u64 = statuses
+        .iter()
+        .filter(|((label, s), _)| *label == SHAPES[0].2 && *s == 200)
+        .map(|(_, n)| n)
+        .sum();
+    assert!(
+        forwarded > 100,
+        "too few large requests served: {statuses:?}"
+    );
+}
