@@ -1317,7 +1317,7 @@ fn fuzz_worker(
         }
         let (text, source) = if !mutate_now {
             generated(&mut rng)
-        } else if rng.random_bool(0.25) {
+        } else if rng.random_bool(0.1) {
             let bytes = mutate(&mut rng, &full);
             (String::from_utf8_lossy(&bytes).into_owned(), "mutated")
         } else {
@@ -1497,7 +1497,7 @@ fn deep_nesting_is_rejected_without_overflowing_the_stack() {
     let exe = std::env::current_exe().expect("test binary");
     let mut findings = Vec::new();
     for shape in ["array", "inline", "dotted", "header"] {
-        for depth in [100, 1_000, 20_000] {
+        for depth in [100, 20_000] {
             let out = Command::new(&exe)
                 .args([
                     "--exact",
