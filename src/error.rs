@@ -12,8 +12,9 @@ pub fn classify_error(e: &Error) -> (u16, &'static str) {
     use ErrorType::*;
     match (e.esource(), e.etype()) {
         (_, HTTPStatus(code)) => (*code, "status"),
+        (_, SocketError) => (503, "local_resources"),
         (ErrorSource::Upstream, ConnectTimedout) => (502, "connect_timeout"),
-        (ErrorSource::Upstream, ConnectRefused | ConnectNoRoute | ConnectError | SocketError) => {
+        (ErrorSource::Upstream, ConnectRefused | ConnectNoRoute | ConnectError) => {
             (502, "connect_error")
         }
         (ErrorSource::Upstream, ReadTimedout | WriteTimedout) => (504, "upstream_timeout"),
@@ -36,11 +37,17 @@ pub fn classify_error(e: &Error) -> (u16, &'static str) {
 /// Did this error say anything about the backend's health? Client aborts and bad
 /// client requests do not count against a backend.
 pub fn is_backend_failure(e: &Error) -> bool {
-    *e.esource() == ErrorSource::Upstream
+    !is_local_failure(e) && *e.esource() == ErrorSource::Upstream
         || matches!(
             e.etype(),
             ErrorType::ConnectTimedout | ErrorType::ConnectRefused | ErrorType::ReadTimedout
         ) && *e.esource() != ErrorSource::Downstream
+}
+
+/// Did levee fail on its own side (no socket could be made: out of descriptors or
+/// memory)? Such failures are not the backend's, and retrying elsewhere would not help.
+pub fn is_local_failure(e: &Error) -> bool {
+    *e.etype() == ErrorType::SocketError
 }
 
 /// The JSON body of a shed: `{"error":"overloaded","upstream":…,"level":…,"reason":…}`.

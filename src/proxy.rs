@@ -338,6 +338,12 @@ impl ProxyHttp for Levee {
         ctx: &mut Ctx,
         mut e: Box<Error>,
     ) -> Box<Error> {
+        if crate::error::is_local_failure(&e) {
+            // levee could not even make a socket (out of descriptors, memory): not the
+            // backend's fault, and another backend would fail the same way.
+            e.set_retry(false);
+            return e;
+        }
         if let (Some(permit), Some(upstream)) = (ctx.permit.as_ref(), ctx.upstream.as_ref()) {
             let backend = permit.backend();
             if e.etype() == &ErrorType::ConnectTimedout {
@@ -494,8 +500,12 @@ impl ProxyHttp for Levee {
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
         let (status, label) = classify_error(e);
         if status > 0 && ctx.status == 0 {
+            // The connection is closed after this answer (pingora cannot tell how much of
+            // the exchange is left on it), so the answer must not promise keep-alive.
+            session.set_keepalive(None);
             let upstream = ctx.upstream.as_ref().map(|u| u.name.as_str());
-            let _ = respond(session, status, error_body(label, upstream), None).await;
+            let retry_after = (status == 503).then_some(1);
+            let _ = respond(session, status, error_body(label, upstream), retry_after).await;
         }
         ctx.status = status;
         FailToProxy {

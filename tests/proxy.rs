@@ -373,3 +373,23 @@ async fn connect_failures_retry_on_another_backend() {
     }
     eventually(LIMIT, "idle", || all_idle(&levee)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_error_answer_that_ends_the_connection_says_so() {
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let r = replica("r1", "a", 1, 0).await;
+    let mut setup = Setup::new(&[&r]).upstream("retry_on_connect_failure = 0");
+    setup.backends = vec![(dead, "a".into())];
+    let levee = setup.start().await;
+    let reply = fetch(levee.addr(), get("/x")).await;
+    assert_eq!(reply.status, 502);
+    assert_eq!(
+        reply.header("connection").map(|v| v.to_ascii_lowercase()),
+        Some("close".to_string()),
+        "a client must not reuse a connection levee is about to close"
+    );
+    eventually(LIMIT, "idle", || all_idle(&levee)).await;
+}
