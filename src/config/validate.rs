@@ -637,7 +637,14 @@ impl Validator {
             .as_deref()
             .and_then(|p| self.route(&format!("{path}.path"), p).then(|| p.to_owned()));
         let interval = self.millis(&format!("{path}.interval_ms"), h.interval_ms, d.interval, 1);
-        let mut timeout = self.millis(&format!("{path}.timeout_ms"), h.timeout_ms, d.timeout, 1);
+        // Without its own timeout, a probe gets the default or the interval, whichever is
+        // shorter, so a short interval alone is valid.
+        let mut timeout = self.millis(
+            &format!("{path}.timeout_ms"),
+            h.timeout_ms,
+            d.timeout.min(interval),
+            1,
+        );
         if timeout > interval {
             self.error(
                 format!("{path}.timeout_ms"),
