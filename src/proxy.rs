@@ -156,26 +156,32 @@ fn access_log(session: &Session, e: Option<&Error>, ctx: &Ctx) {
 }
 
 /// The headers to drop when forwarding: `connection`, every header it names, and the
-/// fixed hop-by-hop set. An upgrade keeps `connection` and `upgrade`.
+/// fixed hop-by-hop set. An upgrade keeps `connection` and `upgrade`. Only names that are
+/// present are returned, so a request without hop-by-hop headers allocates nothing.
 fn hop_by_hop(headers: &http::HeaderMap, upgrade: bool) -> Vec<String> {
-    let mut names: Vec<String> = headers
+    let mut names = Vec::new();
+    let listed = headers
         .get_all(http::header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .map(|t| t.trim().to_ascii_lowercase())
-        .filter(|t| !(t.is_empty() || upgrade && t == "upgrade"))
-        .collect();
-    names.extend(
-        HOP_BY_HOP
-            .iter()
-            .filter(|n| !(upgrade && **n == "upgrade"))
-            .map(|n| n.to_string()),
-    );
-    if !upgrade {
-        names.push("connection".to_string());
+        .map(str::trim);
+    for token in listed {
+        let keep = token.is_empty() || upgrade && token.eq_ignore_ascii_case("upgrade");
+        if !keep && headers.contains_key(token) {
+            names.push(token.to_ascii_lowercase());
+        }
     }
-    names.retain(|n| headers.contains_key(n.as_str()));
+    let fixed = HOP_BY_HOP
+        .iter()
+        .copied()
+        .filter(|n| !(upgrade && *n == "upgrade"))
+        .chain((!upgrade).then_some("connection"));
+    for name in fixed {
+        if headers.contains_key(name) && !names.iter().any(|n| n == name) {
+            names.push(name.to_string());
+        }
+    }
     names
 }
 
