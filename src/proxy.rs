@@ -22,7 +22,7 @@ use crate::admission::Permit;
 use crate::balance::hash_bytes;
 use crate::config::{Affinity, Class};
 use crate::error::{classify_error, error_body, is_backend_failure, shed_body};
-use crate::state::{SharedSnapshot, Snapshot, Upstream};
+use crate::state::{Backend, SharedSnapshot, Snapshot, Upstream};
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) that are never forwarded. `connection` itself
 /// and the headers it names are handled separately; `transfer-encoding` is framing,
@@ -71,6 +71,8 @@ pub struct Ctx {
     access_log: bool,
     /// What levee answered itself (shed reason, no_route, ...), for the access log.
     outcome: &'static str,
+    /// For the access log, once the slot is released: who served it, how long it queued.
+    served: Option<(Arc<Backend>, Duration)>,
 }
 
 /// Most retries of one idempotent request that may have reached a backend.
@@ -137,7 +139,12 @@ fn access_log(session: &Session, e: Option<&Error>, ctx: &Ctx) {
         .and_then(|a| a.as_inet())
         .map(|a| a.ip().to_string())
         .unwrap_or_default();
-    let backend = ctx.permit.as_ref().map(|p| p.backend().label.as_str());
+    let served = ctx
+        .permit
+        .as_ref()
+        .map(|p| (p.backend(), p.queued))
+        .or(ctx.served.as_ref().map(|(b, q)| (b, *q)));
+    let backend = served.map(|(b, _)| b.label.as_str());
     tracing::info!(
         target: "levee::access",
         client = %client,
@@ -148,11 +155,51 @@ fn access_log(session: &Session, e: Option<&Error>, ctx: &Ctx) {
         backend,
         class = ctx.class.as_str(),
         outcome = ctx.outcome,
-        queued_ms = ctx.permit.as_ref().map(|p| p.queued.as_secs_f64() * 1000.0),
+        queued_ms = served.map(|(_, q)| q.as_secs_f64() * 1000.0),
         ms = ctx.started.map(|t| t.elapsed().as_secs_f64() * 1000.0),
         error = e.map(|e| classify_error(e).1),
         "request"
     );
+}
+
+/// Records how the backend did and frees its slot, exactly once: at the backend's end
+/// of stream, or in `logging` when the request ended without one (an error, or a
+/// response without a body).
+fn release(ctx: &mut Ctx, e: Option<&Error>) {
+    let Some(permit) = ctx.permit.take() else {
+        return;
+    };
+    let elapsed = ctx.admitted_at.map(|t| t.elapsed()).unwrap_or_default();
+    let failed_backend = e.is_some_and(is_backend_failure);
+    let failed = failed_backend || ctx.status >= 500;
+    let upstream = permit.upstream();
+    upstream.window.record(elapsed, failed);
+    upstream.metrics.duration.observe(elapsed.as_secs_f64());
+    let client_gone = e.is_some_and(|e| *e.esource() == pingora::ErrorSource::Downstream);
+    let code_class = if failed_backend {
+        0
+    } else if ctx.backend_status == 0 && client_gone {
+        6
+    } else {
+        (ctx.status / 100).min(5) as usize
+    };
+    permit.backend().metrics.responses[code_class].inc();
+    let backend_5xx = ctx.backend_status >= 500 && upstream.health.eject_on_5xx;
+    if !client_gone {
+        upstream.record_outcome(permit.backend_index(), failed_backend || backend_5xx);
+    }
+    if e.is_some_and(|e| {
+        matches!(
+            e.etype(),
+            ErrorType::ReadTimedout | ErrorType::WriteTimedout
+        )
+    }) {
+        permit.backend().metrics.timeouts.inc();
+    }
+    if ctx.access_log {
+        ctx.served = Some((permit.backend().clone(), permit.queued));
+    }
+    drop(permit);
 }
 
 /// The headers to drop when forwarding: `connection`, every header it names, and the
@@ -210,6 +257,7 @@ impl ProxyHttp for Levee {
             started: None,
             access_log: false,
             outcome: "proxied",
+            served: None,
         }
     }
 
@@ -492,13 +540,20 @@ impl ProxyHttp for Levee {
         &self,
         _session: &mut Session,
         _body: &mut Option<Bytes>,
-        _end_of_stream: bool,
+        end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<Option<Duration>> {
         if ctx.deadline.is_some_and(|d| Instant::now() > d) {
             return Err(
                 Error::explain(ErrorType::ReadTimedout, "response deadline passed").into_up(),
             );
+        }
+        if end_of_stream {
+            // The backend is done: its slot frees now, before the last bytes go to the
+            // client, so a waiting request starts while this one is still being
+            // written, and a client holding its whole response never finds that
+            // response's slot still taken.
+            release(ctx, None);
         }
         Ok(None)
     }
@@ -524,37 +579,7 @@ impl ProxyHttp for Levee {
         if ctx.access_log {
             access_log(session, e, ctx);
         }
-        let Some(permit) = ctx.permit.take() else {
-            return;
-        };
-        let elapsed = ctx.admitted_at.map(|t| t.elapsed()).unwrap_or_default();
-        let failed_backend = e.is_some_and(is_backend_failure);
-        let failed = failed_backend || ctx.status >= 500;
-        let upstream = permit.upstream();
-        upstream.window.record(elapsed, failed);
-        upstream.metrics.duration.observe(elapsed.as_secs_f64());
-        let client_gone = e.is_some_and(|e| *e.esource() == pingora::ErrorSource::Downstream);
-        let code_class = if failed_backend {
-            0
-        } else if ctx.backend_status == 0 && client_gone {
-            6
-        } else {
-            (ctx.status / 100).min(5) as usize
-        };
-        permit.backend().metrics.responses[code_class].inc();
-        let backend_5xx = ctx.backend_status >= 500 && upstream.health.eject_on_5xx;
-        if !client_gone {
-            upstream.record_outcome(permit.backend_index(), failed_backend || backend_5xx);
-        }
-        if e.is_some_and(|e| {
-            matches!(
-                e.etype(),
-                ErrorType::ReadTimedout | ErrorType::WriteTimedout
-            )
-        }) {
-            permit.backend().metrics.timeouts.inc();
-        }
-        drop(permit);
+        release(ctx, e);
     }
 
     fn suppress_error_log(&self, _session: &Session, _ctx: &Ctx, e: &Error) -> bool {

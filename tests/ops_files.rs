@@ -418,8 +418,11 @@ async fn every_metric_and_label_in_alerts_and_dashboard_is_exported() {
     let addr = levee.addr();
 
     // Two plain requests, then one slot held, one request queued, and one shed.
+    // The slot is released just after the response is written, so each request
+    // waits for the previous one's release: none of these may queue.
     for _ in 0..2 {
         assert_eq!(fetch(addr, get("/x")).await.status, 200);
+        eventually(LIMIT, "slot released", || all_idle(&levee)).await;
     }
     let up = levee.app.snapshot().upstreams[0].clone();
     // Held long enough for the queueing below even on a loaded machine.

@@ -349,6 +349,26 @@ async fn slots_return_to_zero_after_every_outcome() {
     eventually(LIMIT, "idle after shed", || all_idle(&levee)).await;
 }
 
+/// The slot is released at the backend's end of stream, before the last bytes reach
+/// the client: a client holding its whole response never finds that slot still taken,
+/// so back-to-back requests over one connection to a backend with one slot never queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_slot_is_free_once_the_client_has_its_response() {
+    let r = replica("r", "a", 1, 0).await;
+    let levee = Setup::new(&[&r])
+        .upstream("[upstream.limits]\nmax_inflight = 1\nqueue_depth = 0")
+        .start()
+        .await;
+    let up = levee.app.snapshot().upstreams[0].clone();
+    let mut conn = Conn::open(levee.addr()).await;
+    for i in 0..200 {
+        let path = if i % 2 == 0 { "/x" } else { "/x?status=500" };
+        let reply = conn.get(path).await;
+        assert_ne!(reply.status, 503, "request {i} was shed: {:?}", reply.body);
+        assert_eq!(up.inflight(), 0, "slot still taken after response {i}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_failures_retry_on_another_backend() {
     // A port that refuses connections: bind, note the address, close.
