@@ -329,6 +329,29 @@ pub fn watch_config(
     Ok((watcher, task))
 }
 
+/// Says how many client connections levee will take, and warns when the configured
+/// cap is more than the open-files limit can hold.
+fn log_connection_cap(server: &crate::config::Server) {
+    let Some(limit) = crate::fds::open_files_limit() else {
+        return;
+    };
+    let fits = crate::fds::connections_for(limit);
+    if server.max_connections == 0 {
+        tracing::info!(
+            open_files_limit = limit,
+            max_connections = fits,
+            "client connections capped from the open-files limit (server.max_connections = 0)"
+        );
+    } else if server.max_connections as usize > fits {
+        tracing::warn!(
+            open_files_limit = limit,
+            max_connections = server.max_connections,
+            fits,
+            "server.max_connections is more than the open-files limit can hold; past it clients are refused through a reserved descriptor"
+        );
+    }
+}
+
 /// `levee run`: serve until SIGTERM (drain, then exit), SIGINT (exit now); SIGHUP
 /// reloads the config file.
 /// Receives the listening sockets of the running levee (which sends them on SIGQUIT)
@@ -376,6 +399,7 @@ pub async fn run_until_signal(
     if let Some(addr) = running.admin_addr {
         tracing::info!(%addr, "admin listening");
     }
+    log_connection_cap(&running.app.snapshot().config.server);
     let _watch = match watch_config(running.app.clone(), path.clone()) {
         Ok(w) => Some(w),
         Err(e) => {

@@ -47,7 +47,31 @@ pub fn is_backend_failure(e: &Error) -> bool {
 /// Did levee fail on its own side (no socket could be made: out of descriptors or
 /// memory)? Such failures are not the backend's, and retrying elsewhere would not help.
 pub fn is_local_failure(e: &Error) -> bool {
-    *e.etype() == ErrorType::SocketError
+    if *e.etype() == ErrorType::SocketError {
+        return true;
+    }
+    // pingora wraps a failed connect as `InternalError` caused by `SocketError` caused
+    // by the `io::Error`: look down the chain.
+    let mut cause = e.cause.as_deref();
+    while let Some(c) = cause {
+        let inner = c
+            .downcast_ref::<Error>()
+            .or_else(|| c.downcast_ref::<Box<Error>>().map(|b| &**b));
+        if let Some(inner) = inner {
+            if *inner.etype() == ErrorType::SocketError {
+                return true;
+            }
+            cause = inner.cause.as_deref();
+        } else if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.raw_os_error(),
+                Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+            );
+        } else {
+            return false;
+        }
+    }
+    false
 }
 
 /// The JSON body of a shed: `{"error":"overloaded","upstream":…,"level":…,"reason":…}`.
@@ -108,5 +132,29 @@ mod tests {
         assert_eq!(classify_error(&e).0, 0);
         let e = Error::new(ErrorType::HTTPStatus(413));
         assert_eq!(classify_error(&e).0, 413);
+    }
+
+    /// The chain pingora builds when it cannot make the socket for a connect.
+    fn wrapped(os_error: i32) -> Box<Error> {
+        let io = std::io::Error::from_raw_os_error(os_error);
+        let socket = Error::because(ErrorType::SocketError, "failed to create socket", io);
+        Error::because(ErrorType::InternalError, "Fail to connect", socket).into_up()
+    }
+
+    #[test]
+    fn running_out_of_descriptors_is_levee_s_failure_not_the_backend_s() {
+        for code in [libc::EMFILE, libc::ENFILE] {
+            let e = wrapped(code);
+            assert!(is_local_failure(&e), "{e}");
+            assert!(!is_backend_failure(&e), "{e}");
+        }
+        let plain = Error::because(
+            ErrorType::ConnectRefused,
+            "refused",
+            std::io::Error::from_raw_os_error(libc::ECONNREFUSED),
+        )
+        .into_up();
+        assert!(!is_local_failure(&plain));
+        assert!(is_backend_failure(&plain));
     }
 }

@@ -6,6 +6,11 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
+/// mimalloc instead of glibc's malloc: a proxy allocates and frees small buffers for
+/// every request, and glibc's allocator was ~13 % of levee's CPU under load.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "levee",

@@ -224,7 +224,7 @@ impl Metrics {
             },
             connections_refused: counter(
                 "levee_connections_refused_total",
-                "Client connections closed at once (reason=per_ip) or left in the kernel backlog while at the cap (reason=max_connections, counted per pause).",
+                "Client connections levee did not serve: closed at once (reason=per_ip), or answered 503 and closed at server.max_connections (reason=max_connections) or when out of file descriptors (reason=no_descriptors).",
                 &["reason"],
             ),
             ejections: gauge(
@@ -257,7 +257,8 @@ impl Metrics {
         metrics
     }
 
-    /// The counter of connections refused for `reason` (`per_ip`, `max_connections`).
+    /// The counter of connections refused for `reason` (`per_ip`, `max_connections`,
+    /// `no_descriptors`).
     pub fn connections_refused(&self, reason: &str) -> IntCounter {
         self.connections_refused.with_label_values(&[reason])
     }

@@ -13,10 +13,7 @@ use std::time::Duration;
 
 use pingora::apps::{HttpServerApp, ServerApp};
 use pingora::protocols::http::ServerSession;
-use std::os::unix::io::AsRawFd;
 
-use pingora::protocols::l4::stream::Stream;
-use pingora::protocols::{GetSocketDigest, SocketDigest};
 use pingora::proxy::HttpProxy;
 use pingora::server::configuration::ServerConf;
 use pingora::server::ShutdownWatch;
@@ -25,6 +22,7 @@ use tokio::sync::{watch, Notify};
 
 use crate::proxy::Levee;
 use crate::state::SharedSnapshot;
+use crate::stream::ClientStream;
 
 /// The proxy app pingora drives, shared by every connection.
 pub type ProxyApp = HttpProxy<Levee>;
@@ -130,12 +128,7 @@ async fn handle(
     {
         opening = Opening::Silent;
     }
-    let mut stream = Stream::from(tcp);
-    // The digest is where pingora (and X-Forwarded-For) finds the client address.
-    let digest = SocketDigest::from_raw_fd(stream.as_raw_fd());
-    let _ = digest.peer_addr.set(Some(peer.into()));
-    stream.set_socket_digest(digest);
-    let stream: pingora::protocols::Stream = Box::new(stream);
+    let stream: pingora::protocols::Stream = Box::new(ClientStream::new(tcp, peer));
     match opening {
         Opening::Silent => return,
         Opening::H2 => {
@@ -151,10 +144,10 @@ async fn handle(
         session.set_keepalive(Some(timeouts.client_header.as_secs().max(1)));
     }
     let mut result = app.process_new_http(session, &watch).await;
-    while let Some((mut stream, settings)) = result.map(|r| r.consume()) {
-        if !next_request(&mut stream, timeouts.client_idle, watch.clone()).await {
+    while let Some((stream, settings)) = result.map(|r| r.consume()) {
+        let Some(stream) = next_request(stream, timeouts.client_idle, watch.clone()).await else {
             return;
-        }
+        };
         let mut session = ServerSession::new_http1(stream);
         if let Some(settings) = settings {
             settings.apply_to_session(&mut session);
@@ -163,22 +156,22 @@ async fn handle(
     }
 }
 
-/// Waits for the first byte of the next request on a kept-alive connection: false when
-/// the client stays idle past `idle`, leaves, or levee shuts down.
+/// Waits for the next request on a kept-alive connection: the stream back when one
+/// has begun to arrive, `None` when the client stays idle past `idle`, leaves, or
+/// levee shuts down.
 async fn next_request(
-    stream: &mut pingora::protocols::Stream,
+    stream: pingora::protocols::Stream,
     idle: Duration,
     mut watch: ShutdownWatch,
-) -> bool {
+) -> Option<pingora::protocols::Stream> {
     if *watch.borrow() {
-        return false;
+        return None;
     }
-    let mut first = [0u8; 1];
+    // Always levee's own stream (see `handle`); anything else is closed.
+    let mut client = stream.into_any().downcast::<ClientStream>().ok()?;
     tokio::select! {
-        peeked = tokio::time::timeout(idle, stream.try_peek(&mut first)) => {
-            matches!(peeked, Ok(Ok(_)))
-        }
-        _ = watch.changed() => false,
+        more = client.next_request(idle) => more.then_some(client as pingora::protocols::Stream),
+        _ = watch.changed() => None,
     }
 }
 
@@ -186,24 +179,33 @@ async fn next_request(
 pub struct Connections {
     open: AtomicUsize,
     idle: Notify,
-    /// Notified whenever a connection closes (for the accept loop at its cap).
-    closed: Notify,
     per_ip: dashmap::DashMap<std::net::IpAddr, u32>,
     /// Connections closed at once because their IP had `max_connections_per_ip` open.
     rejected_per_ip: prometheus::IntCounter,
-    /// Times the accept loop paused at `max_connections`.
-    paused_at_max: prometheus::IntCounter,
+    /// Connections answered 503 and closed at `max_connections`.
+    refused_at_max: prometheus::IntCounter,
+    /// Connections answered 503 through the reserved descriptor after `EMFILE`.
+    refused_no_descriptors: prometheus::IntCounter,
+    /// Refusals in progress (each waits briefly for the request before answering).
+    refusing: AtomicUsize,
 }
+
+/// Most refusals that wait for their request at once; past this they are answered
+/// without waiting, so a flood cannot hold descriptors through them.
+const MAX_REFUSING: usize = 8;
+/// How long a refusal waits for the request header before answering anyway.
+const REFUSE_WAIT: Duration = Duration::from_millis(100);
 
 impl Connections {
     pub fn new(metrics: &crate::metrics::Metrics) -> Connections {
         Connections {
             open: AtomicUsize::new(0),
             idle: Notify::new(),
-            closed: Notify::new(),
             per_ip: dashmap::DashMap::new(),
             rejected_per_ip: metrics.connections_refused("per_ip"),
-            paused_at_max: metrics.connections_refused("max_connections"),
+            refused_at_max: metrics.connections_refused("max_connections"),
+            refused_no_descriptors: metrics.connections_refused("no_descriptors"),
+            refusing: AtomicUsize::new(0),
         }
     }
 
@@ -258,7 +260,6 @@ impl Drop for ConnectionGuard {
         if c.open.fetch_sub(1, Ordering::SeqCst) == 1 {
             c.idle.notify_waiters();
         }
-        c.closed.notify_waiters();
     }
 }
 
@@ -272,8 +273,12 @@ pub async fn serve(
     connections: Arc<Connections>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let auto_cap = crate::fds::open_files_limit().map_or(0, crate::fds::connections_for);
+    let mut reserve = crate::fds::Reserve::default();
+    let mut out_of_fds = crate::fds::Throttled::new(Duration::from_secs(1));
+    let mut other_errors = crate::fds::Throttled::new(Duration::from_secs(1));
     loop {
-        let (cap, per_ip_cap, timeouts) = {
+        let (configured, per_ip_cap, timeouts) = {
             let snapshot = shared.load();
             let s = &snapshot.config.server;
             (
@@ -282,20 +287,7 @@ pub async fn serve(
                 s.timeouts,
             )
         };
-        if cap > 0 && connections.open() >= cap {
-            // At the cap: stop accepting (the kernel backlog holds new connections)
-            // until one closes, or shutdown.
-            connections.paused_at_max.inc();
-            while connections.open() >= cap && !*shutdown.borrow() {
-                let closed = connections.closed.notified();
-                tokio::select! {
-                    _ = closed => {}
-                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
-                    _ = shutdown.changed() => {}
-                }
-            }
-            continue;
-        }
+        let cap = if configured > 0 { configured } else { auto_cap };
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             changed = shutdown.changed() => {
@@ -307,13 +299,49 @@ pub async fn serve(
         };
         let (tcp, peer) = match accepted {
             Ok(conn) => conn,
+            Err(e) if crate::fds::out_of_descriptors(&e) => {
+                // Out of descriptors despite the cap (backend connections, probes):
+                // answer one waiting client with a 503 through the reserved descriptor
+                // rather than leave the queue unanswered, and pause briefly so the loop
+                // cannot spin while nothing frees.
+                if reserve.refuse_one(&listener).await {
+                    connections.refused_no_descriptors.inc();
+                }
+                if let Some(left_out) = out_of_fds.check() {
+                    tracing::warn!(
+                        error = %e,
+                        left_out,
+                        open = connections.open(),
+                        "accept failed: out of file descriptors; refusing new clients with 503 until some close"
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                continue;
+            }
             Err(e) => {
-                // Out of descriptors and the like: back off briefly rather than spin.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                if let Some(left_out) = other_errors.check() {
+                    tracing::warn!(error = %e, left_out, "accept failed");
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
                 continue;
             }
         };
+        if cap > 0 && connections.open() >= cap {
+            // At the cap: a 503 with Retry-After and a close, not a wait in the
+            // kernel's queue that the client cannot tell from a dead proxy.
+            connections.refused_at_max.inc();
+            if connections.refusing.load(Ordering::Relaxed) < MAX_REFUSING {
+                connections.refusing.fetch_add(1, Ordering::Relaxed);
+                let connections = connections.clone();
+                tokio::spawn(async move {
+                    crate::fds::refuse(tcp, "max_connections", REFUSE_WAIT).await;
+                    connections.refusing.fetch_sub(1, Ordering::Relaxed);
+                });
+            } else {
+                crate::fds::refuse_now(&tcp, "max_connections");
+            }
+            continue;
+        }
         let Some(guard) = connections.admit(peer.ip(), per_ip_cap) else {
             connections.rejected_per_ip.inc();
             tracing::debug!(%peer, "closed: too many connections from this address");

@@ -340,6 +340,14 @@ async fn eject_faulty(fault: Fault, clean: impl Fn(&Got) -> bool) -> Vec<Got> {
                 got.describe()
             );
             from_faulty.push(got);
+            if from_faulty.len() == 3 {
+                // The failure is recorded as the request ends, which may be just after
+                // the client has its answer: give it that moment.
+                eventually(LIMIT, "ejected after the third failure", || {
+                    state(&levee, 0) == State::Ejected
+                })
+                .await;
+            }
         }
         if state(&levee, 0) == State::Ejected {
             break;

@@ -205,7 +205,7 @@ async fn connections_past_the_per_ip_cap_are_closed_and_others_served() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn at_max_connections_new_ones_wait_in_the_backlog_until_one_closes() {
+async fn at_max_connections_new_ones_get_503_until_one_closes() {
     let r = replica("r1", "a", 4, 0).await;
     let levee = Setup::new(&[&r])
         .server("max_connections = 2")
@@ -215,15 +215,43 @@ async fn at_max_connections_new_ones_wait_in_the_backlog_until_one_closes() {
     let mut b = Conn::open(levee.addr()).await;
     assert_eq!(a.get("/a").await.status, 200);
     assert_eq!(b.get("/b").await.status, 200);
-    let addr = levee.addr();
-    let waiting = tokio::spawn(async move { fetch(addr, get("/c")).await.status });
-    tokio::time::sleep(Duration::from_millis(300)).await; // give it the chance to be (wrongly) served
-    assert!(!waiting.is_finished(), "served past max_connections");
-    drop(a);
-    let status = tokio::time::timeout(Duration::from_secs(5), waiting)
+
+    // The third is answered at once with a 503 that says why, and closed.
+    let seen = r.stats().requests_seen;
+    let mut third = TcpStream::connect(levee.addr()).await.unwrap();
+    third
+        .write_all(b"GET /c HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
-        .expect("served once a connection closed")
         .unwrap();
-    assert_eq!(status, 200);
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), third.read_to_end(&mut answer))
+        .await
+        .expect("answered and closed")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 503 "), "{answer}");
+    assert!(answer.contains("retry-after: 1\r\n"), "{answer}");
+    assert!(
+        answer.contains("\"reason\":\"max_connections\""),
+        "{answer}"
+    );
+    assert_eq!(
+        r.stats().requests_seen,
+        seen,
+        "the refused request reached the backend"
+    );
+
+    // Once one closes, a new connection is served; the others never noticed.
+    drop(a);
+    eventually(Duration::from_secs(5), "a closed", || {
+        levee.app.connections.open() == 1
+    })
+    .await;
+    assert_eq!(fetch(levee.addr(), get("/d")).await.status, 200);
     assert_eq!(b.get("/b2").await.status, 200);
+    let metrics = levee.app.metrics.encode();
+    assert!(
+        metrics.contains("levee_connections_refused_total{reason=\"max_connections\"} 1"),
+        "{metrics}"
+    );
 }

@@ -22,11 +22,14 @@ const STATUS_PAGE: &str = include_str!("status.html");
 
 /// Serves the admin endpoints on `listener` until the task is aborted.
 pub async fn serve(listener: TcpListener, app: Arc<App>) {
+    let mut warning = crate::fds::Throttled::new(std::time::Duration::from_secs(1));
     loop {
         let (tcp, _) = match listener.accept().await {
             Ok(c) => c,
             Err(e) => {
-                tracing::warn!(error = %e, "admin accept failed");
+                if let Some(left_out) = warning.check() {
+                    tracing::warn!(error = %e, left_out, "admin accept failed");
+                }
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 continue;
             }
