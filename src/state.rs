@@ -135,6 +135,10 @@ pub struct Upstream {
     /// Requests finished per second over the window (f64 bits), as of the last tick:
     /// read by every shed, so it is computed once per tick, not per shed.
     drain_rate: AtomicU64,
+    /// Requests per second the backends that may take traffic finish when all their
+    /// slots are busy (capacity / median latency, f64 bits), as of the last tick; 0
+    /// until the window holds `min_samples` requests.
+    service_rate: AtomicU64,
     /// Round-robin cursor.
     pub(crate) cursor: AtomicUsize,
     /// Start of the current window slot (ticker only).
@@ -252,6 +256,7 @@ impl Upstream {
             metrics: metrics.upstream(&cfg.name),
             retry_after_max: u32::try_from(server.retry_after_max_secs).unwrap_or(u32::MAX),
             drain_rate: AtomicU64::new(0),
+            service_rate: AtomicU64::new(0),
             cursor: AtomicUsize::new(0),
             slot_started: parking_lot::Mutex::new(Instant::now()),
         }
@@ -301,6 +306,13 @@ impl Upstream {
     /// The queue's drain rate as of the last tick, in requests per second.
     pub fn drain_per_sec(&self) -> f64 {
         f64::from_bits(self.drain_rate.load(Ordering::Relaxed))
+    }
+
+    /// How fast the backends finish requests when busy, as of the last tick, in
+    /// requests per second (0: not known yet). A request at position `n` in the queue
+    /// can expect to wait about `n / service_rate`.
+    pub fn service_rate(&self) -> f64 {
+        f64::from_bits(self.service_rate.load(Ordering::Relaxed))
     }
 
     pub fn inflight(&self) -> u32 {
@@ -424,6 +436,14 @@ impl Upstream {
         let window = self.window.stats();
         self.drain_rate
             .store(window.drain_per_sec.to_bits(), Ordering::Relaxed);
+        let service_rate = match window.p50 {
+            Some(p50) if capacity > 0 && window.done >= u64::from(self.levels.min_samples) => {
+                f64::from(capacity) / p50.as_secs_f64().max(1e-6)
+            }
+            _ => 0.0,
+        };
+        self.service_rate
+            .store(service_rate.to_bits(), Ordering::Relaxed);
         let signals = Signals {
             utilization: if capacity == 0 {
                 0.0

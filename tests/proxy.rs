@@ -231,6 +231,60 @@ async fn queue_is_bounded_and_times_out_with_retry_after() {
     eventually(LIMIT, "slots released", || all_idle(&levee)).await;
 }
 
+/// A request that would wait past `queue_timeout` at the rate the backend finishes
+/// requests gets its 503 at once instead of after the wait; one that would be served
+/// in time still waits and is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wait_longer_than_the_queue_timeout_is_shed_at_once() {
+    let r = replica("r1", "a", 2, 0).await;
+    let levee = Setup::new(&[&r])
+        .upstream(
+            "[upstream.limits]\nmax_inflight = 1\nqueue_depth = 8\nqueue_timeout_ms = 400\n\
+             [upstream.levels]\nmin_samples = 3\nwindow_ms = 2000\ncaution = { utilization = 0.99 }\n\
+             danger = { p95_ms = 60000 }",
+        )
+        .start()
+        .await;
+    let addr = levee.addr();
+    let up = levee.app.snapshot().upstreams[0].clone();
+
+    // Requests take ~150 ms: one waiting request is served within 400 ms.
+    for _ in 0..3 {
+        assert_eq!(fetch(addr, get("/x?ms=150")).await.status, 200);
+    }
+    eventually(LIMIT, "service rate known", || up.service_rate() > 0.0).await;
+    let holder = tokio::spawn(async move { fetch(addr, get("/x?ms=150")).await.status });
+    eventually(LIMIT, "slot taken", || up.inflight() == 1).await;
+    assert_eq!(
+        fetch(addr, get("/x?ms=150")).await.status,
+        200,
+        "queued and served"
+    );
+    assert_eq!(holder.await.unwrap(), 200);
+
+    // Requests now take ~1 s: waiting for the slot would outlast the 400 ms timeout.
+    for _ in 0..4 {
+        assert_eq!(fetch(addr, get("/x?ms=1000")).await.status, 200);
+    }
+    eventually(LIMIT, "service rate updated", || {
+        up.service_rate() > 0.0 && up.service_rate() < 1.0 / 0.4
+    })
+    .await;
+    let holder = tokio::spawn(async move { fetch(addr, get("/x?ms=1000")).await.status });
+    eventually(LIMIT, "slot taken", || up.inflight() == 1).await;
+    let started = Instant::now();
+    let shed = fetch(addr, get("/x")).await;
+    let took = started.elapsed();
+    assert_eq!(shed.status, 503);
+    assert_eq!(shed.json()["reason"], "queue_timeout");
+    assert!(
+        took < Duration::from_millis(400),
+        "shed after {took:?}: it waited instead of being shed at once"
+    );
+    assert_eq!(holder.await.unwrap(), 200);
+    eventually(LIMIT, "slots released", || all_idle(&levee)).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn levels_shed_by_class_and_the_connection_stays_usable() {
     let r = replica("r1", "a", 1, 0).await;

@@ -119,6 +119,7 @@ pub struct Window {
 pub struct WindowStats {
     pub done: u64,
     pub errors: u64,
+    pub p50: Option<Duration>,
     pub p95: Option<Duration>,
     pub waited: u64,
     pub wait_p95: Option<Duration>,
@@ -180,6 +181,7 @@ impl Window {
                 wait[i] += u64::from(slot.wait[i].load(Relaxed));
             }
         }
+        s.p50 = quantile(&latency, 0.5);
         s.p95 = quantile(&latency, 0.95);
         s.wait_p95 = quantile(&wait, 0.95);
         // The current slot is partly filled: count it as half a slot on average.

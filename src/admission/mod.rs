@@ -37,7 +37,8 @@ pub enum ShedReason {
     LevelNoQueue = 1,
     /// No free slot, and the queue is full.
     QueueFull = 2,
-    /// Waited `queue_timeout` without getting a slot.
+    /// Waited `queue_timeout` without getting a slot, or would have: the queue ahead
+    /// of it drains slower than that at the rate the backends finish requests.
     QueueTimeout = 3,
     /// A `critical` request took its place in a full queue.
     Displaced = 4,
@@ -257,6 +258,17 @@ impl Upstream {
             Admit::Shed(s) => return Err(s),
             Admit::Wait { level, target } => (level, target),
         };
+        // A request that would wait past `queue_timeout` at the rate the backends
+        // finish requests gets its 503 now rather than after the wait: the answer is
+        // the same, and the client and the queue are spared the delay. (Only for
+        // requests waiting for any backend: an affinity target's own rate is unknown.)
+        let rate = self.service_rate();
+        if target.is_none() && rate > 0.0 {
+            let expected = (f64::from(self.queue.len()) + 1.0) / rate;
+            if expected > self.limits.queue_timeout.as_secs_f64() {
+                return Err(self.shed(ShedReason::QueueTimeout, level, class));
+            }
+        }
         let (ticket, displaced) =
             match self
                 .queue
