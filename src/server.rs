@@ -22,7 +22,7 @@ use tokio::sync::{watch, Notify};
 
 use crate::proxy::Levee;
 use crate::state::SharedSnapshot;
-use crate::stream::ClientStream;
+use crate::stream::{header_complete, ClientStream, WHOLE_HEADER_MAX};
 
 /// The proxy app pingora drives, shared by every connection.
 pub type ProxyApp = HttpProxy<Levee>;
@@ -76,10 +76,6 @@ async fn opening(tcp: &tokio::net::TcpStream, header_timeout: Duration) -> Openi
     }
 }
 
-/// Largest request header levee waits for as a whole before handing the connection to
-/// pingora (which then bounds each read only).
-const WHOLE_HEADER_MAX: usize = 16 * 1024;
-
 /// Waits, peeking, until the first request header has fully arrived (an empty line is
 /// in the peeked bytes, or `WHOLE_HEADER_MAX` bytes are there), at most until
 /// `deadline`: false if it did not, so a header dripped byte by byte cannot hold the
@@ -91,11 +87,7 @@ async fn whole_header(tcp: &tokio::net::TcpStream, deadline: tokio::time::Instan
             Ok(Ok(n)) if n > 0 => n,
             _ => return false,
         };
-        let seen = &buf[..n];
-        if n == buf.len()
-            || seen.windows(2).any(|w| w == b"\n\n")
-            || seen.windows(3).any(|w| w == b"\n\r\n")
-        {
+        if n == buf.len() || header_complete(&buf[..n]) {
             return true;
         }
         if tokio::time::Instant::now() >= deadline {
@@ -145,7 +137,7 @@ async fn handle(
     }
     let mut result = app.process_new_http(session, &watch).await;
     while let Some((stream, settings)) = result.map(|r| r.consume()) {
-        let Some(stream) = next_request(stream, timeouts.client_idle, watch.clone()).await else {
+        let Some(stream) = next_request(stream, timeouts, watch.clone()).await else {
             return;
         };
         let mut session = ServerSession::new_http1(stream);
@@ -156,12 +148,12 @@ async fn handle(
     }
 }
 
-/// Waits for the next request on a kept-alive connection: the stream back when one
-/// has begun to arrive, `None` when the client stays idle past `idle`, leaves, or
-/// levee shuts down.
+/// Waits for the next request on a kept-alive connection: the stream back once its
+/// header has arrived, `None` when the client stays idle past `client_idle`, drips the
+/// header past `client_header`, leaves, or levee shuts down.
 async fn next_request(
     stream: pingora::protocols::Stream,
-    idle: Duration,
+    timeouts: crate::config::Timeouts,
     mut watch: ShutdownWatch,
 ) -> Option<pingora::protocols::Stream> {
     if *watch.borrow() {
@@ -170,7 +162,9 @@ async fn next_request(
     // Always levee's own stream (see `handle`); anything else is closed.
     let mut client = stream.into_any().downcast::<ClientStream>().ok()?;
     tokio::select! {
-        more = client.next_request(idle) => more.then_some(client as pingora::protocols::Stream),
+        more = client.next_request(timeouts.client_idle, timeouts.client_header) => {
+            more.then_some(client as pingora::protocols::Stream)
+        }
         _ = watch.changed() => None,
     }
 }

@@ -41,6 +41,15 @@ pub const WRITE_BUFFER: usize = 1460;
 /// The first read of a kept-alive connection's next request takes up to this much.
 const READAHEAD: usize = 4096;
 
+/// Largest request header levee waits for as a whole before handing the connection to
+/// pingora (which then bounds each read only).
+pub const WHOLE_HEADER_MAX: usize = 16 * 1024;
+
+/// Do these first bytes of a request hold its whole header (an empty line)?
+pub fn header_complete(bytes: &[u8]) -> bool {
+    bytes.windows(2).any(|w| w == b"\n\n") || bytes.windows(3).any(|w| w == b"\n\r\n")
+}
+
 /// A client connection whose small writes are sent together at the next flush.
 #[derive(Debug)]
 pub struct ClientStream {
@@ -78,11 +87,14 @@ impl ClientStream {
     }
 
     /// Waits up to `idle` for the next request on a kept-alive connection, holding no
-    /// buffer meanwhile; reads what has arrived (one system call, which is usually
-    /// the whole request) for pingora to parse. False when the client closed or
-    /// stayed silent.
-    pub async fn next_request(&mut self, idle: Duration) -> bool {
-        let deadline = tokio::time::Instant::now() + idle;
+    /// buffer meanwhile; then reads its header, which must arrive whole within
+    /// `header` of its first byte (or fill `WHOLE_HEADER_MAX`), so a header dripped
+    /// byte by byte cannot hold the connection. What was read is left for pingora to
+    /// parse; usually the whole request arrives in one read. False when the client
+    /// closed, stayed silent, or was too slow.
+    pub async fn next_request(&mut self, idle: Duration, header: Duration) -> bool {
+        let mut deadline = tokio::time::Instant::now() + idle;
+        let mut buf: Vec<u8> = Vec::new();
         loop {
             if !matches!(
                 tokio::time::timeout_at(deadline, self.tcp.readable()).await,
@@ -90,15 +102,29 @@ impl ClientStream {
             ) {
                 return false;
             }
-            let mut buf = vec![0u8; READAHEAD];
-            match self.tcp.try_read(&mut buf) {
+            if buf.is_empty() {
+                buf.reserve_exact(READAHEAD);
+            } else if buf.len() == buf.capacity() {
+                buf.reserve(buf.len());
+            }
+            let start = buf.len();
+            let room = buf.capacity() - start;
+            buf.resize(start + room, 0);
+            match self.tcp.try_read(&mut buf[start..]) {
                 Ok(0) => return false,
                 Ok(n) => {
-                    buf.truncate(n);
-                    self.readahead = Bytes::from(buf);
-                    return true;
+                    buf.truncate(start + n);
+                    if start == 0 {
+                        // The first bytes: from now on the header has `header` to
+                        // arrive whole.
+                        deadline = tokio::time::Instant::now() + header;
+                    }
+                    if header_complete(&buf) || buf.len() >= WHOLE_HEADER_MAX {
+                        self.readahead = Bytes::from(buf);
+                        return true;
+                    }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => buf.truncate(start),
                 Err(_) => return false,
             }
         }

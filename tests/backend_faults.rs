@@ -586,6 +586,56 @@ async fn slowloris_header_drip_holds_its_connection_but_nothing_else() {
     idle(&levee).await;
 }
 
+/// The same on a kept-alive connection: after a normal request, a second header
+/// dripped one byte every 200 ms is cut at `client_header_ms` (1 s) from its first
+/// byte, not kept alive read by read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slowloris_on_a_kept_alive_connection_is_cut_after_client_header_ms() {
+    let good = replica("good", "a", 8, 0).await;
+    let levee = Setup::new(&[&good]).server(TIMEOUTS).start().await;
+    let mut tcp = TcpStream::connect(levee.addr()).await.expect("connect");
+    tcp.write_all(b"GET /first HTTP/1.1\r\nHost: test\r\n\r\n")
+        .await
+        .unwrap();
+    // Read the whole first response (head, then content-length bytes of body).
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let complete = |got: &[u8]| -> bool {
+        let text = String::from_utf8_lossy(got);
+        let Some(end) = text.find("\r\n\r\n") else {
+            return false;
+        };
+        let len: usize = text[..end]
+            .lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case("content-length")
+                    .then(|| v.trim().parse().ok())?
+            })
+            .expect("content-length");
+        got.len() >= end + 4 + len
+    };
+    while !complete(&got) {
+        let n = tokio::time::timeout(LIMIT, tcp.read(&mut buf))
+            .await
+            .expect("first answer")
+            .unwrap();
+        assert!(n > 0, "closed before answering the first request");
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(
+        got.starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&got)
+    );
+    let closed = drip(&mut tcp, &endless_header(), DRIP_GAP, DRIP_FOR).await;
+    assert!(
+        closed.is_some_and(|t| t < Duration::from_millis(2500)),
+        "a second header dripped past client_header_ms (1 s) is cut: {closed:?}"
+    );
+    idle(&levee).await;
+}
+
 /// What the design promises: `client_header_ms` bounds the wait for a request header.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slowloris_header_is_cut_after_client_header_ms() {

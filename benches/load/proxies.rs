@@ -446,8 +446,9 @@ async fn probe(addr: SocketAddr) -> std::io::Result<u16> {
         .ok_or_else(|| std::io::Error::other(format!("bad response {head:?}")))
 }
 
-/// levee: one upstream, least in-flight, the limits of `setup`; health checks are
-/// not configured (levee has none yet), logs at levee's defaults.
+/// levee: one upstream, least in-flight, the limits of `setup`, the client cap of
+/// HAProxy's `maxconn`; no health checks (none of the proxies has them here), logs at
+/// levee's defaults.
 fn levee_config(addr: SocketAddr, admin: Option<SocketAddr>, s: &Setup) -> String {
     let max_inflight = s.max_conns.unwrap_or(100_000);
     let mut t = format!(
@@ -455,6 +456,7 @@ fn levee_config(addr: SocketAddr, admin: Option<SocketAddr>, s: &Setup) -> Strin
 listen = ["{addr}"]
 threads = {threads}
 grace_period_ms = 200
+max_connections = {max_connections}
 {admin}
 
 [[upstream]]
@@ -468,6 +470,9 @@ queue_depth = {depth}
 queue_timeout_ms = {timeout}
 "#,
         threads = s.threads,
+        // The same client cap as HAProxy's `maxconn` (levee's default, derived from the
+        // open-files limit, would refuse some of the memory section's 10,000).
+        max_connections = s.max_clients.max(2000),
         admin = admin.map_or(String::new(), |a| format!("admin_listen = \"{a}\"")),
         depth = s.queue_depth,
         timeout = s.queue_timeout.as_millis().max(1),
