@@ -54,6 +54,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use common::process::{admin_json, LeveeProcess};
 use common::*;
 use http_body_util::{BodyExt, Full};
 use levee::demo::replica::{Replica, ReplicaConfig};
@@ -243,18 +244,6 @@ async fn open(addr: SocketAddr) -> Option<hyper::client::conn::http1::SendReques
         .ok()?;
     tokio::spawn(conn);
     Some(sender)
-}
-
-/// `GET path` on the admin listener, as JSON; `None` if it does not answer in 2 s.
-async fn admin_json(admin: SocketAddr, path: &str) -> Option<serde_json::Value> {
-    let reply = tokio::time::timeout(Duration::from_secs(2), async {
-        let mut c = open(admin).await?;
-        let resp = c.send_request(get(path)).await.ok()?;
-        resp.into_body().collect().await.ok().map(|b| b.to_bytes())
-    })
-    .await
-    .ok()??;
-    serde_json::from_slice(&reply).ok()
 }
 
 /// Routable flags of the backends whose address starts with `prefix`, from `/status`.
@@ -667,60 +656,6 @@ async fn replicas_role() {
     let _ = tokio::time::timeout(Duration::from_secs(120), stdin_closed).await;
 }
 
-/// The real levee binary, its addresses, and whether its log showed a panic.
-struct LeveeProcess {
-    child: Reaped,
-    proxy: SocketAddr,
-    admin: SocketAddr,
-    panicked: Arc<AtomicBool>,
-}
-
-fn spawn_levee(config: &std::path::Path) -> LeveeProcess {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_levee"))
-        .args(["--log-format", "json", "run", "-c"])
-        .arg(config)
-        .env("LEVEE_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn levee");
-    let stderr = child.stderr.take().expect("stderr");
-    let (tx, rx) = mpsc::channel();
-    let panicked = Arc::new(AtomicBool::new(false));
-    let seen_panic = panicked.clone();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if line.contains("panicked") {
-                seen_panic.store(true, Ordering::SeqCst);
-                eprintln!("levee: {line}");
-            }
-            let _ = tx.send(line);
-        }
-    });
-    let (mut proxy, mut admin) = (None, None);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while proxy.is_none() || admin.is_none() {
-        let line = rx
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .expect("levee logs its listeners");
-        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
-        let addr = v["fields"]["addr"].as_str().and_then(|a| a.parse().ok());
-        match v["fields"]["message"].as_str() {
-            Some("proxy listening") => proxy = addr,
-            Some("admin listening") => admin = addr,
-            _ => {}
-        }
-    }
-    // Keep draining the log so levee never blocks on a full pipe.
-    std::thread::spawn(move || while rx.recv().is_ok() {});
-    LeveeProcess {
-        child: Reaped(child),
-        proxy: proxy.expect("proxy"),
-        admin: admin.expect("admin"),
-        panicked,
-    }
-}
-
 /// One way of cutting zone a off, and how to heal it.
 struct Variant {
     name: &'static str,
@@ -881,7 +816,7 @@ async fn scenario_role() {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("levee.toml");
     std::fs::write(&path, &config).expect("write config");
-    let mut levee = spawn_levee(&path);
+    let mut levee = LeveeProcess::spawn(&path, &[]);
     let admin = levee.admin;
     let za_prefix = topo.ip_za.to_string();
     let all_routable = |want: bool| {
@@ -984,7 +919,7 @@ async fn scenario_role() {
         let _ = wait_until(Duration::from_secs(8), all_routable(true)).await;
     }
     let samples = load.stop().await;
-    let alive = levee.child.0.try_wait().ok().flatten().is_none();
+    let alive = levee.alive();
     let final_status = admin_json(admin, "/status").await;
     let idle = final_status.as_ref().is_some_and(|s| {
         s["upstreams"][0]["inflight"].as_u64() == Some(0)
@@ -997,10 +932,7 @@ async fn scenario_role() {
     ));
 
     assert!(alive, "levee exited during the partitions");
-    assert!(
-        !levee.panicked.load(Ordering::SeqCst),
-        "levee logged a panic"
-    );
+    assert!(!levee.panicked(), "levee logged a panic");
     assert!(idle, "levee not idle after the load: {final_status:?}");
     // Detection: probes every 200 ms, fall 2, 150 ms probe timeout (plus a connect
     // timeout for silent drops); generous bounds for a loaded 2-core machine.

@@ -19,14 +19,14 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use common::process::{admin_json, LeveeProcess};
 use common::*;
 use http_body_util::{BodyExt, Full};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -37,107 +37,6 @@ const CLIENTS: usize = 150;
 const RSS_BOUND_KIB: u64 = 200 * 1024;
 
 /// The real binary, killed (by its id) on drop, with its log collected.
-struct Levee {
-    child: Child,
-    proxy: SocketAddr,
-    admin: SocketAddr,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl Drop for Levee {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Levee {
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn alive(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-
-    fn log_count(&self, needle: &str) -> usize {
-        self.log
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|l| l.contains(needle))
-            .count()
-    }
-
-    /// Open descriptors, from /proc.
-    fn fds(&self) -> usize {
-        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
-            .map(|d| d.count())
-            .unwrap_or(0)
-    }
-
-    /// A field of /proc/PID/status in KiB (`VmRSS`, `VmHWM`).
-    fn status_kib(&self, field: &str) -> u64 {
-        proc_status_kib(self.pid(), field).unwrap_or(0)
-    }
-}
-
-fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with(field))?;
-    line.split_whitespace().nth(1)?.parse().ok()
-}
-
-/// Starts `levee run -c config`, behind `wrapper` (e.g. prlimit) when given, and reads
-/// its listen addresses from its JSON log.
-fn spawn_levee(config: &std::path::Path, wrapper: &[String]) -> Levee {
-    let levee = env!("CARGO_BIN_EXE_levee");
-    let mut argv: Vec<String> = wrapper.to_vec();
-    argv.extend(
-        [levee, "--log-format", "json", "run", "-c"]
-            .iter()
-            .map(|s| (*s).to_owned()),
-    );
-    argv.push(config.display().to_string());
-    let mut child = Command::new(&argv[0])
-        .args(&argv[1..])
-        .env("LEVEE_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn {argv:?}: {e}"));
-    let stderr = child.stderr.take().expect("stderr");
-    let log = Arc::new(Mutex::new(Vec::new()));
-    let (tx, rx) = mpsc::channel();
-    let sink = log.clone();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line.clone());
-            sink.lock().unwrap().push(line);
-        }
-    });
-    let (mut proxy, mut admin) = (None, None);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while proxy.is_none() || admin.is_none() {
-        let line = rx
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .unwrap_or_else(|_| panic!("levee logs its listeners; log: {:?}", log.lock().unwrap()));
-        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
-        let addr = v["fields"]["addr"].as_str().and_then(|a| a.parse().ok());
-        match v["fields"]["message"].as_str() {
-            Some("proxy listening") => proxy = addr,
-            Some("admin listening") => admin = addr,
-            _ => {}
-        }
-    }
-    Levee {
-        child,
-        proxy: proxy.expect("proxy"),
-        admin: admin.expect("admin"),
-        log,
-    }
-}
-
 fn write_config(
     dir: &tempfile::TempDir,
     backends: &[SocketAddr],
@@ -156,24 +55,6 @@ fn write_config(
     }
     std::fs::write(&path, text).expect("write config");
     path
-}
-
-/// `GET path` on the admin listener, as JSON.
-async fn admin_json(admin: SocketAddr, path: &str) -> Option<serde_json::Value> {
-    tokio::time::timeout(Duration::from_secs(2), async {
-        let tcp = TcpStream::connect(admin).await.ok()?;
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
-                .await
-                .ok()?;
-        tokio::spawn(conn);
-        let resp = sender.send_request(get(path)).await.ok()?;
-        let body = resp.into_body().collect().await.ok()?.to_bytes();
-        serde_json::from_slice(&body).ok()
-    })
-    .await
-    .ok()
-    .flatten()
 }
 
 /// One GET on a fresh connection with a deadline: the status, or `None`.
@@ -300,7 +181,7 @@ async fn exhaust(label: &str, extra_server: &str) -> Exhaustion {
         "[upstream.health]\neject_after_failures = 3\neject_ms = 10000",
     );
     let wrapper = fd_limit_wrapper();
-    let mut levee = spawn_levee(&config, &wrapper);
+    let mut levee = LeveeProcess::spawn(&config, &wrapper);
     let limit = std::fs::read_to_string(format!("/proc/{}/limits", levee.pid()))
         .ok()
         .and_then(|l| {
@@ -506,7 +387,7 @@ async fn header_flood_keeps_memory_bounded() {
     let backend = replica("r1", "a", 64, 0).await;
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(&dir, &[backend.addr()], "", "");
-    let mut levee = spawn_levee(&config, &[]);
+    let mut levee = LeveeProcess::spawn(&config, &[]);
     assert_eq!(
         try_get(levee.proxy, "/warm", Duration::from_secs(5)).await,
         Some(200)

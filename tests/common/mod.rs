@@ -2,6 +2,8 @@
 //! client over one connection.
 #![allow(dead_code)]
 
+pub mod process;
+
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
