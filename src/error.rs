@@ -13,6 +13,7 @@ pub fn classify_error(e: &Error) -> (u16, &'static str) {
     match (e.esource(), e.etype()) {
         (_, HTTPStatus(code)) => (*code, "status"),
         (_, SocketError) => (503, "local_resources"),
+        (_, Custom(crate::proxy::NO_RETRY_SLOT)) => (503, crate::proxy::NO_RETRY_SLOT),
         (ErrorSource::Upstream, ConnectTimedout) => (502, "connect_timeout"),
         (ErrorSource::Upstream, ConnectRefused | ConnectNoRoute | ConnectError) => {
             (502, "connect_error")

@@ -75,6 +75,10 @@ pub struct Ctx {
     served: Option<(Arc<Backend>, Duration)>,
 }
 
+/// The error (and body label) of a request whose connect failed while every other
+/// backend was full.
+pub const NO_RETRY_SLOT: &str = "no_retry_slot";
+
 /// Most retries of one idempotent request that may have reached a backend.
 const MAX_REPLAYS: u32 = 2;
 
@@ -362,7 +366,13 @@ impl ProxyHttp for Levee {
             let permit = upstream
                 .take_retry_slot(ctx.key, &ctx.tried, rand::random())
                 .ok_or_else(|| {
-                    new_error(ErrorType::ConnectNoRoute, "no other backend to retry on")
+                    // The connect failed and every other backend is full: nothing
+                    // reached a backend, and the upstream is out of room, so this is an
+                    // overload answer (503 + Retry-After), not a bad gateway.
+                    new_error(
+                        ErrorType::Custom(NO_RETRY_SLOT),
+                        "connect failed and no other backend has a free slot",
+                    )
                 })?;
             permit.backend().metrics.requests(ctx.class).inc();
             ctx.permit = Some(permit); // drops the failed backend's slot

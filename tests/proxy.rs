@@ -240,7 +240,7 @@ async fn a_wait_longer_than_the_queue_timeout_is_shed_at_once() {
     let levee = Setup::new(&[&r])
         .upstream(
             "[upstream.limits]\nmax_inflight = 1\nqueue_depth = 8\nqueue_timeout_ms = 400\n\
-             [upstream.levels]\nmin_samples = 3\nwindow_ms = 2000\ncaution = { utilization = 0.99 }\n\
+             [upstream.levels]\nmin_samples = 2\nwindow_ms = 3000\ncaution = { utilization = 0.99 }\n\
              danger = { p95_ms = 60000 }",
         )
         .start()
@@ -421,6 +421,42 @@ async fn the_slot_is_free_once_the_client_has_its_response() {
         assert_ne!(reply.status, 503, "request {i} was shed: {:?}", reply.body);
         assert_eq!(up.inflight(), 0, "slot still taken after response {i}");
     }
+}
+
+/// A connect that fails while every other backend is full is an overload, not a bad
+/// gateway: 503 with Retry-After, and nothing reached a backend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_connect_with_every_other_backend_full_gets_503() {
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let live = replica("live", "b", 4, 0).await;
+    let mut setup = Setup::new(&[&live]).upstream(
+        "retry_on_connect_failure = 1\n[upstream.limits]\nmax_inflight = 1\nqueue_depth = 0",
+    );
+    setup.backends.insert(0, (dead, "a".into()));
+    let levee = setup.start().await;
+    let addr = levee.addr();
+    let up = levee.app.snapshot().upstreams[0].clone();
+    let holder = tokio::spawn(async move { fetch(addr, get("/hold?ms=1500")).await });
+    eventually(LIMIT, "the live slot taken", || {
+        up.backends[1].inflight() == 1
+    })
+    .await;
+    let reply = fetch(addr, get("/x")).await;
+    assert_eq!(
+        reply.status,
+        503,
+        "{:?}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    assert_eq!(reply.json()["error"], "no_retry_slot");
+    assert!(reply.header("retry-after").is_some());
+    let held = holder.await.unwrap();
+    assert_eq!(held.status, 200);
+    assert_eq!(held.header("x-replica"), Some("live"));
+    eventually(LIMIT, "idle", || all_idle(&levee)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
