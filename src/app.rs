@@ -352,8 +352,6 @@ fn log_connection_cap(server: &crate::config::Server) {
     }
 }
 
-/// `levee run`: serve until SIGTERM (drain, then exit), SIGINT (exit now); SIGHUP
-/// reloads the config file.
 /// Receives the listening sockets of the running levee (which sends them on SIGQUIT)
 /// over `sock`. Blocks until they arrive, or fails after pingora's retries.
 pub async fn receive_listeners(sock: &std::path::Path) -> std::io::Result<pingora::server::Fds> {

@@ -10,9 +10,11 @@ use crate::admission::Shed;
 /// can be written.
 pub fn classify_error(e: &Error) -> (u16, &'static str) {
     use ErrorType::*;
+    if is_local_failure(e) {
+        return (503, "local_resources");
+    }
     match (e.esource(), e.etype()) {
         (_, HTTPStatus(code)) => (*code, "status"),
-        (_, SocketError) => (503, "local_resources"),
         (_, Custom(crate::proxy::NO_RETRY_SLOT)) => (503, crate::proxy::NO_RETRY_SLOT),
         (ErrorSource::Upstream, ConnectTimedout) => (502, "connect_timeout"),
         (ErrorSource::Upstream, ConnectRefused | ConnectNoRoute | ConnectError) => {
@@ -148,6 +150,7 @@ mod tests {
             let e = wrapped(code);
             assert!(is_local_failure(&e), "{e}");
             assert!(!is_backend_failure(&e), "{e}");
+            assert_eq!(classify_error(&e), (503, "local_resources"), "{e}");
         }
         let plain = Error::because(
             ErrorType::ConnectRefused,

@@ -64,6 +64,16 @@ pub fn connections_for(limit: u64) -> usize {
     usize::try_from(usable).unwrap_or(usize::MAX).max(1)
 }
 
+/// The client-connection cap in force: `server.max_connections` when set, else the
+/// one the open-files limit allows (0, no cap, where the limit cannot be read).
+pub fn max_connections(configured: u32) -> usize {
+    if configured > 0 {
+        configured as usize
+    } else {
+        open_files_limit().map_or(0, connections_for)
+    }
+}
+
 /// Was `accept` refused for lack of descriptors (the process's or the system's)?
 pub fn out_of_descriptors(e: &std::io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE))

@@ -404,11 +404,10 @@ impl ProxyHttp for Levee {
     ) -> Box<Error> {
         if crate::error::is_local_failure(&e) {
             // levee could not even make a socket (out of descriptors, memory): not the
-            // backend's fault, and another backend would fail the same way. Typed as
-            // such, so the client gets a 503 `local_resources`, not a 502.
-            let mut local = Error::because(ErrorType::SocketError, "out of local resources", e);
-            local.set_retry(false);
-            return local;
+            // backend's fault, and another backend would fail the same way
+            // (`classify_error` answers it 503 `local_resources`).
+            e.set_retry(false);
+            return e;
         }
         if let (Some(permit), Some(upstream)) = (ctx.permit.as_ref(), ctx.upstream.as_ref()) {
             let backend = permit.backend();

@@ -267,21 +267,19 @@ pub async fn serve(
     connections: Arc<Connections>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let auto_cap = crate::fds::open_files_limit().map_or(0, crate::fds::connections_for);
     let mut reserve = crate::fds::Reserve::default();
     let mut out_of_fds = crate::fds::Throttled::new(Duration::from_secs(1));
     let mut other_errors = crate::fds::Throttled::new(Duration::from_secs(1));
     loop {
-        let (configured, per_ip_cap, timeouts) = {
+        let (cap, per_ip_cap, timeouts) = {
             let snapshot = shared.load();
             let s = &snapshot.config.server;
             (
-                s.max_connections as usize,
+                crate::fds::max_connections(s.max_connections),
                 s.max_connections_per_ip,
                 s.timeouts,
             )
         };
-        let cap = if configured > 0 { configured } else { auto_cap };
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             changed = shutdown.changed() => {
