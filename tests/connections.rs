@@ -8,6 +8,8 @@ use bytes::Bytes;
 use common::*;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use levee::app::Running;
+use levee::demo::replica::Replica;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -171,25 +173,20 @@ async fn read_response(tcp: &mut TcpStream) -> String {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn connections_past_the_per_ip_cap_are_closed_and_others_served() {
+/// levee with a cap of two (`server` sets it) and two served connections holding it.
+async fn at_a_cap_of_two(server: &str) -> (Replica, Running, Conn, Conn) {
     let r = replica("r1", "a", 4, 0).await;
-    let levee = Setup::new(&[&r])
-        .server("max_connections_per_ip = 2")
-        .start()
-        .await;
+    let levee = Setup::new(&[&r]).server(server).start().await;
     let mut a = Conn::open(levee.addr()).await;
     let mut b = Conn::open(levee.addr()).await;
     assert_eq!(a.get("/a").await.status, 200);
     assert_eq!(b.get("/b").await.status, 200);
-    let mut third = TcpStream::connect(levee.addr()).await.unwrap();
-    let _ = third.write_all(b"GET /c HTTP/1.1\r\nHost: x\r\n\r\n").await;
-    let mut buf = [0u8; 64];
-    let n = tokio::time::timeout(Duration::from_secs(5), third.read(&mut buf))
-        .await
-        .expect("closed at once")
-        .unwrap_or(0);
-    assert_eq!(n, 0, "the third connection from one address is closed");
+    (r, levee, a, b)
+}
+
+/// Once `a` closes, a new connection is served, `b` never noticed, and the one refusal
+/// is counted under `reason`.
+async fn after_one_closes(levee: &Running, a: Conn, mut b: Conn, reason: &str) {
     drop(a);
     eventually(Duration::from_secs(5), "a closed", || {
         levee.app.connections.open() == 1
@@ -199,22 +196,30 @@ async fn connections_past_the_per_ip_cap_are_closed_and_others_served() {
     assert_eq!(b.get("/b2").await.status, 200);
     let metrics = levee.app.metrics.encode();
     assert!(
-        metrics.contains("levee_connections_refused_total{reason=\"per_ip\"} 1"),
+        metrics.contains(&format!(
+            "levee_connections_refused_total{{reason=\"{reason}\"}} 1"
+        )),
         "{metrics}"
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_the_per_ip_cap_are_closed_and_others_served() {
+    let (_r, levee, a, b) = at_a_cap_of_two("max_connections_per_ip = 2").await;
+    let mut third = TcpStream::connect(levee.addr()).await.unwrap();
+    let _ = third.write_all(b"GET /c HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(5), third.read(&mut buf))
+        .await
+        .expect("closed at once")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "the third connection from one address is closed");
+    after_one_closes(&levee, a, b, "per_ip").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_max_connections_new_ones_get_503_until_one_closes() {
-    let r = replica("r1", "a", 4, 0).await;
-    let levee = Setup::new(&[&r])
-        .server("max_connections = 2")
-        .start()
-        .await;
-    let mut a = Conn::open(levee.addr()).await;
-    let mut b = Conn::open(levee.addr()).await;
-    assert_eq!(a.get("/a").await.status, 200);
-    assert_eq!(b.get("/b").await.status, 200);
+    let (r, levee, a, b) = at_a_cap_of_two("max_connections = 2").await;
 
     // The third is answered at once with a 503 that says why, and closed.
     let seen = r.stats().requests_seen;
@@ -240,18 +245,5 @@ async fn at_max_connections_new_ones_get_503_until_one_closes() {
         seen,
         "the refused request reached the backend"
     );
-
-    // Once one closes, a new connection is served; the others never noticed.
-    drop(a);
-    eventually(Duration::from_secs(5), "a closed", || {
-        levee.app.connections.open() == 1
-    })
-    .await;
-    assert_eq!(fetch(levee.addr(), get("/d")).await.status, 200);
-    assert_eq!(b.get("/b2").await.status, 200);
-    let metrics = levee.app.metrics.encode();
-    assert!(
-        metrics.contains("levee_connections_refused_total{reason=\"max_connections\"} 1"),
-        "{metrics}"
-    );
+    after_one_closes(&levee, a, b, "max_connections").await;
 }
