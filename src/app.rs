@@ -15,14 +15,17 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
+use crate::handover::Fds;
+use crate::http::forward::Proxy;
+use crate::http::pool::Pools;
+use crate::listen::{serve, Connections};
 use crate::metrics::Metrics;
-use crate::server::{proxy_app, serve, Connections, ProxyApp};
 use crate::state::{spawn_level_ticker, SharedSnapshot, Snapshot};
 
 pub struct App {
     pub shared: SharedSnapshot,
     pub metrics: Arc<Metrics>,
-    pub proxy: Arc<ProxyApp>,
+    pub proxy: Arc<Proxy>,
     pub connections: Arc<Connections>,
     shutdown: watch::Sender<bool>,
     /// False once draining: `/readyz` answers 503.
@@ -34,14 +37,16 @@ pub struct App {
 impl App {
     pub fn new(config: Config) -> Arc<App> {
         let metrics = Arc::new(Metrics::new());
-        let threads = config.server.threads;
         let snapshot = Snapshot::build(config, &metrics);
         let shared: SharedSnapshot = Arc::new(ArcSwap::from_pointee(snapshot));
         metrics.config_reloads.with_label_values(&["success"]).inc();
         metrics.config_last_reload_success.set(unix_now());
         let (shutdown, _) = watch::channel(false);
         Arc::new(App {
-            proxy: proxy_app(shared.clone(), threads),
+            proxy: Arc::new(Proxy {
+                shared: shared.clone(),
+                pools: Arc::new(Pools::default()),
+            }),
             shared,
             connections: Arc::new(Connections::new(&metrics)),
             metrics,
@@ -67,10 +72,9 @@ impl App {
     /// left or `grace` has passed (true when everything drained in time).
     pub async fn drain(&self, grace: Duration) -> bool {
         self.ready.store(false, Ordering::SeqCst);
+        // Idle keep-alive connections waiting for their next request see it and close
+        // now; busy ones finish their request in progress and close.
         let _ = self.shutdown.send(true);
-        // Wakes idle keep-alive connections waiting for their next request, so they
-        // close now instead of at their idle timeout.
-        pingora::apps::ServerApp::cleanup(&*self.proxy).await;
         tokio::time::timeout(grace, self.connections.drained())
             .await
             .is_ok()
@@ -123,12 +127,12 @@ impl Running {
     /// Sends the listening sockets to a new levee waiting on `sock` (`run --upgrade`).
     /// Both processes then share them; this one should drain and exit next.
     pub async fn hand_over(&self, sock: &std::path::Path) -> std::io::Result<usize> {
-        let mut fds = pingora::server::Fds::new();
+        let mut fds = Fds::default();
         for (key, fd) in &self.handover {
             fds.add(key.clone(), *fd);
         }
-        let path = sock.to_string_lossy().into_owned();
-        tokio::task::spawn_blocking(move || fds.send_to_sock(path.as_str()))
+        let path = sock.to_path_buf();
+        tokio::task::spawn_blocking(move || fds.send_to(&path))
             .await
             .map_err(std::io::Error::other)?
             .map_err(|e| std::io::Error::other(format!("handover to {}: {e}", sock.display())))
@@ -171,7 +175,7 @@ fn handover_key(addr: &SocketAddr, admin: bool) -> String {
 async fn listener(
     addr: SocketAddr,
     admin: bool,
-    inherited: Option<&pingora::server::Fds>,
+    inherited: Option<&Fds>,
 ) -> std::io::Result<TcpListener> {
     use std::os::unix::io::FromRawFd;
     if let Some(fd) = inherited.and_then(|f| f.get(&handover_key(&addr, admin))) {
@@ -192,7 +196,7 @@ async fn listener(
 /// addresses match, and binds the rest.
 pub async fn start_inheriting(
     config: Config,
-    inherited: Option<pingora::server::Fds>,
+    inherited: Option<Fds>,
 ) -> std::io::Result<Running> {
     let mut listeners = Vec::new();
     let mut handover = Vec::new();
@@ -224,6 +228,12 @@ pub fn start_with(
 ) -> std::io::Result<Running> {
     let mut addrs = Vec::new();
     let mut tasks = vec![spawn_level_ticker(app.shared.clone())];
+    let shared = app.shared.clone();
+    tasks.push(
+        app.proxy
+            .pools
+            .spawn_sweeper(move || shared.load().config.server.timeouts.upstream_idle),
+    );
     for up in &app.snapshot().upstreams {
         crate::health::probe::spawn_probes(up, &app.shared);
     }
@@ -232,7 +242,6 @@ pub fn start_with(
         tasks.push(tokio::spawn(serve(
             l,
             app.proxy.clone(),
-            app.shared.clone(),
             app.connections.clone(),
             app.shutdown_signal(),
         )));
@@ -353,8 +362,8 @@ fn log_connection_cap(server: &crate::config::Server) {
 }
 
 /// Receives the listening sockets of the running levee (which sends them on SIGQUIT)
-/// over `sock`. Blocks until they arrive, or fails after pingora's retries.
-pub async fn receive_listeners(sock: &std::path::Path) -> std::io::Result<pingora::server::Fds> {
+/// over `sock`. Blocks until they arrive.
+pub async fn receive_listeners(sock: &std::path::Path) -> std::io::Result<Fds> {
     let path = sock.to_path_buf();
     let parent_ok = path.parent().is_some_and(|p| p.is_dir());
     if !parent_ok {
@@ -363,11 +372,7 @@ pub async fn receive_listeners(sock: &std::path::Path) -> std::io::Result<pingor
             path.display()
         )));
     }
-    let path = path.to_string_lossy().into_owned();
-    tokio::task::spawn_blocking(move || {
-        let mut fds = pingora::server::Fds::new();
-        fds.get_from_sock(path.as_str()).map(|()| fds)
-    })
+    tokio::task::spawn_blocking(move || Fds::receive_on(&path))
     .await
     .map_err(std::io::Error::other)?
     .map_err(|e| std::io::Error::other(format!("receiving listeners on {}: {e}", sock.display())))

@@ -1,80 +1,109 @@
 //! What each way a request can fail becomes: its status, its JSON body, its metric
-//! label. One match per direction, so the mapping is reviewed in one place.
+//! label, and whether it says anything about the backend's health. One match per
+//! question, so the mapping is reviewed in one place.
 
 use bytes::Bytes;
-use pingora::{Error, ErrorSource, ErrorType};
 
 use crate::admission::Shed;
 
-/// The status and label a proxy error becomes. Status 0: the client is gone, nothing
-/// can be written.
-pub fn classify_error(e: &Error) -> (u16, &'static str) {
-    use ErrorType::*;
-    if is_local_failure(e) {
-        return (503, "local_resources");
-    }
-    match (e.esource(), e.etype()) {
-        (_, HTTPStatus(code)) => (*code, "status"),
-        (_, Custom(crate::proxy::NO_RETRY_SLOT)) => (503, crate::proxy::NO_RETRY_SLOT),
-        (ErrorSource::Upstream, ConnectTimedout) => (502, "connect_timeout"),
-        (ErrorSource::Upstream, ConnectRefused | ConnectNoRoute | ConnectError) => {
-            (502, "connect_error")
-        }
-        (ErrorSource::Upstream, ReadTimedout | WriteTimedout) => (504, "upstream_timeout"),
-        (ErrorSource::Upstream, InvalidHTTPHeader | H1Error | InvalidH2) => {
-            (502, "upstream_bad_response")
-        }
-        (ErrorSource::Upstream, _) => (502, "upstream_error"),
-        (
-            ErrorSource::Downstream | ErrorSource::Unset,
-            ReadError | WriteError | ConnectionClosed,
-        ) => (0, "client_gone"),
-        (ErrorSource::Downstream, ReadTimedout | WriteTimedout) => (408, "client_timeout"),
-        (ErrorSource::Downstream, _) => (400, "bad_request"),
-        (_, ConnectTimedout) => (502, "connect_timeout"),
-        (_, ReadTimedout) => (504, "upstream_timeout"),
-        _ => (502, "internal"),
-    }
+/// Why a proxied request failed. Built by the data path (`crate::http`), mapped here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Failure {
+    /// The request's framing or form is invalid (levee's rules or hyper's parser).
+    #[error("bad request")]
+    BadRequest,
+    /// The client's request body is larger than `server.max_request_body_bytes`.
+    #[error("request body too large")]
+    BodyTooLarge,
+    /// The client stopped sending its body for longer than `client_header`.
+    #[error("client timed out sending its request")]
+    ClientTimeout,
+    /// The client left (closed or reset) before the exchange ended.
+    #[error("client gone")]
+    ClientGone,
+    /// levee could not make a socket (out of descriptors or memory): not the backend's
+    /// fault, and another backend would fail the same way.
+    #[error("levee is out of local resources (descriptors or memory)")]
+    LocalResources,
+    /// TCP connect to the backend did not finish within `connect`.
+    #[error("connect to the backend timed out")]
+    ConnectTimeout,
+    /// The backend refused or could not be reached.
+    #[error("connect to the backend failed")]
+    ConnectError,
+    /// A connect failed and every other backend was full.
+    #[error("connect failed and no other backend has a free slot")]
+    NoRetrySlot,
+    /// No response head, or no body bytes, within `read` (or the whole response past
+    /// `response`).
+    #[error("backend timed out")]
+    UpstreamTimeout,
+    /// The backend's response was not valid HTTP/1.1 (or too large a head).
+    #[error("backend sent an invalid response")]
+    UpstreamBadResponse,
+    /// The backend closed or reset the connection mid-exchange.
+    #[error("backend connection failed")]
+    UpstreamError,
 }
 
-/// Did this error say anything about the backend's health? Client aborts and bad
-/// client requests do not count against a backend.
-pub fn is_backend_failure(e: &Error) -> bool {
-    !is_local_failure(e) && *e.esource() == ErrorSource::Upstream
-        || matches!(
-            e.etype(),
-            ErrorType::ConnectTimedout | ErrorType::ConnectRefused | ErrorType::ReadTimedout
-        ) && *e.esource() != ErrorSource::Downstream
-}
+/// Label of a request that failed to connect while every other backend was full.
+pub const NO_RETRY_SLOT: &str = "no_retry_slot";
 
-/// Did levee fail on its own side (no socket could be made: out of descriptors or
-/// memory)? Such failures are not the backend's, and retrying elsewhere would not help.
-pub fn is_local_failure(e: &Error) -> bool {
-    if *e.etype() == ErrorType::SocketError {
-        return true;
+impl Failure {
+    /// The status levee answers (0: nobody is left to answer) and the label of the
+    /// JSON body and the access log.
+    pub fn status_and_label(self) -> (u16, &'static str) {
+        match self {
+            Failure::BadRequest => (400, "bad_request"),
+            Failure::BodyTooLarge => (413, "body_too_large"),
+            Failure::ClientTimeout => (408, "client_timeout"),
+            Failure::ClientGone => (0, "client_gone"),
+            Failure::LocalResources => (503, "local_resources"),
+            Failure::ConnectTimeout => (502, "connect_timeout"),
+            Failure::ConnectError => (502, "connect_error"),
+            Failure::NoRetrySlot => (503, NO_RETRY_SLOT),
+            Failure::UpstreamTimeout => (504, "upstream_timeout"),
+            Failure::UpstreamBadResponse => (502, "upstream_bad_response"),
+            Failure::UpstreamError => (502, "upstream_error"),
+        }
     }
-    // pingora wraps a failed connect as `InternalError` caused by `SocketError` caused
-    // by the `io::Error`: look down the chain.
-    let mut cause = e.cause.as_deref();
-    while let Some(c) = cause {
-        let inner = c
-            .downcast_ref::<Error>()
-            .or_else(|| c.downcast_ref::<Box<Error>>().map(|b| &**b));
-        if let Some(inner) = inner {
-            if *inner.etype() == ErrorType::SocketError {
-                return true;
-            }
-            cause = inner.cause.as_deref();
-        } else if let Some(io) = c.downcast_ref::<std::io::Error>() {
-            return matches!(
-                io.raw_os_error(),
-                Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
-            );
+
+    /// Does this failure count against the backend's health? Client aborts, bad
+    /// client requests and levee's own shortages do not.
+    pub fn is_backend_failure(self) -> bool {
+        matches!(
+            self,
+            Failure::ConnectTimeout
+                | Failure::ConnectError
+                | Failure::UpstreamTimeout
+                | Failure::UpstreamBadResponse
+                | Failure::UpstreamError
+        )
+    }
+
+    /// Is this a timeout on the backend's side (counted in the backend's timeouts)?
+    pub fn is_backend_timeout(self) -> bool {
+        matches!(self, Failure::ConnectTimeout | Failure::UpstreamTimeout)
+    }
+
+    /// The failure a connect error is: levee's own shortage, or the backend's.
+    pub fn of_connect(e: &std::io::Error) -> Failure {
+        if is_local_io_failure(e) {
+            Failure::LocalResources
+        } else if e.kind() == std::io::ErrorKind::TimedOut {
+            Failure::ConnectTimeout
         } else {
-            return false;
+            Failure::ConnectError
         }
     }
-    false
+}
+
+/// Is this I/O error levee's own shortage (no socket could be made)?
+pub fn is_local_io_failure(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
 }
 
 /// The JSON body of a shed: `{"error":"overloaded","upstream":…,"level":…,"reason":…}`.
@@ -123,42 +152,34 @@ mod tests {
         assert_eq!(v["upstream"], "mcp");
         assert_eq!(v["level"], "danger");
         assert_eq!(v["reason"], "queue_timeout");
+        assert_eq!(v["retry_after"], 3);
     }
 
     #[test]
-    fn errors_map_to_statuses() {
-        let e = Error::new(ErrorType::ConnectRefused).into_up();
-        assert_eq!(classify_error(&e), (502, "connect_error"));
-        let e = Error::new(ErrorType::ReadTimedout).into_up();
-        assert_eq!(classify_error(&e), (504, "upstream_timeout"));
-        let e = Error::new(ErrorType::ConnectionClosed).into_down();
-        assert_eq!(classify_error(&e).0, 0);
-        let e = Error::new(ErrorType::HTTPStatus(413));
-        assert_eq!(classify_error(&e).0, 413);
-    }
-
-    /// The chain pingora builds when it cannot make the socket for a connect.
-    fn wrapped(os_error: i32) -> Box<Error> {
-        let io = std::io::Error::from_raw_os_error(os_error);
-        let socket = Error::because(ErrorType::SocketError, "failed to create socket", io);
-        Error::because(ErrorType::InternalError, "Fail to connect", socket).into_up()
+    fn failures_map_to_statuses() {
+        assert_eq!(Failure::ConnectError.status_and_label(), (502, "connect_error"));
+        assert_eq!(
+            Failure::UpstreamTimeout.status_and_label(),
+            (504, "upstream_timeout")
+        );
+        assert_eq!(Failure::ClientGone.status_and_label().0, 0);
+        assert_eq!(Failure::BodyTooLarge.status_and_label().0, 413);
+        assert!(!Failure::ClientGone.is_backend_failure());
+        assert!(!Failure::LocalResources.is_backend_failure());
+        assert!(Failure::UpstreamError.is_backend_failure());
     }
 
     #[test]
     fn running_out_of_descriptors_is_levee_s_failure_not_the_backend_s() {
         for code in [libc::EMFILE, libc::ENFILE] {
-            let e = wrapped(code);
-            assert!(is_local_failure(&e), "{e}");
-            assert!(!is_backend_failure(&e), "{e}");
-            assert_eq!(classify_error(&e), (503, "local_resources"), "{e}");
+            let e = std::io::Error::from_raw_os_error(code);
+            let f = Failure::of_connect(&e);
+            assert_eq!(f, Failure::LocalResources);
+            assert!(!f.is_backend_failure());
+            assert_eq!(f.status_and_label(), (503, "local_resources"));
         }
-        let plain = Error::because(
-            ErrorType::ConnectRefused,
-            "refused",
-            std::io::Error::from_raw_os_error(libc::ECONNREFUSED),
-        )
-        .into_up();
-        assert!(!is_local_failure(&plain));
-        assert!(is_backend_failure(&plain));
+        let refused = std::io::Error::from_raw_os_error(libc::ECONNREFUSED);
+        assert_eq!(Failure::of_connect(&refused), Failure::ConnectError);
+        assert!(Failure::of_connect(&refused).is_backend_failure());
     }
 }

@@ -1,9 +1,11 @@
-//! levee: a connection-limiting, load-shedding HTTP reverse proxy on pingora.
+//! levee: a connection-limiting, load-shedding HTTP reverse proxy.
 //!
-//! A request passes through [`proxy`] (pingora's `ProxyHttp` glue), is routed and
-//! classified against the current [`state::Snapshot`], admitted by [`admission`]
-//! (a backend slot, a bounded wait, or a 503), sent to the backend [`balance`] picked,
-//! and releases its slot when its [`admission::Permit`] drops.
+//! A connection is accepted by [`listen`] and served on hyper by [`http::server`]; each
+//! request passes through [`http::forward`]: it is routed and classified against the
+//! current [`state::Snapshot`], admitted by [`admission`] (a backend slot, a bounded
+//! wait, or a 503), sent to the backend [`balance`] picked over a pooled connection,
+//! and releases its slot when its [`admission::Permit`] drops at the backend's end of
+//! stream.
 
 #![forbid(unsafe_op_in_unsafe_fn)]
 
@@ -15,9 +17,9 @@ pub mod config;
 pub mod demo;
 pub mod error;
 pub mod fds;
+pub mod handover;
 pub mod health;
+pub mod http;
+pub mod listen;
 pub mod metrics;
-pub mod proxy;
-pub mod server;
 pub mod state;
-pub mod stream;

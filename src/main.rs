@@ -53,7 +53,7 @@ enum Command {
 }
 
 /// Logs go to stderr; `LEVEE_LOG` (a tracing filter such as `debug` or
-/// `levee=debug,pingora_proxy=info`) overrides `default`.
+/// `levee=debug,hyper=info`) overrides `default`.
 fn init_logs(format: LogFormat, default: &str) {
     use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_env("LEVEE_LOG")
@@ -81,7 +81,7 @@ fn main() -> ExitCode {
     // The demo prints its own per-second view; its logs stay at warnings unless asked.
     let default = match cli.command {
         Command::Demo(_) => "warn",
-        _ => "info,pingora_core=warn,pingora_proxy=warn",
+        _ => "info",
     };
     init_logs(cli.log_format, default);
     match cli.command {

@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use pingora::http::RequestHeader;
 
 use crate::admission::level::{queue_level, raw_level, Level, LevelState, Signals, Window};
 use crate::admission::queue::WaitQueue;
@@ -526,12 +525,11 @@ impl Snapshot {
     }
 
     /// The request's class: the first `[[priority]]` rule that matches, else `normal`.
-    pub fn classify(&self, req: &RequestHeader) -> Class {
+    pub fn classify(&self, path: &str, headers: &http::HeaderMap) -> Class {
         for rule in &self.config.priorities {
             let hit = match &rule.matcher {
-                PriorityMatch::PathPrefix(p) => req.uri.path().starts_with(p.as_str()),
-                PriorityMatch::Header(name, value) => req
-                    .headers
+                PriorityMatch::PathPrefix(p) => path.starts_with(p.as_str()),
+                PriorityMatch::Header(name, value) => headers
                     .get_all(name.as_str())
                     .iter()
                     .any(|v| v.as_bytes() == value.as_bytes()),

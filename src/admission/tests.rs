@@ -25,6 +25,7 @@ fn server() -> config::Server {
             upstream_idle: Duration::from_secs(1),
         },
         max_request_body_bytes: 0,
+        max_header_bytes: config::DEFAULT_MAX_HEADER_BYTES,
         retry_after_max_secs: 30,
         upgrade_sock: config::DEFAULT_UPGRADE_SOCK.into(),
         max_connections: 0,

@@ -41,6 +41,8 @@ pub struct Server {
     pub grace_period_ms: Option<i64>,
     /// Largest request body; 0 = no limit.
     pub max_request_body_bytes: Option<i64>,
+    /// Largest request head (request line and header fields).
+    pub max_header_bytes: Option<i64>,
     /// Upper bound of `Retry-After`.
     pub retry_after_max_secs: Option<i64>,
     /// Unix socket where a new levee (`run --upgrade`) takes over the listeners.

@@ -157,6 +157,9 @@ pub struct Server {
     pub timeouts: Timeouts,
     /// Largest request body accepted, in bytes (413 beyond). 0 means no limit.
     pub max_request_body_bytes: u64,
+    /// Largest request head (request line and header fields) in bytes: 431 beyond,
+    /// and 431 for more than [`MAX_HEADER_FIELDS`] fields.
+    pub max_header_bytes: usize,
     /// Upper bound of the `Retry-After` levee computes, in seconds (at least 1).
     pub retry_after_max_secs: u64,
     /// Unix socket of the listener handover: `levee run --upgrade` waits there for the
@@ -170,6 +173,15 @@ pub struct Server {
     /// Log one info line per request (target `levee::access`).
     pub access_log: bool,
 }
+
+/// Default `server.max_header_bytes`: 16 KiB, as HAProxy's `tune.bufsize` allows.
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 16 * 1024;
+/// Smallest `server.max_header_bytes`: hyper's read buffer never goes below 8 KiB.
+pub const MIN_MAX_HEADER_BYTES: usize = 8 * 1024;
+/// Largest `server.max_header_bytes`.
+pub const MAX_MAX_HEADER_BYTES: usize = 1024 * 1024;
+/// Most header fields in a request head; more get 431.
+pub const MAX_HEADER_FIELDS: usize = 100;
 
 /// Default `server.upgrade_sock`.
 pub const DEFAULT_UPGRADE_SOCK: &str = "/tmp/levee_upgrade.sock";

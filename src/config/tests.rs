@@ -114,6 +114,7 @@ fn full_example_parses_to_typed_values() {
                 upstream_idle: ms(45_000),
             },
             max_request_body_bytes: 0,
+            max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
             retry_after_max_secs: 10,
             upgrade_sock: DEFAULT_UPGRADE_SOCK.into(),
             max_connections: 0,

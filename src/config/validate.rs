@@ -182,6 +182,13 @@ impl Validator {
             0,
             i64::MAX,
         );
+        let max_header_bytes = self.int(
+            "server.max_header_bytes",
+            s.max_header_bytes,
+            DEFAULT_MAX_HEADER_BYTES as i64,
+            MIN_MAX_HEADER_BYTES as i64,
+            MAX_MAX_HEADER_BYTES as i64,
+        );
         let retry_after_max_secs = self.int(
             "server.retry_after_max_secs",
             s.retry_after_max_secs,
@@ -231,6 +238,7 @@ impl Validator {
             timeouts,
             max_request_body_bytes: u64::try_from(max_request_body_bytes)
                 .unwrap_or(DEFAULT_MAX_REQUEST_BODY_BYTES),
+            max_header_bytes: usize::try_from(max_header_bytes).unwrap_or(DEFAULT_MAX_HEADER_BYTES),
             retry_after_max_secs: u64::try_from(retry_after_max_secs)
                 .unwrap_or(DEFAULT_RETRY_AFTER_MAX_SECS),
         }

@@ -1,0 +1,157 @@
+//! One admitted request's hold on a backend, from admission to the backend's end of
+//! stream: its slot ([`Permit`]), its backend connection, and what gets recorded when
+//! it ends. [`Exchange::finish`] runs exactly once, at the backend's end of stream, on
+//! an error, or when the exchange is dropped (the client left): the slot goes back, the
+//! connection goes back to the pool only after a clean end, and the outcome reaches the
+//! metrics, the passive health check and the access log.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::admission::Permit;
+use crate::config::Class;
+use crate::error::Failure;
+
+use super::pool::{BackendConn, Pool};
+
+/// What the access log says of a request (kept only when the log is on).
+pub struct AccessLog {
+    pub client: IpAddr,
+    pub method: http::Method,
+    pub path: String,
+    pub class: Class,
+    pub upstream: Option<String>,
+    pub started: Instant,
+}
+
+impl AccessLog {
+    /// One line at info, target `levee::access`.
+    pub fn write(
+        &self,
+        status: u16,
+        outcome: &str,
+        backend: Option<&str>,
+        queued: Option<Duration>,
+        error: Option<Failure>,
+    ) {
+        tracing::info!(
+            target: "levee::access",
+            client = %self.client,
+            method = %self.method,
+            path = %self.path,
+            status,
+            upstream = self.upstream.as_deref(),
+            backend,
+            class = self.class.as_str(),
+            outcome,
+            queued_ms = queued.map(|q| q.as_secs_f64() * 1000.0),
+            ms = self.started.elapsed().as_secs_f64() * 1000.0,
+            error = error.map(|e| e.status_and_label().1),
+            "request"
+        );
+    }
+}
+
+/// An admitted request's slot and connection, released once.
+pub struct Exchange {
+    permit: Option<Permit>,
+    admitted_at: Instant,
+    /// The status the client was sent.
+    pub status: u16,
+    /// The backend's status, 0 before its response head arrived.
+    pub backend_status: u16,
+    conn: Option<(BackendConn, Arc<Pool>)>,
+    log: Option<Box<AccessLog>>,
+}
+
+impl Exchange {
+    pub fn new(permit: Permit, log: Option<Box<AccessLog>>) -> Exchange {
+        Exchange {
+            permit: Some(permit),
+            admitted_at: Instant::now(),
+            status: 0,
+            backend_status: 0,
+            conn: None,
+            log,
+        }
+    }
+
+    pub fn permit(&self) -> Option<&Permit> {
+        self.permit.as_ref()
+    }
+
+    /// Moves the request to another backend's slot (a retry); the old slot is released
+    /// without counting an outcome (the caller has counted it).
+    pub fn replace_permit(&mut self, permit: Permit) {
+        self.permit = Some(permit);
+    }
+
+    pub fn admitted_at(&self) -> Instant {
+        self.admitted_at
+    }
+
+    /// Keeps the backend connection, to go back to its pool after a clean end.
+    pub fn hold_connection(&mut self, conn: BackendConn, pool: Arc<Pool>) {
+        self.conn = Some((conn, pool));
+    }
+
+    /// Records the outcome and frees the slot. `None`: the backend's response ended
+    /// cleanly. Only the first call counts.
+    pub fn finish(&mut self, failure: Option<Failure>) {
+        let Some(permit) = self.permit.take() else {
+            return;
+        };
+        let conn = self.conn.take();
+        let upstream = permit.upstream();
+        let backend = permit.backend();
+        if let Some((conn, pool)) = conn {
+            if failure.is_none() {
+                pool.checkin(conn, backend.max_inflight());
+            }
+        }
+        let elapsed = self.admitted_at.elapsed();
+        let failed_backend = failure.is_some_and(Failure::is_backend_failure);
+        let failed = failed_backend || self.status >= 500;
+        upstream.window.record(elapsed, failed);
+        upstream.metrics.duration.observe(elapsed.as_secs_f64());
+        let client_gone = failure == Some(Failure::ClientGone);
+        let code_class = if failed_backend {
+            0
+        } else if self.backend_status == 0 && client_gone {
+            6
+        } else {
+            (self.status / 100).min(5) as usize
+        };
+        backend.metrics.responses[code_class].inc();
+        let backend_5xx = self.backend_status >= 500 && upstream.health.eject_on_5xx;
+        if !client_gone {
+            upstream.record_outcome(permit.backend_index(), failed_backend || backend_5xx);
+        }
+        if failure.is_some_and(Failure::is_backend_timeout) {
+            backend.metrics.timeouts.inc();
+        }
+        if let Some(log) = self.log.take() {
+            let outcome = match failure {
+                Some(f) => f.status_and_label().1,
+                None => "proxied",
+            };
+            log.write(
+                self.status,
+                outcome,
+                Some(backend.label.as_str()),
+                Some(permit.queued),
+                failure,
+            );
+        }
+        drop(permit);
+    }
+}
+
+impl Drop for Exchange {
+    fn drop(&mut self) {
+        // Dropped before the backend's end of stream: the client left (or hyper gave
+        // up on writing to it).
+        self.finish(Some(Failure::ClientGone));
+    }
+}

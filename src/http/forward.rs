@@ -1,0 +1,505 @@
+//! One request, top to bottom: validate, route, classify, admit, pick a backend,
+//! connect (another backend on a failed connect), send, wait for the response head
+//! (replaying an idempotent request elsewhere when the backend failed before
+//! answering), and stream the response back; the slot is released by the response
+//! body at the backend's end of stream (see [`Exchange`]).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, Uri, Version};
+use hyper::body::Incoming;
+
+use super::body::{ForwardBody, ResBody, Upload};
+use super::exchange::{AccessLog, Exchange};
+use super::io::{Active, ConnShared};
+use super::pool::{BackendConn, Pools};
+use super::respond;
+use super::validate;
+use crate::admission::Permit;
+use crate::balance::hash_bytes;
+use crate::config::{Affinity, Class};
+use crate::error::{error_body, Failure};
+use crate::state::{SharedSnapshot, Snapshot, Upstream};
+
+/// Most retries of one idempotent request that may have reached a backend.
+const MAX_REPLAYS: u32 = 2;
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1), never forwarded. `connection` and the headers
+/// it names are handled separately; framing (`transfer-encoding`, `content-length`) is
+/// hyper's on each side.
+const HOP_BY_HOP: [HeaderName; 5] = [
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::UPGRADE,
+];
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
+/// What every request of the process shares: the live snapshot and the backend pools.
+pub struct Proxy {
+    pub shared: SharedSnapshot,
+    pub pools: Arc<Pools>,
+}
+
+/// What the requests of one client connection share.
+pub struct Conn {
+    pub peer: SocketAddr,
+    pub shared: Arc<ConnShared>,
+    /// `"http"` or `"https"`, for `X-Forwarded-Proto`.
+    pub scheme: &'static str,
+    /// Where an accepted upgrade (101) leaves the backend's side of the tunnel for the
+    /// connection's driver to splice.
+    pub upgrade: parking_lot::Mutex<Option<Tunnel>>,
+}
+
+/// The backend's side of an upgraded connection and the slot it holds.
+pub struct Tunnel {
+    pub backend: hyper::upgrade::OnUpgrade,
+    pub exchange: Exchange,
+}
+
+/// Serves one request of a client connection.
+pub async fn serve(
+    proxy: Arc<Proxy>,
+    conn: Arc<Conn>,
+    req: Request<Incoming>,
+) -> Result<Response<ResBody>, Infallible> {
+    let active = Active::new(&conn.shared);
+    Ok(handle(&proxy, &conn, req, active).await)
+}
+
+/// The request's affinity key hash, when its upstream has affinity and the request
+/// carries the key.
+fn affinity_key(headers: &HeaderMap, affinity: &Affinity) -> Option<u64> {
+    match affinity {
+        Affinity::Header(name) => headers
+            .get(name.as_str())
+            .map(|v| hash_bytes(v.as_bytes())),
+        Affinity::Cookie(name) => headers.get_all(header::COOKIE).iter().find_map(|v| {
+            v.to_str().ok()?.split(';').find_map(|pair| {
+                let (k, val) = pair.trim().split_once('=')?;
+                (k == name).then(|| hash_bytes(val.as_bytes()))
+            })
+        }),
+    }
+}
+
+/// Removes `connection`, every header it names, and the fixed hop-by-hop set. An
+/// upgrade keeps `connection` and `upgrade`.
+fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|t| !t.is_empty() && !(upgrade && t.eq_ignore_ascii_case("upgrade")))
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+        if !upgrade {
+            headers.remove(header::CONNECTION);
+        }
+    }
+    for name in &HOP_BY_HOP {
+        if !(upgrade && *name == header::UPGRADE) && headers.contains_key(name) {
+            headers.remove(name);
+        }
+    }
+}
+
+/// Is a response of this type a stream (each read may wait `stream_idle`, no whole
+/// deadline)?
+fn is_event_stream(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().starts_with("text/event-stream"))
+}
+
+/// Own answer written to the access log when it is on.
+fn log_own(log: Option<&AccessLog>, status: u16, outcome: &str, error: Option<Failure>) {
+    if let Some(l) = log {
+        l.write(status, outcome, None, None, error);
+    }
+}
+
+async fn handle(
+    proxy: &Proxy,
+    conn: &Arc<Conn>,
+    req: Request<Incoming>,
+    active: Active,
+) -> Response<ResBody> {
+    let snapshot = proxy.shared.load_full();
+    let server = &snapshot.config.server;
+    let (mut parts, body) = req.into_parts();
+    let log = server.access_log.then(|| {
+        Box::new(AccessLog {
+            client: conn.peer.ip(),
+            method: parts.method.clone(),
+            path: parts.uri.path().to_string(),
+            class: Class::Normal,
+            upstream: None,
+            started: Instant::now(),
+        })
+    });
+
+    let framing_broken = conn
+        .shared
+        .framing_violation
+        .load(std::sync::atomic::Ordering::Acquire);
+    if framing_broken || validate::check_head(&parts).is_err() {
+        log_own(log.as_deref(), 400, "bad_request", None);
+        return respond::json(
+            400,
+            error_body("bad_request", None),
+            None,
+            true,
+            Some(active),
+        );
+    }
+    let Some(upstream) = snapshot.route(parts.uri.path()).cloned() else {
+        log_own(log.as_deref(), 404, "no_route", None);
+        return respond::json(404, error_body("no_route", None), None, false, Some(active));
+    };
+    let limit = server.max_request_body_bytes;
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if limit > 0 && declared.is_some_and(|n| n > limit) {
+        log_own(log.as_deref(), 413, "body_too_large", None);
+        let body = error_body("body_too_large", Some(&upstream.name));
+        return respond::json(413, body, None, true, Some(active));
+    }
+    let class = snapshot.classify(parts.uri.path(), &parts.headers);
+    let key = upstream
+        .affinity
+        .as_ref()
+        .and_then(|a| affinity_key(&parts.headers, a));
+    let upgrade = parts.version < Version::HTTP_2 && parts.headers.contains_key(header::UPGRADE);
+    let may_stream = upgrade
+        || parts
+            .headers
+            .get_all(header::ACCEPT)
+            .iter()
+            .any(|v| v.to_str().is_ok_and(|v| v.contains("text/event-stream")));
+    let mut log = log;
+    if let Some(l) = log.as_mut() {
+        l.class = class;
+        l.upstream = Some(upstream.name.clone());
+    }
+
+    let permit = match upstream.admit(class, key, rand::random()).await {
+        Ok(permit) => permit,
+        Err(shed) => {
+            log_own(log.as_deref(), 503, shed.reason.as_str(), None);
+            return respond::shed(&upstream.name, &shed, Some(active));
+        }
+    };
+    permit.backend().metrics.requests(class).inc();
+    upstream.retry_budget.deposit();
+    let mut exchange = Exchange::new(permit, log);
+
+    prepare_head(&mut parts, conn, upgrade);
+    let upload = Arc::new(Upload::default());
+    let body = ForwardBody::client(
+        body,
+        limit,
+        server.timeouts.client_header,
+        conn.shared.clone(),
+        upload.clone(),
+    );
+    let bodiless = matches!(body, ForwardBody::Empty);
+    let ctx = Attempt {
+        snapshot: &snapshot,
+        upstream: &upstream,
+        pools: &proxy.pools,
+        class,
+        key,
+        upload: &upload,
+        may_stream,
+    };
+    let (resp, backend_conn) = match ctx.send(&mut exchange, parts, body, bodiless).await {
+        Ok(r) => r,
+        Err(f) => {
+            let (status, _) = f.status_and_label();
+            exchange.status = status;
+            exchange.finish(Some(f));
+            return respond::failure(f, Some(&upstream.name), Some(active));
+        }
+    };
+    let (mut rparts, rbody) = resp.into_parts();
+    let status = rparts.status.as_u16();
+    exchange.status = status;
+    exchange.backend_status = status;
+    let switching = status == 101;
+    strip_hop_by_hop(&mut rparts.headers, switching && upgrade);
+    let pool = proxy.pools.get(backend_conn_addr(&exchange));
+    exchange.hold_connection(backend_conn, pool);
+
+    if switching && upgrade {
+        let mut backend_resp = Response::from_parts(rparts.clone(), rbody);
+        let on_upgrade = hyper::upgrade::on(&mut backend_resp);
+        *conn.upgrade.lock() = Some(Tunnel {
+            backend: on_upgrade,
+            exchange,
+        });
+        return Response::from_parts(rparts, ResBody::empty(Some(active)));
+    }
+
+    let t = &server.timeouts;
+    let streaming = switching || is_event_stream(&rparts.headers);
+    let (wait, deadline) = if streaming {
+        (t.read.max(t.stream_idle), None)
+    } else {
+        let from = upload
+            .done
+            .get()
+            .map_or(exchange.admitted_at(), |d| (*d).max(exchange.admitted_at()));
+        let wait = if may_stream { t.read.max(t.stream_idle) } else { t.read };
+        (wait, Some(from + t.response))
+    };
+    Response::from_parts(
+        rparts,
+        ResBody::backend(rbody, exchange, wait, deadline, Some(active)),
+    )
+}
+
+fn backend_conn_addr(exchange: &Exchange) -> SocketAddr {
+    exchange
+        .permit()
+        .map(|p| p.backend().address)
+        .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)))
+}
+
+/// Turns the client's head into the backend's: origin-form target, HTTP/1.1, no
+/// hop-by-hop headers, `Host` (from `:authority` for HTTP/2 clients), and the
+/// forwarding headers.
+fn prepare_head(parts: &mut http::request::Parts, conn: &Conn, upgrade: bool) {
+    if parts.version == Version::HTTP_2 && !parts.headers.contains_key(header::HOST) {
+        if let Some(v) = parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        {
+            parts.headers.insert(header::HOST, v);
+        }
+    }
+    if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
+        let pq = parts
+            .uri
+            .path_and_query()
+            .map_or("/", |pq| pq.as_str())
+            .to_string();
+        parts.uri = Uri::try_from(pq).unwrap_or_else(|_| Uri::from_static("/"));
+    }
+    parts.version = Version::HTTP_11;
+    strip_hop_by_hop(&mut parts.headers, upgrade);
+    // Levee read the client's `Expect: 100-continue` itself.
+    parts.headers.remove(header::EXPECT);
+    let ip = conn.peer.ip();
+    let xff = match parts
+        .headers
+        .get(&X_FORWARDED_FOR)
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(prior) if !prior.is_empty() => format!("{prior}, {ip}"),
+        _ => ip.to_string(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        parts.headers.insert(X_FORWARDED_FOR.clone(), v);
+    }
+    parts.headers.insert(
+        X_FORWARDED_PROTO.clone(),
+        HeaderValue::from_static(conn.scheme),
+    );
+}
+
+/// What sending one request needs.
+struct Attempt<'a> {
+    snapshot: &'a Snapshot,
+    upstream: &'a Arc<Upstream>,
+    pools: &'a Pools,
+    class: Class,
+    key: Option<u64>,
+    upload: &'a Upload,
+    may_stream: bool,
+}
+
+/// How a send failed.
+enum SendError {
+    /// The connection was closed before the request went out: the request is back.
+    NotSent(Request<ForwardBody>),
+    Failed(Failure),
+}
+
+impl Attempt<'_> {
+    /// Connects (retrying a failed connect on another backend), sends, and waits for
+    /// the response head, replaying an idempotent bodiless request on another backend
+    /// within the retry budget when the backend failed before answering.
+    async fn send(
+        &self,
+        exchange: &mut Exchange,
+        parts: http::request::Parts,
+        body: ForwardBody,
+        bodiless: bool,
+    ) -> Result<(Response<Incoming>, BackendConn), Failure> {
+        let t = &self.snapshot.config.server.timeouts;
+        let up = self.upstream;
+        let mut tried: Vec<usize> = Vec::new();
+        let mut connect_retries = 0u32;
+        let mut replays = 0u32;
+        let replayable = bodiless && parts.method.is_idempotent() && up.backends.len() > 1;
+        let spare = replayable.then(|| parts.clone());
+        let mut req = Some(Request::from_parts(parts, body));
+        loop {
+            let Some(permit) = exchange.permit() else {
+                return Err(Failure::ClientGone);
+            };
+            let index = permit.backend_index();
+            let backend = permit.backend().clone();
+            let pool = self.pools.get(backend.address);
+            let conn = match pool
+                .checkout(t.connect, t.upstream_idle, backend.max_inflight())
+                .await
+            {
+                Ok(c) => c,
+                Err(Failure::LocalResources) => return Err(Failure::LocalResources),
+                Err(f) => {
+                    if f == Failure::ConnectTimeout {
+                        backend.metrics.timeouts.inc();
+                    } else {
+                        backend.metrics.connect_errors.inc();
+                    }
+                    tried.push(index);
+                    connect_retries += 1;
+                    // Nothing reached the backend, so any method may go elsewhere.
+                    let retry = connect_retries <= up.retry_on_connect_failure
+                        && up.backends.len() > tried.len();
+                    if !retry {
+                        return Err(f);
+                    }
+                    up.record_outcome(index, true);
+                    up.metrics.connect_retries.inc();
+                    self.move_to_another(exchange, &tried)?;
+                    continue;
+                }
+            };
+            let Some(request) = req.take() else {
+                return Err(Failure::UpstreamError);
+            };
+            match self.send_on(conn, request).await {
+                Ok(ok) => return Ok(ok),
+                Err(SendError::NotSent(back)) => {
+                    // A pooled connection closed under us: not the backend's fault;
+                    // the same request goes on a fresh connection.
+                    req = Some(back);
+                }
+                Err(SendError::Failed(f)) => {
+                    if let Some(client) = self.upload.failure.get() {
+                        return Err(*client);
+                    }
+                    let others = up.backends.len() > tried.len() + 1;
+                    let retry = f.is_backend_failure()
+                        && others
+                        && replays < MAX_REPLAYS
+                        && spare.is_some()
+                        && up.retry_budget.try_withdraw();
+                    if !retry {
+                        return Err(f);
+                    }
+                    // The request may have reached the backend: its outcome counts
+                    // against this backend now, and it moves on.
+                    up.record_outcome(index, true);
+                    up.metrics.replays.inc();
+                    tried.push(index);
+                    replays += 1;
+                    self.move_to_another(exchange, &tried)?;
+                    let head = spare.clone().ok_or(f)?;
+                    req = Some(Request::from_parts(head, ForwardBody::Empty));
+                }
+            }
+        }
+    }
+
+    /// Takes a slot on another backend (another zone first), never waiting for one.
+    fn move_to_another(&self, exchange: &mut Exchange, tried: &[usize]) -> Result<(), Failure> {
+        // The connect failed (or the backend failed) and every other backend is full:
+        // the upstream is out of room, an overload answer, not a bad gateway.
+        let permit: Permit = self
+            .upstream
+            .take_retry_slot(self.key, tried, rand::random())
+            .ok_or(Failure::NoRetrySlot)?;
+        permit.backend().metrics.requests(self.class).inc();
+        exchange.replace_permit(permit);
+        Ok(())
+    }
+
+    /// Sends on one connection and waits for the response head, at most `read` after
+    /// the request (or the end of its upload) went out.
+    async fn send_on(
+        &self,
+        mut conn: BackendConn,
+        req: Request<ForwardBody>,
+    ) -> Result<(Response<Incoming>, BackendConn), SendError> {
+        let t = &self.snapshot.config.server.timeouts;
+        let read = if self.may_stream {
+            t.read.max(t.stream_idle)
+        } else {
+            t.read
+        };
+        let started = Instant::now();
+        let sent = conn.tx.try_send_request(req);
+        tokio::pin!(sent);
+        loop {
+            // The wait for the head counts from the request's last progress: a slow
+            // upload is bounded by `client_header` per read, not by the backend's
+            // `read`, while a backend that stops reading it is bounded by `read`.
+            let last = self.upload.last_progress().map_or(started, |p| p.max(started));
+            tokio::select! {
+                r = &mut sent => {
+                    return match r {
+                        Ok(resp) => Ok((resp, conn)),
+                        Err(mut e) => {
+                            let unsent = e.take_message();
+                            let err = e.into_error();
+                            match unsent {
+                                Some(back) if conn.reused => Err(SendError::NotSent(back)),
+                                _ => Err(SendError::Failed(classify(&err))),
+                            }
+                        }
+                    };
+                }
+                _ = tokio::time::sleep_until((last + read).into()) => {
+                    let now = self.upload.last_progress().map_or(started, |p| p.max(started));
+                    if now <= last {
+                        return Err(SendError::Failed(Failure::UpstreamTimeout));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The failure a hyper client error is.
+fn classify(e: &hyper::Error) -> Failure {
+    if e.is_parse() || e.is_parse_status() || e.is_parse_too_large() {
+        Failure::UpstreamBadResponse
+    } else if e.is_timeout() {
+        Failure::UpstreamTimeout
+    } else {
+        Failure::UpstreamError
+    }
+}

@@ -1,0 +1,202 @@
+//! A client connection's socket as hyper sees it: bytes already read come first (what
+//! a previous hyper connection had buffered), writes that stall longer than the write
+//! timeout fail, and the raw bytes of HTTP/1 requests pass the framing scan.
+//!
+//! [`ConnShared`] is what the connection's driver (`server.rs`), its requests
+//! (`forward.rs`) and this socket share: whether hyper may still hold unsent bytes, the
+//! requests in progress, and a framing violation seen in the raw bytes.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::time::Sleep;
+
+use super::validate::FramingScan;
+
+/// State of one client connection shared by its driver, its requests and its socket.
+#[derive(Debug, Default)]
+pub struct ConnShared {
+    /// A write or flush has not completed since the last completed flush: hyper may
+    /// hold bytes it has not sent, so the connection must not be taken from it.
+    pub unflushed: AtomicBool,
+    /// Requests between their head and the end of their response body.
+    pub active: AtomicU32,
+    /// Requests started on this connection.
+    pub requests: AtomicU64,
+    /// Bytes came from the client since the last request started: a head may be
+    /// partly read, so the connection stays with its hyper connection (whose header
+    /// timeout bounds that head).
+    pub read_since_request: AtomicBool,
+    /// The raw bytes broke a framing rule hyper does not check (an empty chunk-size
+    /// line): the request in progress is refused and the connection closed.
+    pub framing_violation: AtomicBool,
+}
+
+/// Counts a request as active on its connection until dropped.
+#[derive(Debug)]
+pub struct Active(Arc<ConnShared>);
+
+impl Active {
+    pub fn new(shared: &Arc<ConnShared>) -> Active {
+        shared.active.fetch_add(1, Ordering::Relaxed);
+        shared.requests.fetch_add(1, Ordering::Relaxed);
+        shared.read_since_request.store(false, Ordering::Relaxed);
+        Active(shared.clone())
+    }
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Release);
+    }
+}
+
+/// A client TCP stream for hyper.
+pub struct ClientIo {
+    tcp: TcpStream,
+    /// Read before the socket: bytes a previous hyper connection read and left.
+    prefix: Bytes,
+    write_timeout: Duration,
+    /// Armed while a write is stalled.
+    stalled: Option<Pin<Box<Sleep>>>,
+    /// HTTP/1 only; `None` on HTTP/2 and tunnels.
+    scan: Option<FramingScan>,
+    shared: Arc<ConnShared>,
+}
+
+impl ClientIo {
+    pub fn new(tcp: TcpStream, write_timeout: Duration, shared: Arc<ConnShared>) -> ClientIo {
+        ClientIo {
+            tcp,
+            prefix: Bytes::new(),
+            write_timeout,
+            stalled: None,
+            scan: None,
+            shared,
+        }
+    }
+
+    /// Watch the raw bytes for framing violations (HTTP/1).
+    pub fn scan_framing(&mut self) {
+        self.scan = Some(FramingScan::default());
+    }
+
+    /// Stops the framing scan (the connection became a tunnel).
+    pub fn stop_scan(&mut self) {
+        self.scan = None;
+    }
+
+    /// Puts bytes read ahead back in front of the socket. They were scanned already.
+    pub fn unread(&mut self, bytes: Bytes) {
+        debug_assert!(self.prefix.is_empty());
+        self.prefix = bytes;
+    }
+
+    pub fn has_unread(&self) -> bool {
+        !self.prefix.is_empty()
+    }
+
+    pub fn tcp(&self) -> &TcpStream {
+        &self.tcp
+    }
+
+    /// Fails a write that has made no progress for the write timeout.
+    fn stall(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        self.shared.unflushed.store(true, Ordering::Relaxed);
+        let timeout = self.write_timeout;
+        let sleep = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        ready!(sleep.as_mut().poll(cx));
+        Poll::Ready(Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "client did not read for the write timeout",
+        )))
+    }
+}
+
+use std::future::Future;
+
+impl AsyncRead for ClientIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.prefix.is_empty() {
+            let n = this.prefix.len().min(buf.remaining());
+            buf.put_slice(&this.prefix[..n]);
+            this.prefix.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        let before = buf.filled().len();
+        ready!(Pin::new(&mut this.tcp).poll_read(cx, buf))?;
+        if buf.filled().len() > before {
+            this.shared.read_since_request.store(true, Ordering::Relaxed);
+        }
+        if let Some(scan) = this.scan.as_mut() {
+            if scan.feed(&buf.filled()[before..]) {
+                this.shared.framing_violation.store(true, Ordering::Release);
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for ClientIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.tcp).poll_write(cx, buf) {
+            Poll::Ready(r) => {
+                this.stalled = None;
+                this.shared.unflushed.store(true, Ordering::Relaxed);
+                Poll::Ready(r)
+            }
+            Poll::Pending => this.stall(cx),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.tcp).poll_write_vectored(cx, bufs) {
+            Poll::Ready(r) => {
+                this.stalled = None;
+                this.shared.unflushed.store(true, Ordering::Relaxed);
+                Poll::Ready(r)
+            }
+            Poll::Pending => this.stall(cx),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(Pin::new(&mut this.tcp).poll_flush(cx))?;
+        // hyper flushes the socket only once its own buffer is written out.
+        this.shared.unflushed.store(false, Ordering::Relaxed);
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().tcp).poll_shutdown(cx)
+    }
+}

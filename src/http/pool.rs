@@ -1,0 +1,190 @@
+//! levee's own pool of HTTP/1.1 connections to each backend.
+//!
+//! Requests hold a backend slot (their `Permit`) while they use a connection, so the
+//! connections in use never exceed the backend's limit in force; idle ones are kept up
+//! to [`IDLE_ALLOWANCE`] past `max_inflight` and for at most `upstream_idle`. A pooled
+//! connection the backend closed is seen closed (hyper's connection task ends when it
+//! reads the close) and never handed out; one that closes in the instant between the
+//! check and the send gives its request back unsent (`try_send_request`), and the
+//! request goes on a fresh connection.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dashmap::DashMap;
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use super::body::ForwardBody;
+use crate::error::Failure;
+
+/// Idle connections kept beyond a backend's `max_inflight`, so a burst that ends and
+/// starts again does not reconnect.
+pub const IDLE_ALLOWANCE: u32 = 2;
+
+/// How often idle connections past `upstream_idle` are closed.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+/// Every backend's pool, by address: pools outlive config reloads, so a reload keeps
+/// the connections of backends it keeps.
+#[derive(Default)]
+pub struct Pools {
+    by_addr: DashMap<SocketAddr, Arc<Pool>>,
+}
+
+impl Pools {
+    pub fn get(&self, addr: SocketAddr) -> Arc<Pool> {
+        if let Some(p) = self.by_addr.get(&addr) {
+            return p.clone();
+        }
+        self.by_addr
+            .entry(addr)
+            .or_insert_with(|| Arc::new(Pool::new(addr)))
+            .clone()
+    }
+
+    /// Closes idle connections older than `max_idle`, every second, until aborted.
+    pub fn spawn_sweeper(
+        self: &Arc<Self>,
+        max_idle: impl Fn() -> Duration + Send + 'static,
+    ) -> tokio::task::JoinHandle<()> {
+        let pools = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(SWEEP_EVERY);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                every.tick().await;
+                let Some(pools) = pools.upgrade() else { return };
+                let max = max_idle();
+                for p in pools.by_addr.iter() {
+                    p.prune(max);
+                }
+            }
+        })
+    }
+
+    /// Open connections to `addr` (in use and idle).
+    pub fn open(&self, addr: SocketAddr) -> u32 {
+        self.by_addr
+            .get(&addr)
+            .map_or(0, |p| p.open.load(Ordering::Relaxed))
+    }
+}
+
+/// The connections to one backend.
+pub struct Pool {
+    addr: SocketAddr,
+    /// Oldest first; taken from the back (the most recently used is the warmest).
+    idle: parking_lot::Mutex<Vec<Idle>>,
+    /// Connections open, counted by [`Open`] guards.
+    open: AtomicU32,
+}
+
+struct Idle {
+    conn: BackendConn,
+    since: Instant,
+}
+
+/// Counts one open connection until dropped.
+struct Open(Arc<Pool>);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A connection to a backend, checked out for one request.
+pub struct BackendConn {
+    pub tx: SendRequest<ForwardBody>,
+    /// Taken from the pool rather than made for this request.
+    pub reused: bool,
+    _open: Open,
+}
+
+impl Pool {
+    fn new(addr: SocketAddr) -> Pool {
+        Pool {
+            addr,
+            idle: parking_lot::Mutex::new(Vec::new()),
+            open: AtomicU32::new(0),
+        }
+    }
+
+    /// An idle connection that is still open and younger than `max_idle`, or a new one
+    /// (connect bounded by `connect`). `cap` is the backend's `max_inflight`.
+    pub async fn checkout(
+        self: &Arc<Self>,
+        connect: Duration,
+        max_idle: Duration,
+        cap: u32,
+    ) -> Result<BackendConn, Failure> {
+        if let Some(c) = self.take_idle(max_idle) {
+            return Ok(c);
+        }
+        if self.open.load(Ordering::Relaxed) >= cap + IDLE_ALLOWANCE {
+            // Make room: the oldest idle connection goes first.
+            let mut idle = self.idle.lock();
+            if !idle.is_empty() {
+                idle.remove(0);
+            }
+        }
+        self.connect(connect).await
+    }
+
+    fn take_idle(&self, max_idle: Duration) -> Option<BackendConn> {
+        let mut idle = self.idle.lock();
+        while let Some(i) = idle.pop() {
+            if !i.conn.tx.is_closed() && i.since.elapsed() < max_idle && i.conn.tx.is_ready() {
+                let mut c = i.conn;
+                c.reused = true;
+                return Some(c);
+            }
+        }
+        None
+    }
+
+    /// Returns a connection whose exchange ended cleanly.
+    pub fn checkin(&self, conn: BackendConn, cap: u32) {
+        if conn.tx.is_closed() || self.open.load(Ordering::Relaxed) > cap + IDLE_ALLOWANCE {
+            return;
+        }
+        self.idle.lock().push(Idle {
+            conn,
+            since: Instant::now(),
+        });
+    }
+
+    fn prune(&self, max_idle: Duration) {
+        let mut idle = self.idle.lock();
+        idle.retain(|i| !i.conn.tx.is_closed() && i.since.elapsed() < max_idle);
+    }
+
+    async fn connect(self: &Arc<Self>, timeout: Duration) -> Result<BackendConn, Failure> {
+        let tcp = match tokio::time::timeout(timeout, TcpStream::connect(self.addr)).await {
+            Err(_) => return Err(Failure::ConnectTimeout),
+            Ok(Err(e)) => return Err(Failure::of_connect(&e)),
+            Ok(Ok(tcp)) => tcp,
+        };
+        let _ = tcp.set_nodelay(true);
+        self.open.fetch_add(1, Ordering::Relaxed);
+        let open = Open(self.clone());
+        let (tx, conn) = hyper::client::conn::http1::Builder::new()
+            .handshake(TokioIo::new(tcp))
+            .await
+            .map_err(|_| Failure::ConnectError)?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::trace!(error = %e, "backend connection ended");
+            }
+        });
+        Ok(BackendConn {
+            tx,
+            reused: false,
+            _open: open,
+        })
+    }
+}

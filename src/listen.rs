@@ -1,0 +1,199 @@
+//! levee's accept loop: it owns the listening sockets, applies the connection caps
+//! (total, per IP, and the descriptor reserve), and hands each connection to
+//! [`crate::http::server`] on its own task.
+//!
+//! It takes an already-bound listener (tests bind `127.0.0.1:0`; a binary upgrade
+//! passes them over), counts open connections, and on shutdown stops accepting while
+//! open connections finish their request in progress.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Notify};
+
+use crate::http::forward::Proxy;
+use crate::http::server::{serve_connection, Settings};
+
+/// Open client connections: counts, per-IP counts, and ways to wait for fewer.
+pub struct Connections {
+    open: AtomicUsize,
+    idle: Notify,
+    per_ip: dashmap::DashMap<std::net::IpAddr, u32>,
+    /// Connections closed at once because their IP had `max_connections_per_ip` open.
+    rejected_per_ip: prometheus::IntCounter,
+    /// Connections answered 503 and closed at `max_connections`.
+    refused_at_max: prometheus::IntCounter,
+    /// Connections answered 503 through the reserved descriptor after `EMFILE`.
+    refused_no_descriptors: prometheus::IntCounter,
+    /// Refusals in progress (each waits briefly for the request before answering).
+    refusing: AtomicUsize,
+}
+
+/// Most refusals that wait for their request at once; past this they are answered
+/// without waiting, so a flood cannot hold descriptors through them.
+const MAX_REFUSING: usize = 8;
+/// How long a refusal waits for the request header before answering anyway.
+const REFUSE_WAIT: Duration = Duration::from_millis(100);
+
+impl Connections {
+    pub fn new(metrics: &crate::metrics::Metrics) -> Connections {
+        Connections {
+            open: AtomicUsize::new(0),
+            idle: Notify::new(),
+            per_ip: dashmap::DashMap::new(),
+            rejected_per_ip: metrics.connections_refused("per_ip"),
+            refused_at_max: metrics.connections_refused("max_connections"),
+            refused_no_descriptors: metrics.connections_refused("no_descriptors"),
+            refusing: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::SeqCst)
+    }
+
+    /// Counts a new connection from `ip`, unless that IP is at `per_ip_cap` (0: none).
+    fn admit(self: &Arc<Self>, ip: std::net::IpAddr, per_ip_cap: u32) -> Option<ConnectionGuard> {
+        if per_ip_cap > 0 {
+            let mut n = self.per_ip.entry(ip).or_insert(0);
+            if *n >= per_ip_cap {
+                return None;
+            }
+            *n += 1;
+        }
+        self.open.fetch_add(1, Ordering::SeqCst);
+        Some(ConnectionGuard {
+            connections: self.clone(),
+            ip: (per_ip_cap > 0).then_some(ip),
+        })
+    }
+
+    /// Resolves once no connection is open.
+    pub async fn drained(&self) {
+        loop {
+            let notified = self.idle.notified();
+            if self.open() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+struct ConnectionGuard {
+    connections: Arc<Connections>,
+    /// Set when the connection was counted per IP.
+    ip: Option<std::net::IpAddr>,
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        let c = &self.connections;
+        if let Some(ip) = self.ip {
+            // Drop the entry at zero so the map holds only IPs with open connections.
+            c.per_ip.remove_if_mut(&ip, |_, n| {
+                *n = n.saturating_sub(1);
+                *n == 0
+            });
+        }
+        if c.open.fetch_sub(1, Ordering::SeqCst) == 1 {
+            c.idle.notify_waiters();
+        }
+    }
+}
+
+/// Accepts connections on `listener` until `shutdown` turns true, serving each on its
+/// own task. Connections already open finish their current request and close.
+pub async fn serve(
+    listener: TcpListener,
+    proxy: Arc<Proxy>,
+    connections: Arc<Connections>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut reserve = crate::fds::Reserve::default();
+    let mut out_of_fds = crate::fds::Throttled::new(Duration::from_secs(1));
+    let mut other_errors = crate::fds::Throttled::new(Duration::from_secs(1));
+    loop {
+        let (cap, per_ip_cap, settings) = {
+            let snapshot = proxy.shared.load();
+            let s = &snapshot.config.server;
+            (
+                crate::fds::max_connections(s.max_connections),
+                s.max_connections_per_ip,
+                Settings {
+                    timeouts: s.timeouts,
+                    max_header_bytes: s.max_header_bytes,
+                },
+            )
+        };
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            changed = shutdown.changed() => {
+                if changed.is_err() || *shutdown.borrow() {
+                    break;
+                }
+                continue;
+            }
+        };
+        let (tcp, peer) = match accepted {
+            Ok(conn) => conn,
+            Err(e) if crate::fds::out_of_descriptors(&e) => {
+                // Out of descriptors despite the cap (backend connections, probes):
+                // answer one waiting client with a 503 through the reserved descriptor
+                // rather than leave the queue unanswered, and pause briefly so the loop
+                // cannot spin while nothing frees.
+                if reserve.refuse_one(&listener).await {
+                    connections.refused_no_descriptors.inc();
+                }
+                if let Some(left_out) = out_of_fds.check() {
+                    tracing::warn!(
+                        error = %e,
+                        left_out,
+                        open = connections.open(),
+                        "accept failed: out of file descriptors; refusing new clients with 503 until some close"
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                continue;
+            }
+            Err(e) => {
+                if let Some(left_out) = other_errors.check() {
+                    tracing::warn!(error = %e, left_out, "accept failed");
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                continue;
+            }
+        };
+        if cap > 0 && connections.open() >= cap {
+            // At the cap: a 503 with Retry-After and a close, not a wait in the
+            // kernel's queue that the client cannot tell from a dead proxy.
+            connections.refused_at_max.inc();
+            if connections.refusing.load(Ordering::Relaxed) < MAX_REFUSING {
+                connections.refusing.fetch_add(1, Ordering::Relaxed);
+                let connections = connections.clone();
+                tokio::spawn(async move {
+                    crate::fds::refuse(tcp, "max_connections", REFUSE_WAIT).await;
+                    connections.refusing.fetch_sub(1, Ordering::Relaxed);
+                });
+            } else {
+                crate::fds::refuse_now(&tcp, "max_connections");
+            }
+            continue;
+        }
+        let Some(guard) = connections.admit(peer.ip(), per_ip_cap) else {
+            connections.rejected_per_ip.inc();
+            tracing::debug!(%peer, "closed: too many connections from this address");
+            drop(tcp);
+            continue;
+        };
+        let _ = tcp.set_nodelay(true);
+        let proxy = proxy.clone();
+        let watch = shutdown.clone();
+        tokio::spawn(async move {
+            let _guard = guard;
+            serve_connection(proxy, tcp, peer, settings, watch).await;
+        });
+    }
+}
