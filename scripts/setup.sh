@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# Installs what building levee needs on a fresh Debian machine: cmake (pingora's
-# zlib-ng build). With --all it also installs what the optional checks use: chromium
-# (status page test), haproxy, nginx and wrk (benchmarks). Safe to run again.
+# Installs what levee needs on a fresh Debian machine. Building it needs only Rust
+# (checked below). With --all it also installs what the optional checks use: chromium
+# (status page test), haproxy, nginx and wrk (benchmarks), promtool (alert rules).
+# Safe to run again.
 set -euo pipefail
 
 need=()
-command -v cmake >/dev/null || need+=(cmake)
 if [ "${1:-}" = "--all" ]; then
   command -v chromium >/dev/null || need+=(chromium)
   command -v haproxy >/dev/null || need+=(haproxy)

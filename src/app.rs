@@ -194,10 +194,7 @@ async fn listener(
 
 /// Like [`start`], but takes the listeners a previous levee handed over where their
 /// addresses match, and binds the rest.
-pub async fn start_inheriting(
-    config: Config,
-    inherited: Option<Fds>,
-) -> std::io::Result<Running> {
+pub async fn start_inheriting(config: Config, inherited: Option<Fds>) -> std::io::Result<Running> {
     let mut listeners = Vec::new();
     let mut handover = Vec::new();
     for addr in &config.server.listen {
@@ -373,9 +370,11 @@ pub async fn receive_listeners(sock: &std::path::Path) -> std::io::Result<Fds> {
         )));
     }
     tokio::task::spawn_blocking(move || Fds::receive_on(&path))
-    .await
-    .map_err(std::io::Error::other)?
-    .map_err(|e| std::io::Error::other(format!("receiving listeners on {}: {e}", sock.display())))
+        .await
+        .map_err(std::io::Error::other)?
+        .map_err(|e| {
+            std::io::Error::other(format!("receiving listeners on {}: {e}", sock.display()))
+        })
 }
 
 /// `levee run`: serve until SIGTERM (drain, then exit), SIGINT (exit now) or SIGQUIT

@@ -157,7 +157,10 @@ mod tests {
 
     #[test]
     fn failures_map_to_statuses() {
-        assert_eq!(Failure::ConnectError.status_and_label(), (502, "connect_error"));
+        assert_eq!(
+            Failure::ConnectError.status_and_label(),
+            (502, "connect_error")
+        );
         assert_eq!(
             Failure::UpstreamTimeout.status_and_label(),
             (504, "upstream_timeout")

@@ -32,7 +32,10 @@ impl Fds {
     }
 
     pub fn get(&self, key: &str) -> Option<&RawFd> {
-        self.entries.iter().find(|(k, _)| k == key).map(|(_, fd)| fd)
+        self.entries
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, fd)| fd)
     }
 
     /// Sends every descriptor to the successor waiting on `path`.

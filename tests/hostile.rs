@@ -740,7 +740,7 @@ fn corpus() -> Vec<Case> {
                 &format!("Content-Length: {}\r\nTransfer-Encoding: chunked\r\n", smuggled_cl.len()),
                 smuggled_cl.as_bytes(),
             ),
-            CloseAfter,
+            Reject,
         ),
         known(
             case(
@@ -749,7 +749,7 @@ fn corpus() -> Vec<Case> {
                     "Transfer-Encoding: chunked\r\nContent-Length: 4\r\n",
                     one_chunk(SMUGGLED).as_bytes(),
                 ),
-                CloseAfter,
+                Reject,
             ),
             "connection_closes_after_content_length_with_transfer_encoding",
         ),
@@ -762,7 +762,7 @@ fn corpus() -> Vec<Case> {
             case(
                 "cl_cl_same: CL 5 twice",
                 post("Content-Length: 5\r\nContent-Length: 5\r\n", b"hello"),
-                Either,
+                Reject,
             ),
             "duplicate_content_lengths_never_reach_the_backend",
         ),
@@ -770,7 +770,7 @@ fn corpus() -> Vec<Case> {
             case(
                 "cl_list_same: CL `5, 5`",
                 post("Content-Length: 5, 5\r\n", b"hello"),
-                Either,
+                Reject,
             ),
             "duplicate_content_lengths_never_reach_the_backend",
         ),
@@ -826,12 +826,17 @@ fn corpus() -> Vec<Case> {
         case(
             "te_identity_chunked: `identity, chunked`",
             post("Transfer-Encoding: identity, chunked\r\n", one_chunk("hello").as_bytes()),
-            Either,
+            Reject,
         ),
         case(
             "te_gzip_chunked: `gzip, chunked`",
             post("Transfer-Encoding: gzip, chunked\r\n", one_chunk("hello").as_bytes()),
-            Either,
+            Reject,
+        ),
+        case(
+            "te_chunked_chunked: `chunked, chunked`",
+            post("Transfer-Encoding: chunked, chunked\r\n", one_chunk("hello").as_bytes()),
+            Reject,
         ),
         case(
             "te_tab: `\\tchunked`",
@@ -841,7 +846,7 @@ fn corpus() -> Vec<Case> {
         case(
             "te_comma: `chunked,`",
             post("Transfer-Encoding: chunked,\r\n", one_chunk("hello").as_bytes()),
-            Either,
+            Reject,
         ),
         case(
             "te_obs_fold: value on a folded line",
@@ -873,7 +878,7 @@ fn corpus() -> Vec<Case> {
                 "Transfer-Encoding: identity\r\nTransfer-Encoding: chunked\r\n",
                 one_chunk("hello").as_bytes(),
             ),
-            Either,
+            Reject,
         ),
         case(
             "te_space_before_colon",
@@ -910,6 +915,22 @@ fn corpus() -> Vec<Case> {
         case(
             "chunk_size_not_hex: `zz`",
             post("Transfer-Encoding: chunked\r\n", b"zz\r\nhello\r\n0\r\n\r\n"),
+            Reject,
+        ),
+        case(
+            "chunk_size_empty: empty chunk-size line, then a request",
+            post(
+                "Transfer-Encoding: chunked\r\n",
+                format!("5\r\nhello\r\n\r\n0\r\n\r\n{SMUGGLED}").as_bytes(),
+            ),
+            Reject,
+        ),
+        case(
+            "chunk_size_empty_first: body opens with an empty chunk-size line",
+            post(
+                "Transfer-Encoding: chunked\r\n",
+                format!("\r\n\r\n{SMUGGLED}").as_bytes(),
+            ),
             Reject,
         ),
         case(

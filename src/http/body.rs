@@ -17,8 +17,8 @@ use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use hyper::body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+use hyper::body::{Body, Frame, SizeHint};
 use tokio::time::Sleep;
 
 use super::exchange::Exchange;
@@ -147,13 +147,12 @@ impl Body for ForwardBody {
                 None => Poll::Ready(None),
             },
             Poll::Ready(Some(Err(e))) => {
-                let f = if this.conn.framing_violation.load(Ordering::Acquire)
-                    || is_invalid_data(&e)
-                {
-                    Failure::BadRequest
-                } else {
-                    Failure::ClientGone
-                };
+                let f =
+                    if this.conn.framing_violation.load(Ordering::Acquire) || is_invalid_data(&e) {
+                        Failure::BadRequest
+                    } else {
+                        Failure::ClientGone
+                    };
                 this.fail(f)
             }
             Poll::Pending => {

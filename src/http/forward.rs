@@ -79,9 +79,7 @@ pub async fn serve(
 /// carries the key.
 fn affinity_key(headers: &HeaderMap, affinity: &Affinity) -> Option<u64> {
     match affinity {
-        Affinity::Header(name) => headers
-            .get(name.as_str())
-            .map(|v| hash_bytes(v.as_bytes())),
+        Affinity::Header(name) => headers.get(name.as_str()).map(|v| hash_bytes(v.as_bytes())),
         Affinity::Cookie(name) => headers.get_all(header::COOKIE).iter().find_map(|v| {
             v.to_str().ok()?.split(';').find_map(|pair| {
                 let (k, val) = pair.trim().split_once('=')?;
@@ -101,7 +99,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
             .map(str::trim)
-            .filter(|t| !t.is_empty() && !(upgrade && t.eq_ignore_ascii_case("upgrade")))
+            .filter(|t| !(t.is_empty() || upgrade && t.eq_ignore_ascii_case("upgrade")))
             .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
             .collect();
         for name in named {
@@ -268,7 +266,11 @@ async fn handle(
             .done
             .get()
             .map_or(exchange.admitted_at(), |d| (*d).max(exchange.admitted_at()));
-        let wait = if may_stream { t.read.max(t.stream_idle) } else { t.read };
+        let wait = if may_stream {
+            t.read.max(t.stream_idle)
+        } else {
+            t.read
+        };
         (wait, Some(from + t.response))
     };
     Response::from_parts(
@@ -341,7 +343,7 @@ struct Attempt<'a> {
 /// How a send failed.
 enum SendError {
     /// The connection was closed before the request went out: the request is back.
-    NotSent(Request<ForwardBody>),
+    NotSent(Box<Request<ForwardBody>>),
     Failed(Failure),
 }
 
@@ -405,7 +407,7 @@ impl Attempt<'_> {
                 Err(SendError::NotSent(back)) => {
                     // A pooled connection closed under us: not the backend's fault;
                     // the same request goes on a fresh connection.
-                    req = Some(back);
+                    req = Some(*back);
                 }
                 Err(SendError::Failed(f)) => {
                     if let Some(client) = self.upload.failure.get() {
@@ -467,7 +469,10 @@ impl Attempt<'_> {
             // The wait for the head counts from the request's last progress: a slow
             // upload is bounded by `client_header` per read, not by the backend's
             // `read`, while a backend that stops reading it is bounded by `read`.
-            let last = self.upload.last_progress().map_or(started, |p| p.max(started));
+            let last = self
+                .upload
+                .last_progress()
+                .map_or(started, |p| p.max(started));
             tokio::select! {
                 r = &mut sent => {
                     return match r {
@@ -476,7 +481,7 @@ impl Attempt<'_> {
                             let unsent = e.take_message();
                             let err = e.into_error();
                             match unsent {
-                                Some(back) if conn.reused => Err(SendError::NotSent(back)),
+                                Some(back) if conn.reused => Err(SendError::NotSent(Box::new(back))),
                                 _ => Err(SendError::Failed(classify(&err))),
                             }
                         }

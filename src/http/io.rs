@@ -140,7 +140,9 @@ impl AsyncRead for ClientIo {
         let before = buf.filled().len();
         ready!(Pin::new(&mut this.tcp).poll_read(cx, buf))?;
         if buf.filled().len() > before {
-            this.shared.read_since_request.store(true, Ordering::Relaxed);
+            this.shared
+                .read_since_request
+                .store(true, Ordering::Relaxed);
         }
         if let Some(scan) = this.scan.as_mut() {
             if scan.feed(&buf.filled()[before..]) {

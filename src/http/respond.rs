@@ -48,5 +48,11 @@ pub fn failure(f: Failure, upstream: Option<&str>, active: Option<Active>) -> Re
     let (status, label) = f.status_and_label();
     let status = if status == 0 { 400 } else { status };
     let retry_after = (status == 503).then_some(1);
-    json(status, error_body(label, upstream), retry_after, true, active)
+    json(
+        status,
+        error_body(label, upstream),
+        retry_after,
+        true,
+        active,
+    )
 }

@@ -8,9 +8,11 @@
 //! (bare CR, NUL, obs-fold, bad versions) and 431 for oversized heads.
 //!
 //! [`FramingScan`] watches the raw bytes of an HTTP/1 connection as they are read,
-//! for the one rule a parsed request cannot show: a chunk-size line with no digits,
-//! which hyper reads as the last chunk (so what follows would be read as a new
-//! request) where other servers read an error. It keeps a few bytes of state and no
+//! for the rules a parsed request cannot show: a chunk-size line with no digits, which
+//! hyper reads as the last chunk (so what follows would be read as a new request)
+//! where other servers read an error; and `Content-Length` repeated, list-valued or
+//! beside `Transfer-Encoding`, which hyper folds into one framing and drops from the
+//! parsed head. It keeps a few bytes of state and no
 //! buffer, and stops watching a connection whose framing it cannot follow (an
 //! upgrade, a head levee rejects anyway), which then closes or becomes a tunnel.
 
@@ -29,6 +31,8 @@ pub enum Invalid {
     ContentLength,
     #[error("HTTP/1.1 request without Host")]
     NoHost,
+    #[error("more than one Host, or a Host with userinfo")]
+    Host,
     #[error("request target is not origin-form")]
     Target,
 }
@@ -50,8 +54,12 @@ pub fn check_head(req: &Parts) -> Result<(), Invalid> {
             return Err(Invalid::TransferEncoding);
         }
     }
-    if req.version == Version::HTTP_11 && !h.contains_key(HOST) {
-        return Err(Invalid::NoHost);
+    let mut hosts = h.get_all(HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (None, _) if req.version == Version::HTTP_11 => return Err(Invalid::NoHost),
+        (Some(_), Some(_)) => return Err(Invalid::Host),
+        (Some(host), None) if host.as_bytes().contains(&b'@') => return Err(Invalid::Host),
+        _ => {}
     }
     if req.version < Version::HTTP_2 && !origin_form(req) {
         return Err(Invalid::Target);
@@ -96,6 +104,8 @@ struct Head {
     started: bool,
     content_length: Option<u64>,
     chunked: bool,
+    /// `Content-Length` repeated or list-valued.
+    lengths: bool,
     /// Framing this scan cannot follow; levee refuses or tunnels such requests.
     opaque: bool,
 }
@@ -104,10 +114,15 @@ struct Head {
 enum Scan {
     Head,
     Body(u64),
-    ChunkSize { digits: u32, after: bool },
+    ChunkSize {
+        digits: u32,
+        after: bool,
+    },
     ChunkData(u64),
     ChunkDataEnd,
-    Trailers { empty: bool },
+    Trailers {
+        empty: bool,
+    },
     /// Not watching any more.
     Off,
 }
@@ -133,7 +148,11 @@ impl FramingScan {
                 Scan::Body(left) => {
                     let n = (bytes.len() as u64).min(left);
                     bytes = &bytes[n as usize..];
-                    self.state = if n == left { Scan::Head } else { Scan::Body(left - n) };
+                    self.state = if n == left {
+                        Scan::Head
+                    } else {
+                        Scan::Body(left - n)
+                    };
                 }
                 Scan::ChunkData(left) => {
                     let n = (bytes.len() as u64).min(left);
@@ -160,25 +179,35 @@ impl FramingScan {
     /// One byte of a head, a chunk-size line, a chunk's end or the trailers.
     fn byte(&mut self, b: u8) -> bool {
         match self.state {
-            Scan::Head => self.head_byte(b),
+            Scan::Head => return self.head_byte(b),
             Scan::ChunkSize { digits, after } => match b {
                 b'\r' if digits == 0 => return true,
                 b'\r' => {}
                 b'\n' => self.state = self.chunk_len().map_or(Scan::Off, |n| n),
                 b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F' if !after => {
-                    self.line_len = self.line_len.saturating_mul(16)
-                        + (b as char).to_digit(16).unwrap_or(0) as usize;
-                    if digits >= 15 {
-                        self.state = Scan::Off;
-                    } else {
-                        self.state = Scan::ChunkSize {
-                            digits: digits + 1,
-                            after,
-                        };
+                    let digit = (b as char).to_digit(16).unwrap_or(0) as usize;
+                    match self
+                        .line_len
+                        .checked_mul(16)
+                        .and_then(|n| n.checked_add(digit))
+                    {
+                        Some(n) => {
+                            self.line_len = n;
+                            self.state = Scan::ChunkSize {
+                                digits: digits.saturating_add(1),
+                                after,
+                            };
+                        }
+                        None => self.state = Scan::Off, // hyper refuses it too
                     }
                 }
                 _ if digits == 0 => self.state = Scan::Off, // hyper refuses it
-                _ => self.state = Scan::ChunkSize { digits, after: true },
+                _ => {
+                    self.state = Scan::ChunkSize {
+                        digits,
+                        after: true,
+                    }
+                }
             },
             Scan::ChunkDataEnd => match b {
                 b'\r' => {}
@@ -221,13 +250,14 @@ impl FramingScan {
         self.state = Scan::Head;
     }
 
-    fn head_byte(&mut self, b: u8) {
+    /// One byte of a head: true when the head, now complete, breaks a framing rule.
+    fn head_byte(&mut self, b: u8) -> bool {
         if b != b'\n' {
             if self.line_len < LINE_KEEP {
                 self.line[self.line_len] = b;
             }
             self.line_len += 1;
-            return;
+            return false;
         }
         let len = self.line_len;
         self.line_len = 0;
@@ -238,34 +268,40 @@ impl FramingScan {
                 self.head.started = true;
                 self.head.opaque |= line.starts_with(b"CONNECT ");
             }
-            return;
+            return false;
         }
         if line.is_empty() && len <= 1 {
             let head = self.head;
             self.head = Head::default();
-            self.state = if head.opaque || head.chunked && head.content_length.is_some() {
+            if head.lengths || head.chunked && head.content_length.is_some() {
+                return true;
+            }
+            self.state = if head.opaque {
                 Scan::Off
             } else if head.chunked {
                 self.start_chunk();
-                return;
+                return false;
             } else {
                 match head.content_length {
                     Some(n) if n > 0 => Scan::Body(n),
                     _ => Scan::Head,
                 }
             };
-            return;
+            return false;
         }
         let Some(colon) = line.iter().position(|&c| c == b':') else {
-            return;
+            return false;
         };
         let name = &line[..colon];
         let value = line[colon + 1..].trim_ascii();
         let whole = len <= LINE_KEEP;
         if name.eq_ignore_ascii_case(b"content-length") {
             let n = std::str::from_utf8(value).ok().and_then(|v| v.parse().ok());
-            match (whole, n, self.head.content_length) {
-                (true, Some(n), None) => self.head.content_length = Some(n),
+            if self.head.content_length.is_some() || value.contains(&b',') {
+                self.head.lengths = true;
+            }
+            match (whole, n) {
+                (true, Some(n)) => self.head.content_length = Some(n),
                 _ => self.head.opaque = true,
             }
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
@@ -277,6 +313,7 @@ impl FramingScan {
         } else if name.eq_ignore_ascii_case(b"upgrade") {
             self.head.opaque = true;
         }
+        false
     }
 }
 
@@ -311,6 +348,11 @@ mod tests {
         assert_eq!(ok("GET / HTTP/1.0"), Ok(()));
         assert_eq!(ok("GET / HTTP/1.1"), Err(Invalid::NoHost));
         assert_eq!(
+            ok("GET / HTTP/1.1\r\nHost: x\r\nHost: y"),
+            Err(Invalid::Host)
+        );
+        assert_eq!(ok("GET / HTTP/1.1\r\nHost: a@x"), Err(Invalid::Host));
+        assert_eq!(
             ok("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked"),
             Err(Invalid::LengthAndChunked)
         );
@@ -335,7 +377,10 @@ mod tests {
             Ok(()),
             "absolute-form naming its Host"
         );
-        assert_eq!(ok("GET http://a/ HTTP/1.1\r\nHost: b"), Err(Invalid::Target));
+        assert_eq!(
+            ok("GET http://a/ HTTP/1.1\r\nHost: b"),
+            Err(Invalid::Target)
+        );
         assert_eq!(ok("GET * HTTP/1.1\r\nHost: b"), Err(Invalid::Target));
         assert_eq!(ok("OPTIONS * HTTP/1.1\r\nHost: b"), Ok(()));
     }
@@ -372,6 +417,18 @@ POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
             b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n\r\n",
         );
         assert!(scan(&[&later]));
+    }
+
+    #[test]
+    fn lengths_hyper_folds_are_seen_in_the_raw_head() {
+        for head in [
+            &b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello"[..],
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5, 5\r\n\r\nhello",
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n0\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: x\r\ncontent-length: 4\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n",
+        ] {
+            assert!(scan(&[head]), "{}", String::from_utf8_lossy(head));
+        }
     }
 
     #[test]
