@@ -7,8 +7,22 @@
 //! scripts/bench.sh [--quick]             # the same, after raising `ulimit -n`
 //! ```
 //!
-//! Options (after `--`): `--quick`, `--reps N`, `--only levee,haproxy,nginx,direct`,
-//! `--sections raw,overload,memory,shed`, `--json PATH`, `--ticks`.
+//! Options (after `--`): `--quick`, `--reps N`,
+//! `--only levee,levee-before,haproxy,nginx,direct`, `--sections raw,overload,memory,shed`,
+//! `--json PATH`, `--ticks`.
+//!
+//! Before and after: `LEVEE_BEFORE` names an older levee binary (same CLI and config
+//! format, e.g. a release build of an earlier commit in another worktree), run as the
+//! extra target "levee-before" with exactly levee's config and threads:
+//!
+//! ```text
+//! LEVEE_BEFORE=/tmp/levee-before/target/release/levee scripts/bench.sh
+//! ```
+//!
+//! It then has its own row in every table (the shed section runs it too), and a last
+//! table sets levee beside it; the targets stay judged on levee (this checkout). Without
+//! `LEVEE_BEFORE` it is not in the default set, and `--only levee-before` skips it with
+//! a message, as a missing haproxy is skipped.
 //!
 //! Sections:
 //! - raw: a fast backend; wrk's closed-loop requests/s per target, then the open-loop
@@ -16,7 +30,8 @@
 //! - overload: 4 capacity-limited replicas; C measured first; 1x, 2x, 5x, 10x C offered
 //!   open loop through each proxy: goodput, admitted and 503 latency, replica peak;
 //! - memory: RSS of each proxy holding 10,000 idle keep-alive client connections;
-//! - shed: 503s per second levee answers on one thread when every slot is held.
+//! - shed: 503s per second levee (and levee-before) answers on one thread when every
+//!   slot is held.
 //!
 //! Everything runs on 127.0.0.1; every loop is bounded in count and time; proxies
 //! run one at a time, with the same thread count ([`THREADS`]).
@@ -95,7 +110,7 @@ impl Opts {
         let mut opts = Opts {
             quick: false,
             reps: 0,
-            kinds: Kind::ALL.to_vec(),
+            kinds: Kind::defaults(),
             sections: ["raw", "overload", "memory", "shed"]
                 .map(String::from)
                 .to_vec(),
@@ -146,7 +161,7 @@ impl Opts {
     }
 }
 
-const USAGE: &str = "cargo bench --bench load -- [--quick] [--reps N] [--only levee,haproxy,nginx,direct] [--sections raw,overload,memory,shed] [--json PATH] [--ticks]";
+const USAGE: &str = "[LEVEE_BEFORE=OLDER_LEVEE_BINARY] cargo bench --bench load -- [--quick] [--reps N] [--only levee,levee-before,haproxy,nginx,direct] [--sections raw,overload,memory,shed] [--json PATH] [--ticks]";
 
 /// How long each measurement lasts.
 #[derive(Debug, Clone, Copy)]
@@ -235,7 +250,7 @@ async fn run(opts: Opts) -> Results {
     let plan = Plan::new(opts.quick);
     let tools = Tools::find();
     let mut res = Results {
-        command: command_line(&opts),
+        command: command_line(&opts, &tools),
         quick: opts.quick,
         reps: opts.reps,
         machine: machine(&tools),
@@ -281,8 +296,15 @@ async fn run(opts: Opts) -> Results {
     res
 }
 
-fn command_line(opts: &Opts) -> String {
-    let mut cmd = "cargo bench --bench load".to_owned();
+fn command_line(opts: &Opts, tools: &Tools) -> String {
+    let mut cmd = match &tools.levee_before_var {
+        Some(v) if opts.kinds.contains(&Kind::LeveeBefore) => format!(
+            "{}={} cargo bench --bench load",
+            proxies::LEVEE_BEFORE,
+            std::path::Path::new(v).display()
+        ),
+        _ => "cargo bench --bench load".to_owned(),
+    };
     let mut extra = Vec::new();
     if opts.quick {
         extra.push("--quick".to_owned());
@@ -291,7 +313,7 @@ fn command_line(opts: &Opts) -> String {
     if opts.reps != default_reps {
         extra.push(format!("--reps {}", opts.reps));
     }
-    if opts.kinds != Kind::ALL {
+    if opts.kinds != Kind::defaults() {
         let names: Vec<_> = opts.kinds.iter().map(|k| k.name()).collect();
         extra.push(format!("--only {}", names.join(",")));
     }
@@ -343,19 +365,22 @@ fn machine(tools: &Tools) -> report::Machine {
             versions.push((name.to_owned(), output(p, arg)));
         }
     }
-    let commit = std::process::Command::new("git")
-        .args([
-            "-C",
-            env!("CARGO_MANIFEST_DIR"),
-            "describe",
-            "--always",
-            "--dirty",
-        ])
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_default();
+    if let Some(p) = &tools.levee_before {
+        // The checkout the binary sits in (`…/target/release/levee`), if it is one: its
+        // commit now, which is the build's unless it was rebuilt from elsewhere.
+        let checkout = p
+            .ancestors()
+            .skip(1)
+            .find(|d| d.join(".git").exists())
+            .map(git_describe)
+            .filter(|c| !c.is_empty())
+            .map_or(String::new(), |c| format!(", its checkout at {c}"));
+        versions.push((
+            "levee-before".to_owned(),
+            format!("{} ({}{checkout})", output(p, "--version"), p.display()),
+        ));
+    }
+    let commit = git_describe(std::path::Path::new(env!("CARGO_MANIFEST_DIR")));
     report::Machine {
         cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
         cpu_model,
@@ -365,6 +390,19 @@ fn machine(tools: &Tools) -> report::Machine {
         versions,
         commit,
     }
+}
+
+/// `git describe --always --dirty` of the checkout at `dir`; empty when git fails.
+fn git_describe(dir: &std::path::Path) -> String {
+    std::process::Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(["describe", "--always", "--dirty"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
 }
 
 /// The runtime the replicas run on: their own threads, apart from the load generator's,
@@ -456,7 +494,7 @@ async fn raw_section(plan: &Plan, opts: &Opts, tools: &Tools, kinds: &[Kind], re
                     match r {
                         Ok(r) => {
                             println!(
-                                "  rep {rep} {:<8} wrk {:>8.0} req/s  p50 {}  p99 {}  errors {}  CPU/req {}",
+                                "  rep {rep} {:<12} wrk {:>8.0} req/s  p50 {}  p99 {}  errors {}  CPU/req {}",
                                 kind.name(),
                                 r.rps,
                                 report::ms(r.p50),
@@ -466,7 +504,7 @@ async fn raw_section(plan: &Plan, opts: &Opts, tools: &Tools, kinds: &[Kind], re
                             );
                             wrk_runs.entry(kind).or_default().push((r, cpu));
                         }
-                        Err(e) => println!("  rep {rep} {:<8} wrk failed: {e}", kind.name()),
+                        Err(e) => println!("  rep {rep} {:<12} wrk failed: {e}", kind.name()),
                     }
                 }
             }
@@ -515,7 +553,7 @@ async fn raw_section(plan: &Plan, opts: &Opts, tools: &Tools, kinds: &[Kind], re
             p.stop().await;
             let q = |v: &[Duration], x| ProbeStats::quantile(v, x).unwrap_or_default();
             println!(
-                "  rep {rep} {:<8} open loop p50 {}  p99 {}  2xx {}  other {}  CPU/req {}  | probe p50 {} p99 {} {}",
+                "  rep {rep} {:<12} open loop p50 {}  p99 {}  2xx {}  other {}  CPU/req {}  | probe p50 {} p99 {} {}",
                 kind.name(),
                 report::ms(r.ok_p50),
                 report::ms(r.ok_p99),
@@ -734,7 +772,7 @@ async fn overload_section(
                     _ => BTreeMap::new(),
                 };
                 println!(
-                    "  rep {rep} {:<8} {factor:>4.0}x {rate:>6.0}/s  2xx {:>6.0}/s p99 {:<8} 503 {:>6.0}/s p99 {:<8} probe 503 p99 {:<8} other {:<5} peak {peak} CPU {:.2} {}",
+                    "  rep {rep} {:<12} {factor:>4.0}x {rate:>6.0}/s  2xx {:>6.0}/s p99 {:<8} 503 {:>6.0}/s p99 {:<8} probe 503 p99 {:<8} other {:<5} peak {peak} CPU {:.2} {}",
                     kind.name(),
                     r.ok as f64 / plan.step.as_secs_f64(),
                     report::ms(r.ok_p99),
@@ -772,7 +810,7 @@ async fn overload_section(
         let rate = FACTORS[FACTORS.len() - 1] * cap;
         let r = load::run(open_loop(fast.addr(), "/", rate, plan.step), |_| {}).await;
         println!(
-            "  rep {rep} floor    direct fast backend at {rate:.0}/s: p50 {} p99 {}",
+            "  rep {rep} floor        direct fast backend at {rate:.0}/s: p50 {} p99 {}",
             report::ms(r.ok_p50),
             report::ms(r.ok_p99)
         );
@@ -857,7 +895,7 @@ async fn memory_section(
             let with = p.rss_kib().unwrap_or(0) as f64;
             let closed = conns.closed();
             println!(
-                "  rep {rep} {:<8} RSS {:.1} MiB -> {:.1} MiB with {} conns (opened in {:.1} s, {} failed{}, {closed} closed by the proxy)",
+                "  rep {rep} {:<12} RSS {:.1} MiB -> {:.1} MiB with {} conns (opened in {:.1} s, {} failed{}, {closed} closed by the proxy)",
                 kind.name(),
                 base / 1024.0,
                 with / 1024.0,
@@ -912,9 +950,21 @@ async fn hold_slots(addr: SocketAddr, n: usize) -> Vec<TcpStream> {
     held
 }
 
+/// The shed section's measurements of one levee kind, over repetitions.
+#[derive(Default)]
+struct ShedRuns {
+    /// wrk with free slots, and the CPU per request.
+    proxied: Vec<(wrk::WrkResult, Option<f64>)>,
+    /// wrk with every slot held, and the CPU per 503.
+    shed: Vec<(wrk::WrkResult, Option<f64>)>,
+    /// Per shed run: did the held slots stay held?
+    held: Vec<bool>,
+}
+
 async fn shed_section(plan: &Plan, opts: &Opts, tools: &Tools, kinds: &[Kind], res: &mut Results) {
     println!("\n== shed cost: levee on one thread");
-    if !kinds.contains(&Kind::Levee) {
+    let levees: Vec<Kind> = kinds.iter().copied().filter(|k| k.is_levee()).collect();
+    if levees.is_empty() {
         println!("SKIP shed: levee not selected");
         return;
     }
@@ -932,90 +982,104 @@ async fn shed_section(plan: &Plan, opts: &Opts, tools: &Tools, kinds: &[Kind], r
         queue_timeout: Duration::from_millis(10),
         ..proxied_setup.clone()
     };
-    let mut proxied = Vec::new();
-    let mut shed = Vec::new();
-    let mut all_held = true;
+    let mut runs: BTreeMap<Kind, ShedRuns> = BTreeMap::new();
     for rep in 1..=opts.reps {
-        if let Some(p) = start(Kind::Levee, &proxied_setup, tools, res).await {
-            warm_up(p.addr).await;
+        for &kind in &levees {
+            let runs = runs.entry(kind).or_default();
+            if let Some(p) = start(kind, &proxied_setup, tools, res).await {
+                warm_up(p.addr).await;
+                let url = format!("http://{}/", p.addr);
+                let cpu0 = p.cpu_time();
+                let r = wrk::run(wrk_bin, &url, WRK_THREADS, WRK_CONNECTIONS, plan.shed).await;
+                let done = r.as_ref().map_or(0, |r| r.requests);
+                let cpu = cpu_per_request(cpu0, p.cpu_time(), done);
+                match r {
+                    Ok(r) => {
+                        println!(
+                            "  rep {rep} {:<12} proxied  {:>8.0} req/s  p99 {}  CPU/req {}",
+                            kind.name(),
+                            r.rps,
+                            report::ms(r.p99),
+                            report::us_opt(cpu)
+                        );
+                        runs.proxied.push((r, cpu));
+                    }
+                    Err(e) => println!("  rep {rep} {:<12} proxied: wrk failed: {e}", kind.name()),
+                }
+                p.stop().await;
+            }
+            let Some(p) = start(kind, &shed_setup, tools, res).await else {
+                continue;
+            };
+            // The previous run's held requests end with their connections; wait for
+            // that, so the check below sees this run's holders, not old ones.
+            settle(std::slice::from_ref(&fast)).await;
+            let holders = hold_slots(p.addr, SHED_SLOTS).await;
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while fast.stats().inflight < SHED_SLOTS && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            let held_before = fast.stats().inflight;
             let url = format!("http://{}/", p.addr);
             let cpu0 = p.cpu_time();
             let r = wrk::run(wrk_bin, &url, WRK_THREADS, WRK_CONNECTIONS, plan.shed).await;
             let done = r.as_ref().map_or(0, |r| r.requests);
             let cpu = cpu_per_request(cpu0, p.cpu_time(), done);
+            let held = held_before >= SHED_SLOTS && fast.stats().inflight >= SHED_SLOTS;
+            runs.held.push(held);
+            drop(holders);
+            p.stop().await;
             match r {
                 Ok(r) => {
                     println!(
-                        "  rep {rep} proxied  {:>8.0} req/s  p99 {}  CPU/req {}",
+                        "  rep {rep} {:<12} shed     {:>8.0} req/s  p50 {}  p99 {}  non-2xx {} of {}  slots held: {held}  CPU/503 {}",
+                        kind.name(),
                         r.rps,
+                        report::ms(r.p50),
                         report::ms(r.p99),
+                        r.non2xx,
+                        r.requests,
                         report::us_opt(cpu)
                     );
-                    proxied.push((r, cpu));
+                    runs.shed.push((r, cpu));
                 }
-                Err(e) => println!("  rep {rep} proxied: wrk failed: {e}"),
+                Err(e) => println!("  rep {rep} {:<12} shed: wrk failed: {e}", kind.name()),
             }
-            p.stop().await;
         }
-        let Some(p) = start(Kind::Levee, &shed_setup, tools, res).await else {
-            continue;
-        };
-        let holders = hold_slots(p.addr, SHED_SLOTS).await;
-        let deadline = Instant::now() + Duration::from_secs(2);
-        while fast.stats().inflight < SHED_SLOTS && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        let held_before = fast.stats().inflight;
-        let url = format!("http://{}/", p.addr);
-        let cpu0 = p.cpu_time();
-        let r = wrk::run(wrk_bin, &url, WRK_THREADS, WRK_CONNECTIONS, plan.shed).await;
-        let done = r.as_ref().map_or(0, |r| r.requests);
-        let cpu = cpu_per_request(cpu0, p.cpu_time(), done);
-        let held = held_before >= SHED_SLOTS && fast.stats().inflight >= SHED_SLOTS;
-        all_held &= held;
-        drop(holders);
-        p.stop().await;
-        match r {
-            Ok(r) => {
-                println!(
-                    "  rep {rep} shed     {:>8.0} req/s  p50 {}  p99 {}  non-2xx {} of {}  slots held: {held}  CPU/503 {}",
-                    r.rps,
-                    report::ms(r.p50),
-                    report::ms(r.p99),
-                    r.non2xx,
-                    r.requests,
-                    report::us_opt(cpu)
-                );
-                shed.push((r, cpu));
-            }
-            Err(e) => println!("  rep {rep} shed: wrk failed: {e}"),
-        }
-    }
-    if shed.is_empty() {
-        return;
     }
     let cpu = |v: &[(wrk::WrkResult, Option<f64>)]| {
         let c: Vec<f64> = v.iter().filter_map(|(_, c)| *c).collect();
         (!c.is_empty()).then(|| median(c))
     };
-    res.shed = Some(ShedRow {
-        runs: shed.len(),
-        proxied_rps: median(proxied.iter().map(|(r, _)| r.rps).collect()),
-        proxied_p99: median_d(proxied.iter().map(|(r, _)| r.p99)),
-        proxied_cpu_us: cpu(&proxied),
-        shed_rps: median(
-            shed.iter()
-                .map(|(r, _)| r.non2xx as f64 / r.seconds.max(1e-3))
-                .collect(),
-        ),
-        shed_p50: median_d(shed.iter().map(|(r, _)| r.p50)),
-        shed_p99: median_d(shed.iter().map(|(r, _)| r.p99)),
-        shed_cpu_us: cpu(&shed),
-        non2xx_share: median(
-            shed.iter()
-                .map(|(r, _)| r.non2xx as f64 / r.requests.max(1) as f64)
-                .collect(),
-        ),
-        held: all_held,
-    });
+    for (kind, r) in runs {
+        let ShedRuns {
+            proxied,
+            shed,
+            held,
+        } = r;
+        if shed.is_empty() {
+            continue;
+        }
+        res.shed.push(ShedRow {
+            kind,
+            runs: shed.len(),
+            proxied_rps: median(proxied.iter().map(|(r, _)| r.rps).collect()),
+            proxied_p99: median_d(proxied.iter().map(|(r, _)| r.p99)),
+            proxied_cpu_us: cpu(&proxied),
+            shed_rps: median(
+                shed.iter()
+                    .map(|(r, _)| r.non2xx as f64 / r.seconds.max(1e-3))
+                    .collect(),
+            ),
+            shed_p50: median_d(shed.iter().map(|(r, _)| r.p50)),
+            shed_p99: median_d(shed.iter().map(|(r, _)| r.p99)),
+            shed_cpu_us: cpu(&shed),
+            non2xx_share: median(
+                shed.iter()
+                    .map(|(r, _)| r.non2xx as f64 / r.requests.max(1) as f64)
+                    .collect(),
+            ),
+            held: held.iter().all(|&h| h),
+        });
+    }
 }

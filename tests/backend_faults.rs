@@ -438,8 +438,8 @@ async fn a_2_mib_response_header_gets_502_and_is_ejected() {
     eject_faulty(Fault::HugeHeader(2 * 1024 * 1024), bad_gateway).await;
 }
 
-/// pingora reads response heads up to 1 MiB (`MAX_HEADER_SIZE`): a 100 KB header is
-/// passed to the client as it came. Not a failure, so no ejection.
+/// hyper's client reads response heads up to about 400 KB (its default buffer): a 100 KB
+/// header is passed to the client as it came. Not a failure, so no ejection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_100_kb_response_header_is_passed_through() {
     let bad = FakeBackend::start(Fault::HugeHeader(100 * 1024)).await;
@@ -554,10 +554,9 @@ fn endless_header() -> Vec<u8> {
 const DRIP_GAP: Duration = Duration::from_millis(200);
 const DRIP_FOR: Duration = Duration::from_secs(5);
 
-/// A header dripped one byte every 200 ms, `client_header_ms = 1000`. Measured: levee
-/// bounds each *read* of the header by `client_header_ms`, not the whole header, so the
-/// drip keeps the connection for as long as it goes on (up to pingora's 1 MiB header
-/// cap: days at this rate); levee closes it within `client_header_ms` once it stops.
+/// A header dripped one byte every 200 ms, `client_header_ms = 1000`: levee bounds the
+/// whole header by `client_header_ms` (hyper's header timeout), so the drip is cut, at
+/// the latest within `client_header_ms` once it stops.
 /// No backend slot is taken meanwhile (no request yet), and other clients are served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slowloris_header_drip_holds_its_connection_but_nothing_else() {

@@ -1,6 +1,7 @@
-//! The proxies under test: levee (its release binary), HAProxy and nginx as child
-//! processes on free `127.0.0.1` ports, each with a config written into its own temp
-//! dir, plus "direct" (the client talks to the backend itself, no proxy).
+//! The proxies under test: levee (its release binary), optionally an older levee build
+//! ("levee-before", from [`LEVEE_BEFORE`]), HAProxy and nginx as child processes on free
+//! `127.0.0.1` ports, each with a config written into its own temp dir, plus "direct"
+//! (the client talks to the backend itself, no proxy).
 //!
 //! Every proxy gets the same thread count and the same limits, expressed in its own
 //! terms (see [`Setup`]). A [`Running`] proxy is stopped on [`Running::stop`] or on
@@ -8,6 +9,7 @@
 //! (nginx's workers), so a failed bench leaves nothing behind.
 
 use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::fmt::Write as _;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::os::unix::fs::PermissionsExt;
@@ -22,11 +24,23 @@ use tokio::net::TcpStream;
 const START_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest a proxy may take to exit after SIGTERM before it gets SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(3);
+/// The environment variable naming an older levee binary to compare with (same CLI,
+/// same config format), run as [`Kind::LeveeBefore`].
+pub const LEVEE_BEFORE: &str = "LEVEE_BEFORE";
 
-/// One thing the load goes through.
+/// The value of [`LEVEE_BEFORE`], `None` when unset or empty.
+pub fn levee_before_var() -> Option<OsString> {
+    std::env::var_os(LEVEE_BEFORE).filter(|v| !v.is_empty())
+}
+
+/// One thing the load goes through. The order is the order of the rows in the tables
+/// sorted by kind (levee-before next to levee).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Kind {
+    /// The levee of this checkout.
     Levee,
+    /// An older levee build from [`LEVEE_BEFORE`], configured exactly like levee.
+    LeveeBefore,
     Haproxy,
     Nginx,
     /// No proxy: the client connects to the (first) backend.
@@ -34,11 +48,28 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 4] = [Kind::Levee, Kind::Haproxy, Kind::Nginx, Kind::Direct];
+    pub const ALL: [Kind; 5] = [
+        Kind::Levee,
+        Kind::LeveeBefore,
+        Kind::Haproxy,
+        Kind::Nginx,
+        Kind::Direct,
+    ];
+
+    /// What runs without `--only`: every kind, levee-before only when [`LEVEE_BEFORE`]
+    /// is set.
+    pub fn defaults() -> Vec<Kind> {
+        let before = levee_before_var().is_some();
+        Kind::ALL
+            .into_iter()
+            .filter(|&k| k != Kind::LeveeBefore || before)
+            .collect()
+    }
 
     pub fn name(self) -> &'static str {
         match self {
             Kind::Levee => "levee",
+            Kind::LeveeBefore => "levee-before",
             Kind::Haproxy => "haproxy",
             Kind::Nginx => "nginx",
             Kind::Direct => "direct",
@@ -52,12 +83,21 @@ impl Kind {
     pub fn is_proxy(self) -> bool {
         self != Kind::Direct
     }
+
+    /// levee, this build or the older one: same config, same CLI, an admin listener.
+    pub fn is_levee(self) -> bool {
+        matches!(self, Kind::Levee | Kind::LeveeBefore)
+    }
 }
 
 /// Where the binaries are; `None` when not installed.
 #[derive(Debug, Clone)]
 pub struct Tools {
     pub levee: Option<PathBuf>,
+    /// The older levee of [`LEVEE_BEFORE`], when that names an executable file.
+    pub levee_before: Option<PathBuf>,
+    /// [`LEVEE_BEFORE`] as given (for the skip message and the command line).
+    pub levee_before_var: Option<OsString>,
     pub haproxy: Option<PathBuf>,
     pub nginx: Option<PathBuf>,
     pub wrk: Option<PathBuf>,
@@ -65,12 +105,20 @@ pub struct Tools {
 
 impl Tools {
     /// levee is the binary cargo built for this bench (the bench profile inherits
-    /// release); the others are looked up in `PATH` and the sbin dirs, where Debian
-    /// puts haproxy and nginx.
+    /// release); levee-before is the file [`LEVEE_BEFORE`] names (made absolute); the
+    /// others are looked up in `PATH` and the sbin dirs, where Debian puts haproxy and
+    /// nginx.
     pub fn find() -> Tools {
         let levee = PathBuf::from(env!("CARGO_BIN_EXE_levee"));
+        let levee_before_var = levee_before_var();
+        let levee_before = levee_before_var
+            .as_ref()
+            .and_then(|v| std::fs::canonicalize(v).ok())
+            .filter(|p| is_executable(p));
         Tools {
             levee: is_executable(&levee).then_some(levee),
+            levee_before,
+            levee_before_var,
             haproxy: which("haproxy"),
             nginx: which("nginx"),
             wrk: which("wrk"),
@@ -82,11 +130,23 @@ impl Tools {
         let found = match kind {
             Kind::Direct => return Ok(None),
             Kind::Levee => &self.levee,
+            Kind::LeveeBefore => &self.levee_before,
             Kind::Haproxy => &self.haproxy,
             Kind::Nginx => &self.nginx,
         };
         match found {
             Some(path) => Ok(Some(path)),
+            None if kind == Kind::LeveeBefore => Err(match &self.levee_before_var {
+                None => format!(
+                    "{} binary not given (set {LEVEE_BEFORE} to an older levee build); skipped",
+                    kind.name()
+                ),
+                Some(v) => format!(
+                    "{} binary {} ({LEVEE_BEFORE}) is not an executable file; skipped",
+                    kind.name(),
+                    Path::new(v).display()
+                ),
+            }),
             None => Err(format!(
                 "{} binary not found (Debian: apt-get install {}); skipped",
                 kind.name(),
@@ -143,7 +203,7 @@ pub struct Setup {
 pub struct Running {
     pub kind: Kind,
     pub addr: SocketAddr,
-    /// levee's admin listener (`/metrics`).
+    /// levee's admin listener (`/metrics`), levee-before's too.
     pub admin: Option<SocketAddr>,
     child: Option<Child>,
     dir: Option<tempfile::TempDir>,
@@ -169,12 +229,14 @@ impl Running {
         let port = free_port()?;
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
         let admin = match kind {
-            Kind::Levee => Some(SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?))),
+            Kind::Levee | Kind::LeveeBefore => {
+                Some(SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?)))
+            }
             _ => None,
         };
         let d = dir.path();
         let (conf_name, text) = match kind {
-            Kind::Levee => ("levee.toml", levee_config(addr, admin, setup)),
+            Kind::Levee | Kind::LeveeBefore => ("levee.toml", levee_config(addr, admin, setup)),
             Kind::Haproxy => ("haproxy.cfg", haproxy_config(addr, setup)),
             Kind::Nginx => ("nginx.conf", nginx_config(addr, setup, d)),
             Kind::Direct => unreachable!("direct has no binary"),
@@ -184,7 +246,7 @@ impl Running {
         let log = std::fs::File::create(d.join("stderr.log")).map_err(|e| format!("log: {e}"))?;
         let mut cmd = Command::new(binary);
         match kind {
-            Kind::Levee => cmd.arg("run").arg("-c").arg(&conf),
+            Kind::Levee | Kind::LeveeBefore => cmd.arg("run").arg("--config").arg(&conf),
             Kind::Haproxy => cmd.arg("-db").arg("-f").arg(&conf),
             Kind::Nginx => cmd
                 .arg("-p")

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::proxies::Kind;
+use crate::proxies::{Kind, LEVEE_BEFORE};
 
 /// Median of `values` (mean of the middle two for an even count); 0 when empty.
 pub fn median(mut values: Vec<f64>) -> f64 {
@@ -120,8 +120,10 @@ pub struct MemRow {
     pub closed: f64,
 }
 
+/// levee (or levee-before) on one thread: proxied, and shedding with every slot held.
 #[derive(Debug, Clone)]
 pub struct ShedRow {
+    pub kind: Kind,
     pub runs: usize,
     pub proxied_rps: f64,
     pub proxied_p99: Duration,
@@ -157,7 +159,8 @@ pub struct Results {
     pub floor: Option<(f64, Duration, Duration)>,
     pub memory: Vec<MemRow>,
     pub idle_target: usize,
-    pub shed: Option<ShedRow>,
+    /// One row per levee kind that ran the shed section.
+    pub shed: Vec<ShedRow>,
     pub notes: Vec<String>,
 }
 
@@ -193,6 +196,36 @@ pub struct Target {
     pub levee: String,
     pub verdict: Verdict,
     pub others: Vec<(Kind, String)>,
+}
+
+/// One measure of levee beside levee-before's (the older build), formatted.
+#[derive(Debug, Clone)]
+pub struct Compare {
+    pub measure: String,
+    pub levee: String,
+    pub before: String,
+    /// `1.12x` (levee over levee-before), or a difference where a ratio means nothing.
+    pub vs: String,
+}
+
+/// `measure` when both figures exist, as a ratio of levee's over levee-before's.
+fn compare(
+    measure: impl Into<String>,
+    levee: Option<f64>,
+    before: Option<f64>,
+    fmt: impl Fn(f64) -> String,
+) -> Option<Compare> {
+    let (l, b) = (levee?, before?);
+    Some(Compare {
+        measure: measure.into(),
+        levee: fmt(l),
+        before: fmt(b),
+        vs: if b > 0.0 {
+            format!("{:.2}x", l / b)
+        } else {
+            "-".into()
+        },
+    })
 }
 
 /// Goodput share of C, admitted p99 ratio, 503 p99 of one row.
@@ -342,6 +375,125 @@ impl Results {
                     .collect(),
             }),
             None => out.push(skip(name)),
+        }
+        out
+    }
+
+    /// levee against levee-before on the figures both have (raw, overload, memory,
+    /// shed); empty when levee-before did not run. Not judged: the targets stay on levee.
+    pub fn before_comparison(&self) -> Vec<Compare> {
+        let (l, b) = (Kind::Levee, Kind::LeveeBefore);
+        let secs = |d: Duration| d.as_secs_f64();
+        let dur = |v: f64| ms(Duration::from_secs_f64(v.max(0.0)));
+        let num = |v: f64| format!("{v:.0}");
+        let usf = |v: f64| format!("{v:.0}µs");
+        let mut out = Vec::new();
+        if let (Some(lr), Some(br)) = (self.raw_row(l), self.raw_row(b)) {
+            let wrk = lr.runs > 0 && br.runs > 0;
+            let open = lr.open_runs > 0 && br.open_runs > 0;
+            out.extend(compare(
+                "wrk req/s",
+                wrk.then_some(lr.rps),
+                wrk.then_some(br.rps),
+                num,
+            ));
+            out.extend(compare("CPU/req (wrk)", lr.wrk_cpu_us, br.wrk_cpu_us, usf));
+            let rate = self.half_rate.map_or("-".into(), |r| format!("{r:.0}"));
+            out.extend(compare(
+                format!("open loop p99 @ {rate} req/s"),
+                open.then(|| secs(lr.open_p99)),
+                open.then(|| secs(br.open_p99)),
+                dur,
+            ));
+            out.extend(compare(
+                "CPU/req (open loop)",
+                lr.open_cpu_us,
+                br.open_cpu_us,
+                usf,
+            ));
+            if let (Some(la), Some(ba)) = (lr.added_p99, br.added_p99) {
+                out.push(Compare {
+                    measure: "added p99 vs direct".into(),
+                    levee: us(la),
+                    before: us(ba),
+                    vs: us(la - ba),
+                });
+            }
+        }
+        let cap = self.capacity.map(|c| c.2);
+        for lr in self.overload.iter().filter(|r| r.kind == l) {
+            let Some(br) = self.over_row(b, lr.factor) else {
+                continue;
+            };
+            let f = lr.factor;
+            let pct = |v: f64| match cap {
+                Some(c) if c > 0.0 => format!("{v:.0} ({:.1}%)", 100.0 * v / c),
+                _ => format!("{v:.0}"),
+            };
+            out.extend(compare(
+                format!("{f:.0}x C: goodput/s"),
+                Some(lr.goodput),
+                Some(br.goodput),
+                pct,
+            ));
+            out.extend(compare(
+                format!("{f:.0}x C: 2xx p99"),
+                Some(secs(lr.ok_p99)),
+                Some(secs(br.ok_p99)),
+                dur,
+            ));
+            out.extend(compare(
+                format!("{f:.0}x C: 503 p99 (probe)"),
+                lr.probe_shed_p99.map(secs),
+                br.probe_shed_p99.map(secs),
+                dur,
+            ));
+            out.extend(compare(
+                format!("{f:.0}x C: proxy CPU (cores)"),
+                lr.cpu_cores,
+                br.cpu_cores,
+                |v| format!("{v:.2}"),
+            ));
+        }
+        let mem = |kind: Kind| self.memory.iter().find(|r| r.kind == kind);
+        if let (Some(lm), Some(bm)) = (mem(l), mem(b)) {
+            let per = |r: &MemRow| (r.conns > 0.0).then(|| (r.idle_kib - r.base_kib) / r.conns);
+            out.extend(compare(
+                format!("RSS with {} idle conns", thousands(self.idle_target)),
+                Some(lm.idle_kib),
+                Some(bm.idle_kib),
+                |v| format!("{:.1} MiB", v / 1024.0),
+            ));
+            out.extend(compare("RSS per idle conn", per(lm), per(bm), |v| {
+                format!("{v:.1} KiB")
+            }));
+        }
+        let shed = |kind: Kind| self.shed.iter().find(|r| r.kind == kind);
+        if let (Some(ls), Some(bs)) = (shed(l), shed(b)) {
+            out.extend(compare(
+                "1 thread: proxied req/s",
+                Some(ls.proxied_rps),
+                Some(bs.proxied_rps),
+                num,
+            ));
+            out.extend(compare(
+                "1 thread: CPU/req",
+                ls.proxied_cpu_us,
+                bs.proxied_cpu_us,
+                usf,
+            ));
+            out.extend(compare(
+                "1 thread: 503/s, all slots held",
+                Some(ls.shed_rps),
+                Some(bs.shed_rps),
+                num,
+            ));
+            out.extend(compare(
+                "1 thread: CPU/503",
+                ls.shed_cpu_us,
+                bs.shed_cpu_us,
+                usf,
+            ));
         }
         out
     }
@@ -539,32 +691,63 @@ impl Results {
             }
         }
 
-        if let Some(sh) = &self.shed {
+        if !self.shed.is_empty() {
             let _ = writeln!(s);
             let _ = writeln!(s, "### Shed cost: levee with threads = 1 (wrk -t2 -c64)");
             let _ = writeln!(s);
             let _ = writeln!(
                 s,
-                "| levee, 1 thread | req/s | p50 | p99 | CPU/req | note |"
+                "| target, 1 thread | proxied req/s | proxied p99 | CPU/req | 503/s | 503 p50 | 503 p99 | CPU/503 | non-2xx | slots held | 503/s vs proxied |"
             );
-            let _ = writeln!(s, "|---|---:|---:|---:|---:|---|");
+            let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|");
+            for sh in &self.shed {
+                let _ = writeln!(
+                    s,
+                    "| {} | {:.0} | {} | {} | {:.0} | {} | {} | {} | {:.1}% | {} | {:.2}x |",
+                    sh.kind.name(),
+                    sh.proxied_rps,
+                    ms(sh.proxied_p99),
+                    us_opt(sh.proxied_cpu_us),
+                    sh.shed_rps,
+                    ms(sh.shed_p50),
+                    ms(sh.shed_p99),
+                    us_opt(sh.shed_cpu_us),
+                    sh.non2xx_share * 100.0,
+                    if sh.held { "yes" } else { "NO" },
+                    sh.shed_rps / sh.proxied_rps.max(1.0)
+                );
+            }
+            let _ = writeln!(s);
             let _ = writeln!(
                 s,
-                "| proxied (fast backend, free slots) | {:.0} | - | {} | {} | |",
-                sh.proxied_rps,
-                ms(sh.proxied_p99),
-                us_opt(sh.proxied_cpu_us)
+                "Proxied: fast backend, free slots. 503: every slot held, `queue_depth = 0`, so every answer is a 503."
             );
+        }
+
+        let before = self.before_comparison();
+        if !before.is_empty() {
+            let _ = writeln!(s);
             let _ = writeln!(
                 s,
-                "| shed (all slots held, queue_depth = 0) | {:.0} | {} | {} | {} | {:.1}% non-2xx, slots held: {}, {:.2}x proxied |",
-                sh.shed_rps,
-                ms(sh.shed_p50),
-                ms(sh.shed_p99),
-                us_opt(sh.shed_cpu_us),
-                sh.non2xx_share * 100.0,
-                if sh.held { "yes" } else { "NO" },
-                sh.shed_rps / sh.proxied_rps.max(1.0)
+                "### levee vs levee-before (the older build of `{LEVEE_BEFORE}`, same config)"
+            );
+            let _ = writeln!(s);
+            let _ = writeln!(
+                s,
+                "| measure | levee | levee-before | levee vs levee-before |"
+            );
+            let _ = writeln!(s, "|---|---:|---:|---:|");
+            for c in &before {
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | {} | {} |",
+                    c.measure, c.levee, c.before, c.vs
+                );
+            }
+            let _ = writeln!(s);
+            let _ = writeln!(
+                s,
+                "`x`: levee's figure over levee-before's, so above 1 is better for req/s and goodput, worse for latency, CPU and memory; added p99 shows the difference."
             );
         }
 
@@ -632,11 +815,14 @@ impl Results {
                 "proxy": r.kind.name(), "runs": r.runs, "base_kib": r.base_kib, "idle_kib": r.idle_kib,
                 "conns": r.conns, "failed": r.failed, "closed": r.closed,
             })).collect::<Vec<_>>(),
-            "shed": self.shed.as_ref().map(|s| json!({
-                "runs": s.runs, "proxied_rps": s.proxied_rps, "shed_rps": s.shed_rps,
+            "shed": self.shed.iter().map(|s| json!({
+                "target": s.kind.name(), "runs": s.runs, "proxied_rps": s.proxied_rps, "shed_rps": s.shed_rps,
                 "shed_p50_ms": d(s.shed_p50), "shed_p99_ms": d(s.shed_p99), "held": s.held,
                 "proxied_cpu_us": s.proxied_cpu_us, "shed_cpu_us": s.shed_cpu_us,
-            })),
+            })).collect::<Vec<_>>(),
+            "levee_vs_before": self.before_comparison().iter().map(|c| json!({
+                "measure": c.measure, "levee": c.levee, "levee_before": c.before, "vs": c.vs,
+            })).collect::<Vec<_>>(),
             "targets": self.targets().iter().map(|t| json!({
                 "target": t.name, "levee": t.levee, "verdict": t.verdict.as_str(),
             })).collect::<Vec<_>>(),
