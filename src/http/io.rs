@@ -107,6 +107,22 @@ impl ClientIo {
         &self.tcp
     }
 
+    /// After a write was polled: progress disarms the stall timer, none arms it.
+    fn wrote(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<io::Result<usize>>,
+    ) -> Poll<io::Result<usize>> {
+        match polled {
+            Poll::Ready(r) => {
+                self.stalled = None;
+                self.shared.unflushed.store(true, Ordering::Relaxed);
+                Poll::Ready(r)
+            }
+            Poll::Pending => self.stall(cx),
+        }
+    }
+
     /// Fails a write that has made no progress for the write timeout.
     fn stall(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         self.shared.unflushed.store(true, Ordering::Relaxed);
@@ -160,14 +176,8 @@ impl AsyncWrite for ClientIo {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        match Pin::new(&mut this.tcp).poll_write(cx, buf) {
-            Poll::Ready(r) => {
-                this.stalled = None;
-                this.shared.unflushed.store(true, Ordering::Relaxed);
-                Poll::Ready(r)
-            }
-            Poll::Pending => this.stall(cx),
-        }
+        let polled = Pin::new(&mut this.tcp).poll_write(cx, buf);
+        this.wrote(cx, polled)
     }
 
     fn poll_write_vectored(
@@ -176,14 +186,8 @@ impl AsyncWrite for ClientIo {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        match Pin::new(&mut this.tcp).poll_write_vectored(cx, bufs) {
-            Poll::Ready(r) => {
-                this.stalled = None;
-                this.shared.unflushed.store(true, Ordering::Relaxed);
-                Poll::Ready(r)
-            }
-            Poll::Pending => this.stall(cx),
-        }
+        let polled = Pin::new(&mut this.tcp).poll_write_vectored(cx, bufs);
+        this.wrote(cx, polled)
     }
 
     fn is_write_vectored(&self) -> bool {
