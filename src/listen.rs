@@ -122,10 +122,7 @@ pub async fn serve(
             (
                 crate::fds::max_connections(s.max_connections),
                 s.max_connections_per_ip,
-                Settings {
-                    timeouts: s.timeouts,
-                    max_header_bytes: s.max_header_bytes,
-                },
+                Settings::new(&s.timeouts, s.max_header_bytes),
             )
         };
         let accepted = tokio::select! {
@@ -191,9 +188,6 @@ pub async fn serve(
         let _ = tcp.set_nodelay(true);
         let proxy = proxy.clone();
         let watch = shutdown.clone();
-        tokio::spawn(async move {
-            let _guard = guard;
-            serve_connection(proxy, tcp, peer, settings, watch).await;
-        });
+        tokio::spawn(serve_connection(proxy, tcp, peer, settings, watch, guard));
     }
 }

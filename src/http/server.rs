@@ -12,9 +12,11 @@
 //! An accepted upgrade (101) ends the hyper connection the same way; the socket and
 //! the backend's upgraded connection are then spliced until either side closes.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use hyper::service::service_fn;
@@ -62,117 +64,179 @@ async fn opening(tcp: &TcpStream, header_timeout: Duration) -> Opening {
     }
 }
 
-/// The settings a connection is served with, read from the snapshot at accept.
+/// The settings a connection is served with, read from the snapshot at accept. Only
+/// what the connection's driver uses (each request reads the rest from the snapshot
+/// in force): it is stored in every connection's task.
 #[derive(Clone, Copy)]
 pub struct Settings {
-    pub timeouts: Timeouts,
-    pub max_header_bytes: usize,
+    pub client_header: Duration,
+    pub client_idle: Duration,
+    pub write: Duration,
+    pub max_header_bytes: u32,
+}
+
+impl Settings {
+    pub fn new(timeouts: &Timeouts, max_header_bytes: usize) -> Settings {
+        Settings {
+            client_header: timeouts.client_header,
+            client_idle: timeouts.client_idle,
+            write: timeouts.write,
+            max_header_bytes: u32::try_from(max_header_bytes).unwrap_or(u32::MAX),
+        }
+    }
 }
 
 /// Serves one client connection until it closes, idles out, or `shutdown` turns true
-/// (then the request in progress finishes and the connection closes).
+/// (then the request in progress finishes and the connection closes). `guard` is held
+/// until then (the accept loop's count of open connections).
+///
+/// This future is what a connection costs while it waits between requests, so it
+/// holds little: the opening, the hyper connection of a busy period and HTTP/2 are
+/// boxed, and the HTTP/1 loop is inline rather than a nested `async fn` whose
+/// arguments would be stored twice.
 pub async fn serve_connection(
     proxy: Arc<Proxy>,
     tcp: TcpStream,
     peer: SocketAddr,
     settings: Settings,
-    shutdown: watch::Receiver<bool>,
+    mut shutdown: watch::Receiver<bool>,
+    guard: impl Send,
 ) {
-    let shared = Arc::new(ConnShared::default());
+    let _guard = guard;
     let conn = Arc::new(Conn {
         peer,
-        shared: shared.clone(),
+        shared: Arc::new(ConnShared::default()),
         scheme: "http",
         upgrade: parking_lot::Mutex::new(None),
     });
-    match opening(&tcp, settings.timeouts.client_header).await {
-        Opening::Silent => {}
-        Opening::H2 => serve_h2(proxy, conn, tcp, settings, shutdown).await,
-        Opening::H1 => serve_h1(proxy, conn, tcp, settings, shutdown).await,
+    match Box::pin(opening(&tcp, settings.client_header)).await {
+        Opening::Silent => return,
+        Opening::H2 => return Box::pin(serve_h2(proxy, conn, tcp, settings, shutdown)).await,
+        Opening::H1 => {}
     }
-}
-
-async fn serve_h1(
-    proxy: Arc<Proxy>,
-    conn: Arc<Conn>,
-    tcp: TcpStream,
-    settings: Settings,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let t = settings.timeouts;
-    let shared = conn.shared.clone();
-    let mut io = ClientIo::new(tcp, t.write, shared.clone());
+    let mut io = ClientIo::new(tcp, settings.write, conn.shared.clone());
     io.scan_framing();
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(t.client_header)
-        .max_buf_size(settings.max_header_bytes.max(8192))
-        .max_header_size(settings.max_header_bytes)
-        .max_headers(MAX_HEADER_FIELDS)
-        .half_close(false);
     let mut first = true;
     loop {
         if !first && !io.has_unread() {
-            // Between requests: no buffer held, only the socket.
-            tokio::select! {
-                ready = tokio::time::timeout(t.client_idle, io.tcp().readable()) => {
-                    if !matches!(ready, Ok(Ok(()))) {
-                        return;
-                    }
+            // Between requests: no buffer held, only the socket. Its readiness is
+            // polled directly (a `readable()` future would add its waiter here).
+            let idle = tokio::time::sleep(settings.client_idle);
+            let changed = shutdown.changed();
+            tokio::pin!(idle, changed);
+            let next_request = std::future::poll_fn(|cx| {
+                if let Poll::Ready(ready) = io.tcp().poll_read_ready(cx) {
+                    return Poll::Ready(ready.is_ok());
                 }
-                _ = shutdown.changed() => return,
+                if idle.as_mut().poll(cx).is_ready() || changed.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(false);
+                }
+                Poll::Pending
+            })
+            .await;
+            if !next_request {
+                return;
             }
         }
         first = false;
         if *shutdown.borrow() {
             return;
         }
-        let svc = {
-            let proxy = proxy.clone();
-            let conn = conn.clone();
-            service_fn(move |req| Box::pin(forward::serve(proxy.clone(), conn.clone(), req)))
-        };
-        let mut hc = builder.serve_connection(TokioIo::new(io), svc);
-        let mut released = false;
-        let mut closing = false;
-        let result = loop {
-            tokio::select! {
-                r = std::future::poll_fn(|cx| hc.poll_without_shutdown(cx)) => break r,
-                _ = tokio::time::sleep(IDLE_RELEASE), if !closing => {
-                    let idle = shared.active.load(Ordering::Acquire) == 0
-                        && !shared.unflushed.load(Ordering::Relaxed)
-                        && !shared.read_since_request.load(Ordering::Relaxed);
-                    if idle {
-                        std::pin::Pin::new(&mut hc).graceful_shutdown();
-                        released = true;
-                        closing = true;
-                    }
-                }
-                _ = shutdown.changed(), if !closing => {
+        match Box::pin(busy(&settings, io, &proxy, &conn, &mut shutdown)).await {
+            Busy::Released(next) => io = next,
+            Busy::Upgraded(next, tunnel) => return Box::pin(splice(next, tunnel)).await,
+            Busy::Closed => return,
+        }
+    }
+}
+
+/// The HTTP/1 server settings of a busy period.
+fn h1_builder(settings: &Settings) -> hyper::server::conn::http1::Builder {
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(settings.client_header)
+        .max_buf_size((settings.max_header_bytes as usize).max(8192))
+        .max_header_size(settings.max_header_bytes as usize)
+        .max_headers(MAX_HEADER_FIELDS)
+        .half_close(false);
+    builder
+}
+
+/// How a busy period of an HTTP/1 connection ended.
+enum Busy {
+    /// Idle for [`IDLE_RELEASE`]: the socket is back, with what hyper read ahead.
+    Released(ClientIo),
+    /// An accepted upgrade: the socket and the backend's side, to splice.
+    Upgraded(ClientIo, Tunnel),
+    /// The client left, an error ended the connection, or levee is shutting down.
+    Closed,
+}
+
+/// Serves requests on `io` with a hyper connection until it goes idle, upgrades or
+/// ends.
+async fn busy(
+    settings: &Settings,
+    io: ClientIo,
+    proxy: &Arc<Proxy>,
+    conn: &Arc<Conn>,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Busy {
+    let shared = &conn.shared;
+    let svc = {
+        let proxy = proxy.clone();
+        let conn = conn.clone();
+        service_fn(move |req| Box::pin(forward::serve(proxy.clone(), conn.clone(), req)))
+    };
+    let mut hc = h1_builder(settings).serve_connection(TokioIo::new(io), svc);
+    let mut released = false;
+    let mut closing = false;
+    let result = loop {
+        tokio::select! {
+            r = std::future::poll_fn(|cx| hc.poll_without_shutdown(cx)) => break r,
+            _ = tokio::time::sleep(IDLE_RELEASE), if !closing => {
+                let idle = shared.active.load(Ordering::Acquire) == 0
+                    && !shared.unflushed.load(Ordering::Relaxed)
+                    && !shared.read_since_request.load(Ordering::Relaxed);
+                if idle {
                     std::pin::Pin::new(&mut hc).graceful_shutdown();
+                    released = true;
                     closing = true;
                 }
             }
-        };
-        if let Err(e) = result {
-            tracing::debug!(peer = %conn.peer, error = %e, "client connection ended");
-            return;
+            _ = shutdown.changed(), if !closing => {
+                std::pin::Pin::new(&mut hc).graceful_shutdown();
+                closing = true;
+            }
         }
-        let parts = hc.into_parts();
-        let mut next = parts.io.into_inner();
-        let tunnel = conn.upgrade.lock().take();
-        if let Some(tunnel) = tunnel {
-            next.stop_scan();
-            next.unread(parts.read_buf);
-            splice(next, tunnel).await;
-            return;
-        }
-        if !released || *shutdown.borrow() {
-            return;
-        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(peer = %conn.peer, error = %e, "client connection ended");
+        return Busy::Closed;
+    }
+    let parts = hc.into_parts();
+    let mut next = parts.io.into_inner();
+    let tunnel = conn.upgrade.lock().take();
+    if let Some(tunnel) = tunnel {
+        next.stop_scan();
         next.unread(parts.read_buf);
-        io = next;
+        return Busy::Upgraded(next, tunnel);
+    }
+    if !released || *shutdown.borrow() {
+        return Busy::Closed;
+    }
+    next.unread(detach(parts.read_buf));
+    Busy::Released(next)
+}
+
+/// The bytes hyper read ahead, without hyper's read buffer: the `Bytes` it hands back
+/// shares that buffer's whole allocation (8 KiB or more) even when it is empty, and an
+/// idle connection must not keep it.
+fn detach(read_ahead: bytes::Bytes) -> bytes::Bytes {
+    if read_ahead.is_empty() {
+        bytes::Bytes::new()
+    } else {
+        bytes::Bytes::copy_from_slice(&read_ahead)
     }
 }
 
@@ -203,9 +267,8 @@ async fn serve_h2(
     settings: Settings,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let t = settings.timeouts;
     let shared = conn.shared.clone();
-    let io = ClientIo::new(tcp, t.write, shared.clone());
+    let io = ClientIo::new(tcp, settings.write, shared.clone());
     let svc = {
         let conn = conn.clone();
         service_fn(move |req| forward::serve(proxy.clone(), conn.clone(), req))
@@ -213,7 +276,7 @@ async fn serve_h2(
     let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     builder
         .timer(TokioTimer::new())
-        .max_header_list_size(settings.max_header_bytes as u32);
+        .max_header_list_size(settings.max_header_bytes);
     let hc = builder.serve_connection(TokioIo::new(io), svc);
     tokio::pin!(hc);
     let mut closing = false;
@@ -226,7 +289,7 @@ async fn serve_h2(
                 }
                 return;
             }
-            _ = tokio::time::sleep(t.client_idle), if !closing => {
+            _ = tokio::time::sleep(settings.client_idle), if !closing => {
                 // Idle for `client_idle`: no request in progress and none started.
                 let started = shared.requests.load(Ordering::Relaxed);
                 if shared.active.load(Ordering::Acquire) == 0 && started == seen {
