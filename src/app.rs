@@ -14,13 +14,14 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::config::Config;
+use crate::config::{Config, RuntimeLayout};
 use crate::handover::Fds;
 use crate::http::forward::Proxy;
 use crate::http::pool::Pools;
 use crate::listen::{serve, Connections};
 use crate::metrics::Metrics;
 use crate::state::{spawn_level_ticker, SharedSnapshot, Snapshot};
+use crate::workers::Workers;
 
 pub struct App {
     pub shared: SharedSnapshot,
@@ -97,6 +98,9 @@ pub struct Running {
     tasks: Vec<JoinHandle<()>>,
     /// Listening sockets by handover key, for a binary upgrade.
     handover: Vec<(String, std::os::unix::io::RawFd)>,
+    /// The per-thread workers serving client connections (`server.runtime =
+    /// "per_thread"`); dropped last, after the tasks are aborted.
+    _workers: Option<Workers>,
 }
 
 impl Running {
@@ -162,68 +166,103 @@ pub async fn start(config: Config) -> std::io::Result<Running> {
     start_inheriting(config, None).await
 }
 
-/// The key of a listener in the handover table.
-fn handover_key(addr: &SocketAddr, admin: bool) -> String {
-    if admin {
-        format!("admin:{addr}")
-    } else {
-        addr.to_string()
+/// The key of a listening socket in the handover table: the address for the first
+/// socket of a proxy address, `address#i` for its `SO_REUSEPORT` siblings, and
+/// `admin:address` for the admin listener.
+fn handover_key(addr: &SocketAddr, admin: bool, index: usize) -> String {
+    match (admin, index) {
+        (true, _) => format!("admin:{addr}"),
+        (false, 0) => addr.to_string(),
+        (false, i) => format!("{addr}#{i}"),
     }
 }
 
-/// A listener taken over from the previous levee, or a fresh one.
-async fn listener(
-    addr: SocketAddr,
-    admin: bool,
-    inherited: Option<&Fds>,
-) -> std::io::Result<TcpListener> {
+/// Wraps a descriptor that arrived over the handover socket.
+fn adopt(fd: std::os::unix::io::RawFd) -> std::io::Result<std::net::TcpListener> {
     use std::os::unix::io::FromRawFd;
-    if let Some(fd) = inherited.and_then(|f| f.get(&handover_key(&addr, admin))) {
-        // SAFETY: the descriptor arrived over the handover socket for this process
-        // alone, and is wrapped exactly once, here.
-        let std_listener = unsafe { std::net::TcpListener::from_raw_fd(*fd) };
-        std_listener.set_nonblocking(true)?;
-        tracing::info!(%addr, admin, "listener taken over from the previous levee");
-        return TcpListener::from_std(std_listener);
+    // SAFETY: the descriptor arrived over the handover socket for this process alone,
+    // and each key's descriptor is wrapped exactly once, here.
+    let l = unsafe { std::net::TcpListener::from_raw_fd(fd) };
+    l.set_nonblocking(true)?;
+    Ok(l)
+}
+
+/// The admin listener: taken over from the previous levee, or bound.
+async fn admin_listener(addr: SocketAddr, inherited: Option<&Fds>) -> std::io::Result<TcpListener> {
+    if let Some(fd) = inherited.and_then(|f| f.get(&handover_key(&addr, true, 0))) {
+        tracing::info!(%addr, "admin listener taken over from the previous levee");
+        return TcpListener::from_std(adopt(*fd)?);
     }
-    let what = if admin { "admin " } else { "" };
     TcpListener::bind(addr)
         .await
-        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {what}{addr}: {e}")))
+        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on admin {addr}: {e}")))
+}
+
+/// The sockets of one proxy address: every one the previous levee handed over (its
+/// first and its siblings), or one bound now with `SO_REUSEPORT`.
+fn proxy_sockets(
+    addr: SocketAddr,
+    inherited: Option<&Fds>,
+) -> std::io::Result<Vec<std::net::TcpListener>> {
+    let mut sockets = Vec::new();
+    while let Some(fd) = inherited.and_then(|f| f.get(&handover_key(&addr, false, sockets.len()))) {
+        sockets.push(adopt(*fd)?);
+    }
+    if !sockets.is_empty() {
+        tracing::info!(%addr, sockets = sockets.len(), "listener taken over from the previous levee");
+        return Ok(sockets);
+    }
+    let l = crate::workers::bind_reuseport(addr)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
+    Ok(vec![l])
 }
 
 /// Like [`start`], but takes the listeners a previous levee handed over where their
 /// addresses match, and binds the rest.
 pub async fn start_inheriting(config: Config, inherited: Option<Fds>) -> std::io::Result<Running> {
     let mut listeners = Vec::new();
-    let mut handover = Vec::new();
     for addr in &config.server.listen {
-        let l = listener(*addr, false, inherited.as_ref()).await?;
-        handover.push((handover_key(addr, false), l.as_raw_fd()));
-        listeners.push(l);
+        listeners.push(proxy_sockets(*addr, inherited.as_ref())?);
     }
     let admin = match config.server.admin_listen {
-        Some(addr) => {
-            let l = listener(addr, true, inherited.as_ref()).await?;
-            handover.push((handover_key(&addr, true), l.as_raw_fd()));
-            Some(l)
-        }
+        Some(addr) => Some(admin_listener(addr, inherited.as_ref()).await?),
         None => None,
     };
     let app = App::new(config);
-    let mut running = start_with(app, listeners, admin)?;
-    running.handover = handover;
+    let running = start_with(app, listeners, admin)?;
     running.wait_for_first_probes().await;
     Ok(running)
 }
 
-/// Starts serving on listeners the caller bound.
+/// Accepts on one listening socket, registered with the runtime it runs on.
+async fn accept_on(
+    socket: std::net::TcpListener,
+    proxy: Arc<Proxy>,
+    connections: Arc<crate::listen::Connections>,
+    shutdown: watch::Receiver<bool>,
+) {
+    match TcpListener::from_std(socket) {
+        Ok(l) => serve(l, proxy, connections, shutdown).await,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot register a listening socket; it is not served")
+        }
+    }
+}
+
+/// Starts serving on listening sockets the caller bound (each address's sockets in
+/// one group), in the runtime layout of the config.
 pub fn start_with(
     app: Arc<App>,
-    listeners: Vec<TcpListener>,
+    listeners: Vec<Vec<std::net::TcpListener>>,
     admin: Option<TcpListener>,
 ) -> std::io::Result<Running> {
+    let server = app.snapshot().config.server.clone();
+    let workers = match server.runtime {
+        RuntimeLayout::PerThread => Some(Workers::start(server.threads)?),
+        RuntimeLayout::MultiThread => None,
+    };
     let mut addrs = Vec::new();
+    let mut handover = Vec::new();
     let mut tasks = vec![spawn_level_ticker(app.shared.clone())];
     let shared = app.shared.clone();
     tasks.push(
@@ -234,29 +273,45 @@ pub fn start_with(
     for up in &app.snapshot().upstreams {
         crate::health::probe::spawn_probes(up, &app.shared);
     }
-    for l in listeners {
-        addrs.push(l.local_addr()?);
-        tasks.push(tokio::spawn(serve(
-            l,
-            app.proxy.clone(),
-            app.connections.clone(),
-            app.shutdown_signal(),
-        )));
+    // Handover keys name the configured address (port 0 included), so that the next
+    // levee, reading the same config, finds its sockets.
+    for (configured, group) in server.listen.iter().zip(listeners) {
+        let group = match &workers {
+            Some(w) => crate::workers::siblings(group, w.handles().len())?,
+            None => group,
+        };
+        let Some(first) = group.first() else { continue };
+        addrs.push(first.local_addr()?);
+        for (i, socket) in group.into_iter().enumerate() {
+            handover.push((handover_key(configured, false, i), socket.as_raw_fd()));
+            let accept = accept_on(
+                socket,
+                app.proxy.clone(),
+                app.connections.clone(),
+                app.shutdown_signal(),
+            );
+            tasks.push(match &workers {
+                Some(w) => w.handles()[i % w.handles().len()].spawn(accept),
+                None => tokio::spawn(accept),
+            });
+        }
     }
-    let admin_addr = match admin {
-        Some(l) => {
+    let admin_addr = match (admin, server.admin_listen) {
+        (Some(l), Some(configured)) => {
             let addr = l.local_addr()?;
+            handover.push((handover_key(&configured, true, 0), l.as_raw_fd()));
             tasks.push(tokio::spawn(crate::admin::serve(l, app.clone())));
             Some(addr)
         }
-        None => None,
+        _ => None,
     };
     Ok(Running {
         app,
         addrs,
         admin_addr,
         tasks,
-        handover: Vec::new(),
+        handover,
+        _workers: workers,
     })
 }
 

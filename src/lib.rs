@@ -23,3 +23,4 @@ pub mod http;
 pub mod listen;
 pub mod metrics;
 pub mod state;
+pub mod workers;

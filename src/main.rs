@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use levee::config::RuntimeLayout;
 
 /// mimalloc instead of glibc's malloc: a proxy allocates and frees small buffers for
 /// every request, and glibc's allocator was ~13 % of levee's CPU under load.
@@ -68,12 +69,22 @@ fn init_logs(format: LogFormat, default: &str) {
     }
 }
 
-fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads.max(1))
-        .thread_name("levee")
-        .enable_all()
-        .build()
+/// The runtime levee starts on. With `server.runtime = "per_thread"` it runs only the
+/// control plane (probes, admin, reloads, signals) and client connections are served
+/// by the worker threads' own runtimes (`levee::workers`); with `"multi_thread"` it
+/// serves everything on `threads` work-stealing workers.
+fn runtime(layout: RuntimeLayout, threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    match layout {
+        RuntimeLayout::PerThread => tokio::runtime::Builder::new_current_thread()
+            .thread_name("levee")
+            .enable_all()
+            .build(),
+        RuntimeLayout::MultiThread => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads.max(1))
+            .thread_name("levee")
+            .enable_all()
+            .build(),
+    }
 }
 
 fn main() -> ExitCode {
@@ -110,7 +121,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            let rt = match runtime(cfg.server.threads) {
+            let rt = match runtime(cfg.server.runtime, cfg.server.threads) {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("cannot start the runtime: {e}");
@@ -126,7 +137,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Demo(args) => {
-            let rt = match runtime(2) {
+            let rt = match runtime(RuntimeLayout::MultiThread, 2) {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("cannot start the runtime: {e}");

@@ -147,6 +147,47 @@ async fn backend_connections_stay_within_the_limit_plus_the_idle_allowance() {
     eventually(LIMIT, "idle", || all_idle(&levee)).await;
 }
 
+/// Both runtime layouts serve many keep-alive clients at once, and the backend pool,
+/// shared by the per-thread workers, stays within its bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_runtime_layouts_serve_concurrent_keep_alive_clients() {
+    for layout in ["per_thread", "multi_thread"] {
+        let backend = counting(Duration::from_millis(2), 0).await;
+        let mut setup = setup_for(
+            backend.addr,
+            "[upstream.limits]\nmax_inflight = 6\nqueue_depth = 64\nqueue_timeout_ms = 5000",
+        );
+        setup = setup.server(&format!("runtime = \"{layout}\""));
+        let levee = setup.start().await;
+        let clients: Vec<_> = (0..24)
+            .map(|i| {
+                let addr = levee.addr();
+                tokio::spawn(async move {
+                    let mut conn = Conn::open(addr).await;
+                    let mut statuses = Vec::new();
+                    for j in 0..5 {
+                        statuses.push(conn.get(&format!("/c{i}/r{j}")).await.status);
+                    }
+                    statuses
+                })
+            })
+            .collect();
+        for c in clients {
+            let statuses = tokio::time::timeout(LIMIT, c)
+                .await
+                .expect("clients finish")
+                .expect("task");
+            assert_eq!(statuses, vec![200; 5], "{layout}");
+        }
+        let peak = backend.peak.load(Ordering::SeqCst);
+        assert!(
+            (1..=6 + IDLE_ALLOWANCE as usize).contains(&peak),
+            "{layout}: peak {peak} backend connections for max_inflight 6"
+        );
+        eventually(LIMIT, "idle", || all_idle(&levee)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pooled_connection_the_backend_closed_is_never_used() {
     // Every backend connection serves one request, then the backend closes it.

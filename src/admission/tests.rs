@@ -11,6 +11,7 @@ fn server() -> config::Server {
     config::Server {
         listen: vec!["127.0.0.1:0".parse().unwrap()],
         threads: 1,
+        runtime: config::RuntimeLayout::default(),
         zone: None,
         admin_listen: None,
         grace_period: Duration::from_secs(1),

@@ -33,6 +33,8 @@ pub struct Server {
     pub listen: Option<Vec<String>>,
     /// Worker threads.
     pub threads: Option<i64>,
+    /// `per_thread` or `multi_thread`.
+    pub runtime: Option<String>,
     /// This instance's zone.
     pub zone: Option<String>,
     /// Admin listener address.

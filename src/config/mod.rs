@@ -146,6 +146,8 @@ pub struct Server {
     pub listen: Vec<SocketAddr>,
     /// Worker threads, 1 to 1024.
     pub threads: usize,
+    /// How the worker threads serve client connections.
+    pub runtime: RuntimeLayout,
     /// This instance's zone; routing prefers backends in it. `None`: no preference.
     pub zone: Option<String>,
     /// Admin listener (/metrics, /status, /healthz, /readyz, dashboard). `None`: disabled.
@@ -226,6 +228,38 @@ impl Timeouts {
 impl Default for Timeouts {
     fn default() -> Self {
         Self::DEFAULT
+    }
+}
+
+/// How levee's worker threads serve client connections (`server.runtime`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RuntimeLayout {
+    /// One single-threaded runtime per worker thread, each accepting on its own
+    /// `SO_REUSEPORT` listener and serving its connections start to end: no work
+    /// stealing, no cross-thread wake-ups on the request path. Measured the faster
+    /// (benches/README.md).
+    #[default]
+    PerThread,
+    /// One work-stealing runtime with `threads` workers sharing every connection.
+    MultiThread,
+}
+
+impl RuntimeLayout {
+    /// The name used in the config file and in output.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::PerThread => "per_thread",
+            Self::MultiThread => "multi_thread",
+        }
+    }
+
+    /// Parses a config-file name (exact, lower case).
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "per_thread" => Some(Self::PerThread),
+            "multi_thread" => Some(Self::MultiThread),
+            _ => None,
+        }
     }
 }
 
@@ -593,7 +627,13 @@ impl Config {
     fn write_explanation(&self, out: &mut String) -> fmt::Result {
         let s = &self.server;
         let listen: Vec<String> = s.listen.iter().map(ToString::to_string).collect();
-        write!(out, "listen {} ({} threads", listen.join(", "), s.threads)?;
+        write!(
+            out,
+            "listen {} ({} threads, {} runtime",
+            listen.join(", "),
+            s.threads,
+            s.runtime.as_str()
+        )?;
         if let Some(zone) = &s.zone {
             write!(out, ", zone {zone}")?;
         }

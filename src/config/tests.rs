@@ -8,6 +8,7 @@ const FULL: &str = r#"
 [server]
 listen = ["0.0.0.0:8080", "[::1]:8443"]
 threads = 4
+runtime = "multi_thread"
 zone = "a"
 admin_listen = "127.0.0.1:9901"
 grace_period_ms = 5000
@@ -100,6 +101,7 @@ fn full_example_parses_to_typed_values() {
         server: Server {
             listen: vec![addr("0.0.0.0:8080"), addr("[::1]:8443")],
             threads: 4,
+            runtime: RuntimeLayout::MultiThread,
             zone: Some("a".into()),
             admin_listen: Some(addr("127.0.0.1:9901")),
             grace_period: ms(5000),
@@ -428,6 +430,11 @@ fn server_values_are_range_checked() {
         &doc("threads = 2000", ""),
         "server.threads",
         "must be at most 1024 (got 2000)",
+    );
+    assert_error(
+        &doc("runtime = \"work_stealing\"", ""),
+        "server.runtime",
+        "unknown runtime \"work_stealing\" (expected per_thread or multi_thread)",
     );
     assert_error(
         &doc("zone = \"a b\"", ""),
@@ -1216,7 +1223,7 @@ fn explain_summarizes_the_config() {
     let config = parse(FULL).expect("valid");
     let text = config.explain();
     for needle in [
-        "listen 0.0.0.0:8080, [::1]:8443 (4 threads, zone a)",
+        "listen 0.0.0.0:8080, [::1]:8443 (4 threads, multi_thread runtime, zone a)",
         "admin 127.0.0.1:9901",
         "upstream \"mcp\": routes /, /mcp/",
         "balance consistent_hash on header:mcp-session-id, 2 retries on connect failure",

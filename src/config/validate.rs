@@ -150,6 +150,16 @@ impl Validator {
             1,
             MAX_THREADS,
         );
+        let runtime = match s.runtime.as_deref() {
+            None => RuntimeLayout::default(),
+            Some(text) => RuntimeLayout::parse(text).unwrap_or_else(|| {
+                self.error(
+                    "server.runtime",
+                    format!("unknown runtime {text:?} (expected per_thread or multi_thread)"),
+                );
+                RuntimeLayout::default()
+            }),
+        };
         let zone = s
             .zone
             .as_deref()
@@ -232,6 +242,7 @@ impl Validator {
             upgrade_sock,
             listen,
             threads: usize::try_from(threads).unwrap_or(DEFAULT_THREADS),
+            runtime,
             zone,
             admin_listen,
             grace_period,

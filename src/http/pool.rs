@@ -7,6 +7,11 @@
 //! reads the close) and never handed out; one that closes in the instant between the
 //! check and the send gives its request back unsent (`try_send_request`), and the
 //! request goes on a fresh connection.
+//!
+//! A connection's driver task runs on the worker thread that opened it, so idle
+//! connections are kept apart by worker: a request takes one of its own worker's
+//! first, and another worker's only when its own has none (one cross-thread hop is
+//! still cheaper than a new connection).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -24,6 +29,9 @@ use crate::error::Failure;
 /// Idle connections kept beyond a backend's `max_inflight`, so a burst that ends and
 /// starts again does not reconnect.
 pub const IDLE_ALLOWANCE: u32 = 2;
+
+/// Idle lists per pool; workers share them modulo this beyond it.
+const SLOTS: usize = 16;
 
 /// How often idle connections past `upstream_idle` are closed.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
@@ -77,10 +85,13 @@ impl Pools {
 /// The connections to one backend.
 pub struct Pool {
     addr: SocketAddr,
-    /// Oldest first; taken from the back (the most recently used is the warmest).
-    idle: parking_lot::Mutex<Vec<Idle>>,
+    /// By worker slot ([`slot`]); oldest first, taken from the back (the most
+    /// recently used is the warmest).
+    idle: [parking_lot::Mutex<Vec<Idle>>; SLOTS],
     /// Connections open, counted by [`Open`] guards.
     open: AtomicU32,
+    /// Connections in the idle lists, so a miss does not lock every list.
+    idle_count: AtomicU32,
 }
 
 struct Idle {
@@ -102,6 +113,8 @@ pub struct BackendConn {
     pub tx: SendRequest<ForwardBody>,
     /// Taken from the pool rather than made for this request.
     pub reused: bool,
+    /// The worker slot whose runtime drives the connection.
+    home: usize,
     _open: Open,
 }
 
@@ -109,8 +122,9 @@ impl Pool {
     fn new(addr: SocketAddr) -> Pool {
         Pool {
             addr,
-            idle: parking_lot::Mutex::new(Vec::new()),
+            idle: std::array::from_fn(|_| parking_lot::Mutex::new(Vec::new())),
             open: AtomicU32::new(0),
+            idle_count: AtomicU32::new(0),
         }
     }
 
@@ -126,25 +140,43 @@ impl Pool {
             return Ok(c);
         }
         if self.open.load(Ordering::Relaxed) >= cap + IDLE_ALLOWANCE {
-            // Make room: the oldest idle connection goes first.
-            let mut idle = self.idle.lock();
-            if !idle.is_empty() {
-                idle.remove(0);
+            // Make room: the oldest idle connection goes first, this worker's if it
+            // has one.
+            let own = slot();
+            let order = (0..SLOTS).map(|i| (own + i) % SLOTS);
+            for s in order {
+                let mut idle = self.idle[s].lock();
+                if !idle.is_empty() {
+                    idle.remove(0);
+                    self.idle_count.fetch_sub(1, Ordering::Relaxed);
+                    break;
+                }
             }
         }
         self.connect(connect).await
     }
 
+    /// This worker's warmest usable idle connection, else another worker's.
     fn take_idle(&self, max_idle: Duration) -> Option<BackendConn> {
-        let mut idle = self.idle.lock();
-        while let Some(i) = idle.pop() {
-            if !i.conn.tx.is_closed() && i.since.elapsed() < max_idle && i.conn.tx.is_ready() {
-                let mut c = i.conn;
-                c.reused = true;
-                return Some(c);
-            }
+        if self.idle_count.load(Ordering::Relaxed) == 0 {
+            return None;
         }
-        None
+        let own = slot();
+        (0..SLOTS).find_map(|offset| {
+            let mut idle = self.idle[(own + offset) % SLOTS].lock();
+            while let Some(entry) = idle.pop() {
+                self.idle_count.fetch_sub(1, Ordering::Relaxed);
+                let usable = !entry.conn.tx.is_closed()
+                    && entry.since.elapsed() < max_idle
+                    && entry.conn.tx.is_ready();
+                if usable {
+                    let mut c = entry.conn;
+                    c.reused = true;
+                    return Some(c);
+                }
+            }
+            None
+        })
     }
 
     /// Returns a connection whose exchange ended cleanly.
@@ -152,15 +184,21 @@ impl Pool {
         if conn.tx.is_closed() || self.open.load(Ordering::Relaxed) > cap + IDLE_ALLOWANCE {
             return;
         }
-        self.idle.lock().push(Idle {
+        self.idle[conn.home].lock().push(Idle {
             conn,
             since: Instant::now(),
         });
+        self.idle_count.fetch_add(1, Ordering::Relaxed);
     }
 
     fn prune(&self, max_idle: Duration) {
-        let mut idle = self.idle.lock();
-        idle.retain(|i| !i.conn.tx.is_closed() && i.since.elapsed() < max_idle);
+        for idle in &self.idle {
+            let mut idle = idle.lock();
+            let before = idle.len();
+            idle.retain(|i| !i.conn.tx.is_closed() && i.since.elapsed() < max_idle);
+            let pruned = (before - idle.len()) as u32;
+            self.idle_count.fetch_sub(pruned, Ordering::Relaxed);
+        }
     }
 
     async fn connect(self: &Arc<Self>, timeout: Duration) -> Result<BackendConn, Failure> {
@@ -184,7 +222,13 @@ impl Pool {
         Ok(BackendConn {
             tx,
             reused: false,
+            home: slot(),
             _open: open,
         })
     }
+}
+
+/// The idle-list slot of the current worker thread.
+fn slot() -> usize {
+    crate::workers::current() % SLOTS
 }

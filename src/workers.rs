@@ -1,0 +1,180 @@
+//! Where client connections are served: the runtime layout (`server.runtime`).
+//!
+//! - `per_thread`: `threads` worker threads, each running a single-threaded tokio
+//!   runtime with its own `SO_REUSEPORT` listening socket per address. The kernel
+//!   spreads new connections over the sockets, and each connection lives on one thread
+//!   from accept to close: no work stealing, and no wake-up crosses threads on the
+//!   request path unless a request waits in a queue that another thread releases.
+//! - `multi_thread`: every listener is served by the runtime levee was started on.
+//!
+//! The control plane (health probes, the level ticker, the admin listener, reloads,
+//! signals) always runs on the runtime levee was started on.
+
+use std::cell::Cell;
+use std::io;
+use std::net::SocketAddr;
+
+use tokio::net::TcpSocket;
+use tokio::runtime::Handle;
+use tokio::sync::oneshot;
+
+/// The kernel's accept queue per listening socket.
+const BACKLOG: u32 = 1024;
+
+thread_local! {
+    /// The worker this thread is (0 outside the workers).
+    static WORKER: Cell<usize> = const { Cell::new(0) };
+}
+
+/// The worker the current thread is: 0 outside the per-thread workers (and for the
+/// first of them). Backend pools keep each worker's idle connections apart with it.
+pub fn current() -> usize {
+    WORKER.with(Cell::get)
+}
+
+/// Worker threads, each running its own single-threaded runtime until dropped.
+pub struct Workers {
+    handles: Vec<Handle>,
+    /// Dropping these stops the workers: each runtime then drops its tasks (and so
+    /// closes their connections) and its thread ends.
+    _stop: Vec<oneshot::Sender<()>>,
+}
+
+impl Workers {
+    /// Starts `n` worker threads.
+    pub fn start(n: usize) -> io::Result<Workers> {
+        let mut handles = Vec::with_capacity(n);
+        let mut stop = Vec::with_capacity(n);
+        for i in 0..n {
+            let (handle_tx, handle_rx) = std::sync::mpsc::channel();
+            let (stop_tx, stop_rx) = oneshot::channel::<()>();
+            std::thread::Builder::new()
+                .name(format!("levee-w{i}"))
+                .spawn(move || {
+                    WORKER.with(|w| w.set(i));
+                    let rt = match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    {
+                        Ok(rt) => rt,
+                        Err(e) => {
+                            let _ = handle_tx.send(Err(e));
+                            return;
+                        }
+                    };
+                    let _ = handle_tx.send(Ok(rt.handle().clone()));
+                    rt.block_on(async {
+                        let _ = stop_rx.await;
+                    });
+                })?;
+            let handle = handle_rx.recv().map_err(|_| {
+                io::Error::other("worker thread ended before its runtime started")
+            })??;
+            handles.push(handle);
+            stop.push(stop_tx);
+        }
+        Ok(Workers {
+            handles,
+            _stop: stop,
+        })
+    }
+
+    pub fn handles(&self) -> &[Handle] {
+        &self.handles
+    }
+}
+
+/// A listening socket with `SO_REUSEPORT`, so that each worker can have its own on the
+/// same address (and a binary upgrade's new process can add more). Must be called
+/// inside a tokio runtime; the socket is returned unregistered.
+pub fn bind_reuseport(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_reuseport(true)?;
+    socket.bind(addr)?;
+    let listener = socket.listen(BACKLOG)?.into_std()?;
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}
+
+/// The sockets of one listen address, one per worker: those given (inherited from a
+/// previous levee, or the first one bound) plus new `SO_REUSEPORT` siblings up to
+/// `workers`. When a sibling cannot be bound (a socket inherited without
+/// `SO_REUSEPORT`), the workers share the first socket instead.
+pub fn siblings(
+    mut sockets: Vec<std::net::TcpListener>,
+    workers: usize,
+) -> io::Result<Vec<std::net::TcpListener>> {
+    let Some(first) = sockets.first() else {
+        return Ok(sockets);
+    };
+    let addr = first.local_addr()?;
+    while sockets.len() < workers {
+        match bind_reuseport(addr) {
+            Ok(l) => sockets.push(l),
+            Err(e) => {
+                tracing::info!(%addr, error = %e, "cannot add an SO_REUSEPORT listener; workers share one socket");
+                while sockets.len() < workers {
+                    let shared = sockets[0].try_clone()?;
+                    sockets.push(shared);
+                }
+            }
+        }
+    }
+    Ok(sockets)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn siblings_share_the_address_and_each_accepts() {
+        let first = bind_reuseport("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = first.local_addr().unwrap();
+        let sockets = siblings(vec![first], 3).unwrap();
+        assert_eq!(sockets.len(), 3);
+        for s in &sockets {
+            assert_eq!(s.local_addr().unwrap(), addr);
+        }
+        // Connections spread over the group by the kernel's hash; with enough of
+        // them, every socket gets some.
+        let mut clients = Vec::new();
+        for _ in 0..64 {
+            clients.push(std::net::TcpStream::connect(addr).unwrap());
+        }
+        let mut accepted = 0;
+        let mut used = 0;
+        for s in &sockets {
+            let mut here = 0;
+            while s.accept().is_ok() {
+                here += 1;
+            }
+            accepted += here;
+            used += usize::from(here > 0);
+        }
+        assert_eq!(accepted, 64);
+        assert!(used >= 2, "64 connections all went to one of 3 sockets");
+    }
+
+    #[test]
+    fn workers_run_tasks_on_their_own_threads() {
+        let workers = Workers::start(2).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        for h in workers.handles() {
+            let tx = tx.clone();
+            h.spawn(async move {
+                let _ = tx.send(current());
+            });
+        }
+        let mut seen: Vec<usize> = (0..2)
+            .map(|_| rx.recv_timeout(std::time::Duration::from_secs(5)).unwrap())
+            .collect();
+        seen.sort();
+        assert_eq!(seen, vec![0, 1]);
+    }
+}
