@@ -8,7 +8,7 @@
 //! ```
 //!
 //! Options (after `--`): `--quick`, `--reps N`,
-//! `--only levee,levee-before,haproxy,nginx,direct`, `--sections raw,overload,memory,shed`,
+//! `--only levee,levee-mt,levee-before,haproxy,nginx,direct`, `--sections raw,overload,memory,shed`,
 //! `--json PATH`, `--ticks`.
 //!
 //! Before and after: `LEVEE_BEFORE` names an older levee binary (same CLI and config
@@ -23,6 +23,10 @@
 //! table sets levee beside it; the targets stay judged on levee (this checkout). Without
 //! `LEVEE_BEFORE` it is not in the default set, and `--only levee-before` skips it with
 //! a message, as a missing haproxy is skipped.
+//!
+//! Runtime layout: "levee-mt" is this checkout's levee with `server.runtime =
+//! "multi_thread"` (one work-stealing runtime) beside "levee" (the default, one
+//! single-threaded runtime per worker with its own `SO_REUSEPORT` listener).
 //!
 //! Sections:
 //! - raw: a fast backend; wrk's closed-loop requests/s per target, then the open-loop
@@ -161,7 +165,7 @@ impl Opts {
     }
 }
 
-const USAGE: &str = "[LEVEE_BEFORE=OLDER_LEVEE_BINARY] cargo bench --bench load -- [--quick] [--reps N] [--only levee,levee-before,haproxy,nginx,direct] [--sections raw,overload,memory,shed] [--json PATH] [--ticks]";
+const USAGE: &str = "[LEVEE_BEFORE=OLDER_LEVEE_BINARY] cargo bench --bench load -- [--quick] [--reps N] [--only levee,levee-mt,levee-before,haproxy,nginx,direct] [--sections raw,overload,memory,shed] [--json PATH] [--ticks]";
 
 /// How long each measurement lasts.
 #[derive(Debug, Clone, Copy)]

@@ -82,6 +82,24 @@ impl App {
     }
 }
 
+impl crate::admin::Source for App {
+    fn snapshot(&self) -> Arc<Snapshot> {
+        App::snapshot(self)
+    }
+
+    fn is_ready(&self) -> bool {
+        App::is_ready(self)
+    }
+
+    fn open_connections(&self) -> usize {
+        self.connections.open()
+    }
+
+    fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+}
+
 fn unix_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

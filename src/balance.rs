@@ -6,6 +6,7 @@
 //! seed it.
 
 use crate::config::Balance;
+use crate::hash::mix;
 use crate::state::{Backend, Upstream};
 
 /// What an attempt to take a slot found.
@@ -18,26 +19,6 @@ pub enum Take {
     Full { target: Option<usize> },
     /// No backend the request may use is healthy.
     NoBackend,
-}
-
-/// 64-bit FNV-1a, finished with a splitmix64 round so that close inputs spread.
-pub fn hash_bytes(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    mix(h)
-}
-
-pub fn hash_str(s: &str) -> u64 {
-    hash_bytes(s.as_bytes())
-}
-
-fn mix(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
 }
 
 /// Rendezvous (highest random weight) hashing: the healthy backend with the highest
@@ -202,6 +183,7 @@ fn scan(
 mod tests {
     use super::*;
     use crate::config;
+    use crate::hash::hash_bytes;
     use crate::metrics::Metrics;
     use std::sync::Arc;
 

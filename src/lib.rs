@@ -18,6 +18,7 @@ pub mod demo;
 pub mod error;
 pub mod fds;
 pub mod handover;
+pub mod hash;
 pub mod health;
 pub mod http;
 pub mod listen;

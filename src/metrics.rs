@@ -11,9 +11,7 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::admission::ShedReason;
 use crate::config::Class;
-use crate::state::Snapshot;
 
 /// Request duration buckets, in seconds: 1 ms to 30 s.
 const DURATION_BUCKETS: &[f64] = &[
@@ -32,11 +30,11 @@ pub struct Metrics {
     requests: IntCounterVec,
     responses: IntCounterVec,
     shed: IntCounterVec,
-    inflight: IntGaugeVec,
-    limit: IntGaugeVec,
-    queue_depth: IntGaugeVec,
-    level: IntGaugeVec,
-    healthy: IntGaugeVec,
+    pub(crate) inflight: IntGaugeVec,
+    pub(crate) limit: IntGaugeVec,
+    pub(crate) queue_depth: IntGaugeVec,
+    pub(crate) level: IntGaugeVec,
+    pub(crate) healthy: IntGaugeVec,
     duration: HistogramVec,
     queue_wait: HistogramVec,
     upstream_errors: IntCounterVec,
@@ -44,13 +42,13 @@ pub struct Metrics {
     pub config_last_reload_success: IntGauge,
     level_changes: IntCounterVec,
     spill: IntCounterVec,
-    panic: IntGaugeVec,
-    zone_healthy: IntGaugeVec,
-    ejections: IntGaugeVec,
-    prefer_local: IntGaugeVec,
+    pub(crate) panic: IntGaugeVec,
+    pub(crate) zone_healthy: IntGaugeVec,
+    pub(crate) ejections: IntGaugeVec,
+    pub(crate) prefer_local: IntGaugeVec,
     retries: IntCounterVec,
-    ready: IntGauge,
-    connections_open: IntGauge,
+    pub(crate) ready: IntGauge,
+    pub(crate) connections_open: IntGauge,
     connections_refused: IntCounterVec,
 }
 
@@ -309,70 +307,51 @@ impl Metrics {
         }
     }
 
-    /// Copies live state into the gauges; called before each scrape. The gauges are
-    /// cleared first, so backends and zones a reload removed do not linger.
-    pub fn refresh(&self, snapshot: &Snapshot, ready: bool, open_connections: usize) {
-        self.ready.set(i64::from(ready));
-        self.connections_open.set(open_connections as i64);
-        for g in [
-            &self.inflight,
-            &self.limit,
-            &self.queue_depth,
-            &self.level,
-            &self.healthy,
-            &self.panic,
-            &self.zone_healthy,
-            &self.ejections,
-            &self.prefer_local,
-        ] {
-            g.reset();
-        }
-        for up in &snapshot.upstreams {
-            let name = up.name.as_str();
-            self.queue_depth
-                .with_label_values(&[name])
-                .set(i64::from(up.queue.len()));
-            self.level.with_label_values(&[name]).set(up.level() as i64);
-            self.panic
-                .with_label_values(&[name])
-                .set(i64::from(up.in_panic()));
-            self.prefer_local
-                .with_label_values(&[name])
-                .set(i64::from(up.prefers_local()));
-            let mut zones: Vec<(&str, i64)> = Vec::new();
-            for b in &up.backends {
-                let healthy = i64::from(b.health.state() == crate::health::State::Healthy);
-                match zones.iter_mut().find(|(z, _)| *z == b.zone.as_str()) {
-                    Some((_, n)) => *n += healthy,
-                    None => zones.push((b.zone.as_str(), healthy)),
-                }
-            }
-            for (zone, n) in zones {
-                self.zone_healthy.with_label_values(&[name, zone]).set(n);
-            }
-            for b in &up.backends {
-                let addr = b.label.as_str();
-                self.ejections
-                    .with_label_values(&[name, addr])
-                    .set(i64::from(b.health.is_ejected()));
-                self.inflight
-                    .with_label_values(&[name, addr])
-                    .set(i64::from(b.inflight()));
-                self.limit
-                    .with_label_values(&[name, addr])
-                    .set(i64::from(b.limit()));
-                self.healthy
-                    .with_label_values(&[name, addr, b.zone.as_str()])
-                    .set(i64::from(b.health.state() == crate::health::State::Healthy));
-            }
-        }
-    }
-
     /// The registry in Prometheus' text format.
     pub fn encode(&self) -> String {
         let mut buf = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
         String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+/// Why a request was shed. Each is a bounded metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ShedReason {
+    /// `low` at caution or above.
+    LowPriority = 0,
+    /// No free slot, and the level does not let this class wait.
+    LevelNoQueue = 1,
+    /// No free slot, and the queue is full.
+    QueueFull = 2,
+    /// Waited `queue_timeout` without getting a slot, or would have: the queue ahead
+    /// of it drains slower than that at the rate the backends finish requests.
+    QueueTimeout = 3,
+    /// A `critical` request took its place in a full queue.
+    Displaced = 4,
+    /// No backend of the upstream may take traffic.
+    NoHealthyBackend = 5,
+}
+
+impl ShedReason {
+    pub const ALL: [ShedReason; 6] = [
+        ShedReason::LowPriority,
+        ShedReason::LevelNoQueue,
+        ShedReason::QueueFull,
+        ShedReason::QueueTimeout,
+        ShedReason::Displaced,
+        ShedReason::NoHealthyBackend,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ShedReason::LowPriority => "low_priority",
+            ShedReason::LevelNoQueue => "level_no_queue",
+            ShedReason::QueueFull => "queue_full",
+            ShedReason::QueueTimeout => "queue_timeout",
+            ShedReason::Displaced => "displaced",
+            ShedReason::NoHealthyBackend => "no_healthy_backend",
+        }
     }
 }
 

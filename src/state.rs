@@ -52,7 +52,7 @@ impl Backend {
         let up = health.state() == HealthState::Healthy;
         Backend {
             address: cfg.address,
-            hash_seed: crate::balance::hash_str(&label),
+            hash_seed: crate::hash::hash_str(&label),
             label,
             zone: cfg.zone.clone(),
             max_inflight: AtomicU32::new(cfg.max_inflight),
@@ -125,7 +125,7 @@ pub struct Upstream {
     pub backends: Vec<Arc<Backend>>,
     /// The queue, level, window and retry budget carry over when a reload changes the
     /// upstream's config, so waiting requests and the level survive it.
-    pub queue: Arc<WaitQueue>,
+    pub queue: Arc<WaitQueue<Upstream, Permit>>,
     pub level_state: Arc<LevelState>,
     pub window: Arc<Window>,
     pub metrics: UpstreamMetrics,
@@ -470,7 +470,77 @@ pub struct Snapshot {
     routes: Vec<(String, usize)>,
 }
 
+/// One slot of one backend, held from admission until the response ends. Dropping it
+/// gives the slot back, or hands it straight to the oldest waiter that can use it
+/// (its methods and release are `admission`'s).
+pub struct Permit {
+    pub(crate) upstream: std::mem::ManuallyDrop<Arc<Upstream>>,
+    pub(crate) backend: usize,
+    /// How long the request waited in the queue (zero when a slot was free).
+    pub queued: Duration,
+}
+
 impl Snapshot {
+    /// Copies live state into `m`'s gauges; called before each scrape. The gauges are
+    /// cleared first, so backends and zones a reload removed do not linger.
+    pub fn refresh_metrics(&self, m: &Metrics, ready: bool, open_connections: usize) {
+        let snapshot = self;
+        m.ready.set(i64::from(ready));
+        m.connections_open.set(open_connections as i64);
+        for g in [
+            &m.inflight,
+            &m.limit,
+            &m.queue_depth,
+            &m.level,
+            &m.healthy,
+            &m.panic,
+            &m.zone_healthy,
+            &m.ejections,
+            &m.prefer_local,
+        ] {
+            g.reset();
+        }
+        for up in &snapshot.upstreams {
+            let name = up.name.as_str();
+            m.queue_depth
+                .with_label_values(&[name])
+                .set(i64::from(up.queue.len()));
+            m.level.with_label_values(&[name]).set(up.level() as i64);
+            m.panic
+                .with_label_values(&[name])
+                .set(i64::from(up.in_panic()));
+            m.prefer_local
+                .with_label_values(&[name])
+                .set(i64::from(up.prefers_local()));
+            let mut zones: Vec<(&str, i64)> = Vec::new();
+            for b in &up.backends {
+                let healthy = i64::from(b.health.state() == crate::health::State::Healthy);
+                match zones.iter_mut().find(|(z, _)| *z == b.zone.as_str()) {
+                    Some((_, n)) => *n += healthy,
+                    None => zones.push((b.zone.as_str(), healthy)),
+                }
+            }
+            for (zone, n) in zones {
+                m.zone_healthy.with_label_values(&[name, zone]).set(n);
+            }
+            for b in &up.backends {
+                let addr = b.label.as_str();
+                m.ejections
+                    .with_label_values(&[name, addr])
+                    .set(i64::from(b.health.is_ejected()));
+                m.inflight
+                    .with_label_values(&[name, addr])
+                    .set(i64::from(b.inflight()));
+                m.limit
+                    .with_label_values(&[name, addr])
+                    .set(i64::from(b.limit()));
+                m.healthy
+                    .with_label_values(&[name, addr, b.zone.as_str()])
+                    .set(i64::from(b.health.state() == crate::health::State::Healthy));
+            }
+        }
+    }
+
     pub fn build(config: Config, metrics: &Metrics) -> Snapshot {
         Snapshot::build_from(config, None, metrics)
     }

@@ -228,10 +228,16 @@ fn start_levee(
 fn listening(rx: &std::sync::mpsc::Receiver<String>) -> (String, String) {
     let (mut proxy, mut admin) = (None, None);
     let deadline = Instant::now() + LIMIT;
+    let mut seen = Vec::new();
     while proxy.is_none() || admin.is_none() {
-        let line = rx
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .expect("levee logs its listeners");
+        let line = match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(line) => line,
+            Err(e) => panic!(
+                "levee logs its listeners ({e}); it logged:\n{}",
+                seen.join("\n")
+            ),
+        };
+        seen.push(line.clone());
         let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
         let addr = v["fields"]["addr"].as_str().map(str::to_string);
         match v["fields"]["message"].as_str() {

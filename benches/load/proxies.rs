@@ -39,6 +39,10 @@ pub fn levee_before_var() -> Option<OsString> {
 pub enum Kind {
     /// The levee of this checkout.
     Levee,
+    /// The same build with `server.runtime = "multi_thread"` (one work-stealing
+    /// runtime) instead of the default per-thread runtimes: the runtime layout
+    /// comparison.
+    LeveeMulti,
     /// An older levee build from [`LEVEE_BEFORE`], configured exactly like levee.
     LeveeBefore,
     Haproxy,
@@ -48,8 +52,9 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 5] = [
+    pub const ALL: [Kind; 6] = [
         Kind::Levee,
+        Kind::LeveeMulti,
         Kind::LeveeBefore,
         Kind::Haproxy,
         Kind::Nginx,
@@ -69,6 +74,7 @@ impl Kind {
     pub fn name(self) -> &'static str {
         match self {
             Kind::Levee => "levee",
+            Kind::LeveeMulti => "levee-mt",
             Kind::LeveeBefore => "levee-before",
             Kind::Haproxy => "haproxy",
             Kind::Nginx => "nginx",
@@ -86,7 +92,7 @@ impl Kind {
 
     /// levee, this build or the older one: same config, same CLI, an admin listener.
     pub fn is_levee(self) -> bool {
-        matches!(self, Kind::Levee | Kind::LeveeBefore)
+        matches!(self, Kind::Levee | Kind::LeveeMulti | Kind::LeveeBefore)
     }
 }
 
@@ -129,7 +135,7 @@ impl Tools {
     pub fn binary(&self, kind: Kind) -> Result<Option<&Path>, String> {
         let found = match kind {
             Kind::Direct => return Ok(None),
-            Kind::Levee => &self.levee,
+            Kind::Levee | Kind::LeveeMulti => &self.levee,
             Kind::LeveeBefore => &self.levee_before,
             Kind::Haproxy => &self.haproxy,
             Kind::Nginx => &self.nginx,
@@ -229,14 +235,18 @@ impl Running {
         let port = free_port()?;
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
         let admin = match kind {
-            Kind::Levee | Kind::LeveeBefore => {
+            Kind::Levee | Kind::LeveeMulti | Kind::LeveeBefore => {
                 Some(SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?)))
             }
             _ => None,
         };
         let d = dir.path();
         let (conf_name, text) = match kind {
-            Kind::Levee | Kind::LeveeBefore => ("levee.toml", levee_config(addr, admin, setup)),
+            Kind::Levee | Kind::LeveeBefore => ("levee.toml", levee_config(addr, admin, setup, "")),
+            Kind::LeveeMulti => (
+                "levee.toml",
+                levee_config(addr, admin, setup, "runtime = \"multi_thread\"\n"),
+            ),
             Kind::Haproxy => ("haproxy.cfg", haproxy_config(addr, setup)),
             Kind::Nginx => ("nginx.conf", nginx_config(addr, setup, d)),
             Kind::Direct => unreachable!("direct has no binary"),
@@ -246,7 +256,9 @@ impl Running {
         let log = std::fs::File::create(d.join("stderr.log")).map_err(|e| format!("log: {e}"))?;
         let mut cmd = Command::new(binary);
         match kind {
-            Kind::Levee | Kind::LeveeBefore => cmd.arg("run").arg("--config").arg(&conf),
+            Kind::Levee | Kind::LeveeMulti | Kind::LeveeBefore => {
+                cmd.arg("run").arg("--config").arg(&conf)
+            }
             Kind::Haproxy => cmd.arg("-db").arg("-f").arg(&conf),
             Kind::Nginx => cmd
                 .arg("-p")
@@ -511,13 +523,15 @@ async fn probe(addr: SocketAddr) -> std::io::Result<u16> {
 /// levee: one upstream, least in-flight, the limits of `setup`, the client cap of
 /// HAProxy's `maxconn`; no health checks (none of the proxies has them here), logs at
 /// levee's defaults.
-fn levee_config(addr: SocketAddr, admin: Option<SocketAddr>, s: &Setup) -> String {
+/// `extra` goes into `[server]` (levee-before gets none: an older build may not know
+/// newer keys).
+fn levee_config(addr: SocketAddr, admin: Option<SocketAddr>, s: &Setup, extra: &str) -> String {
     let max_inflight = s.max_conns.unwrap_or(100_000);
     let mut t = format!(
         r#"[server]
 listen = ["{addr}"]
 threads = {threads}
-grace_period_ms = 200
+{extra}grace_period_ms = 200
 max_connections = {max_connections}
 {admin}
 

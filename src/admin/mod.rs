@@ -14,14 +14,24 @@ use hyper_util::rt::TokioIo;
 use serde_json::json;
 use tokio::net::TcpListener;
 
-use crate::app::App;
+use crate::metrics::Metrics;
 use crate::state::Snapshot;
+
+/// What the admin endpoints read. The assembly (`app`) provides it; the admin listener
+/// depends only on this, not on how levee is put together.
+pub trait Source: Send + Sync + 'static {
+    fn snapshot(&self) -> Arc<Snapshot>;
+    /// False once draining: `/readyz` answers 503.
+    fn is_ready(&self) -> bool;
+    fn open_connections(&self) -> usize;
+    fn metrics(&self) -> &Metrics;
+}
 
 /// The status page: one self-contained HTML file, compiled in.
 const STATUS_PAGE: &str = include_str!("status.html");
 
 /// Serves the admin endpoints on `listener` until the task is aborted.
-pub async fn serve(listener: TcpListener, app: Arc<App>) {
+pub async fn serve<S: Source>(listener: TcpListener, app: Arc<S>) {
     let mut warning = crate::fds::Throttled::new(std::time::Duration::from_secs(1));
     loop {
         let (tcp, _) = match listener.accept().await {
@@ -38,7 +48,7 @@ pub async fn serve(listener: TcpListener, app: Arc<App>) {
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
                 let app = app.clone();
-                async move { Ok::<_, Infallible>(route(&app, &req)) }
+                async move { Ok::<_, Infallible>(route(&*app, &req)) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
@@ -61,15 +71,15 @@ fn reply(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Resp
     resp
 }
 
-fn route(app: &App, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+fn route(app: &impl Source, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     match req.uri().path() {
         "/metrics" => {
-            app.metrics
-                .refresh(&app.snapshot(), app.is_ready(), app.connections.open());
+            app.snapshot()
+                .refresh_metrics(app.metrics(), app.is_ready(), app.open_connections());
             reply(
                 StatusCode::OK,
                 "text/plain; version=0.0.4",
-                app.metrics.encode(),
+                app.metrics().encode(),
             )
         }
         "/status" => reply(

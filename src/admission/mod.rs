@@ -24,49 +24,12 @@ use std::time::{Duration, Instant};
 
 use crate::balance::{take_slot, Take};
 use crate::config::Class;
+pub use crate::state::Permit;
 use crate::state::{Backend, Upstream};
 use level::Level;
 use queue::{Full, Grant, Ticket};
 
-/// Why a request was shed. Each is a bounded metric label.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ShedReason {
-    /// `low` at caution or above.
-    LowPriority = 0,
-    /// No free slot, and the level does not let this class wait.
-    LevelNoQueue = 1,
-    /// No free slot, and the queue is full.
-    QueueFull = 2,
-    /// Waited `queue_timeout` without getting a slot, or would have: the queue ahead
-    /// of it drains slower than that at the rate the backends finish requests.
-    QueueTimeout = 3,
-    /// A `critical` request took its place in a full queue.
-    Displaced = 4,
-    /// No backend of the upstream may take traffic.
-    NoHealthyBackend = 5,
-}
-
-impl ShedReason {
-    pub const ALL: [ShedReason; 6] = [
-        ShedReason::LowPriority,
-        ShedReason::LevelNoQueue,
-        ShedReason::QueueFull,
-        ShedReason::QueueTimeout,
-        ShedReason::Displaced,
-        ShedReason::NoHealthyBackend,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ShedReason::LowPriority => "low_priority",
-            ShedReason::LevelNoQueue => "level_no_queue",
-            ShedReason::QueueFull => "queue_full",
-            ShedReason::QueueTimeout => "queue_timeout",
-            ShedReason::Displaced => "displaced",
-            ShedReason::NoHealthyBackend => "no_healthy_backend",
-        }
-    }
-}
+pub use crate::metrics::ShedReason;
 
 /// A request that will not be sent to a backend: the 503 it becomes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -98,15 +61,6 @@ pub fn may_wait(level: Level, class: Class) -> bool {
         Level::Danger => class >= Class::High,
         Level::Critical => class == Class::Critical,
     }
-}
-
-/// One slot of one backend, held from admission until the response ends. Dropping it
-/// gives the slot back, or hands it straight to the oldest waiter that can use it.
-pub struct Permit {
-    upstream: ManuallyDrop<Arc<Upstream>>,
-    backend: usize,
-    /// How long the request waited in the queue (zero when a slot was free).
-    pub queued: Duration,
 }
 
 impl std::fmt::Debug for Permit {
@@ -167,7 +121,7 @@ impl Drop for Permit {
 /// Hands free slots to waiters, oldest first. Called after a slot was released while
 /// the queue was not empty. Each waiter takes its slot in the upstream version it was
 /// admitted under (versions share backends, so the counts stay one).
-pub(crate) fn dispatch(queue: &queue::WaitQueue) {
+pub(crate) fn dispatch(queue: &queue::WaitQueue<Upstream, Permit>) {
     let mut q = queue.lock();
     let mut i = 0;
     let mut any_full = false;
@@ -203,7 +157,7 @@ pub(crate) fn dispatch(queue: &queue::WaitQueue) {
 /// meantime is dropped too, which hands its slot on.
 struct Waiting<'a> {
     upstream: &'a Upstream,
-    ticket: Option<Ticket>,
+    ticket: Option<Ticket<Permit>>,
 }
 
 impl Drop for Waiting<'_> {

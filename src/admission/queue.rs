@@ -5,6 +5,10 @@
 //! it instead of being raced for, so the queue is fair and never waits while a slot it
 //! could use is free. The lock is held only to push, remove or hand over, never across
 //! an `.await`.
+//!
+//! The queue is generic over what it queues for (`U`, the upstream) and what it hands
+//! over (`P`, a permit), so it depends on neither: `state` holds one, `admission`
+//! drives it.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -14,36 +18,33 @@ use tokio::sync::oneshot;
 
 use std::sync::Arc;
 
-use super::Permit;
 use crate::config::Class;
-use crate::state::Upstream;
 
 /// What a waiter receives.
-pub enum Grant {
+pub enum Grant<P> {
     /// A slot, already counted on its backend.
-    Permit(Permit),
+    Permit(P),
     /// A `critical` request took this waiter's place in a full queue.
     Displaced,
 }
 
-pub(crate) struct Waiter {
+pub(crate) struct Waiter<U, P> {
     pub id: u64,
     pub class: Class,
     /// The upstream version the request was admitted under: its backend list is the
     /// one `target` indexes, and the slot is taken there. Versions share the queue.
-    pub upstream: Arc<Upstream>,
+    pub upstream: Arc<U>,
     /// The one backend this waiter can use (affinity), or any backend.
     pub target: Option<usize>,
-    pub tx: oneshot::Sender<Grant>,
+    pub tx: oneshot::Sender<Grant<P>>,
 }
 
 /// Why a request could not join the queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Full;
 
-#[derive(Default)]
-pub struct WaitQueue {
-    waiters: Mutex<VecDeque<Waiter>>,
+pub struct WaitQueue<U, P> {
+    waiters: Mutex<VecDeque<Waiter<U, P>>>,
     /// Mirror of `waiters.len()`, written under the lock, read without it.
     len: AtomicU32,
     /// Highest length since the ticker last read it.
@@ -51,13 +52,27 @@ pub struct WaitQueue {
     next_id: AtomicU64,
 }
 
-/// A place in the queue: the waiter's id and where its grant arrives.
-pub(crate) struct Ticket {
-    pub id: u64,
-    pub rx: oneshot::Receiver<Grant>,
+impl<U, P> Default for WaitQueue<U, P> {
+    fn default() -> Self {
+        WaitQueue {
+            waiters: Mutex::new(VecDeque::new()),
+            len: AtomicU32::new(0),
+            peak: AtomicU32::new(0),
+            next_id: AtomicU64::new(0),
+        }
+    }
 }
 
-impl WaitQueue {
+/// A new place in the queue, and the waiter a `critical` request displaced to get it.
+pub(crate) type Joined<U, P> = (Ticket<P>, Option<Waiter<U, P>>);
+
+/// A place in the queue: the waiter's id and where its grant arrives.
+pub(crate) struct Ticket<P> {
+    pub id: u64,
+    pub rx: oneshot::Receiver<Grant<P>>,
+}
+
+impl<U, P> WaitQueue<U, P> {
     /// Requests waiting now.
     pub fn len(&self) -> u32 {
         self.len.load(Ordering::SeqCst)
@@ -72,7 +87,7 @@ impl WaitQueue {
         self.peak.swap(self.len(), Ordering::Relaxed)
     }
 
-    pub(crate) fn lock(&self) -> QueueGuard<'_> {
+    pub(crate) fn lock(&self) -> QueueGuard<'_, U, P> {
         QueueGuard {
             queue: self,
             waiters: self.waiters.lock(),
@@ -83,11 +98,11 @@ impl WaitQueue {
     /// newest waiter of the lowest class below critical, which is returned to be told.
     pub(crate) fn push(
         &self,
-        upstream: &Arc<Upstream>,
+        upstream: &Arc<U>,
         class: Class,
         target: Option<usize>,
         depth: u32,
-    ) -> Result<(Ticket, Option<Waiter>), Full> {
+    ) -> Result<Joined<U, P>, Full> {
         let mut q = self.lock();
         let mut displaced = None;
         if q.waiters.len() >= depth as usize {
@@ -133,13 +148,13 @@ impl WaitQueue {
     }
 }
 
-pub(crate) struct QueueGuard<'a> {
-    queue: &'a WaitQueue,
-    pub waiters: MutexGuard<'a, VecDeque<Waiter>>,
+pub(crate) struct QueueGuard<'a, U, P> {
+    queue: &'a WaitQueue<U, P>,
+    pub waiters: MutexGuard<'a, VecDeque<Waiter<U, P>>>,
 }
 
-impl QueueGuard<'_> {
-    pub fn remove_at(&mut self, i: usize) -> Option<Waiter> {
+impl<U, P> QueueGuard<'_, U, P> {
+    pub fn remove_at(&mut self, i: usize) -> Option<Waiter<U, P>> {
         let w = self.waiters.remove(i);
         self.sync_len();
         w

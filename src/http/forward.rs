@@ -13,16 +13,17 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, Uri, Version};
 use hyper::body::Incoming;
 
-use super::body::{ForwardBody, ResBody, Upload};
+use super::body::ResBody;
 use super::exchange::{AccessLog, Exchange};
 use super::io::{Active, ConnShared};
 use super::pool::{BackendConn, Pools};
 use super::respond;
+use super::upload::{ForwardBody, Upload};
 use super::validate;
 use crate::admission::Permit;
-use crate::balance::hash_bytes;
 use crate::config::{Affinity, Class};
 use crate::error::{error_body, Failure};
+use crate::hash::hash_bytes;
 use crate::state::{SharedSnapshot, Snapshot, Upstream};
 
 /// Most retries of one idempotent request that may have reached a backend.
@@ -51,12 +52,28 @@ pub struct Proxy {
 /// What the requests of one client connection share.
 pub struct Conn {
     pub peer: SocketAddr,
+    /// The peer's IP as a header value, made once for `X-Forwarded-For`.
+    peer_ip: HeaderValue,
     pub shared: Arc<ConnShared>,
     /// `"http"` or `"https"`, for `X-Forwarded-Proto`.
     pub scheme: &'static str,
     /// Where an accepted upgrade (101) leaves the backend's side of the tunnel for the
     /// connection's driver to splice.
     pub upgrade: parking_lot::Mutex<Option<Tunnel>>,
+}
+
+impl Conn {
+    pub fn new(peer: SocketAddr, shared: Arc<ConnShared>, scheme: &'static str) -> Conn {
+        let peer_ip = HeaderValue::try_from(peer.ip().to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        Conn {
+            peer,
+            peer_ip,
+            shared,
+            scheme,
+            upgrade: parking_lot::Mutex::new(None),
+        }
+    }
 }
 
 /// The backend's side of an upgraded connection and the slot it holds.
@@ -92,6 +109,14 @@ fn affinity_key(headers: &HeaderMap, affinity: &Affinity) -> Option<u64> {
 /// Removes `connection`, every header it names, and the fixed hop-by-hop set. An
 /// upgrade keeps `connection` and `upgrade`.
 fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    // Most messages have none: one pass over the names (comparisons, no hashing)
+    // settles it.
+    let any = headers
+        .keys()
+        .any(|k| *k == header::CONNECTION || HOP_BY_HOP.contains(k));
+    if !any {
+        return;
+    }
     if headers.contains_key(header::CONNECTION) {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
@@ -311,16 +336,17 @@ fn prepare_head(parts: &mut http::request::Parts, conn: &Conn, upgrade: bool) {
     strip_hop_by_hop(&mut parts.headers, upgrade);
     // Levee read the client's `Expect: 100-continue` itself.
     parts.headers.remove(header::EXPECT);
-    let ip = conn.peer.ip();
     let xff = match parts
         .headers
         .get(&X_FORWARDED_FOR)
         .and_then(|v| v.to_str().ok())
     {
-        Some(prior) if !prior.is_empty() => format!("{prior}, {ip}"),
-        _ => ip.to_string(),
+        Some(prior) if !prior.is_empty() => {
+            HeaderValue::try_from(format!("{prior}, {}", conn.peer.ip())).ok()
+        }
+        _ => Some(conn.peer_ip.clone()),
     };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
+    if let Some(v) = xff {
         parts.headers.insert(X_FORWARDED_FOR.clone(), v);
     }
     parts.headers.insert(

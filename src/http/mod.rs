@@ -1,7 +1,8 @@
 //! The data path on hyper: client connections ([`server`]) over levee's socket type
 //! ([`io`]), framing rules ([`validate`]), one request top to bottom ([`forward`]),
-//! its hold on a backend ([`exchange`]), the bodies both ways ([`body`]), levee's own
-//! answers ([`respond`]) and the per-backend connection pool ([`pool`]).
+//! its hold on a backend ([`exchange`]), the request body ([`upload`]) and the
+//! response body ([`body`]), levee's own answers ([`respond`]) and the per-backend
+//! connection pool ([`pool`]).
 
 pub mod body;
 pub mod exchange;
@@ -10,4 +11,5 @@ pub mod io;
 pub mod pool;
 pub mod respond;
 pub mod server;
+pub mod upload;
 pub mod validate;

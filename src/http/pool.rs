@@ -23,7 +23,7 @@ use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use super::body::ForwardBody;
+use super::upload::ForwardBody;
 use crate::error::Failure;
 
 /// Idle connections kept beyond a backend's `max_inflight`, so a burst that ends and

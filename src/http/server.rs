@@ -103,12 +103,7 @@ pub async fn serve_connection(
     guard: impl Send,
 ) {
     let _guard = guard;
-    let conn = Arc::new(Conn {
-        peer,
-        shared: Arc::new(ConnShared::default()),
-        scheme: "http",
-        upgrade: parking_lot::Mutex::new(None),
-    });
+    let conn = Arc::new(Conn::new(peer, Arc::new(ConnShared::default()), "http"));
     match Box::pin(opening(&tcp, settings.client_header)).await {
         Opening::Silent => return,
         Opening::H2 => return Box::pin(serve_h2(proxy, conn, tcp, settings, shutdown)).await,
@@ -138,10 +133,13 @@ pub async fn serve_connection(
                 return;
             }
         }
-        first = false;
-        if *shutdown.borrow() {
+        // Shutting down: a connection accepted before the listeners stopped still gets
+        // its first request answered (with `Connection: close`), never a reset; a
+        // kept-alive one that is between requests is closed.
+        if !first && *shutdown.borrow() {
             return;
         }
+        first = false;
         match Box::pin(busy(&settings, io, &proxy, &conn, &mut shutdown)).await {
             Busy::Released(next) => io = next,
             Busy::Upgraded(next, tunnel) => return Box::pin(splice(next, tunnel)).await,
@@ -150,10 +148,12 @@ pub async fn serve_connection(
     }
 }
 
-/// The HTTP/1 server settings of a busy period.
-fn h1_builder(settings: &Settings) -> hyper::server::conn::http1::Builder {
+/// The HTTP/1 server settings of a busy period; `keep_alive` false answers with
+/// `Connection: close` and ends the connection after the response.
+fn h1_builder(settings: &Settings, keep_alive: bool) -> hyper::server::conn::http1::Builder {
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
+        .keep_alive(keep_alive)
         .timer(TokioTimer::new())
         .header_read_timeout(settings.client_header)
         .max_buf_size((settings.max_header_bytes as usize).max(8192))
@@ -188,9 +188,12 @@ async fn busy(
         let conn = conn.clone();
         service_fn(move |req| Box::pin(forward::serve(proxy.clone(), conn.clone(), req)))
     };
-    let mut hc = h1_builder(settings).serve_connection(TokioIo::new(io), svc);
+    // Already shutting down: hyper ends the connection after this response, so the
+    // shutdown branch below (which would end it before its request is read) is off.
+    let keep_alive = !*shutdown.borrow_and_update();
+    let mut hc = h1_builder(settings, keep_alive).serve_connection(TokioIo::new(io), svc);
     let mut released = false;
-    let mut closing = false;
+    let mut closing = !keep_alive;
     let result = loop {
         tokio::select! {
             r = std::future::poll_fn(|cx| hc.poll_without_shutdown(cx)) => break r,

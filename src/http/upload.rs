@@ -1,0 +1,192 @@
+//! [`ForwardBody`]: the client's request body on its way to the backend, streamed
+//! frame by frame. It counts bytes against `max_request_body_bytes`, bounds each wait
+//! for the client by `client_header`, notes when the upload ended (the response
+//! deadline counts from there), and refuses to end a body whose raw framing broke a
+//! rule.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hyper::body::Incoming;
+use hyper::body::{Body, Frame, SizeHint};
+use tokio::time::Sleep;
+
+use super::io::ConnShared;
+use crate::error::Failure;
+use crate::health::epoch;
+
+/// The error type of both bodies.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// How a client's upload went, read by the request's forwarder.
+#[derive(Debug, Default)]
+pub struct Upload {
+    /// When the body ended (set once).
+    pub done: std::sync::OnceLock<Instant>,
+    /// Why the body failed, when it did on the client's side.
+    pub failure: std::sync::OnceLock<Failure>,
+    /// When a body frame last went on, in microseconds after [`epoch`] (0: never).
+    progress_us: std::sync::atomic::AtomicU64,
+}
+
+impl Upload {
+    fn progressed(&self) {
+        let us = epoch().elapsed().as_micros() as u64;
+        self.progress_us.store(us.max(1), Ordering::Relaxed);
+    }
+
+    /// When the body last made progress (a frame went on, or it ended).
+    pub fn last_progress(&self) -> Option<Instant> {
+        match self.progress_us.load(Ordering::Relaxed) {
+            0 => None,
+            us => Some(epoch() + Duration::from_micros(us)),
+        }
+    }
+}
+
+/// The request body sent to a backend.
+pub enum ForwardBody {
+    Empty,
+    Client(Box<ClientBody>),
+}
+
+pub struct ClientBody {
+    incoming: Incoming,
+    limit: u64,
+    seen: u64,
+    wait: Duration,
+    sleep: Option<Pin<Box<Sleep>>>,
+    conn: Arc<ConnShared>,
+    upload: Arc<Upload>,
+}
+
+impl ForwardBody {
+    /// The client's body (`limit` 0: no limit), or nothing when it has none.
+    pub fn client(
+        incoming: Incoming,
+        limit: u64,
+        wait: Duration,
+        conn: Arc<ConnShared>,
+        upload: Arc<Upload>,
+    ) -> ForwardBody {
+        if incoming.is_end_stream() {
+            let _ = upload.done.set(Instant::now());
+            upload.progressed();
+            return ForwardBody::Empty;
+        }
+        ForwardBody::Client(Box::new(ClientBody {
+            incoming,
+            limit,
+            seen: 0,
+            wait,
+            sleep: None,
+            conn,
+            upload,
+        }))
+    }
+}
+
+impl ClientBody {
+    fn fail(&mut self, f: Failure) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let _ = self.upload.failure.set(f);
+        Poll::Ready(Some(Err(Box::new(f))))
+    }
+
+    fn ended(&mut self) -> Option<Failure> {
+        if self.conn.framing_violation.load(Ordering::Acquire) {
+            return Some(Failure::BadRequest);
+        }
+        let _ = self.upload.done.set(Instant::now());
+        self.upload.progressed();
+        None
+    }
+}
+
+impl Body for ForwardBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = match self.get_mut() {
+            ForwardBody::Empty => return Poll::Ready(None),
+            ForwardBody::Client(b) => b,
+        };
+        match Pin::new(&mut this.incoming).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                this.sleep = None;
+                this.upload.progressed();
+                if let Some(data) = frame.data_ref() {
+                    this.seen += data.len() as u64;
+                    if this.limit > 0 && this.seen > this.limit {
+                        return this.fail(Failure::BodyTooLarge);
+                    }
+                }
+                if this.incoming.is_end_stream() {
+                    if let Some(f) = this.ended() {
+                        return this.fail(f);
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(None) => match this.ended() {
+                Some(f) => this.fail(f),
+                None => Poll::Ready(None),
+            },
+            Poll::Ready(Some(Err(e))) => {
+                let f =
+                    if this.conn.framing_violation.load(Ordering::Acquire) || is_invalid_data(&e) {
+                        Failure::BadRequest
+                    } else {
+                        Failure::ClientGone
+                    };
+                this.fail(f)
+            }
+            Poll::Pending => {
+                let wait = this.wait;
+                let sleep = this
+                    .sleep
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(wait)));
+                ready!(sleep.as_mut().poll(cx));
+                this.fail(Failure::ClientTimeout)
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ForwardBody::Empty => true,
+            ForwardBody::Client(b) => b.incoming.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ForwardBody::Empty => SizeHint::with_exact(0),
+            ForwardBody::Client(b) => b.incoming.size_hint(),
+        }
+    }
+}
+
+/// Did hyper fail the body because its framing was invalid (bad chunk syntax)?
+fn is_invalid_data(e: &hyper::Error) -> bool {
+    use std::error::Error;
+    let mut source = e.source();
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                std::io::ErrorKind::InvalidData | std::io::ErrorKind::InvalidInput
+            );
+        }
+        source = s.source();
+    }
+    false
+}
