@@ -65,8 +65,10 @@ use probe::{Probe, ProbeStats};
 use proxies::{Kind, Running, Setup, Tools};
 use report::{median, median_d, MemRow, OverRow, RawRow, Results, ShedRow};
 
-/// Worker threads of every proxy (nginx: worker processes).
-const THREADS: usize = 2;
+/// Worker threads of every proxy (nginx: worker processes): one each, as the data-path
+/// targets are set, so that on this 2-core machine wrk and the backend have the other
+/// core and the proxies are compared at equal parallelism.
+const THREADS: usize = 1;
 /// Threads of the runtime the replicas run on (the generator has its own 2).
 const BACKEND_THREADS: usize = 1;
 /// wrk's threads and connections.
