@@ -161,6 +161,32 @@ mod tests {
         assert!(used >= 2, "64 connections all went to one of 3 sockets");
     }
 
+    #[tokio::test]
+    async fn a_socket_without_reuseport_is_shared_by_the_workers() {
+        // As a listener inherited from an older levee: bound without SO_REUSEPORT, so
+        // no sibling can join it; the workers then share it.
+        let plain = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        plain.set_nonblocking(true).unwrap();
+        let addr = plain.local_addr().unwrap();
+        let sockets = siblings(vec![plain], 3).unwrap();
+        assert_eq!(sockets.len(), 3);
+        let inode = |s: &std::net::TcpListener| {
+            use std::os::unix::io::AsRawFd;
+            // SAFETY: fstat on a descriptor this test owns, into a zeroed struct.
+            let mut st: libc::stat = unsafe { std::mem::zeroed() };
+            assert_eq!(unsafe { libc::fstat(s.as_raw_fd(), &mut st) }, 0);
+            st.st_ino
+        };
+        assert!(
+            sockets.iter().all(|s| inode(s) == inode(&sockets[0])),
+            "the workers share the one socket"
+        );
+        let _client = std::net::TcpStream::connect(addr).unwrap();
+        // One queue behind every descriptor: whichever accepts first gets it.
+        let accepted: usize = sockets.iter().filter(|s| s.accept().is_ok()).count();
+        assert_eq!(accepted, 1);
+    }
+
     #[test]
     fn workers_run_tasks_on_their_own_threads() {
         let workers = Workers::start(2).unwrap();

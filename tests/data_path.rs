@@ -319,6 +319,14 @@ async fn an_idle_connection_taken_back_from_hyper_keeps_serving() {
         // Long enough for levee to release the connection's buffers between requests.
         tokio::time::sleep(IDLE_RELEASE * 3).await;
     }
+    // A request with a body, then idle: the next request on the connection is served.
+    let post = http::Request::post("/a/post")
+        .header("host", "levee.test")
+        .body(Full::new(Bytes::from_static(b"0123456789")))
+        .expect("request");
+    assert_eq!(conn.request(post).await.status, 200);
+    tokio::time::sleep(IDLE_RELEASE * 3).await;
+    assert_eq!(conn.get("/a/after-post").await.status, 200);
     // Pipelined requests across a release: both answered, in order.
     let mut tcp = TcpStream::connect(levee.addr()).await.expect("connect");
     tcp.write_all(b"GET /p/1 HTTP/1.1\r\nHost: x\r\n\r\nGET /p/2 HTTP/1.1\r\nHost: x\r\n\r\n")
