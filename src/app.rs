@@ -57,6 +57,25 @@ impl App {
         })
     }
 
+    /// Waits until every backend with active checks had its first probe (bounded by the
+    /// longest probe timeout), so levee does not answer its first requests with
+    /// "no healthy backend" only because it has not looked yet.
+    pub async fn wait_for_first_probes(&self) {
+        let snapshot = self.snapshot();
+        let longest = snapshot
+            .upstreams
+            .iter()
+            .map(|u| u.health.timeout)
+            .max()
+            .unwrap_or_default();
+        let deadline = tokio::time::Instant::now() + longest + Duration::from_millis(100);
+        while !snapshot.upstreams.iter().all(|u| u.probed())
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.shared.load_full()
     }
@@ -125,25 +144,6 @@ impl Running {
     /// The first proxy address.
     pub fn addr(&self) -> SocketAddr {
         self.addrs[0]
-    }
-
-    /// Waits until every backend with active checks had its first probe (bounded by the
-    /// longest probe timeout), so levee does not answer its first requests with
-    /// "no healthy backend" only because it has not looked yet.
-    pub async fn wait_for_first_probes(&self) {
-        let snapshot = self.app.snapshot();
-        let longest = snapshot
-            .upstreams
-            .iter()
-            .map(|u| u.health.timeout)
-            .max()
-            .unwrap_or_default();
-        let deadline = tokio::time::Instant::now() + longest + Duration::from_millis(100);
-        while !snapshot.upstreams.iter().all(|u| u.probed())
-            && tokio::time::Instant::now() < deadline
-        {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
     }
 
     /// Sends the listening sockets to a new levee waiting on `sock` (`run --upgrade`).
@@ -247,9 +247,14 @@ pub async fn start_inheriting(config: Config, inherited: Option<Fds>) -> std::io
         None => None,
     };
     let app = App::new(config);
-    let running = start_with(app, listeners, admin)?;
-    running.wait_for_first_probes().await;
-    Ok(running)
+    // The first probe round before the listeners serve: backends found healthy take
+    // their full share from the first request (no slow start at process start), and
+    // none is routed to before it was seen up.
+    for up in &app.snapshot().upstreams {
+        crate::health::probe::spawn_probes(up, &app.shared);
+    }
+    app.wait_for_first_probes().await;
+    start_with(app, listeners, admin)
 }
 
 /// Accepts on one listening socket, registered with the runtime it runs on.
@@ -268,7 +273,8 @@ async fn accept_on(
 }
 
 /// Starts serving on listening sockets the caller bound (each address's sockets in
-/// one group), in the runtime layout of the config.
+/// one group), in the runtime layout of the config. The caller has started the health
+/// probes.
 pub fn start_with(
     app: Arc<App>,
     listeners: Vec<Vec<std::net::TcpListener>>,
@@ -288,9 +294,6 @@ pub fn start_with(
             .pools
             .spawn_sweeper(move || shared.load().config.server.timeouts.upstream_idle),
     );
-    for up in &app.snapshot().upstreams {
-        crate::health::probe::spawn_probes(up, &app.shared);
-    }
     // Handover keys name the configured address (port 0 included), so that the next
     // levee, reading the same config, finds its sockets.
     for (configured, group) in server.listen.iter().zip(listeners) {

@@ -279,10 +279,14 @@ impl Upstream {
                 .backends
                 .iter()
                 .find(|p| p.address == b.address && p.zone == b.zone);
-            if let Some(p) = same {
-                // The limit follows at the `refresh_health` below (ramp-up included).
-                p.max_inflight.store(b.max_inflight, Ordering::Relaxed);
-                next.backends[i] = p.clone();
+            match same {
+                Some(p) => {
+                    // The limit follows at the `refresh_health` below (ramp-up included).
+                    p.max_inflight.store(b.max_inflight, Ordering::Relaxed);
+                    next.backends[i] = p.clone();
+                }
+                // New to a running upstream: it ramps up once healthy (slow start).
+                None => next.backends[i].health.join_running(),
             }
         }
         next.queue = previous.queue.clone();
@@ -388,7 +392,11 @@ impl Upstream {
             }
         }
         let n = self.backends.len();
-        let panic = n > 0 && (up as f64) < self.health.panic_threshold * n as f64;
+        // Before the first probe of any of them (a new upstream, just loaded) nothing
+        // is known: they are routable until a probe says otherwise, and that is not
+        // panic mode. levee's start waits for this first round before it serves.
+        let unprobed = self.backends.iter().all(|b| !b.health.probed());
+        let panic = !unprobed && n > 0 && (up as f64) < self.health.panic_threshold * n as f64;
         if panic != self.panic.swap(panic, Ordering::Relaxed) {
             if panic {
                 tracing::error!(upstream = %self.name, healthy = up, backends = n,
@@ -399,7 +407,7 @@ impl Upstream {
         }
         for b in &self.backends {
             b.healthy.store(
-                panic || b.health.state() == HealthState::Healthy,
+                unprobed || panic || b.health.state() == HealthState::Healthy,
                 Ordering::Relaxed,
             );
         }

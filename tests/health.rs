@@ -118,6 +118,53 @@ async fn failing_requests_eject_a_backend_for_a_growing_time_within_the_share_ca
     eventually(LIMIT, "idle", || all_idle(&levee)).await;
 }
 
+/// Slow start is for backends coming back, not for a levee that just started: backends
+/// whose first probe passes take their full limit from the first request, and the
+/// start is not panic mode. A backend a reload adds to the running upstream ramps.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_slow_start_at_process_start_but_for_a_backend_a_reload_adds() {
+    let r1 = replica("r1", "a", 8, 0).await;
+    let r2 = replica("r2", "a", 8, 0).await;
+    let r3 = replica("r3", "a", 8, 0).await;
+    let upstream = format!(
+        "[upstream.limits]\nmax_inflight = 20\n{}",
+        CHECKS.replace("slow_start_ms = 0", "slow_start_ms = 5000")
+    );
+    let setup = Setup::new(&[&r1, &r2]).upstream(&upstream);
+    let levee = setup.start().await;
+    // Checked as soon as start returns: the first probe round ran before serving.
+    let up = levee.app.snapshot().upstreams[0].clone();
+    for b in up.backends.iter() {
+        assert_eq!(b.health.state(), State::Healthy, "{}", b.label);
+        assert_eq!(b.limit(), 20, "{}: full limit at start", b.label);
+    }
+    assert!(!up.in_panic(), "a fresh start is not panic mode");
+    assert_eq!(fetch(levee.addr(), get("/first")).await.status, 200);
+
+    // Reload with a third backend: it joins the running upstream and ramps.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("levee.toml");
+    let more = Setup::new(&[&r1, &r2, &r3]).upstream(&upstream).toml();
+    std::fs::write(&path, more).expect("write config");
+    levee::app::reload(&levee.app, &path).expect("reload");
+    let added = levee.app.snapshot().upstreams[0].backends[2].clone();
+    eventually(LIMIT, "added backend healthy", || {
+        added.health.state() == State::Healthy
+    })
+    .await;
+    let first = added.limit();
+    assert!(
+        (1..20).contains(&first),
+        "a backend added to a running upstream ramps up: {first}"
+    );
+    let kept = levee.app.snapshot().upstreams[0].backends[0].clone();
+    assert_eq!(
+        kept.limit(),
+        20,
+        "backends the reload kept keep their limit"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_recovered_backend_ramps_its_limit_up() {
     let r1 = replica("r1", "a", 8, 0).await;

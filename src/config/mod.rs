@@ -482,7 +482,8 @@ pub struct Health {
     pub eject_after_failures: u32,
     /// First ejection time (at least 1 ms); grows with repeated ejections.
     pub eject: Duration,
-    /// Time over which a recovered backend ramps its limit up; 0: at once.
+    /// Time over which a backend back from failure (or added by a reload to a running
+    /// upstream) ramps its limit up; 0: at once. Never at process start.
     pub slow_start: Duration,
     /// How backends are probed.
     pub check: Check,

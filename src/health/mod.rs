@@ -75,6 +75,13 @@ struct Inner {
     probation_since: Option<Instant>,
     /// Ramp-up of the limit started then.
     ramp_from: Option<Instant>,
+    /// The next time it turns healthy, its limit ramps up over `slow_start`: it is
+    /// coming back from failure (it was healthy, or a probe failed, or it was ejected),
+    /// or a reload added it to a running upstream. Never for a backend found healthy
+    /// when levee starts (or takes over from the levee before it).
+    ramp_on_up: bool,
+    /// Added by a reload to a running upstream: ramps up even if already healthy.
+    joined: bool,
 }
 
 /// The health of one backend.
@@ -118,8 +125,18 @@ impl BackendHealth {
                 last_ejected: None,
                 probation_since: probing.then_some(now),
                 ramp_from: None,
+                ramp_on_up: false,
+                joined: false,
             }),
         }
+    }
+
+    /// A reload added this backend to an upstream that is already serving: its limit
+    /// ramps up over `slow_start` once it is healthy (the next [`Self::evaluate`]).
+    pub fn join_running(&self) {
+        let mut s = self.inner.lock();
+        s.ramp_on_up = true;
+        s.joined = true;
     }
 
     pub fn state(&self) -> State {
@@ -237,11 +254,21 @@ impl BackendHealth {
             State::Healthy
         };
         let prev = self.state();
-        if next == State::Healthy && prev != State::Healthy && !cfg.slow_start.is_zero() {
-            s.ramp_from = Some(now);
+        let turns_up = next == State::Healthy && (prev != State::Healthy || s.joined);
+        if turns_up {
+            if s.ramp_on_up && !cfg.slow_start.is_zero() {
+                s.ramp_from = Some(now);
+            }
+            s.ramp_on_up = false;
+            s.joined = false;
         }
         if next != State::Healthy {
             s.ramp_from = None;
+            // Anything but the probation of a backend not yet probed at start is a
+            // failure to come back from.
+            if prev == State::Healthy || next != State::Probation || s.fail_streak > 0 {
+                s.ramp_on_up = true;
+            }
         }
         let limit = match s.ramp_from {
             Some(from) => {
@@ -304,11 +331,56 @@ mod tests {
                 to: State::Healthy
             })
         );
+        assert_eq!(limit, 10, "found healthy at start: no slow start");
+    }
+
+    #[test]
+    fn slow_start_only_after_a_failure_or_when_added_by_a_reload() {
+        let t0 = Instant::now();
+        let c = cfg();
+        // Down at start: its first probe fails, so coming up later ramps.
+        let h = BackendHealth::new(Check::Http, t0);
+        h.record_probe(false, t0, &c);
+        h.evaluate(t0, &c, 10);
+        h.record_probe(true, t0, &c);
+        let (change, limit) = h.evaluate(t0, &c, 10);
+        assert_eq!(change.map(|c| c.to), Some(State::Healthy));
         assert_eq!(limit, 1, "slow start begins at the floor");
-        let (_, limit) = h.evaluate(t0 + Duration::from_secs(5), &cfg(), 10);
+        let (_, limit) = h.evaluate(t0 + Duration::from_secs(5), &c, 10);
         assert_eq!(limit, 5);
-        let (_, limit) = h.evaluate(t0 + Duration::from_secs(11), &cfg(), 10);
+        let (_, limit) = h.evaluate(t0 + Duration::from_secs(11), &c, 10);
         assert_eq!(limit, 10);
+
+        // Healthy, then unhealthy, then back: ramps.
+        let t1 = t0 + Duration::from_secs(20);
+        for _ in 0..2 {
+            h.record_probe(false, t1, &c);
+            h.evaluate(t1, &c, 10);
+        }
+        assert_eq!(h.state(), State::Unhealthy);
+        for i in 0..2 {
+            h.record_probe(true, t1 + Duration::from_millis(i), &c);
+        }
+        let (_, limit) = h.evaluate(t1 + Duration::from_millis(2), &c, 10);
+        assert_eq!(h.state(), State::Healthy);
+        assert_eq!(limit, 1);
+
+        // Added by a reload, without checks (healthy at once): ramps.
+        let n = BackendHealth::new(Check::None, t0);
+        assert_eq!(
+            n.evaluate(t0, &c, 10).1,
+            10,
+            "no checks at start: full limit"
+        );
+        let added = BackendHealth::new(Check::None, t0);
+        added.join_running();
+        assert_eq!(added.evaluate(t0, &c, 10).1, 1);
+        // ...and with checks, once its first probe passes.
+        let probed = BackendHealth::new(Check::Http, t0);
+        probed.join_running();
+        probed.evaluate(t0, &c, 10);
+        probed.record_probe(true, t0, &c);
+        assert_eq!(probed.evaluate(t0, &c, 10).1, 1);
     }
 
     #[test]
