@@ -65,6 +65,8 @@ pub struct UpstreamMetrics {
     pub connect_retries: IntCounter,
     /// Retries of idempotent requests that may have reached a backend (budgeted).
     pub replays: IntCounter,
+    /// Retries after a status in `retry_on_status` (`kind="status"`).
+    pub status_retries: IntCounter,
 }
 
 impl UpstreamMetrics {
@@ -201,7 +203,7 @@ impl Metrics {
             ),
             retries: counter(
                 "levee_retries_total",
-                "Requests sent again to another backend: kind=connect (nothing reached the first) or replay (idempotent, within the retry budget).",
+                "Requests sent again to another backend: kind=connect (nothing reached the first), replay (idempotent, the first failed before answering) or status (idempotent, the first answered a status in retry_on_status); replay and status within the retry budget.",
                 &["upstream", "kind"],
             ),
             ready: {
@@ -279,6 +281,7 @@ impl Metrics {
             spill: self.spill.with_label_values(&[upstream]),
             connect_retries: self.retries.with_label_values(&[upstream, "connect"]),
             replays: self.retries.with_label_values(&[upstream, "replay"]),
+            status_retries: self.retries.with_label_values(&[upstream, "status"]),
         }
     }
 

@@ -120,6 +120,8 @@ pub struct Upstream {
     pub balance: Balance,
     pub affinity: Option<Affinity>,
     pub retry_on_connect_failure: u32,
+    pub retry_on_status: Vec<u16>,
+    pub idempotency_header: Option<http::HeaderName>,
     pub limits: config::Limits,
     pub levels: config::Levels,
     pub backends: Vec<Arc<Backend>>,
@@ -239,6 +241,11 @@ impl Upstream {
             balance: cfg.balance,
             affinity: cfg.affinity.clone(),
             retry_on_connect_failure: cfg.retry_on_connect_failure,
+            retry_on_status: cfg.retry_on_status.clone(),
+            idempotency_header: cfg
+                .idempotency_header
+                .as_deref()
+                .and_then(|h| http::HeaderName::from_bytes(h.as_bytes()).ok()),
             limits: cfg.limits,
             levels: cfg.levels,
             health: cfg.health.clone(),

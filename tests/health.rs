@@ -296,6 +296,70 @@ async fn idempotent_requests_are_retried_elsewhere_within_the_budget() {
     eventually(LIMIT, "idle", || all_idle(&levee)).await;
 }
 
+/// A status in `retry_on_status` sends an idempotent request (or one with the
+/// idempotency header) to another backend; other requests get the answer as it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statuses_in_retry_on_status_are_retried_elsewhere() {
+    let bad = replica("bad", "a", 8, 0).await;
+    let good = replica("good", "b", 8, 0).await;
+    bad.set_fault(Fault::Error500);
+    let levee = Setup::new(&[&bad, &good])
+        .upstream(
+            "balance = \"round_robin\"\nretry_budget = 0.5\nretry_on_status = [500, 502, 503, 504]\n\
+             idempotency_header = \"Idempotency-Key\"\n[upstream.health]\neject_after_failures = 0",
+        )
+        .start()
+        .await;
+    let addr = levee.addr();
+    for i in 0..6 {
+        let r = fetch(addr, get(&format!("/g{i}"))).await;
+        assert_eq!(r.status, 200, "GET retried on the other backend");
+        assert_eq!(r.header("x-replica"), Some("good"));
+    }
+    let up = levee.app.snapshot().upstreams[0].clone();
+    assert!(
+        up.metrics.status_retries.get() >= 2,
+        "round robin hit bad at least twice"
+    );
+    let post = |key: Option<&str>| {
+        let mut b = http::Request::post("/p").header("host", "t");
+        if let Some(k) = key {
+            b = b.header("idempotency-key", k);
+        }
+        b.body(Full::new(Bytes::new())).unwrap()
+    };
+    let mut plain = Vec::new();
+    for _ in 0..2 {
+        plain.push(fetch(addr, post(None)).await.status);
+    }
+    plain.sort_unstable();
+    assert_eq!(plain, vec![200, 500], "a POST is never retried");
+    for i in 0..2 {
+        let r = fetch(addr, post(Some(&format!("k{i}")))).await;
+        assert_eq!(
+            r.status, 200,
+            "a POST with the idempotency header is retried"
+        );
+    }
+
+    // With the default list (502, 503, 504) a 500 is the client's answer.
+    let plain_levee = Setup::new(&[&bad, &good])
+        .upstream("balance = \"round_robin\"\nretry_budget = 0.5\n[upstream.health]\neject_after_failures = 0")
+        .start()
+        .await;
+    let mut seen = Vec::new();
+    for i in 0..2 {
+        seen.push(
+            fetch(plain_levee.addr(), get(&format!("/d{i}")))
+                .await
+                .status,
+        );
+    }
+    seen.sort_unstable();
+    assert_eq!(seen, vec![200, 500]);
+    eventually(LIMIT, "idle", || all_idle(&levee) && all_idle(&plain_levee)).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_budget_nothing_is_replayed() {
     let stuck = replica("stuck", "a", 8, 0).await;

@@ -44,6 +44,8 @@ fn upstream(n: usize, per: u32, queue_depth: u32, timeout_ms: u64) -> Arc<Upstre
         affinity: None,
         retry_on_connect_failure: 1,
         retry_budget: 0.2,
+        retry_on_status: config::DEFAULT_RETRY_ON_STATUS.to_vec(),
+        idempotency_header: None,
         limits: Limits {
             max_inflight: per,
             queue_depth,

@@ -97,6 +97,10 @@ pub struct Upstream {
     pub retry_on_connect_failure: Option<i64>,
     /// Share of recent requests that may be retries after reaching a backend.
     pub retry_budget: Option<f64>,
+    /// Backend statuses that send an idempotent request to another backend.
+    pub retry_on_status: Option<Vec<i64>>,
+    /// A request header that makes any method idempotent (e.g. `idempotency-key`).
+    pub idempotency_header: Option<String>,
     /// `[upstream.limits]`
     pub limits: Option<Limits>,
     /// `[upstream.levels]`

@@ -31,6 +31,9 @@ pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_millis(10_000);
 pub const DEFAULT_MAX_REQUEST_BODY_BYTES: u64 = 10 * 1024 * 1024;
 /// Default upper bound of a computed `Retry-After` (`server.retry_after_max_secs`).
 pub const DEFAULT_RETRY_AFTER_MAX_SECS: u64 = 30;
+/// Default `upstream.retry_on_status`: the statuses a gateway or an overloaded backend
+/// answers.
+pub const DEFAULT_RETRY_ON_STATUS: [u16; 3] = [502, 503, 504];
 /// Default `upstream.retry_budget`: retries may add at most a fifth to the load.
 pub const DEFAULT_RETRY_BUDGET: f64 = 0.2;
 
@@ -336,6 +339,13 @@ pub struct Upstream {
     /// Share of recent requests that may be retried after reaching a backend
     /// (idempotent requests only); 0 disables those retries.
     pub retry_budget: f64,
+    /// Backend statuses (400-599) after which an idempotent request goes to another
+    /// backend, within `retry_budget`, if no byte of the answer reached the client.
+    pub retry_on_status: Vec<u16>,
+    /// Requests carrying this header (lower case) count as idempotent whatever their
+    /// method. `None`: only the idempotent methods (GET, HEAD, OPTIONS, TRACE, PUT,
+    /// DELETE).
+    pub idempotency_header: Option<String>,
     /// `[upstream.limits]`.
     pub limits: Limits,
     /// `[upstream.levels]`.
@@ -655,10 +665,16 @@ impl Config {
             if let (Balance::ConsistentHash, Some(affinity)) = (u.balance, &u.affinity) {
                 write!(out, " on {affinity}")?;
             }
+            let statuses: Vec<String> = u.retry_on_status.iter().map(u16::to_string).collect();
             writeln!(
                 out,
-                ", {} retries on connect failure",
-                u.retry_on_connect_failure
+                ", {} retries on connect failure, retry on status {}",
+                u.retry_on_connect_failure,
+                if statuses.is_empty() {
+                    "none".to_owned()
+                } else {
+                    statuses.join("/")
+                }
             )?;
             let l = &u.limits;
             write!(out, "  limits {} in flight per backend, ", l.max_inflight)?;

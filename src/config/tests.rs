@@ -31,6 +31,8 @@ routes = ["/", "/mcp/"]
 balance = "consistent_hash"
 affinity = "header:Mcp-Session-Id"
 retry_on_connect_failure = 2
+retry_on_status = [500, 502, 503, 504]
+idempotency_header = "Idempotency-Key"
 
 [upstream.limits]
 max_inflight = 150
@@ -131,6 +133,8 @@ fn full_example_parses_to_typed_values() {
                 affinity: Some(Affinity::Header("mcp-session-id".into())),
                 retry_on_connect_failure: 2,
                 retry_budget: DEFAULT_RETRY_BUDGET,
+                retry_on_status: vec![500, 502, 503, 504],
+                idempotency_header: Some("idempotency-key".into()),
                 limits: Limits {
                     max_inflight: 150,
                     queue_depth: 200,
@@ -188,6 +192,8 @@ fn full_example_parses_to_typed_values() {
                 affinity: Some(Affinity::Cookie("sid".into())),
                 retry_on_connect_failure: 0,
                 retry_budget: DEFAULT_RETRY_BUDGET,
+                retry_on_status: DEFAULT_RETRY_ON_STATUS.to_vec(),
+                idempotency_header: None,
                 limits: Limits {
                     max_inflight: 100,
                     queue_depth: 0,

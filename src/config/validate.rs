@@ -395,6 +395,37 @@ impl Validator {
             DEFAULT_RETRY_BUDGET,
             true,
         );
+        let retry_on_status = match &u.retry_on_status {
+            None => DEFAULT_RETRY_ON_STATUS.to_vec(),
+            Some(list) => {
+                let mut statuses = Vec::new();
+                for (i, &code) in list.iter().enumerate() {
+                    match u16::try_from(code).ok().filter(|c| (400..=599).contains(c)) {
+                        Some(c) if !statuses.contains(&c) => statuses.push(c),
+                        Some(c) => self.error(
+                            format!("{prefix}.retry_on_status[{i}]"),
+                            format!("duplicate status {c}"),
+                        ),
+                        None => self.error(
+                            format!("{prefix}.retry_on_status[{i}]"),
+                            format!("must be a status from 400 to 599 (got {code})"),
+                        ),
+                    }
+                }
+                statuses
+            }
+        };
+        let idempotency_header = match u.idempotency_header.as_deref() {
+            None => None,
+            Some(name) if is_token(name) => Some(name.to_ascii_lowercase()),
+            Some(name) => {
+                self.error(
+                    format!("{prefix}.idempotency_header"),
+                    format!("{name:?} is not a header name"),
+                );
+                None
+            }
+        };
         let limits = self.limits(prefix, u.limits.as_ref());
         let levels = self.levels(prefix, u.levels.as_ref(), &limits);
         let health = self.health(prefix, u.health.as_ref());
@@ -406,6 +437,8 @@ impl Validator {
             affinity,
             retry_on_connect_failure,
             retry_budget,
+            retry_on_status,
+            idempotency_header,
             limits,
             levels,
             health,

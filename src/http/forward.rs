@@ -389,7 +389,12 @@ impl Attempt<'_> {
         let mut tried: Vec<usize> = Vec::new();
         let mut connect_retries = 0u32;
         let mut replays = 0u32;
-        let replayable = bodiless && parts.method.is_idempotent() && up.backends.len() > 1;
+        let idempotent = parts.method.is_idempotent()
+            || up
+                .idempotency_header
+                .as_ref()
+                .is_some_and(|h| parts.headers.contains_key(h));
+        let replayable = bodiless && idempotent && up.backends.len() > 1;
         let spare = replayable.then(|| parts.clone());
         let mut req = Some(Request::from_parts(parts, body));
         loop {
@@ -429,7 +434,37 @@ impl Attempt<'_> {
                 return Err(Failure::UpstreamError);
             };
             match self.send_on(conn, request).await {
-                Ok(ok) => return Ok(ok),
+                Ok((resp, conn)) => {
+                    let status = resp.status().as_u16();
+                    let retry = up.retry_on_status.contains(&status)
+                        && replays < MAX_REPLAYS
+                        && spare.is_some()
+                        && up.backends.len() > tried.len() + 1;
+                    if !retry {
+                        return Ok((resp, conn));
+                    }
+                    // Only with a slot elsewhere and a token in the budget is this
+                    // answer let go; otherwise the client gets it as it is.
+                    let mut skip = tried.clone();
+                    skip.push(index);
+                    let Some(permit) = up.take_retry_slot(self.key, &skip, rand::random()) else {
+                        return Ok((resp, conn));
+                    };
+                    if !up.retry_budget.try_withdraw() {
+                        return Ok((resp, conn));
+                    }
+                    // Nothing of it reached the client; its unread body closes the
+                    // connection as both are dropped.
+                    drop((resp, conn));
+                    up.record_outcome(index, true);
+                    up.metrics.status_retries.inc();
+                    tried = skip;
+                    replays += 1;
+                    permit.backend().metrics.requests(self.class).inc();
+                    exchange.replace_permit(permit);
+                    let head = spare.clone().ok_or(Failure::UpstreamError)?;
+                    req = Some(Request::from_parts(head, ForwardBody::Empty));
+                }
                 Err(SendError::NotSent(back)) => {
                     // A pooled connection closed under us: not the backend's fault;
                     // the same request goes on a fresh connection.
