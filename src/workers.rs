@@ -13,6 +13,8 @@
 use std::cell::Cell;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 use tokio::net::TcpSocket;
 use tokio::runtime::Handle;
@@ -24,6 +26,41 @@ const BACKLOG: u32 = 1024;
 thread_local! {
     /// The worker this thread is (0 outside the workers).
     static WORKER: Cell<usize> = const { Cell::new(0) };
+}
+
+/// What a thread of levee's runtimes runs when it has nothing to do, at most once per
+/// [`IDLE_HOOK_EVERY`]: the binary gives its allocator's "return free memory to the
+/// OS" here, so that memory a burst used goes back once the burst is over.
+static IDLE_HOOK: OnceLock<fn()> = OnceLock::new();
+
+/// Least time between two runs of the idle hook on one thread.
+pub const IDLE_HOOK_EVERY: Duration = Duration::from_secs(1);
+
+/// Sets the idle hook (first call wins); see [`on_park`].
+pub fn set_idle_hook(hook: fn()) {
+    let _ = IDLE_HOOK.set(hook);
+}
+
+/// For `on_thread_park` of every runtime levee builds: runs the idle hook when this
+/// thread last ran it [`IDLE_HOOK_EVERY`] ago or more.
+pub fn on_park() {
+    thread_local! {
+        static LAST: Cell<Option<Instant>> = const { Cell::new(None) };
+    }
+    let Some(hook) = IDLE_HOOK.get() else { return };
+    let now = Instant::now();
+    let due = LAST.with(|last| {
+        let due = last
+            .get()
+            .is_none_or(|t| now.duration_since(t) >= IDLE_HOOK_EVERY);
+        if due {
+            last.set(Some(now));
+        }
+        due
+    });
+    if due {
+        hook();
+    }
 }
 
 /// The worker the current thread is: 0 outside the per-thread workers (and for the
@@ -54,6 +91,7 @@ impl Workers {
                     WORKER.with(|w| w.set(i));
                     let rt = match tokio::runtime::Builder::new_current_thread()
                         .enable_all()
+                        .on_thread_park(on_park)
                         .build()
                     {
                         Ok(rt) => rt,
@@ -185,6 +223,26 @@ mod tests {
         // One queue behind every descriptor: whichever accepts first gets it.
         let accepted: usize = sockets.iter().filter(|s| s.accept().is_ok()).count();
         assert_eq!(accepted, 1);
+    }
+
+    #[test]
+    fn the_idle_hook_runs_at_most_once_a_second_per_thread() {
+        thread_local! {
+            static RUNS_HERE: Cell<usize> = const { Cell::new(0) };
+        }
+        fn count() {
+            RUNS_HERE.with(|r| r.set(r.get() + 1));
+        }
+        set_idle_hook(count);
+        // Counted per thread: other tests' runtimes park on their own threads.
+        std::thread::spawn(|| {
+            for _ in 0..100 {
+                on_park();
+            }
+            assert_eq!(RUNS_HERE.with(Cell::get), 1);
+        })
+        .join()
+        .unwrap();
     }
 
     #[test]
