@@ -153,6 +153,14 @@ pub async fn refuse(mut tcp: TcpStream, reason: &'static str, wait: Duration) {
 }
 
 /// A warning that repeats at most once per interval, with the count it left out.
+/// Failed accepts are logged at most once a second for the whole process: every accept
+/// loop (each worker's, each listener's, the admin listener's) counts here.
+pub fn accept_warnings() -> parking_lot::MutexGuard<'static, Throttled> {
+    static ACCEPT: parking_lot::Mutex<Throttled> =
+        parking_lot::const_mutex(Throttled::new(Duration::from_secs(1)));
+    ACCEPT.lock()
+}
+
 pub struct Throttled {
     every: Duration,
     last: Option<std::time::Instant>,
@@ -160,7 +168,7 @@ pub struct Throttled {
 }
 
 impl Throttled {
-    pub fn new(every: Duration) -> Throttled {
+    pub const fn new(every: Duration) -> Throttled {
         Throttled {
             every,
             last: None,

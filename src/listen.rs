@@ -113,8 +113,6 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut reserve = crate::fds::Reserve::default();
-    let mut out_of_fds = crate::fds::Throttled::new(Duration::from_secs(1));
-    let mut other_errors = crate::fds::Throttled::new(Duration::from_secs(1));
     loop {
         let (cap, per_ip_cap, settings) = {
             let snapshot = proxy.shared.load();
@@ -144,7 +142,8 @@ pub async fn serve(
                 if reserve.refuse_one(&listener).await {
                     connections.refused_no_descriptors.inc();
                 }
-                if let Some(left_out) = out_of_fds.check() {
+                let logged = crate::fds::accept_warnings().check();
+                if let Some(left_out) = logged {
                     tracing::warn!(
                         error = %e,
                         left_out,
@@ -156,7 +155,8 @@ pub async fn serve(
                 continue;
             }
             Err(e) => {
-                if let Some(left_out) = other_errors.check() {
+                let logged = crate::fds::accept_warnings().check();
+                if let Some(left_out) = logged {
                     tracing::warn!(error = %e, left_out, "accept failed");
                 }
                 tokio::time::sleep(Duration::from_millis(5)).await;

@@ -32,12 +32,12 @@ const STATUS_PAGE: &str = include_str!("status.html");
 
 /// Serves the admin endpoints on `listener` until the task is aborted.
 pub async fn serve<S: Source>(listener: TcpListener, app: Arc<S>) {
-    let mut warning = crate::fds::Throttled::new(std::time::Duration::from_secs(1));
     loop {
         let (tcp, _) = match listener.accept().await {
             Ok(c) => c,
             Err(e) => {
-                if let Some(left_out) = warning.check() {
+                let logged = crate::fds::accept_warnings().check();
+                if let Some(left_out) = logged {
                     tracing::warn!(error = %e, left_out, "admin accept failed");
                 }
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
