@@ -360,6 +360,64 @@ async fn statuses_in_retry_on_status_are_retried_elsewhere() {
     eventually(LIMIT, "idle", || all_idle(&levee) && all_idle(&plain_levee)).await;
 }
 
+/// A zone whose replicas start answering 500 under load: with 500 in
+/// `retry_on_status`, the requests that hit it go to the other zone until passive
+/// ejection takes it out, and no client sees a failure. The retry budget must cover
+/// the failures before the ejections (5 per replica here): the default 0.2 starts with
+/// 10 tokens and earns 0.2 a request, which is just short in some runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_zone_fails_no_request_with_500_in_retry_on_status() {
+    let a1 = replica("a1", "a", 8, 2).await;
+    let a2 = replica("a2", "a", 8, 2).await;
+    let b1 = replica("b1", "b", 8, 2).await;
+    let b2 = replica("b2", "b", 8, 2).await;
+    let levee = zoned(&[(&a1, "a"), (&a2, "a"), (&b1, "b"), (&b2, "b")])
+        .upstream("retry_on_status = [500, 502, 503, 504]\nretry_budget = 0.5\n[upstream.limits]\nmax_inflight = 8\nqueue_depth = 64\nqueue_timeout_ms = 2000")
+        .start()
+        .await;
+    let addr = levee.addr();
+    a1.set_fault(Fault::Error500);
+    a2.set_fault(Fault::Error500);
+    // 8 clients, 50 keep-alive requests each: zone b has room for all of them, so a
+    // retry always finds a slot there (a retry never waits for one).
+    let clients: Vec<_> = (0..8)
+        .map(|c| {
+            tokio::spawn(async move {
+                let mut conn = Conn::open(addr).await;
+                let mut failed = Vec::new();
+                for i in 0..50 {
+                    let r = conn.get(&format!("/z/{c}/{i}")).await;
+                    if r.status != 200 {
+                        failed.push(r.status);
+                    }
+                }
+                failed
+            })
+        })
+        .collect();
+    let mut failed = Vec::new();
+    for c in clients {
+        failed.extend(
+            tokio::time::timeout(LIMIT, c)
+                .await
+                .expect("in time")
+                .expect("task"),
+        );
+    }
+    let up = levee.app.snapshot().upstreams[0].clone();
+    println!(
+        "failing zone: {} status retries, {} failed of 400",
+        up.metrics.status_retries.get(),
+        failed.len()
+    );
+    assert!(failed.is_empty(), "clients saw {failed:?}");
+    assert!(
+        up.metrics.status_retries.get() >= 1,
+        "zone a was hit and retried"
+    );
+    eventually(LIMIT, "idle", || all_idle(&levee)).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_budget_nothing_is_replayed() {
     let stuck = replica("stuck", "a", 8, 0).await;
