@@ -499,7 +499,6 @@ impl Snapshot {
     /// Copies live state into `m`'s gauges; called before each scrape. The gauges are
     /// cleared first, so backends and zones a reload removed do not linger.
     pub fn refresh_metrics(&self, m: &Metrics, ready: bool, open_connections: usize) {
-        let snapshot = self;
         m.ready.set(i64::from(ready));
         m.connections_open.set(open_connections as i64);
         for g in [
@@ -515,7 +514,7 @@ impl Snapshot {
         ] {
             g.reset();
         }
-        for up in &snapshot.upstreams {
+        for up in &self.upstreams {
             let name = up.name.as_str();
             m.queue_depth
                 .with_label_values(&[name])

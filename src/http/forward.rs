@@ -437,9 +437,7 @@ impl Attempt<'_> {
                 Ok((resp, conn)) => {
                     let status = resp.status().as_u16();
                     let retry = up.retry_on_status.contains(&status)
-                        && replays < MAX_REPLAYS
-                        && spare.is_some()
-                        && up.backends.len() > tried.len() + 1;
+                        && self.may_replay(replays, spare.is_some(), tried.len());
                     if !retry {
                         return Ok((resp, conn));
                     }
@@ -447,7 +445,7 @@ impl Attempt<'_> {
                     // answer let go; otherwise the client gets it as it is.
                     let mut skip = tried.clone();
                     skip.push(index);
-                    let Some(permit) = up.take_retry_slot(self.key, &skip, rand::random()) else {
+                    let Some(permit) = self.another_slot(&skip) else {
                         return Ok((resp, conn));
                     };
                     if !up.retry_budget.try_withdraw() {
@@ -460,8 +458,7 @@ impl Attempt<'_> {
                     up.metrics.status_retries.inc();
                     tried = skip;
                     replays += 1;
-                    permit.backend().metrics.requests(self.class).inc();
-                    exchange.replace_permit(permit);
+                    self.take_over(exchange, permit);
                     let head = spare.clone().ok_or(Failure::UpstreamError)?;
                     req = Some(Request::from_parts(head, ForwardBody::Empty));
                 }
@@ -474,11 +471,8 @@ impl Attempt<'_> {
                     if let Some(client) = self.upload.failure.get() {
                         return Err(*client);
                     }
-                    let others = up.backends.len() > tried.len() + 1;
                     let retry = f.is_backend_failure()
-                        && others
-                        && replays < MAX_REPLAYS
-                        && spare.is_some()
+                        && self.may_replay(replays, spare.is_some(), tried.len())
                         && up.retry_budget.try_withdraw();
                     if !retry {
                         return Err(f);
@@ -497,16 +491,31 @@ impl Attempt<'_> {
         }
     }
 
+    /// May a request that may have reached a backend go to another one: it can be sent
+    /// again (idempotent, bodiless: a `spare` head), it has not used its replays, and a
+    /// backend it has not tried remains (besides the one it is on).
+    fn may_replay(&self, replays: u32, spare: bool, tried: usize) -> bool {
+        replays < MAX_REPLAYS && spare && self.upstream.backends.len() > tried + 1
+    }
+
+    /// A slot on a backend not in `tried` (another zone first), never waiting for one.
+    fn another_slot(&self, tried: &[usize]) -> Option<Permit> {
+        self.upstream
+            .take_retry_slot(self.key, tried, rand::random())
+    }
+
+    /// The exchange goes on with `permit` (the previous slot is released).
+    fn take_over(&self, exchange: &mut Exchange, permit: Permit) {
+        permit.backend().metrics.requests(self.class).inc();
+        exchange.replace_permit(permit);
+    }
+
     /// Takes a slot on another backend (another zone first), never waiting for one.
     fn move_to_another(&self, exchange: &mut Exchange, tried: &[usize]) -> Result<(), Failure> {
         // The connect failed (or the backend failed) and every other backend is full:
         // the upstream is out of room, an overload answer, not a bad gateway.
-        let permit: Permit = self
-            .upstream
-            .take_retry_slot(self.key, tried, rand::random())
-            .ok_or(Failure::NoRetrySlot)?;
-        permit.backend().metrics.requests(self.class).inc();
-        exchange.replace_permit(permit);
+        let permit = self.another_slot(tried).ok_or(Failure::NoRetrySlot)?;
+        self.take_over(exchange, permit);
         Ok(())
     }
 

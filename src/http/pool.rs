@@ -142,9 +142,7 @@ impl Pool {
         if self.open.load(Ordering::Relaxed) >= cap + IDLE_ALLOWANCE {
             // Make room: the oldest idle connection goes first, this worker's if it
             // has one.
-            let own = slot();
-            let order = (0..SLOTS).map(|i| (own + i) % SLOTS);
-            for s in order {
+            for s in own_slot_first() {
                 let mut idle = self.idle[s].lock();
                 if !idle.is_empty() {
                     idle.remove(0);
@@ -161,9 +159,8 @@ impl Pool {
         if self.idle_count.load(Ordering::Relaxed) == 0 {
             return None;
         }
-        let own = slot();
-        (0..SLOTS).find_map(|offset| {
-            let mut idle = self.idle[(own + offset) % SLOTS].lock();
+        own_slot_first().find_map(|s| {
+            let mut idle = self.idle[s].lock();
             while let Some(entry) = idle.pop() {
                 self.idle_count.fetch_sub(1, Ordering::Relaxed);
                 let usable = !entry.conn.tx.is_closed()
@@ -231,4 +228,10 @@ impl Pool {
 /// The idle-list slot of the current worker thread.
 fn slot() -> usize {
     crate::workers::current() % SLOTS
+}
+
+/// Every idle-list slot, the current worker's first.
+fn own_slot_first() -> impl Iterator<Item = usize> {
+    let own = slot();
+    (0..SLOTS).map(move |i| (own + i) % SLOTS)
 }
