@@ -6,14 +6,13 @@
 //! metrics, the passive health check and the access log.
 
 use std::net::IpAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::admission::Permit;
 use crate::config::Class;
 use crate::error::Failure;
 
-use super::pool::{BackendConn, Pool};
+use super::pool::BackendConn;
 
 /// What the access log says of a request (kept only when the log is on).
 pub struct AccessLog {
@@ -61,7 +60,7 @@ pub struct Exchange {
     pub status: u16,
     /// The backend's status, 0 before its response head arrived.
     pub backend_status: u16,
-    conn: Option<(BackendConn, Arc<Pool>)>,
+    conn: Option<BackendConn>,
     log: Option<Box<AccessLog>>,
 }
 
@@ -92,8 +91,8 @@ impl Exchange {
     }
 
     /// Keeps the backend connection, to go back to its pool after a clean end.
-    pub fn hold_connection(&mut self, conn: BackendConn, pool: Arc<Pool>) {
-        self.conn = Some((conn, pool));
+    pub fn hold_connection(&mut self, conn: BackendConn) {
+        self.conn = Some(conn);
     }
 
     /// Records the outcome and frees the slot. `None`: the backend's response ended
@@ -105,9 +104,9 @@ impl Exchange {
         let conn = self.conn.take();
         let upstream = permit.upstream();
         let backend = permit.backend();
-        if let Some((conn, pool)) = conn {
+        if let Some(conn) = conn {
             if failure.is_none() {
-                pool.checkin(conn, backend.max_inflight());
+                conn.pool().clone().checkin(conn, backend.max_inflight());
             }
         }
         let elapsed = self.admitted_at.elapsed();

@@ -19,7 +19,7 @@ use super::io::{Active, ConnShared};
 use super::pool::{BackendConn, Pools};
 use super::respond;
 use super::upload::{ForwardBody, Upload};
-use super::validate;
+use super::validate::{self, HeadFacts, HOP_BY_HOP, HOP_BY_HOP_COUNT, X_FORWARDED_FOR};
 use crate::admission::Permit;
 use crate::config::{Affinity, Class};
 use crate::error::{error_body, Failure};
@@ -29,18 +29,6 @@ use crate::state::{SharedSnapshot, Snapshot, Upstream};
 /// Most retries of one idempotent request that may have reached a backend.
 const MAX_REPLAYS: u32 = 2;
 
-/// Hop-by-hop headers (RFC 9110 §7.6.1), never forwarded. `connection` and the headers
-/// it names are handled separately; framing (`transfer-encoding`, `content-length`) is
-/// hyper's on each side.
-const HOP_BY_HOP: [HeaderName; 5] = [
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::TE,
-    header::TRAILER,
-    header::UPGRADE,
-];
-
-static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
 /// What every request of the process shares: the live snapshot and the backend pools.
@@ -109,36 +97,52 @@ fn affinity_key(headers: &HeaderMap, affinity: &Affinity) -> Option<u64> {
 /// Removes `connection`, every header it names, and the fixed hop-by-hop set. An
 /// upgrade keeps `connection` and `upgrade`.
 fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
-    // Most messages have none: one pass over the names (comparisons, no hashing)
-    // settles it.
-    let any = headers
-        .keys()
-        .any(|k| *k == header::CONNECTION || HOP_BY_HOP.contains(k));
-    if !any {
-        return;
+    // One pass (comparisons, no hashing) finds what is present: most messages have
+    // none of these, and most of the rest only `Connection: keep-alive` or `close`.
+    let mut connection = false;
+    let mut names_others = false;
+    let mut fixed = [false; HOP_BY_HOP_COUNT];
+    for (k, v) in headers.iter() {
+        if *k == header::CONNECTION {
+            connection = true;
+            names_others |= v
+                .as_bytes()
+                .split(|&b| b == b',')
+                .any(|t| names(t, upgrade));
+        } else if let Some(i) = HOP_BY_HOP.iter().position(|h| h == k) {
+            fixed[i] = true;
+        }
     }
-    if headers.contains_key(header::CONNECTION) {
+    if names_others {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
             .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
-            .filter(|t| !(t.is_empty() || upgrade && t.eq_ignore_ascii_case("upgrade")))
-            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+            .filter(|t| names(t, upgrade))
+            .filter_map(|t| HeaderName::from_bytes(t.trim_ascii()).ok())
             .collect();
         for name in named {
             headers.remove(name);
         }
-        if !upgrade {
-            headers.remove(header::CONNECTION);
-        }
     }
-    for name in &HOP_BY_HOP {
-        if !(upgrade && *name == header::UPGRADE) && headers.contains_key(name) {
+    if connection && !upgrade {
+        headers.remove(header::CONNECTION);
+    }
+    for (name, present) in HOP_BY_HOP.iter().zip(fixed) {
+        if present && !(upgrade && *name == header::UPGRADE) {
             headers.remove(name);
         }
     }
+}
+
+/// Does a `Connection` token name a header to remove beyond the fixed set? Not
+/// `keep-alive` or `close`, nor `upgrade` on an upgrade.
+fn names(token: &[u8], upgrade: bool) -> bool {
+    let t = token.trim_ascii();
+    !(t.is_empty()
+        || t.eq_ignore_ascii_case(b"keep-alive")
+        || t.eq_ignore_ascii_case(b"close")
+        || upgrade && t.eq_ignore_ascii_case(b"upgrade"))
 }
 
 /// Is a response of this type a stream (each read may wait `stream_idle`, no whole
@@ -181,26 +185,25 @@ async fn handle(
         .shared
         .framing_violation
         .load(std::sync::atomic::Ordering::Acquire);
-    if framing_broken || validate::check_head(&parts).is_err() {
-        log_own(log.as_deref(), 400, "bad_request", None);
-        return respond::json(
-            400,
-            error_body("bad_request", None),
-            None,
-            true,
-            Some(active),
-        );
-    }
+    let head = match validate::check_head(&parts) {
+        Ok(head) if !framing_broken => head,
+        _ => {
+            log_own(log.as_deref(), 400, "bad_request", None);
+            return respond::json(
+                400,
+                error_body("bad_request", None),
+                None,
+                true,
+                Some(active),
+            );
+        }
+    };
     let Some(upstream) = snapshot.route(parts.uri.path()).cloned() else {
         log_own(log.as_deref(), 404, "no_route", None);
         return respond::json(404, error_body("no_route", None), None, false, Some(active));
     };
     let limit = server.max_request_body_bytes;
-    let declared = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let declared = head.content_length;
     if limit > 0 && declared.is_some_and(|n| n > limit) {
         log_own(log.as_deref(), 413, "body_too_large", None);
         let body = error_body("body_too_large", Some(&upstream.name));
@@ -211,13 +214,8 @@ async fn handle(
         .affinity
         .as_ref()
         .and_then(|a| affinity_key(&parts.headers, a));
-    let upgrade = parts.version < Version::HTTP_2 && parts.headers.contains_key(header::UPGRADE);
-    let may_stream = upgrade
-        || parts
-            .headers
-            .get_all(header::ACCEPT)
-            .iter()
-            .any(|v| v.to_str().is_ok_and(|v| v.contains("text/event-stream")));
+    let upgrade = parts.version < Version::HTTP_2 && head.upgrade;
+    let may_stream = upgrade || head.accepts_event_stream;
     let mut log = log;
     if let Some(l) = log.as_mut() {
         l.class = class;
@@ -235,7 +233,7 @@ async fn handle(
     upstream.retry_budget.deposit();
     let mut exchange = Exchange::new(permit, log);
 
-    prepare_head(&mut parts, conn, upgrade);
+    prepare_head(&mut parts, &head, conn, upgrade);
     let upload = Arc::new(Upload::default());
     let body = ForwardBody::client(
         body,
@@ -269,8 +267,7 @@ async fn handle(
     exchange.backend_status = status;
     let switching = status == 101;
     strip_hop_by_hop(&mut rparts.headers, switching && upgrade);
-    let pool = proxy.pools.get(backend_conn_addr(&exchange));
-    exchange.hold_connection(backend_conn, pool);
+    exchange.hold_connection(backend_conn);
 
     if switching && upgrade {
         let mut backend_resp = Response::from_parts(rparts.clone(), rbody);
@@ -304,17 +301,10 @@ async fn handle(
     )
 }
 
-fn backend_conn_addr(exchange: &Exchange) -> SocketAddr {
-    exchange
-        .permit()
-        .map(|p| p.backend().address)
-        .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)))
-}
-
 /// Turns the client's head into the backend's: origin-form target, HTTP/1.1, no
 /// hop-by-hop headers, `Host` (from `:authority` for HTTP/2 clients), and the
 /// forwarding headers.
-fn prepare_head(parts: &mut http::request::Parts, conn: &Conn, upgrade: bool) {
+fn prepare_head(parts: &mut http::request::Parts, head: &HeadFacts, conn: &Conn, upgrade: bool) {
     if parts.version == Version::HTTP_2 && !parts.headers.contains_key(header::HOST) {
         if let Some(v) = parts
             .uri
@@ -333,18 +323,22 @@ fn prepare_head(parts: &mut http::request::Parts, conn: &Conn, upgrade: bool) {
         parts.uri = Uri::try_from(pq).unwrap_or_else(|_| Uri::from_static("/"));
     }
     parts.version = Version::HTTP_11;
-    strip_hop_by_hop(&mut parts.headers, upgrade);
-    // Levee read the client's `Expect: 100-continue` itself.
-    parts.headers.remove(header::EXPECT);
-    let xff = match parts
-        .headers
-        .get(&X_FORWARDED_FOR)
+    if head.hop_by_hop {
+        strip_hop_by_hop(&mut parts.headers, upgrade);
+    }
+    if head.expect {
+        // Levee read the client's `Expect: 100-continue` itself.
+        parts.headers.remove(header::EXPECT);
+    }
+    let prior = head
+        .forwarded_for
+        .then(|| parts.headers.get(&X_FORWARDED_FOR))
+        .flatten()
         .and_then(|v| v.to_str().ok())
-    {
-        Some(prior) if !prior.is_empty() => {
-            HeaderValue::try_from(format!("{prior}, {}", conn.peer.ip())).ok()
-        }
-        _ => Some(conn.peer_ip.clone()),
+        .filter(|v| !v.is_empty());
+    let xff = match prior {
+        Some(prior) => HeaderValue::try_from(format!("{prior}, {}", conn.peer.ip())).ok(),
+        None => Some(conn.peer_ip.clone()),
     };
     if let Some(v) = xff {
         parts.headers.insert(X_FORWARDED_FOR.clone(), v);
@@ -576,5 +570,55 @@ fn classify(e: &hyper::Error) -> Failure {
         Failure::UpstreamTimeout
     } else {
         Failure::UpstreamError
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(list: &[(&str, &str)]) -> HeaderMap {
+        list.iter()
+            .map(|(k, v)| {
+                (
+                    HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                    HeaderValue::from_str(v).unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    fn names(h: &HeaderMap) -> Vec<&str> {
+        let mut n: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        n.sort_unstable();
+        n
+    }
+
+    #[test]
+    fn hop_by_hop_headers_and_those_connection_names_are_stripped() {
+        let mut h = headers(&[
+            ("connection", "keep-alive, X-Secret"),
+            ("keep-alive", "timeout=5"),
+            ("x-secret", "1"),
+            ("te", "trailers"),
+            ("content-type", "text/plain"),
+        ]);
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(names(&h), ["content-type"]);
+
+        let mut h = headers(&[("connection", "close"), ("server", "s")]);
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(names(&h), ["server"]);
+
+        // An upgrade keeps `connection: upgrade` and `upgrade`.
+        let mut h = headers(&[
+            ("connection", "Upgrade"),
+            ("upgrade", "websocket"),
+            ("proxy-connection", "x"),
+        ]);
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(names(&h), ["connection", "upgrade"]);
+        strip_hop_by_hop(&mut h, false);
+        assert!(h.is_empty());
     }
 }

@@ -115,7 +115,15 @@ pub struct BackendConn {
     pub reused: bool,
     /// The worker slot whose runtime drives the connection.
     home: usize,
-    _open: Open,
+    /// Its pool, counting it open until it drops.
+    open: Open,
+}
+
+impl BackendConn {
+    /// The pool the connection goes back to.
+    pub fn pool(&self) -> &Arc<Pool> {
+        &self.open.0
+    }
 }
 
 impl Pool {
@@ -220,7 +228,7 @@ impl Pool {
             tx,
             reused: false,
             home: slot(),
-            _open: open,
+            open,
         })
     }
 }

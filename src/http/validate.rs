@@ -16,7 +16,10 @@
 //! buffer, and stops watching a connection whose framing it cannot follow (an
 //! upgrade, a head levee rejects anyway), which then closes or becomes a tunnel.
 
-use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
+use http::header::{
+    HeaderName, ACCEPT, CONNECTION, CONTENT_LENGTH, EXPECT, HOST, TE, TRAILER, TRANSFER_ENCODING,
+    UPGRADE,
+};
 use http::request::Parts;
 use http::{Method, Version};
 
@@ -37,35 +40,93 @@ pub enum Invalid {
     Target,
 }
 
-/// Checks a parsed request head against levee's framing rules.
-pub fn check_head(req: &Parts) -> Result<(), Invalid> {
-    let h = &req.headers;
-    let mut cls = h.get_all(CONTENT_LENGTH).iter();
-    let cl = cls.next();
-    if cls.next().is_some() || cl.is_some_and(|v| v.as_bytes().contains(&b',')) {
+/// What the forwarding path needs to know of a request's headers, gathered by
+/// [`check_head`]'s one pass over them (so the request path looks nothing up twice).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct HeadFacts {
+    /// `Content-Length`, when present and a number.
+    pub content_length: Option<u64>,
+    /// An `Upgrade` header.
+    pub upgrade: bool,
+    /// An `Accept` naming `text/event-stream` (the response may be a stream).
+    pub accepts_event_stream: bool,
+    /// `Connection` or another hop-by-hop header (`keep-alive`, `proxy-connection`,
+    /// `te`, `trailer`, `upgrade`) to strip.
+    pub hop_by_hop: bool,
+    pub expect: bool,
+    pub forwarded_for: bool,
+}
+
+/// Checks a parsed request head against levee's framing rules, in one pass over its
+/// headers, and says what else the forwarding path needs of them.
+pub fn check_head(req: &Parts) -> Result<HeadFacts, Invalid> {
+    let mut facts = HeadFacts::default();
+    let (mut lengths, mut cl) = (0u32, None);
+    let (mut encodings, mut te) = (0u32, None);
+    let (mut hosts, mut host) = (0u32, None);
+    for (name, value) in &req.headers {
+        if *name == CONTENT_LENGTH {
+            lengths += 1;
+            cl = Some(value);
+        } else if *name == TRANSFER_ENCODING {
+            encodings += 1;
+            te = Some(value);
+        } else if *name == HOST {
+            hosts += 1;
+            host = Some(value);
+        } else if *name == ACCEPT {
+            facts.accepts_event_stream |= value
+                .to_str()
+                .is_ok_and(|v| v.contains("text/event-stream"));
+        } else if *name == UPGRADE {
+            facts.upgrade = true;
+            facts.hop_by_hop = true;
+        } else if *name == EXPECT {
+            facts.expect = true;
+        } else if *name == X_FORWARDED_FOR {
+            facts.forwarded_for = true;
+        } else if *name == CONNECTION || HOP_BY_HOP.contains(name) {
+            facts.hop_by_hop = true;
+        }
+    }
+    if lengths > 1 || cl.is_some_and(|v| v.as_bytes().contains(&b',')) {
         return Err(Invalid::ContentLength);
     }
-    let mut tes = h.get_all(TRANSFER_ENCODING).iter();
-    if let Some(te) = tes.next() {
+    if let Some(te) = te {
         if cl.is_some() {
             return Err(Invalid::LengthAndChunked);
         }
-        if tes.next().is_some() || !te.as_bytes().eq_ignore_ascii_case(b"chunked") {
+        if encodings > 1 || !te.as_bytes().eq_ignore_ascii_case(b"chunked") {
             return Err(Invalid::TransferEncoding);
         }
     }
-    let mut hosts = h.get_all(HOST).iter();
-    match (hosts.next(), hosts.next()) {
-        (None, _) if req.version == Version::HTTP_11 => return Err(Invalid::NoHost),
-        (Some(_), Some(_)) => return Err(Invalid::Host),
-        (Some(host), None) if host.as_bytes().contains(&b'@') => return Err(Invalid::Host),
+    match (hosts, host) {
+        (0, _) if req.version == Version::HTTP_11 => return Err(Invalid::NoHost),
+        (2.., _) => return Err(Invalid::Host),
+        (_, Some(host)) if host.as_bytes().contains(&b'@') => return Err(Invalid::Host),
         _ => {}
     }
     if req.version < Version::HTTP_2 && !origin_form(req) {
         return Err(Invalid::Target);
     }
-    Ok(())
+    facts.content_length = cl.and_then(|v| v.to_str().ok()?.parse().ok());
+    Ok(facts)
 }
+
+pub const HOP_BY_HOP_COUNT: usize = 5;
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1), never forwarded. `connection` and the
+/// headers it names are handled separately; framing (`transfer-encoding`,
+/// `content-length`) is hyper's on each side.
+pub static HOP_BY_HOP: [HeaderName; HOP_BY_HOP_COUNT] = [
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    TE,
+    TRAILER,
+    UPGRADE,
+];
+
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
 /// Is the target origin-form (`/path?query`), `*` for OPTIONS, or absolute-form naming
 /// the Host the request carries, without userinfo?
@@ -163,6 +224,20 @@ impl FramingScan {
                         Scan::ChunkData(left - n)
                     };
                 }
+                Scan::Head => {
+                    // A head line at a time: most bytes are only kept (the first
+                    // `LINE_KEEP` of the line), and only the end of a line is looked at.
+                    let Some(end) = memchr::memchr(b'\n', bytes) else {
+                        self.keep(bytes);
+                        return false;
+                    };
+                    self.keep(&bytes[..end]);
+                    bytes = &bytes[end + 1..];
+                    if self.end_head_line() {
+                        self.state = Scan::Off;
+                        return true;
+                    }
+                }
                 _ => {
                     let b = bytes[0];
                     bytes = &bytes[1..];
@@ -176,10 +251,18 @@ impl FramingScan {
         false
     }
 
+    /// Part of the current head line, up to its end.
+    fn keep(&mut self, part: &[u8]) {
+        if self.line_len < LINE_KEEP {
+            let n = part.len().min(LINE_KEEP - self.line_len);
+            self.line[self.line_len..self.line_len + n].copy_from_slice(&part[..n]);
+        }
+        self.line_len += part.len();
+    }
+
     /// One byte of a head, a chunk-size line, a chunk's end or the trailers.
     fn byte(&mut self, b: u8) -> bool {
         match self.state {
-            Scan::Head => return self.head_byte(b),
             Scan::ChunkSize { digits, after } => match b {
                 b'\r' if digits == 0 => return true,
                 b'\r' => {}
@@ -220,7 +303,7 @@ impl FramingScan {
                 b'\n' => self.state = Scan::Trailers { empty: true },
                 _ => self.state = Scan::Trailers { empty: false },
             },
-            Scan::Body(_) | Scan::ChunkData(_) | Scan::Off => {}
+            Scan::Head | Scan::Body(_) | Scan::ChunkData(_) | Scan::Off => {}
         }
         false
     }
@@ -250,15 +333,9 @@ impl FramingScan {
         self.state = Scan::Head;
     }
 
-    /// One byte of a head: true when the head, now complete, breaks a framing rule.
-    fn head_byte(&mut self, b: u8) -> bool {
-        if b != b'\n' {
-            if self.line_len < LINE_KEEP {
-                self.line[self.line_len] = b;
-            }
-            self.line_len += 1;
-            return false;
-        }
+    /// The end of a head line (its `\n`): true when the head, now complete, breaks a
+    /// framing rule.
+    fn end_head_line(&mut self) -> bool {
         let len = self.line_len;
         self.line_len = 0;
         let kept = &self.line[..len.min(LINE_KEEP)];
@@ -342,8 +419,35 @@ mod tests {
     }
 
     #[test]
+    fn the_head_check_says_what_forwarding_needs() {
+        let facts = |raw: &str| check_head(&parts(raw)).unwrap();
+        assert_eq!(facts("GET / HTTP/1.1\r\nHost: x"), HeadFacts::default());
+        let f = facts(
+            "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 12\r\nExpect: 100-continue\r\n\
+             Accept: text/html, text/event-stream\r\nX-Forwarded-For: 10.0.0.1",
+        );
+        assert_eq!(f.content_length, Some(12));
+        assert!(f.expect && f.accepts_event_stream && f.forwarded_for);
+        assert!(!f.hop_by_hop && !f.upgrade);
+        let f = facts("GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket");
+        assert!(f.upgrade && f.hop_by_hop);
+        for h in [
+            "Connection: close",
+            "Keep-Alive: 5",
+            "TE: trailers",
+            "Proxy-Connection: x",
+        ] {
+            assert!(
+                facts(&format!("GET / HTTP/1.1\r\nHost: x\r\n{h}")).hop_by_hop,
+                "{h}"
+            );
+        }
+        assert!(!facts("GET / HTTP/1.1\r\nHost: x\r\nAccept: */*").accepts_event_stream);
+    }
+
+    #[test]
     fn heads_follow_the_framing_rules() {
-        let ok = |raw| check_head(&parts(raw));
+        let ok = |raw| check_head(&parts(raw)).map(|_| ());
         assert_eq!(ok("GET / HTTP/1.1\r\nHost: x"), Ok(()));
         assert_eq!(ok("GET / HTTP/1.0"), Ok(()));
         assert_eq!(ok("GET / HTTP/1.1"), Err(Invalid::NoHost));
