@@ -2,13 +2,14 @@
 //! machine, in one run. See `benches/README.md`.
 //!
 //! ```text
-//! cargo bench --bench load               # full run, ~6 minutes
-//! cargo bench --bench load -- --quick    # CI smoke, < 60 s
+//! cargo bench --bench load               # full run, ~25 minutes
+//! cargo bench --bench load -- --quick    # CI smoke, < 2 minutes
 //! scripts/bench.sh [--quick]             # the same, after raising `ulimit -n`
 //! ```
 //!
 //! Options (after `--`): `--quick`, `--reps N`,
-//! `--only levee,levee-mt,levee-before,haproxy,nginx,direct`, `--sections raw,overload,memory,shed`,
+//! `--only levee,levee-mt,levee-before,haproxy,nginx,direct`,
+//! `--sections raw,overload,memory,shed,fresh,zonefail`,
 //! `--json PATH`, `--ticks`.
 //!
 //! Before and after: `LEVEE_BEFORE` names an older levee binary (same CLI and config
@@ -35,7 +36,14 @@
 //!   open loop through each proxy: goodput, admitted and 503 latency, replica peak;
 //! - memory: RSS of each proxy holding 10,000 idle keep-alive client connections;
 //! - shed: 503s per second levee (and levee-before) answers on one thread when every
-//!   slot is held.
+//!   slot is held;
+//! - fresh: 4 replicas in 2 zones (16 workers x 20 ms each), health checks on; each
+//!   proxy started anew for every run, open-loop load from 1.2 s after its start at 1x,
+//!   2x, 5x, 10x C: goodput, admitted p99 against the replicas' unloaded p99, 503 p99;
+//!   and a 10x C burst of 50 ms on an idle upstream: how many were shed;
+//! - zonefail: the same replicas at 1,000 req/s; zone a's two start answering 500 and
+//!   failing their health check: the requests the client saw fail, per proxy, with
+//!   each proxy's retries on 5xx configured.
 //!
 //! Everything runs on 127.0.0.1; every loop is bounded in count and time; proxies
 //! run one at a time, with the same thread count ([`THREADS`]).
@@ -56,14 +64,17 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use levee::demo::load::{self, LoadConfig, Report};
-use levee::demo::replica::{Replica, ReplicaConfig};
+use levee::demo::load::{self, LoadConfig, Report, Tick};
+use levee::demo::replica::{Fault, Replica, ReplicaConfig};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use probe::{Probe, ProbeStats};
-use proxies::{Kind, Running, Setup, Tools};
-use report::{median, median_d, MemRow, OverRow, RawRow, Results, ShedRow};
+use proxies::{HealthChecks, Kind, Running, Setup, Tools};
+use report::{
+    median, median_d, BurstRow, FreshBase, FreshRow, MemRow, OverRow, RawRow, Results, ShedRow,
+    ZoneRow,
+};
 
 /// Worker threads of every proxy (nginx: worker processes): one each, as the data-path
 /// targets are set, so that on this 2-core machine wrk and the backend have the other
@@ -99,6 +110,41 @@ const HOLD: Duration = Duration::from_secs(20);
 const GENERATOR_MAX_RATE: f64 = 5000.0;
 /// Open-loop request deadline (from the scheduled send time).
 const LOAD_TIMEOUT: Duration = Duration::from_secs(2);
+/// The fresh and zonefail sections' replicas (issue 10's setup): 2 zones x 2, named
+/// by zone. levee runs in zone a (the first backend's), so it prefers a1 and a2.
+const ZONE_REPLICAS: [(&str, &str); 4] = [("a1", "a"), ("a2", "a"), ("b1", "b"), ("b2", "b")];
+/// Each 16 workers x 20 ms: 800 req/s a replica, 3,200 req/s in all (nominal).
+const ZONE_WORKERS: usize = 16;
+const ZONE_SERVICE_TIME: Duration = Duration::from_millis(20);
+/// levee `max_inflight` is [`ZONE_WORKERS`]; the queue holds 5 service times of the
+/// whole pool (320 = 5 x 64) and a request waits at most 5 service times (HAProxy
+/// gets the same `timeout queue`).
+const ZONE_QUEUE_DEPTH: u32 = 320;
+const ZONE_QUEUE_TIMEOUT: Duration = Duration::from_millis(100);
+/// Active checks of levee and HAProxy (nginx has none): every 500 ms, 2 in a row to
+/// go down or up.
+const ZONE_CHECKS: HealthChecks = HealthChecks {
+    interval: Duration::from_millis(500),
+    timeout: Duration::from_millis(250),
+    rise: 2,
+    fall: 2,
+};
+/// Fresh runs: the load starts this long after the proxy's process is spawned.
+const FRESH_DELAY: Duration = Duration::from_millis(1200);
+/// The replicas' unloaded latency is measured at this rate, directly on one replica:
+/// a quarter of its nominal rate, so nothing waits for a worker.
+const UNLOADED_RATE: f64 = 200.0;
+/// The burst on an idle upstream: 10x C for 50 ms.
+const BURST_FACTOR: f64 = 10.0;
+const BURST: Duration = Duration::from_millis(50);
+/// Zonefail: steady load, well inside what zone b alone serves (1,600 req/s).
+const ZONEFAIL_RATE: f64 = 1000.0;
+/// How often the zonefail section looks at zone a's counters, and how long past the
+/// end of the load (for the last answers).
+const WATCH_EVERY: Duration = Duration::from_millis(10);
+const WATCH_SLACK: Duration = Duration::from_millis(250);
+/// The sections of a run without `--sections`, in the order they run.
+const SECTIONS: [&str; 6] = ["raw", "overload", "memory", "shed", "fresh", "zonefail"];
 
 #[derive(Debug, Clone)]
 struct Opts {
@@ -117,9 +163,7 @@ impl Opts {
             quick: false,
             reps: 0,
             kinds: Kind::defaults(),
-            sections: ["raw", "overload", "memory", "shed"]
-                .map(String::from)
-                .to_vec(),
+            sections: SECTIONS.map(String::from).to_vec(),
             json: None,
             ticks: false,
         };
@@ -167,7 +211,7 @@ impl Opts {
     }
 }
 
-const USAGE: &str = "[LEVEE_BEFORE=OLDER_LEVEE_BINARY] cargo bench --bench load -- [--quick] [--reps N] [--only levee,levee-mt,levee-before,haproxy,nginx,direct] [--sections raw,overload,memory,shed] [--json PATH] [--ticks]";
+const USAGE: &str = "[LEVEE_BEFORE=OLDER_LEVEE_BINARY] cargo bench --bench load -- [--quick] [--reps N] [--only levee,levee-mt,levee-before,haproxy,nginx,direct] [--sections raw,overload,memory,shed,fresh,zonefail] [--json PATH] [--ticks]";
 
 /// How long each measurement lasts.
 #[derive(Debug, Clone, Copy)]
@@ -178,6 +222,13 @@ struct Plan {
     step: Duration,
     idle: usize,
     shed: Duration,
+    /// One fresh run's load (after [`FRESH_DELAY`]).
+    fresh_step: Duration,
+    /// The replicas' unloaded latency measurement.
+    unloaded: Duration,
+    /// One zonefail run, and when in it zone a fails.
+    zonefail: Duration,
+    zonefail_at: Duration,
 }
 
 impl Plan {
@@ -190,6 +241,10 @@ impl Plan {
                 step: Duration::from_secs(1),
                 idle: IDLE_CONNECTIONS,
                 shed: Duration::from_secs(1),
+                fresh_step: Duration::from_millis(500),
+                unloaded: Duration::from_secs(1),
+                zonefail: Duration::from_millis(2500),
+                zonefail_at: Duration::from_secs(1),
             }
         } else {
             Plan {
@@ -199,6 +254,10 @@ impl Plan {
                 step: Duration::from_secs(4),
                 idle: IDLE_CONNECTIONS,
                 shed: Duration::from_secs(5),
+                fresh_step: Duration::from_secs(15),
+                unloaded: Duration::from_secs(3),
+                zonefail: Duration::from_secs(15),
+                zonefail_at: Duration::from_secs(5),
             }
         }
     }
@@ -298,6 +357,12 @@ async fn run(opts: Opts) -> Results {
     if opts.has("shed") {
         shed_section(&plan, &opts, &tools, &kinds, &mut res).await;
     }
+    if opts.has("fresh") {
+        fresh_section(&plan, &opts, &tools, &kinds, &mut res).await;
+    }
+    if opts.has("zonefail") {
+        zonefail_section(&plan, &opts, &tools, &kinds, &mut res).await;
+    }
     res.elapsed = start.elapsed();
     res
 }
@@ -323,7 +388,7 @@ fn command_line(opts: &Opts, tools: &Tools) -> String {
         let names: Vec<_> = opts.kinds.iter().map(|k| k.name()).collect();
         extra.push(format!("--only {}", names.join(",")));
     }
-    if opts.sections.len() != 4 {
+    if opts.sections != SECTIONS {
         extra.push(format!("--sections {}", opts.sections.join(",")));
     }
     if !extra.is_empty() {
@@ -417,9 +482,13 @@ fn git_describe(dir: &std::path::Path) -> String {
 static BACKEND_RUNTIME: std::sync::OnceLock<tokio::runtime::Handle> = std::sync::OnceLock::new();
 
 async fn replica(name: &str, workers: usize, service_time: Duration) -> Replica {
+    replica_in(name, "a", workers, service_time).await
+}
+
+async fn replica_in(name: &str, zone: &str, workers: usize, service_time: Duration) -> Replica {
     let cfg = ReplicaConfig {
         name: name.into(),
-        zone: "a".into(),
+        zone: zone.into(),
         workers,
         service_time,
     };
@@ -469,6 +538,10 @@ fn fast_setup(backend: SocketAddr, threads: usize, max_clients: u32) -> Setup {
         queue_depth: 1000,
         queue_timeout: Duration::from_secs(1),
         max_clients,
+        zones: Vec::new(),
+        health: None,
+        retry_5xx: false,
+        early_levels: false,
     }
 }
 
@@ -647,9 +720,11 @@ fn cpu_per_request(
     (requests > 0).then(|| after.saturating_sub(before).as_secs_f64() * 1e6 / requests as f64)
 }
 
-/// One overload step of one proxy.
+/// One open-loop step of one proxy (overload and fresh sections).
 struct StepRun {
     report: Report,
+    /// The generator's seconds (outcomes counted in the second they completed).
+    ticks: Vec<Tick>,
     /// Highest in-flight count any replica saw during the step.
     peak: usize,
     probe: ProbeStats,
@@ -730,6 +805,10 @@ async fn overload_section(
         queue_depth: QUEUE_DEPTH,
         queue_timeout: QUEUE_TIMEOUT,
         max_clients: 8192,
+        zones: Vec::new(),
+        health: None,
+        retry_5xx: false,
+        early_levels: true,
     };
     let fast = replica("fast", FAST_WORKERS, Duration::ZERO).await;
     let mut runs: BTreeMap<(Kind, usize), Vec<StepRun>> = BTreeMap::new();
@@ -745,56 +824,15 @@ async fn overload_section(
             for (fi, factor) in FACTORS.iter().enumerate() {
                 settle(&replicas).await;
                 let rate = factor * cap;
-                let probe = Probe::start(p.addr, "/work", plan.step);
-                let sheds0 = p.levee_sheds().await;
-                let cpu0 = p.cpu_time();
-                let ticks = opts.ticks;
-                let r = load::run(open_loop(p.addr, "/work", rate, plan.step), |t| {
-                    if ticks {
-                        println!("      {}", load::format_tick(t));
-                    }
-                })
-                .await;
-                let probed = probe.finish();
-                let cores = p
-                    .cpu_time()
-                    .zip(cpu0)
-                    .map(|(b, a)| b.saturating_sub(a).as_secs_f64() / plan.step.as_secs_f64());
-                let peak = replicas
-                    .iter()
-                    .map(|r| r.stats().peak_inflight)
-                    .max()
-                    .unwrap_or(0);
-                let probe_shed = ProbeStats::quantile(&probed.shed, 0.99);
-                let reasons = match (sheds0, p.levee_sheds().await) {
-                    (Some(before), Some(after)) => after
-                        .into_iter()
-                        .map(|(k, v)| {
-                            let d = v - before.get(&k).copied().unwrap_or(0.0);
-                            (k, d)
-                        })
-                        .filter(|(_, d)| *d > 0.0)
-                        .collect(),
-                    _ => BTreeMap::new(),
-                };
-                println!(
-                    "  rep {rep} {:<12} {factor:>4.0}x {rate:>6.0}/s  2xx {:>6.0}/s p99 {:<8} 503 {:>6.0}/s p99 {:<8} probe 503 p99 {:<8} other {:<5} peak {peak} CPU {:.2} {}",
-                    kind.name(),
-                    r.ok as f64 / plan.step.as_secs_f64(),
-                    report::ms(r.ok_p99),
-                    r.shed as f64 / plan.step.as_secs_f64(),
-                    report::ms(r.shed_p99),
-                    probe_shed.map_or("-".into(), report::ms),
-                    r.other,
-                    cores.unwrap_or(0.0),
-                    r.errors_sample.join("; ")
+                let (run, reasons) = measure_step(&p, &replicas, rate, plan.step, opts.ticks).await;
+                print_step(
+                    &format!("rep {rep}"),
+                    kind,
+                    (*factor, rate),
+                    plan.step,
+                    &run,
+                    &reasons,
                 );
-                if !reasons.is_empty() {
-                    println!(
-                        "      levee sheds by reason: {}",
-                        fmt_reasons(&reasons, 1.0)
-                    );
-                }
                 for (k, v) in reasons {
                     *shed_reasons
                         .entry((kind, fi))
@@ -802,12 +840,7 @@ async fn overload_section(
                         .entry(k)
                         .or_default() += v;
                 }
-                runs.entry((kind, fi)).or_default().push(StepRun {
-                    report: r,
-                    peak,
-                    probe: probed,
-                    cores,
-                });
+                runs.entry((kind, fi)).or_default().push(run);
             }
             p.stop().await;
         }
@@ -829,35 +862,146 @@ async fn overload_section(
             median_d(floor.iter().map(|r| r.ok_p99)),
         ));
     }
-    let secs = plan.step.as_secs_f64();
     for ((kind, fi), v) in runs {
-        let f = |g: &dyn Fn(&Report) -> f64| median(v.iter().map(|s| g(&s.report)).collect());
-        let shed_probes: Vec<Duration> = v
-            .iter()
-            .filter_map(|s| ProbeStats::quantile(&s.probe.shed, 0.99))
-            .collect();
-        res.overload.push(OverRow {
-            kind,
-            factor: FACTORS[fi],
-            runs: v.len(),
-            offered: FACTORS[fi] * cap,
-            goodput: f(&|r| r.ok as f64 / secs),
-            ok_p50: median_d(v.iter().map(|s| s.report.ok_p50)),
-            ok_p99: median_d(v.iter().map(|s| s.report.ok_p99)),
-            shed: f(&|r| r.shed as f64),
-            shed_rate: f(&|r| r.shed as f64 / secs),
-            shed_p99: median_d(v.iter().map(|s| s.report.shed_p99)),
-            probe_shed_p99: (!shed_probes.is_empty()).then(|| median_d(shed_probes)),
-            other: f(&|r| r.other as f64),
-            peak: v.iter().map(|s| s.peak).max().unwrap_or(0),
-            shed_reasons: shed_reasons
-                .get(&(kind, fi))
-                .map_or(String::new(), |r| fmt_reasons(r, v.len() as f64)),
-            cpu_cores: {
-                let c: Vec<f64> = v.iter().filter_map(|s| s.cores).collect();
-                (!c.is_empty()).then(|| median(c))
-            },
-        });
+        let reasons = shed_reasons.get(&(kind, fi));
+        res.overload
+            .push(over_row(kind, FACTORS[fi], cap, plan.step, &v, reasons));
+    }
+}
+
+/// One open-loop step of `GET /work` through `p` at `rate` for `duration`, with the
+/// probe beside it: what both saw, the replicas' peak in flight (reset by [`settle`]
+/// before), the proxy's CPU, and levee's 503s by reason over the step (empty for other
+/// proxies).
+async fn measure_step(
+    p: &Running,
+    replicas: &[Replica],
+    rate: f64,
+    duration: Duration,
+    ticks: bool,
+) -> (StepRun, BTreeMap<String, f64>) {
+    let probe = Probe::start(p.addr, "/work", duration);
+    let sheds0 = p.levee_sheds().await;
+    let cpu0 = p.cpu_time();
+    let mut seconds = Vec::new();
+    let report = load::run(open_loop(p.addr, "/work", rate, duration), |t| {
+        if ticks {
+            println!("      {}", load::format_tick(t));
+        }
+        seconds.push(t.clone());
+    })
+    .await;
+    let probed = probe.finish();
+    let cores = p
+        .cpu_time()
+        .zip(cpu0)
+        .map(|(b, a)| b.saturating_sub(a).as_secs_f64() / duration.as_secs_f64());
+    let peak = replicas
+        .iter()
+        .map(|r| r.stats().peak_inflight)
+        .max()
+        .unwrap_or(0);
+    let reasons = counter_delta(sheds0, p.levee_sheds().await);
+    let run = StepRun {
+        report,
+        ticks: seconds,
+        peak,
+        probe: probed,
+        cores,
+    };
+    (run, reasons)
+}
+
+/// What a counter gained between two readings of [`Running::levee_counter`], by label
+/// value; only the values that grew. Empty when either reading is missing.
+fn counter_delta(
+    before: Option<BTreeMap<String, f64>>,
+    after: Option<BTreeMap<String, f64>>,
+) -> BTreeMap<String, f64> {
+    gained(before, after).unwrap_or_default()
+}
+
+/// [`counter_delta`], `None` when either reading is missing.
+fn gained(
+    before: Option<BTreeMap<String, f64>>,
+    after: Option<BTreeMap<String, f64>>,
+) -> Option<BTreeMap<String, f64>> {
+    let (before, after) = (before?, after?);
+    Some(
+        after
+            .into_iter()
+            .map(|(k, v)| {
+                let d = v - before.get(&k).copied().unwrap_or(0.0);
+                (k, d)
+            })
+            .filter(|(_, d)| *d > 0.0)
+            .collect(),
+    )
+}
+
+/// The line printed after each step (and levee's sheds by reason under it).
+fn print_step(
+    label: &str,
+    kind: Kind,
+    (factor, rate): (f64, f64),
+    duration: Duration,
+    run: &StepRun,
+    reasons: &BTreeMap<String, f64>,
+) {
+    let r = &run.report;
+    let secs = duration.as_secs_f64();
+    println!(
+        "  {label} {:<12} {factor:>4.0}x {rate:>6.0}/s  2xx {:>6.0}/s p99 {:<8} 503 {:>6.0}/s p99 {:<8} probe 503 p99 {:<8} other {:<5} peak {} CPU {:.2} {}",
+        kind.name(),
+        r.ok as f64 / secs,
+        report::ms(r.ok_p99),
+        r.shed as f64 / secs,
+        report::ms(r.shed_p99),
+        ProbeStats::quantile(&run.probe.shed, 0.99).map_or("-".into(), report::ms),
+        r.other,
+        run.peak,
+        run.cores.unwrap_or(0.0),
+        r.errors_sample.join("; ")
+    );
+    if !reasons.is_empty() {
+        println!("      levee sheds by reason: {}", fmt_reasons(reasons, 1.0));
+    }
+}
+
+/// The medians of one proxy's runs at one load factor.
+fn over_row(
+    kind: Kind,
+    factor: f64,
+    cap: f64,
+    step: Duration,
+    v: &[StepRun],
+    reasons: Option<&BTreeMap<String, f64>>,
+) -> OverRow {
+    let secs = step.as_secs_f64();
+    let f = |g: &dyn Fn(&Report) -> f64| median(v.iter().map(|s| g(&s.report)).collect());
+    let shed_probes: Vec<Duration> = v
+        .iter()
+        .filter_map(|s| ProbeStats::quantile(&s.probe.shed, 0.99))
+        .collect();
+    OverRow {
+        kind,
+        factor,
+        runs: v.len(),
+        offered: factor * cap,
+        goodput: f(&|r| r.ok as f64 / secs),
+        ok_p50: median_d(v.iter().map(|s| s.report.ok_p50)),
+        ok_p99: median_d(v.iter().map(|s| s.report.ok_p99)),
+        shed: f(&|r| r.shed as f64),
+        shed_rate: f(&|r| r.shed as f64 / secs),
+        shed_p99: median_d(v.iter().map(|s| s.report.shed_p99)),
+        probe_shed_p99: (!shed_probes.is_empty()).then(|| median_d(shed_probes)),
+        other: f(&|r| r.other as f64),
+        peak: v.iter().map(|s| s.peak).max().unwrap_or(0),
+        shed_reasons: reasons.map_or(String::new(), |r| fmt_reasons(r, v.len() as f64)),
+        cpu_cores: {
+            let c: Vec<f64> = v.iter().filter_map(|s| s.cores).collect();
+            (!c.is_empty()).then(|| median(c))
+        },
     }
 }
 
@@ -1087,5 +1231,503 @@ async fn shed_section(plan: &Plan, opts: &Opts, tools: &Tools, kinds: &[Kind], r
             ),
             held: held.iter().all(|&h| h),
         });
+    }
+}
+
+/// The fresh and zonefail sections' replicas, in the order of [`ZONE_REPLICAS`].
+async fn zone_replicas() -> Vec<Replica> {
+    let mut replicas = Vec::new();
+    for (name, zone) in ZONE_REPLICAS {
+        replicas.push(replica_in(name, zone, ZONE_WORKERS, ZONE_SERVICE_TIME).await);
+    }
+    replicas
+}
+
+/// Issue 10's proxy setup over [`zone_replicas`]: `max_inflight` = the replicas'
+/// workers, a queue of [`ZONE_QUEUE_DEPTH`] for [`ZONE_QUEUE_TIMEOUT`], active checks,
+/// zones; levee's levels at its defaults.
+fn zone_setup(replicas: &[Replica], retry_5xx: bool) -> Setup {
+    Setup {
+        backends: replicas.iter().map(Replica::addr).collect(),
+        threads: THREADS,
+        max_conns: Some(ZONE_WORKERS as u32),
+        queue_depth: ZONE_QUEUE_DEPTH,
+        queue_timeout: ZONE_QUEUE_TIMEOUT,
+        max_clients: 8192,
+        zones: ZONE_REPLICAS.iter().map(|(_, z)| (*z).to_owned()).collect(),
+        health: Some(ZONE_CHECKS),
+        retry_5xx,
+        early_levels: false,
+    }
+}
+
+fn zone_shape() -> String {
+    format!(
+        "{} replicas in 2 zones x {ZONE_WORKERS} workers x {} ms; max_inflight {ZONE_WORKERS}, queue {ZONE_QUEUE_DEPTH} for {} ms, checks every {} ms (rise {}, fall {})",
+        ZONE_REPLICAS.len(),
+        ZONE_SERVICE_TIME.as_millis(),
+        ZONE_QUEUE_TIMEOUT.as_millis(),
+        ZONE_CHECKS.interval.as_millis(),
+        ZONE_CHECKS.rise,
+        ZONE_CHECKS.fall,
+    )
+}
+
+/// Starts `kind` as a new process and returns [`FRESH_DELAY`] after its spawn (at once
+/// when it took longer than that to answer).
+async fn start_fresh(
+    kind: Kind,
+    setup: &Setup,
+    tools: &Tools,
+    res: &mut Results,
+) -> Option<Running> {
+    let p = start(kind, setup, tools, res).await?;
+    tokio::time::sleep_until(tokio::time::Instant::from_std(p.started + FRESH_DELAY)).await;
+    Some(p)
+}
+
+/// `count` per second while the load was on: the mean over the generator's seconds from
+/// the 2nd to the last of the step (a second counts what completed in it), so neither
+/// the first second's ramp nor the answers that complete after the step (from a
+/// proxy's queue, or a generator that fell behind) count. `None` for steps shorter
+/// than 2 s.
+fn steady_rate(ticks: &[Tick], step: Duration, count: fn(&Tick) -> u64) -> Option<f64> {
+    let last = step.as_secs();
+    let inside: Vec<f64> = ticks
+        .iter()
+        .filter(|t| (2..=last).contains(&t.second))
+        .map(|t| count(t) as f64)
+        .collect();
+    (!inside.is_empty()).then(|| inside.iter().sum::<f64>() / inside.len() as f64)
+}
+
+/// How long `r`'s generator was sending: the step, or longer when it fell behind
+/// (from its 2xx count over its 2xx rate, both per second of sending).
+fn sending_secs(r: &Report, step: Duration) -> f64 {
+    if r.ok > 0 && r.ok_rate > 0.0 {
+        (r.ok as f64 / r.ok_rate).max(step.as_secs_f64())
+    } else {
+        step.as_secs_f64()
+    }
+}
+
+/// One fresh run: the step, and how long the proxy took to answer its first request.
+struct FreshRun {
+    step: StepRun,
+    ready: Duration,
+}
+
+/// One burst on a fresh, idle proxy.
+struct BurstRun {
+    report: Report,
+    reasons: BTreeMap<String, f64>,
+}
+
+async fn fresh_section(plan: &Plan, opts: &Opts, tools: &Tools, kinds: &[Kind], res: &mut Results) {
+    println!(
+        "\n== fresh: a new proxy process per run, load from {} ms after its start; {}",
+        FRESH_DELAY.as_millis(),
+        zone_shape()
+    );
+    let replicas = zone_replicas().await;
+    // Measured once, directly on one replica at a low rate: its latency with nothing
+    // waiting for a worker (p99, the reference for admitted latency) and the real
+    // service time (p50, from which C follows, as in the overload section).
+    let unloaded = load::run(
+        open_loop(replicas[0].addr(), "/work", UNLOADED_RATE, plan.unloaded),
+        |_| {},
+    )
+    .await;
+    let slots = ZONE_REPLICAS.len() * ZONE_WORKERS;
+    let p50 = if unloaded.ok_p50.is_zero() {
+        ZONE_SERVICE_TIME
+    } else {
+        unloaded.ok_p50
+    };
+    let cap = slots as f64 / p50.as_secs_f64();
+    let base = FreshBase {
+        slots,
+        nominal: slots as f64 / ZONE_SERVICE_TIME.as_secs_f64(),
+        rate: UNLOADED_RATE,
+        samples: unloaded.ok,
+        p50,
+        p99: unloaded.ok_p99,
+        cap,
+    };
+    println!(
+        "  unloaded (direct, {UNLOADED_RATE:.0} req/s, {} answers): p50 {} p99 {}; C = {slots} slots / {} = {cap:.0} req/s (nominal {:.0})",
+        unloaded.ok,
+        report::ms(p50),
+        report::ms(base.p99),
+        report::ms(p50),
+        base.nominal
+    );
+    res.fresh_base = Some(base);
+    res.fresh_shape = zone_shape();
+    res.fresh_step = plan.fresh_step;
+    let setup = zone_setup(&replicas, false);
+    let mut runs: BTreeMap<(Kind, usize), Vec<FreshRun>> = BTreeMap::new();
+    let mut reasons: BTreeMap<(Kind, usize), BTreeMap<String, f64>> = BTreeMap::new();
+    let mut bursts: BTreeMap<Kind, Vec<BurstRun>> = BTreeMap::new();
+    for rep in 1..=opts.reps {
+        'kinds: for &kind in kinds.iter().filter(|k| k.is_proxy()) {
+            for (fi, factor) in FACTORS.iter().enumerate() {
+                settle(&replicas).await;
+                let Some(p) = start_fresh(kind, &setup, tools, res).await else {
+                    continue 'kinds;
+                };
+                let rate = factor * cap;
+                let (run, why) =
+                    measure_step(&p, &replicas, rate, plan.fresh_step, opts.ticks).await;
+                let ready = p.ready_after;
+                p.stop().await;
+                print_step(
+                    &format!("rep {rep} ready {:>5}", report::ms(ready)),
+                    kind,
+                    (*factor, rate),
+                    Duration::from_secs_f64(sending_secs(&run.report, plan.fresh_step)),
+                    &run,
+                    &why,
+                );
+                for (k, v) in why {
+                    *reasons.entry((kind, fi)).or_default().entry(k).or_default() += v;
+                }
+                runs.entry((kind, fi))
+                    .or_default()
+                    .push(FreshRun { step: run, ready });
+            }
+            settle(&replicas).await;
+            let Some(p) = start_fresh(kind, &setup, tools, res).await else {
+                continue;
+            };
+            let rate = BURST_FACTOR * cap;
+            let sheds0 = p.levee_sheds().await;
+            let r = load::run(open_loop(p.addr, "/work", rate, BURST), |_| {}).await;
+            let why = counter_delta(sheds0, p.levee_sheds().await);
+            p.stop().await;
+            println!(
+                "  rep {rep} burst {:<12} {BURST_FACTOR:.0}x C for {} ms: sent {} 2xx {} (p99 {}) 503 {} other {} {}{}",
+                kind.name(),
+                BURST.as_millis(),
+                r.sent,
+                r.ok,
+                report::ms(r.ok_p99),
+                r.shed,
+                r.other,
+                r.errors_sample.join("; "),
+                if why.is_empty() {
+                    String::new()
+                } else {
+                    format!(" | levee sheds by reason: {}", fmt_reasons(&why, 1.0))
+                }
+            );
+            bursts.entry(kind).or_default().push(BurstRun {
+                report: r,
+                reasons: why,
+            });
+        }
+    }
+    if runs.is_empty() {
+        return;
+    }
+    // The generator's own floor at the highest rate: no proxy, a backend that answers
+    // at once (once, not per repetition).
+    let fast = replica("fast", FAST_WORKERS, Duration::ZERO).await;
+    let rate = FACTORS[FACTORS.len() - 1] * cap;
+    let floor = load::run(open_loop(fast.addr(), "/", rate, plan.fresh_step), |_| {}).await;
+    println!(
+        "  floor: direct fast backend at {rate:.0}/s: sent {:.0}/s p50 {} p99 {} other {}",
+        floor.achieved_rate,
+        report::ms(floor.ok_p50),
+        report::ms(floor.ok_p99),
+        floor.other
+    );
+    res.fresh_floor = Some((rate, floor.achieved_rate, floor.ok_p50, floor.ok_p99));
+    let behind: Vec<String> = runs
+        .iter()
+        .filter_map(|((kind, fi), v)| {
+            let sent = median(v.iter().map(|r| r.step.report.achieved_rate).collect());
+            let offered = FACTORS[*fi] * cap;
+            (sent < report::GENERATOR_KEPT_UP * offered).then(|| {
+                format!(
+                    "{} {:.0}x ({sent:.0}/s of {offered:.0}/s)",
+                    kind.name(),
+                    FACTORS[*fi]
+                )
+            })
+        })
+        .collect();
+    if !behind.is_empty() {
+        res.notes.push(format!(
+            "fresh: the open-loop generator could not send the offered rate at {}; the latencies and goodput of those rows are bounded by the generator on this machine, not by the proxy",
+            behind.join(", ")
+        ));
+    }
+    for ((kind, fi), v) in runs {
+        let (steps, ready): (Vec<StepRun>, Vec<Duration>) =
+            v.into_iter().map(|r| (r.step, r.ready)).unzip();
+        let mut over = over_row(
+            kind,
+            FACTORS[fi],
+            cap,
+            plan.fresh_step,
+            &steps,
+            reasons.get(&(kind, fi)),
+        );
+        // Rates while the load was on (see `steady_rate`): answers a proxy's queue or a
+        // late generator delivers after the step must not count as goodput.
+        let rate_of = |tick: fn(&Tick) -> u64, total: fn(&Report) -> u64| {
+            median(
+                steps
+                    .iter()
+                    .map(|s| {
+                        steady_rate(&s.ticks, plan.fresh_step, tick).unwrap_or_else(|| {
+                            total(&s.report) as f64 / sending_secs(&s.report, plan.fresh_step)
+                        })
+                    })
+                    .collect(),
+            )
+        };
+        over.goodput = rate_of(|t| t.ok, |r| r.ok);
+        over.shed_rate = rate_of(|t| t.shed, |r| r.shed);
+        res.fresh.push(FreshRow {
+            over,
+            sent_rate: median(steps.iter().map(|r| r.report.achieved_rate).collect()),
+            ready: median_d(ready),
+        });
+    }
+    for (kind, v) in bursts {
+        let f = |g: fn(&Report) -> u64| median(v.iter().map(|b| g(&b.report) as f64).collect());
+        let mut why: BTreeMap<String, f64> = BTreeMap::new();
+        for b in &v {
+            for (k, n) in &b.reasons {
+                *why.entry(k.clone()).or_default() += n;
+            }
+        }
+        res.burst.push(BurstRow {
+            kind,
+            runs: v.len(),
+            rate: BURST_FACTOR * cap,
+            millis: BURST.as_millis() as u64,
+            admit_max: slots as f64
+                * ((BURST + ZONE_QUEUE_TIMEOUT).as_secs_f64() / p50.as_secs_f64() + 1.0),
+            sent: f(|r| r.sent),
+            ok: f(|r| r.ok),
+            shed: f(|r| r.shed),
+            shed_each: v.iter().map(|b| b.report.shed).collect(),
+            other: f(|r| r.other),
+            ok_p99: median_d(v.iter().map(|b| b.report.ok_p99)),
+            shed_reasons: fmt_reasons(&why, v.len() as f64),
+        });
+    }
+}
+
+/// One zonefail run of one proxy.
+struct ZoneRun {
+    report: Report,
+    ticks: Vec<Tick>,
+    /// Requests zone a answered (with 500) from the fault on.
+    zone_a_hits: u64,
+    /// The last time, after the fault, that zone a answered a request.
+    last_hit: Option<Duration>,
+    /// levee's `levee_retries_total` by kind, and its 503s by reason, over the run;
+    /// `None` when `/metrics` could not be read (and for other proxies).
+    retries: Option<BTreeMap<String, f64>>,
+    sheds: Option<BTreeMap<String, f64>>,
+}
+
+impl ZoneRun {
+    /// Requests the client saw fail: every error and non-2xx answer, except levee's
+    /// own 503 sheds (the replicas never answer 503 here, so every 503 through levee is
+    /// levee's). HAProxy's and nginx's 503s ("no server available", a queue timeout,
+    /// nginx's "no live upstreams") are failures.
+    fn failed(kind: Kind, other: u64, shed: u64) -> u64 {
+        if kind.is_levee() {
+            other
+        } else {
+            other + shed
+        }
+    }
+}
+
+/// Sets zone a failing (`/health` and every request answer 500) `at` into the run,
+/// then watches until `end` (plus [`WATCH_SLACK`]) how many requests zone a still
+/// answers: the count from the fault on, and when the last one came (polled every
+/// [`WATCH_EVERY`]).
+async fn fail_zone_a(zone_a: &[&Replica], at: Duration, end: Duration) -> (u64, Option<Duration>) {
+    tokio::time::sleep(at).await;
+    let served = || zone_a.iter().map(|r| r.stats().served).sum::<u64>();
+    for r in zone_a {
+        r.set_fault(Fault::Failing);
+    }
+    let fault = Instant::now();
+    let base = served();
+    let (mut seen, mut last) = (base, None);
+    while fault.elapsed() < end.saturating_sub(at) + WATCH_SLACK {
+        tokio::time::sleep(WATCH_EVERY).await;
+        let now = served();
+        if now > seen {
+            (seen, last) = (now, Some(fault.elapsed()));
+        }
+    }
+    (seen - base, last)
+}
+
+async fn zonefail_section(
+    plan: &Plan,
+    opts: &Opts,
+    tools: &Tools,
+    kinds: &[Kind],
+    res: &mut Results,
+) {
+    let shape = format!(
+        "{ZONEFAIL_RATE:.0} req/s for {} s, zone a's 2 replicas fail at {} s (500 on every request and on /health)",
+        plan.zonefail.as_secs_f64(),
+        plan.zonefail_at.as_secs_f64()
+    );
+    println!("\n== zonefail: {shape}; {}", zone_shape());
+    res.zonefail_shape = format!("{}; {shape}", zone_shape());
+    let replicas = zone_replicas().await;
+    let zone_a: Vec<&Replica> = replicas
+        .iter()
+        .zip(ZONE_REPLICAS)
+        .filter(|(_, (_, zone))| *zone == "a")
+        .map(|(r, _)| r)
+        .collect();
+    let setup = zone_setup(&replicas, true);
+    let mut runs: BTreeMap<Kind, Vec<ZoneRun>> = BTreeMap::new();
+    for rep in 1..=opts.reps {
+        for &kind in kinds.iter().filter(|k| k.is_proxy()) {
+            for r in &replicas {
+                r.set_fault(Fault::None);
+            }
+            settle(&replicas).await;
+            let Some(p) = start(kind, &setup, tools, res).await else {
+                continue;
+            };
+            let retries0 = p.levee_counter("levee_retries_total", "kind").await;
+            let sheds0 = p.levee_sheds().await;
+            let mut ticks = Vec::new();
+            let load = load::run(
+                open_loop(p.addr, "/work", ZONEFAIL_RATE, plan.zonefail),
+                |t| {
+                    if opts.ticks {
+                        println!("      {}", load::format_tick(t));
+                    }
+                    ticks.push(t.clone());
+                },
+            );
+            let (report, (zone_a_hits, last_hit)) =
+                tokio::join!(load, fail_zone_a(&zone_a, plan.zonefail_at, plan.zonefail));
+            let retries = gained(
+                retries0,
+                p.levee_counter("levee_retries_total", "kind").await,
+            );
+            let sheds = gained(sheds0, p.levee_sheds().await);
+            p.stop().await;
+            for r in &replicas {
+                r.set_fault(Fault::None);
+            }
+            let run = ZoneRun {
+                report,
+                ticks,
+                zone_a_hits,
+                last_hit,
+                retries,
+                sheds,
+            };
+            let r = &run.report;
+            println!(
+                "  rep {rep} {:<12} sent {} 2xx {} 503 {} other {} -> failed {} (by second: {}); zone a answered {} after the fault, the last at {}{}{} {}",
+                kind.name(),
+                r.sent,
+                r.ok,
+                r.shed,
+                r.other,
+                ZoneRun::failed(kind, r.other, r.shed),
+                fail_seconds(kind, &run.ticks),
+                run.zone_a_hits,
+                run.last_hit.map_or("-".into(), report::ms),
+                levee_counts("; levee retries", kind, run.retries.as_ref()),
+                levee_counts("; levee sheds", kind, run.sheds.as_ref()),
+                r.errors_sample.join("; ")
+            );
+            runs.entry(kind).or_default().push(run);
+        }
+    }
+    for (kind, v) in runs {
+        let f = |g: &dyn Fn(&ZoneRun) -> f64| median(v.iter().map(g).collect());
+        let sum = |pick: fn(&ZoneRun) -> Option<&BTreeMap<String, f64>>| {
+            if !kind.is_levee() {
+                return String::new();
+            }
+            let mut all: BTreeMap<String, f64> = BTreeMap::new();
+            let mut read = 0;
+            for counts in v.iter().filter_map(pick) {
+                read += 1;
+                for (k, n) in counts {
+                    *all.entry(k.clone()).or_default() += n;
+                }
+            }
+            match read {
+                0 => "unreadable".into(),
+                _ if all.is_empty() => "none".into(),
+                n => fmt_reasons(&all, f64::from(n)),
+            }
+        };
+        let lasts: Vec<Duration> = v.iter().filter_map(|r| r.last_hit).collect();
+        res.zonefail.push(ZoneRow {
+            kind,
+            runs: v.len(),
+            sent: f(&|r| r.report.sent as f64),
+            ok: f(&|r| r.report.ok as f64),
+            shed: f(&|r| r.report.shed as f64),
+            other: f(&|r| r.report.other as f64),
+            failed: f(&|r| ZoneRun::failed(kind, r.report.other, r.report.shed) as f64),
+            failed_each: v
+                .iter()
+                .map(|r| ZoneRun::failed(kind, r.report.other, r.report.shed))
+                .collect(),
+            ok_p99: median_d(v.iter().map(|r| r.report.ok_p99)),
+            zone_a_hits: f(&|r| r.zone_a_hits as f64),
+            last_hit: (!lasts.is_empty()).then(|| median_d(lasts)),
+            retries: sum(|r| r.retries.as_ref()),
+            sheds: sum(|r| r.sheds.as_ref()),
+            when: v
+                .iter()
+                .map(|r| fail_seconds(kind, &r.ticks))
+                .collect::<Vec<_>>()
+                .join(" / "),
+        });
+    }
+}
+
+/// `; levee retries status 21` (`none` when nothing was counted, `unreadable` when
+/// `/metrics` could not be read); empty for other proxies.
+fn levee_counts(label: &str, kind: Kind, counts: Option<&BTreeMap<String, f64>>) -> String {
+    if !kind.is_levee() {
+        return String::new();
+    }
+    match counts {
+        None => format!("{label} unreadable"),
+        Some(c) if c.is_empty() => format!("{label} none"),
+        Some(c) => format!("{label} {}", fmt_reasons(c, 1.0)),
+    }
+}
+
+/// The seconds of a run in which requests failed, e.g. `s6 12, s7 3` (`s6`: the sixth
+/// second of the load; a request counts in the second it ended); `none` when none did.
+fn fail_seconds(kind: Kind, ticks: &[Tick]) -> String {
+    let parts: Vec<String> = ticks
+        .iter()
+        .filter_map(|t| {
+            let n = ZoneRun::failed(kind, t.other, t.shed);
+            (n > 0).then(|| format!("s{} {n}", t.second))
+        })
+        .collect();
+    if parts.is_empty() {
+        "none".into()
+    } else {
+        parts.join(", ")
     }
 }

@@ -4,9 +4,10 @@
 # 10,000 idle client connections (it needs 11,024 descriptors; HAProxy asks for two per
 # connection and is started with `no strict-limits` when the limit is lower).
 #
-#   scripts/bench.sh              # full run, about 6 minutes
-#   scripts/bench.sh --quick      # CI smoke, under 60 s
+#   scripts/bench.sh              # full run, about 25 minutes
+#   scripts/bench.sh --quick      # CI smoke, under 2 minutes
 #   scripts/bench.sh --only levee,haproxy --sections raw
+#   scripts/bench.sh --sections fresh,zonefail --only levee,haproxy,nginx
 #
 # The results are printed as Markdown tables and written as JSON to
 # target/bench-load.json. haproxy, nginx and wrk come from Debian

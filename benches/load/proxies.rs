@@ -203,6 +203,31 @@ pub struct Setup {
     pub queue_timeout: Duration,
     /// Most client connections the proxy must accept (memory section: 10,000 + slack).
     pub max_clients: u32,
+    /// Failure zone of each backend, in the order of `backends`; empty: no zones. levee
+    /// runs in the first backend's zone (`server.zone`) and prefers it; HAProxy and
+    /// nginx have no zones and balance over all backends.
+    pub zones: Vec<String>,
+    /// Active health checks of `/health`; `None`: none. nginx gets none either way:
+    /// open-source nginx has only passive checks (`max_fails`, `fail_timeout`).
+    pub health: Option<HealthChecks>,
+    /// Send an idempotent request whose backend answered 500, 502, 503 or 504 (or
+    /// failed to answer) to another backend: levee `retry_on_status`, HAProxy
+    /// `retry-on` with `option redispatch 1`, nginx `proxy_next_upstream`.
+    pub retry_5xx: bool,
+    /// levee: the overload section's early-shedding `[upstream.levels]` (caution at a
+    /// quarter of the queue, danger at half); `false`: levee's default levels.
+    pub early_levels: bool,
+}
+
+/// Active health checks, the same for levee and HAProxy.
+#[derive(Debug, Clone, Copy)]
+pub struct HealthChecks {
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Passing probes in a row that bring a backend back.
+    pub rise: u32,
+    /// Failing probes in a row that take a backend out.
+    pub fall: u32,
 }
 
 /// A started proxy (or direct): where to send the load.
@@ -211,6 +236,10 @@ pub struct Running {
     pub addr: SocketAddr,
     /// levee's admin listener (`/metrics`), levee-before's too.
     pub admin: Option<SocketAddr>,
+    /// When the process was spawned (for direct: when [`Running::start`] was called).
+    pub started: Instant,
+    /// From spawn to the first 2xx answer through the proxy.
+    pub ready_after: Duration,
     child: Option<Child>,
     dir: Option<tempfile::TempDir>,
 }
@@ -224,6 +253,8 @@ impl Running {
                 kind,
                 addr,
                 admin: None,
+                started: Instant::now(),
+                ready_after: Duration::ZERO,
                 child: None,
                 dir: None,
             });
@@ -254,6 +285,7 @@ impl Running {
         let conf = d.join(conf_name);
         std::fs::write(&conf, text).map_err(|e| format!("write {}: {e}", conf.display()))?;
         let log = std::fs::File::create(d.join("stderr.log")).map_err(|e| format!("log: {e}"))?;
+        let started = Instant::now();
         let mut cmd = Command::new(binary);
         match kind {
             Kind::Levee | Kind::LeveeMulti | Kind::LeveeBefore => {
@@ -279,10 +311,13 @@ impl Running {
             kind,
             addr,
             admin,
+            started,
+            ready_after: Duration::ZERO,
             child: Some(child),
             dir: Some(dir),
         };
         running.wait_ready().await?;
+        running.ready_after = started.elapsed();
         Ok(running)
     }
 
@@ -317,15 +352,24 @@ impl Running {
     /// levee's `levee_shed_total` by reason, summed over upstreams and classes, from
     /// its admin `/metrics`; `None` for other proxies or when it cannot be read.
     pub async fn levee_sheds(&self) -> Option<BTreeMap<String, f64>> {
+        self.levee_counter("levee_shed_total", "reason").await
+    }
+
+    /// levee's counter `name` from its admin `/metrics`, summed by the value of its
+    /// label `label` (`?` where a line has none); `None` for other proxies or when
+    /// `/metrics` cannot be read.
+    pub async fn levee_counter(&self, name: &str, label: &str) -> Option<BTreeMap<String, f64>> {
         let admin = self.admin?;
         let text = tokio::time::timeout(Duration::from_secs(2), get(admin, "/metrics"))
             .await
             .ok()?
             .ok()?;
-        let mut sheds = BTreeMap::new();
-        for line in text.lines().filter(|l| l.starts_with("levee_shed_total{")) {
-            let reason = line
-                .split("reason=\"")
+        let prefix = format!("{name}{{");
+        let key = format!("{label}=\"");
+        let mut sums = BTreeMap::new();
+        for line in text.lines().filter(|l| l.starts_with(&prefix)) {
+            let value_of_label = line
+                .split(key.as_str())
                 .nth(1)
                 .and_then(|r| r.split('"').next())
                 .unwrap_or("?");
@@ -334,9 +378,9 @@ impl Running {
                 .next()
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0.0);
-            *sheds.entry(reason.to_owned()).or_default() += value;
+            *sums.entry(value_of_label.to_owned()).or_default() += value;
         }
-        Some(sheds)
+        Some(sums)
     }
 
     /// The last lines the proxy wrote to its logs, to explain a failure.
@@ -521,17 +565,27 @@ async fn probe(addr: SocketAddr) -> std::io::Result<u16> {
 }
 
 /// levee: one upstream, least in-flight, the limits of `setup`, the client cap of
-/// HAProxy's `maxconn`; no health checks (none of the proxies has them here), logs at
-/// levee's defaults.
+/// HAProxy's `maxconn`, logs at levee's defaults; health checks, zones and status
+/// retries as `setup` asks (none of them in the raw, overload, memory and shed
+/// sections).
 /// `extra` goes into `[server]` (levee-before gets none: an older build may not know
 /// newer keys).
 fn levee_config(addr: SocketAddr, admin: Option<SocketAddr>, s: &Setup, extra: &str) -> String {
     let max_inflight = s.max_conns.unwrap_or(100_000);
+    let zone = s
+        .zones
+        .first()
+        .map_or(String::new(), |z| format!("zone = \"{z}\"\n"));
+    let retry = if s.retry_5xx {
+        "retry_on_status = [500, 502, 503, 504]\n"
+    } else {
+        ""
+    };
     let mut t = format!(
         r#"[server]
 listen = ["{addr}"]
 threads = {threads}
-{extra}grace_period_ms = 200
+{extra}{zone}grace_period_ms = 200
 max_connections = {max_connections}
 {admin}
 
@@ -539,7 +593,7 @@ max_connections = {max_connections}
 name = "bench"
 routes = ["/"]
 balance = "least_inflight"
-
+{retry}
 [upstream.limits]
 max_inflight = {max_inflight}
 queue_depth = {depth}
@@ -553,7 +607,7 @@ queue_timeout_ms = {timeout}
         depth = s.queue_depth,
         timeout = s.queue_timeout.as_millis().max(1),
     );
-    if s.queue_depth >= 4 && s.max_conns.is_some() {
+    if s.early_levels && s.queue_depth >= 4 && s.max_conns.is_some() {
         // Shed early under sustained overload: the queue only absorbs bursts.
         let _ = write!(
             t,
@@ -562,17 +616,46 @@ queue_timeout_ms = {timeout}
             d = (s.queue_depth / 2).max(1),
         );
     }
-    for b in &s.backends {
+    if let Some(h) = &s.health {
+        let _ = write!(
+            t,
+            "\n[upstream.health]\npath = \"/health\"\ninterval_ms = {}\ntimeout_ms = {}\nrise = {}\nfall = {}\n",
+            h.interval.as_millis().max(1),
+            h.timeout.as_millis().max(1),
+            h.rise,
+            h.fall,
+        );
+    }
+    for (i, b) in s.backends.iter().enumerate() {
         let _ = write!(t, "\n[[upstream.backend]]\naddress = \"{b}\"\n");
+        if let Some(z) = s.zones.get(i) {
+            let _ = writeln!(t, "zone = \"{z}\"");
+        }
     }
     t
 }
 
 /// HAProxy: `maxconn` per server and `timeout queue`; requests past a full server
 /// wait in the backend queue (unbounded in length) until a slot frees or the queue
-/// timeout answers 503. No logs.
+/// timeout answers 503. No logs. When `setup` asks for them: health checks (`option
+/// httpchk`, `check inter … rise … fall …`, plus `observe layer7 error-limit 5
+/// on-error mark-down`, levee's default passive ejection) and retries (`retry-on` on
+/// connect failures, empty responses, response timeouts and 500/502/503/504, each
+/// retry redispatched to another server, at most 3).
 fn haproxy_config(addr: SocketAddr, s: &Setup) -> String {
     let maxconn = s.max_clients.max(2000);
+    let mut backend_opts = String::new();
+    if s.health.is_some() {
+        backend_opts.push_str("    option httpchk GET /health\n");
+    }
+    if s.retry_5xx {
+        backend_opts.push_str(
+            "    retries 3\n    option redispatch 1\n    retry-on conn-failure empty-response response-timeout 500 502 503 504\n",
+        );
+    }
+    let check_timeout = s.health.map_or(String::new(), |h| {
+        format!("    timeout check {}ms\n", h.timeout.as_millis().max(1))
+    });
     let mut t = format!(
         r#"global
     nbthread {threads}
@@ -591,7 +674,7 @@ defaults
     timeout http-request 10s
     timeout http-keep-alive 60s
     timeout queue {queue}ms
-
+{check_timeout}
 frontend fe
     bind {addr}
     default_backend be
@@ -599,7 +682,7 @@ frontend fe
 backend be
     balance leastconn
     http-reuse always
-"#,
+{backend_opts}"#,
         threads = s.threads,
         queue = s.queue_timeout.as_millis().max(1),
     );
@@ -607,6 +690,17 @@ backend be
         let _ = write!(t, "    server s{i} {b}");
         if let Some(n) = s.max_conns {
             let _ = write!(t, " maxconn {n}");
+        }
+        if let Some(h) = &s.health {
+            // levee's passive ejection (on by default: 5 failed requests in a row, 5xx
+            // included) in HAProxy's terms: 5 bad answers in a row mark a server down.
+            let _ = write!(
+                t,
+                " check inter {}ms rise {} fall {} observe layer7 error-limit 5 on-error mark-down",
+                h.interval.as_millis().max(1),
+                h.rise,
+                h.fall
+            );
         }
         t.push('\n');
     }
@@ -617,6 +711,10 @@ backend be
 /// per worker). Open-source nginx has no upstream `queue` (NGINX Plus only): a request
 /// finding every server at `max_conns` fails at once with 502 "no live upstreams",
 /// mapped here to 503 so it counts as a shed. Access log off, error log at `crit`.
+/// With `retry_5xx`, `proxy_next_upstream` adds `http_500 http_502 http_503
+/// http_504` to its default `error timeout` (tries: every server); such an answer also
+/// counts as one of the server's `max_fails` (default 1 in `fail_timeout`, 10 s),
+/// nginx's passive check. No active checks: open-source nginx has none.
 fn nginx_config(addr: SocketAddr, s: &Setup, dir: &Path) -> String {
     let nofile = nofile_limit().unwrap_or(1024).min(1_000_000);
     let worker_connections = (nofile.saturating_sub(64)).clamp(512, 32_768);
@@ -629,11 +727,16 @@ fn nginx_config(addr: SocketAddr, s: &Setup, dir: &Path) -> String {
         }
         servers.push_str(";\n");
     }
-    let shed = if s.max_conns.is_some() {
-        "            error_page 502 =503 @shed;\n"
+    let mut location = if s.max_conns.is_some() {
+        "            error_page 502 =503 @shed;\n".to_owned()
     } else {
-        ""
+        String::new()
     };
+    if s.retry_5xx {
+        location.push_str(
+            "            proxy_next_upstream error timeout http_500 http_502 http_503 http_504;\n",
+        );
+    }
     format!(
         r#"daemon off;
 worker_processes {threads};
@@ -668,7 +771,7 @@ http {{
             proxy_pass http://be;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
-{shed}        }}
+{location}        }}
         location @shed {{
             default_type application/json;
             return 503 '{{"error":"overloaded"}}\n';

@@ -138,6 +138,88 @@ pub struct ShedRow {
     pub held: bool,
 }
 
+/// The fresh section's replicas, measured once, directly, at a low rate.
+#[derive(Debug, Clone)]
+pub struct FreshBase {
+    pub slots: usize,
+    /// slots / nominal service time.
+    pub nominal: f64,
+    /// The rate of the measurement, and the answers it got.
+    pub rate: f64,
+    pub samples: u64,
+    pub p50: Duration,
+    /// The unloaded p99: the reference for admitted latency through a proxy.
+    pub p99: Duration,
+    /// C = slots / p50.
+    pub cap: f64,
+}
+
+/// One proxy at one load factor, each run on a freshly started process.
+#[derive(Debug, Clone)]
+pub struct FreshRow {
+    pub over: OverRow,
+    /// Requests the generator actually sent per second (below the offered rate when it
+    /// could not keep up).
+    pub sent_rate: f64,
+    /// From spawn to the proxy's first 2xx answer.
+    pub ready: Duration,
+}
+
+/// A burst on a fresh, idle proxy (medians over runs).
+#[derive(Debug, Clone)]
+pub struct BurstRow {
+    pub kind: Kind,
+    pub runs: usize,
+    pub rate: f64,
+    pub millis: u64,
+    /// The most requests the limits can admit from such a burst: every slot starts a
+    /// request each service time (p50) from the burst's first request until its last
+    /// one's queue timeout runs out.
+    pub admit_max: f64,
+    pub sent: f64,
+    pub ok: f64,
+    pub shed: f64,
+    /// 503s per run.
+    pub shed_each: Vec<u64>,
+    pub other: f64,
+    pub ok_p99: Duration,
+    /// levee only: its 503s by reason, per run.
+    pub shed_reasons: String,
+}
+
+/// One proxy while a zone fails (medians over runs).
+#[derive(Debug, Clone)]
+pub struct ZoneRow {
+    pub kind: Kind,
+    pub runs: usize,
+    pub sent: f64,
+    pub ok: f64,
+    pub shed: f64,
+    pub other: f64,
+    /// Requests the client saw fail: errors and non-2xx, except levee's own 503 sheds.
+    pub failed: f64,
+    /// The same, per run.
+    pub failed_each: Vec<u64>,
+    pub ok_p99: Duration,
+    /// Requests zone a answered (500) from the fault on.
+    pub zone_a_hits: f64,
+    /// When, after the fault, zone a answered its last request (median over runs).
+    pub last_hit: Option<Duration>,
+    /// levee only: `levee_retries_total` by kind, and its 503s by reason, per run.
+    pub retries: String,
+    pub sheds: String,
+    /// Per run, the seconds with failures (`s6 12, s7 3` or `none`), ` / ` between runs.
+    pub when: String,
+}
+
+/// Issue 10's fresh-start targets.
+pub const FRESH_GOODPUT: f64 = 0.99;
+pub const FRESH_P99_RATIO: f64 = 1.2;
+pub const FRESH_SHED_P99: Duration = Duration::from_millis(1);
+/// Below this share of the offered rate actually sent, a row is marked as limited by
+/// the generator.
+pub const GENERATOR_KEPT_UP: f64 = 0.95;
+
 /// Everything one run measured.
 #[derive(Debug, Clone, Default)]
 pub struct Results {
@@ -161,6 +243,16 @@ pub struct Results {
     pub idle_target: usize,
     /// One row per levee kind that ran the shed section.
     pub shed: Vec<ShedRow>,
+    /// The fresh section: its replicas unloaded, its shape and run length, its rows.
+    pub fresh_base: Option<FreshBase>,
+    pub fresh_shape: String,
+    pub fresh_step: Duration,
+    pub fresh: Vec<FreshRow>,
+    /// Generator alone at the fresh section's 10x rate: (rate, sent/s, p50, p99).
+    pub fresh_floor: Option<(f64, f64, Duration, Duration)>,
+    pub burst: Vec<BurstRow>,
+    pub zonefail_shape: String,
+    pub zonefail: Vec<ZoneRow>,
     pub notes: Vec<String>,
 }
 
@@ -238,21 +330,59 @@ fn overload_checks(r: &OverRow, base_p99: Option<Duration>, cap: f64) -> [(Strin
             Some(x) => (format!("{} ({x:.2}x)", ms(r.ok_p99)), x <= 1.5),
             None => ("-".into(), false),
         },
-        if r.shed > 0.0 {
-            // The probe has no timer floor; the generator's figure is shown beside it.
-            match r.probe_shed_p99 {
-                Some(p) => (
-                    format!("{} (generator {})", ms(p), ms(r.shed_p99)),
-                    p <= Duration::from_millis(1),
-                ),
-                None => (
-                    format!("{} (generator)", ms(r.shed_p99)),
-                    r.shed_p99 <= Duration::from_millis(1),
-                ),
-            }
+        shed_p99_check(r, Duration::from_millis(1)),
+    ]
+}
+
+/// 503 p99 of one row against `limit`: the probe's when it got 503s (it has no timer
+/// floor; the generator's figure is shown beside it), else the generator's.
+fn shed_p99_check(r: &OverRow, limit: Duration) -> (String, bool) {
+    if r.shed <= 0.0 {
+        return ("no 503".into(), true);
+    }
+    match r.probe_shed_p99 {
+        Some(p) => (
+            format!("{} (generator {})", ms(p), ms(r.shed_p99)),
+            p <= limit,
+        ),
+        None => (
+            format!("{} (generator)", ms(r.shed_p99)),
+            r.shed_p99 <= limit,
+        ),
+    }
+}
+
+/// Goodput share of C, admitted p99 over the replicas' unloaded p99, 503 p99 of one
+/// fresh row, against issue 10's targets.
+/// When the generator fell behind (sent less than [`GENERATOR_KEPT_UP`] of the offered
+/// rate) each value says so: its own delay is then in every latency.
+fn fresh_checks(r: &FreshRow, base: &FreshBase) -> [(String, bool); 3] {
+    let o = &r.over;
+    let share = o.goodput / base.cap;
+    let ratio = o.ok_p99.as_secs_f64() / base.p99.as_secs_f64().max(1e-9);
+    let behind = if r.sent_rate < GENERATOR_KEPT_UP * o.offered {
+        format!(
+            " [generator sent {:.0}/s of {:.0}/s]",
+            r.sent_rate, o.offered
+        )
+    } else {
+        String::new()
+    };
+    let (shed, shed_ok) = shed_p99_check(o, FRESH_SHED_P99);
+    [
+        (
+            format!("{:.0}/s, {:.1}%{behind}", o.goodput, share * 100.0),
+            share >= FRESH_GOODPUT,
+        ),
+        if o.goodput > 0.0 {
+            (
+                format!("{} ({ratio:.2}x {}){behind}", ms(o.ok_p99), ms(base.p99)),
+                ratio <= FRESH_P99_RATIO,
+            )
         } else {
-            ("no 503".into(), true)
+            ("no 2xx".into(), false)
         },
+        (format!("{shed}{behind}"), shed_ok),
     ]
 }
 
@@ -277,6 +407,102 @@ impl Results {
 
     fn added_p99(&self, kind: Kind) -> Option<f64> {
         self.raw_row(kind)?.added_p99
+    }
+
+    fn fresh_row(&self, kind: Kind, factor: f64) -> Option<&FreshRow> {
+        self.fresh
+            .iter()
+            .find(|r| r.over.kind == kind && r.over.factor == factor)
+    }
+
+    /// Issue 10's targets: fresh start (goodput, admitted p99, 503 p99, the burst) and
+    /// a failing zone.
+    fn fresh_targets(&self, out: &mut Vec<Target>) {
+        let skip = |name: String| Target {
+            name,
+            levee: "-".into(),
+            verdict: Verdict::Skip,
+            others: Vec::new(),
+        };
+        let judged =
+            |name: String, check: &dyn Fn(Kind) -> Option<(String, bool)>| match check(Kind::Levee)
+            {
+                Some((value, ok)) => Target {
+                    name,
+                    levee: value,
+                    verdict: Verdict::of(ok),
+                    others: [Kind::Haproxy, Kind::Nginx]
+                        .into_iter()
+                        .filter_map(|k| {
+                            let (v, ok) = check(k)?;
+                            Some((k, format!("{v} {}", mark(ok))))
+                        })
+                        .collect(),
+                },
+                None => skip(name),
+            };
+        let names = [
+            format!("goodput >= {:.0}% of C", FRESH_GOODPUT * 100.0),
+            format!("admitted p99 <= {FRESH_P99_RATIO}x unloaded p99"),
+            format!("503 p99 <= {}", ms(FRESH_SHED_P99)),
+        ];
+        for (factor, wanted) in [
+            (1.0, &[0][..]),
+            (2.0, &[0, 1][..]),
+            (5.0, &[0, 1, 2][..]),
+            (10.0, &[0, 1][..]),
+        ] {
+            for &i in wanted {
+                let name = format!("fresh {factor:.0}x C: {}", names[i]);
+                out.push(judged(name, &|kind| {
+                    let row = self.fresh_row(kind, factor)?;
+                    Some(fresh_checks(row, self.fresh_base.as_ref()?)[i].clone())
+                }));
+            }
+        }
+        let name = format!(
+            "fresh: {:.0}x C for {} ms on an idle upstream: 0 shed",
+            crate::BURST_FACTOR,
+            crate::BURST.as_millis()
+        );
+        out.push(judged(name, &|kind| {
+            let b = self.burst.iter().find(|b| b.kind == kind)?;
+            let each: Vec<String> = b.shed_each.iter().map(u64::to_string).collect();
+            let other = if b.other > 0.0 {
+                format!(", {:.0} other", b.other)
+            } else {
+                String::new()
+            };
+            Some((
+                format!(
+                    "{:.0} shed of {:.0} (runs: {}){other}; the limits admit at most ~{:.0}",
+                    b.shed,
+                    b.sent,
+                    each.join(", "),
+                    b.admit_max
+                ),
+                b.shed_each.iter().all(|&n| n == 0),
+            ))
+        }));
+        let name = "zonefail: 0 failed requests".to_owned();
+        out.push(judged(name, &|kind| {
+            let z = self.zonefail.iter().find(|z| z.kind == kind)?;
+            let each: Vec<String> = z.failed_each.iter().map(u64::to_string).collect();
+            let shed = if kind.is_levee() && z.shed > 0.0 {
+                format!(", {:.0} shed", z.shed)
+            } else {
+                String::new()
+            };
+            Some((
+                format!(
+                    "{:.0} of {:.0} (runs: {}{shed})",
+                    z.failed,
+                    z.sent,
+                    each.join(", ")
+                ),
+                z.failed_each.iter().all(|&n| n == 0),
+            ))
+        }));
     }
 
     /// Every target of the issue, judged on levee; other proxies shown for context.
@@ -376,6 +602,7 @@ impl Results {
             }),
             None => out.push(skip(name)),
         }
+        self.fresh_targets(&mut out);
         out
     }
 
@@ -724,6 +951,9 @@ impl Results {
             );
         }
 
+        self.render_fresh(&mut s);
+        self.render_zonefail(&mut s);
+
         let before = self.before_comparison();
         if !before.is_empty() {
             let _ = writeln!(s);
@@ -785,6 +1015,193 @@ impl Results {
         s
     }
 
+    fn render_fresh(&self, s: &mut String) {
+        let Some(base) = &self.fresh_base else {
+            return;
+        };
+        let _ = writeln!(s);
+        let _ = writeln!(
+            s,
+            "### Fresh start: {}; each run on a new proxy process, open-loop load from {} ms after its spawn for {} s",
+            self.fresh_shape,
+            crate::FRESH_DELAY.as_millis(),
+            self.fresh_step.as_secs_f64()
+        );
+        let _ = writeln!(s);
+        let _ = writeln!(
+            s,
+            "Replicas unloaded (direct to one, {:.0} req/s, {} answers): p50 {}, **p99 {}**; C = {} slots / {} = {:.0} req/s (nominal {:.0}).",
+            base.rate,
+            base.samples,
+            ms(base.p50),
+            ms(base.p99),
+            base.slots,
+            ms(base.p50),
+            base.cap,
+            base.nominal
+        );
+        if !self.fresh.is_empty() {
+            let _ = writeln!(s);
+            let _ = writeln!(
+                s,
+                "| proxy | load | offered/s | sent/s | goodput/s | % of C | 2xx p50 | 2xx p99 | 2xx p99 / unloaded p99 | 503/s | 503 p99 | 503 p99 (probe) | other | replica peak in flight | first answer after spawn |"
+            );
+            let _ = writeln!(
+                s,
+                "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+            );
+            for f in &self.fresh {
+                let r = &f.over;
+                let _ = writeln!(
+                    s,
+                    "| {} | {:.0}x | {:.0} | {:.0} | {:.0} | {:.1}% | {} | {} | {:.2}x | {:.0} | {} | {} | {:.0} | {} | {} |",
+                    r.kind.name(),
+                    r.factor,
+                    r.offered,
+                    f.sent_rate,
+                    r.goodput,
+                    100.0 * r.goodput / base.cap,
+                    ms(r.ok_p50),
+                    ms(r.ok_p99),
+                    r.ok_p99.as_secs_f64() / base.p99.as_secs_f64().max(1e-9),
+                    r.shed_rate,
+                    if r.shed > 0.0 {
+                        ms(r.shed_p99)
+                    } else {
+                        "-".into()
+                    },
+                    r.probe_shed_p99.map_or("-".into(), ms),
+                    r.other,
+                    r.peak,
+                    ms(f.ready)
+                );
+            }
+        }
+        if let Some((rate, sent, p50, p99)) = self.fresh_floor {
+            let _ = writeln!(s);
+            let _ = writeln!(
+                s,
+                "Generator floor (direct to a fast backend at {rate:.0} req/s, no proxy): sent {sent:.0}/s, p50 {}, p99 {}. \
+                 \"sent/s\" below \"offered/s\" means the generator could not keep up on this machine: its own delay is then in \
+                 every latency of that row.",
+                ms(p50),
+                ms(p99)
+            );
+        }
+        let reasons: Vec<String> = self
+            .fresh
+            .iter()
+            .filter(|r| !r.over.shed_reasons.is_empty())
+            .map(|r| {
+                format!(
+                    "{} {:.0}x: {}",
+                    r.over.kind.name(),
+                    r.over.factor,
+                    r.over.shed_reasons
+                )
+            })
+            .collect();
+        if !reasons.is_empty() {
+            let _ = writeln!(s);
+            let _ = writeln!(
+                s,
+                "levee's 503s by reason (`levee_shed_total`, per run): {}.",
+                reasons.join("; ")
+            );
+        }
+        if !self.burst.is_empty() {
+            let _ = writeln!(s);
+            let _ = writeln!(
+                s,
+                "Burst on an idle upstream (a new proxy process, {} ms after its spawn):",
+                crate::FRESH_DELAY.as_millis()
+            );
+            let _ = writeln!(s);
+            let _ = writeln!(
+                s,
+                "| proxy | burst | sent | limits admit at most | 2xx | 2xx p99 | 503 | 503 per run | other | levee's 503s by reason |"
+            );
+            let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---|---:|---|");
+            let admit = self.burst.first().map_or(0.0, |b| b.admit_max);
+            for b in &self.burst {
+                let each: Vec<String> = b.shed_each.iter().map(u64::to_string).collect();
+                let _ = writeln!(
+                    s,
+                    "| {} | {:.0} req/s for {} ms | {:.0} | ~{:.0} | {:.0} | {} | {:.0} | {} | {:.0} | {} |",
+                    b.kind.name(),
+                    b.rate,
+                    b.millis,
+                    b.sent,
+                    b.admit_max,
+                    b.ok,
+                    ms(b.ok_p99),
+                    b.shed,
+                    each.join(", "),
+                    b.other,
+                    if b.shed_reasons.is_empty() {
+                        "-"
+                    } else {
+                        &b.shed_reasons
+                    }
+                );
+            }
+            let _ = writeln!(
+                s,
+                "\n\"Limits admit at most\": the slots start a request every p50 from the burst's first request until the last one's queue timeout ({} ms) runs out, about {admit:.0}; the rest of a burst of this size is shed by any proxy that keeps these limits, so the 0-shed target cannot be met with them.",
+                crate::ZONE_QUEUE_TIMEOUT.as_millis()
+            );
+        }
+    }
+
+    fn render_zonefail(&self, s: &mut String) {
+        if self.zonefail.is_empty() {
+            return;
+        }
+        let _ = writeln!(s);
+        let _ = writeln!(s, "### Zone failure: {}", self.zonefail_shape);
+        let _ = writeln!(s);
+        let _ = writeln!(
+            s,
+            "| proxy | sent | 2xx | 2xx p99 | 503 | other | failed (client saw) | failed per run | when (second of the load: failures) | zone a answered after the fault | its last answer after the fault | levee retries | levee's 503s by reason |"
+        );
+        let _ = writeln!(
+            s,
+            "|---|---:|---:|---:|---:|---:|---:|---|---|---:|---:|---|---|"
+        );
+        for z in &self.zonefail {
+            let each: Vec<String> = z.failed_each.iter().map(u64::to_string).collect();
+            let dash = |v: &str| {
+                if v.is_empty() {
+                    "-".to_owned()
+                } else {
+                    v.to_owned()
+                }
+            };
+            let _ = writeln!(
+                s,
+                "| {} | {:.0} | {:.0} | {} | {:.0} | {:.0} | **{:.0}** | {} | {} | {:.0} | {} | {} | {} |",
+                z.kind.name(),
+                z.sent,
+                z.ok,
+                ms(z.ok_p99),
+                z.shed,
+                z.other,
+                z.failed,
+                each.join(", "),
+                z.when,
+                z.zone_a_hits,
+                z.last_hit.map_or("-".into(), ms),
+                dash(&z.retries),
+                dash(&z.sheds)
+            );
+        }
+        let _ = writeln!(s);
+        let _ = writeln!(
+            s,
+            "Failed: transport errors, timeouts and every non-2xx answer, except levee's own 503 sheds (the replicas never answer 503, so every 503 through levee is levee's; HAProxy's and nginx's 503s, \"no server available\" or \"no live upstreams\", count as failed)."
+        );
+    }
+
     pub fn to_json(&self) -> Value {
         let d = |d: Duration| d.as_secs_f64() * 1e3;
         json!({
@@ -819,6 +1236,40 @@ impl Results {
                 "target": s.kind.name(), "runs": s.runs, "proxied_rps": s.proxied_rps, "shed_rps": s.shed_rps,
                 "shed_p50_ms": d(s.shed_p50), "shed_p99_ms": d(s.shed_p99), "held": s.held,
                 "proxied_cpu_us": s.proxied_cpu_us, "shed_cpu_us": s.shed_cpu_us,
+            })).collect::<Vec<_>>(),
+            "fresh_base": self.fresh_base.as_ref().map(|b| json!({
+                "slots": b.slots, "nominal_rps": b.nominal, "rate": b.rate, "samples": b.samples,
+                "p50_ms": d(b.p50), "unloaded_p99_ms": d(b.p99), "capacity_rps": b.cap,
+            })),
+            "fresh_shape": self.fresh_shape,
+            "fresh_step_s": self.fresh_step.as_secs_f64(),
+            "fresh": self.fresh.iter().map(|f| {
+                let r = &f.over;
+                json!({
+                    "proxy": r.kind.name(), "runs": r.runs, "factor": r.factor, "offered": r.offered,
+                    "sent_per_s": f.sent_rate, "goodput": r.goodput,
+                    "goodput_share": self.fresh_base.as_ref().map(|b| r.goodput / b.cap),
+                    "ok_p50_ms": d(r.ok_p50), "ok_p99_ms": d(r.ok_p99),
+                    "ok_p99_over_unloaded": self.fresh_base.as_ref().map(|b| r.ok_p99.as_secs_f64() / b.p99.as_secs_f64().max(1e-9)),
+                    "shed_per_s": r.shed_rate, "shed_p99_ms": d(r.shed_p99), "probe_shed_p99_ms": r.probe_shed_p99.map(d),
+                    "other": r.other, "peak_inflight": r.peak, "cpu_cores": r.cpu_cores, "shed_reasons": r.shed_reasons,
+                    "ready_ms": d(f.ready),
+                })
+            }).collect::<Vec<_>>(),
+            "fresh_floor": self.fresh_floor.map(|(rate, sent, p50, p99)| json!({
+                "rate": rate, "sent_per_s": sent, "p50_ms": d(p50), "p99_ms": d(p99),
+            })),
+            "fresh_burst": self.burst.iter().map(|b| json!({
+                "proxy": b.kind.name(), "runs": b.runs, "rate": b.rate, "ms": b.millis, "admit_max": b.admit_max, "sent": b.sent,
+                "ok": b.ok, "ok_p99_ms": d(b.ok_p99), "shed": b.shed, "shed_each": b.shed_each,
+                "other": b.other, "shed_reasons": b.shed_reasons,
+            })).collect::<Vec<_>>(),
+            "zonefail_shape": self.zonefail_shape,
+            "zonefail": self.zonefail.iter().map(|z| json!({
+                "proxy": z.kind.name(), "runs": z.runs, "sent": z.sent, "ok": z.ok, "ok_p99_ms": d(z.ok_p99),
+                "shed": z.shed, "other": z.other, "failed": z.failed, "failed_each": z.failed_each,
+                "failures_by_second": z.when, "zone_a_hits_after_fault": z.zone_a_hits,
+                "zone_a_last_hit_ms": z.last_hit.map(d), "levee_retries": z.retries, "levee_sheds": z.sheds,
             })).collect::<Vec<_>>(),
             "levee_vs_before": self.before_comparison().iter().map(|c| json!({
                 "measure": c.measure, "levee": c.levee, "levee_before": c.before, "vs": c.vs,
