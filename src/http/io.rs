@@ -31,8 +31,8 @@ pub struct ConnShared {
     /// Requests started on this connection.
     pub requests: AtomicU64,
     /// Bytes came from the client since the last request started: a head may be
-    /// partly read, so the connection stays with its hyper connection (whose header
-    /// timeout bounds that head).
+    /// partly read, so the connection stays with its hyper connection (and the busy
+    /// period's head watch bounds that head by `client_header`).
     pub read_since_request: AtomicBool,
     /// The raw bytes broke a framing rule hyper does not check (an empty chunk-size
     /// line): the request in progress is refused and the connection closed.

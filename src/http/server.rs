@@ -7,7 +7,7 @@
 //! hyper keeps an 8 KiB read buffer per connection, which is most of what 10,000 idle
 //! keep-alive connections would cost. The next bytes get a new hyper connection. The
 //! wait between requests is bounded by `client_idle`, each request head by
-//! `client_header` (hyper's header timeout), each stalled write by `write`.
+//! `client_header` (checked on the busy period's tick), each stalled write by `write`.
 //!
 //! An accepted upgrade (101) ends the hyper connection the same way; the socket and
 //! the backend's upgraded connection are then spliced until either side closes.
@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::Poll;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -152,10 +152,11 @@ pub async fn serve_connection(
 /// `Connection: close` and ends the connection after the response.
 fn h1_builder(settings: &Settings, keep_alive: bool) -> hyper::server::conn::http1::Builder {
     let mut builder = hyper::server::conn::http1::Builder::new();
+    // No hyper timer: its header timeout would arm (and box) a timer for every
+    // request; `busy` bounds heads on its own tick instead ([`HeadWatch`]).
     builder
         .keep_alive(keep_alive)
-        .timer(TokioTimer::new())
-        .header_read_timeout(settings.client_header)
+        .header_read_timeout(None)
         .max_buf_size((settings.max_header_bytes as usize).max(8192))
         .max_header_size(settings.max_header_bytes as usize)
         .max_headers(MAX_HEADER_FIELDS)
@@ -194,11 +195,17 @@ async fn busy(
     let mut hc = h1_builder(settings, keep_alive).serve_connection(TokioIo::new(io), svc);
     let mut released = false;
     let mut closing = !keep_alive;
+    let mut head = HeadWatch::default();
     let result = loop {
         tokio::select! {
             r = std::future::poll_fn(|cx| hc.poll_without_shutdown(cx)) => break r,
-            _ = tokio::time::sleep(IDLE_RELEASE), if !closing => {
-                let idle = shared.active.load(Ordering::Acquire) == 0
+            _ = tokio::time::sleep(IDLE_RELEASE) => {
+                if head.overdue(shared, settings.client_header) {
+                    tracing::debug!(peer = %conn.peer, "request header not complete within client_header");
+                    return Busy::Closed;
+                }
+                let idle = !closing
+                    && shared.active.load(Ordering::Acquire) == 0
                     && !shared.unflushed.load(Ordering::Relaxed)
                     && !shared.read_since_request.load(Ordering::Relaxed);
                 if idle {
@@ -230,6 +237,37 @@ async fn busy(
     }
     next.unread(detach(parts.read_buf));
     Busy::Released(next)
+}
+
+/// Bounds each request head by `client_header`, checked every [`IDLE_RELEASE`] of a
+/// busy period: a head is in progress while bytes have come from the client since the
+/// last request began and no request is in progress (its head is not complete). One
+/// seen in progress, with no request begun since, for `client_header` is overdue: the
+/// connection closes (slowloris), within `client_header` plus two ticks. hyper's own
+/// header timeout would do the same with a timer armed for every request.
+#[derive(Default)]
+struct HeadWatch {
+    /// Since when, and at which request count, a head was first seen in progress.
+    seen: Option<(Instant, u64)>,
+}
+
+impl HeadWatch {
+    fn overdue(&mut self, shared: &ConnShared, limit: Duration) -> bool {
+        let in_progress = shared.read_since_request.load(Ordering::Relaxed)
+            && shared.active.load(Ordering::Acquire) == 0;
+        if !in_progress {
+            self.seen = None;
+            return false;
+        }
+        let requests = shared.requests.load(Ordering::Relaxed);
+        match self.seen {
+            Some((since, at)) if at == requests => since.elapsed() >= limit,
+            _ => {
+                self.seen = Some((Instant::now(), requests));
+                false
+            }
+        }
+    }
 }
 
 /// The bytes hyper read ahead, without hyper's read buffer: the `Bytes` it hands back
