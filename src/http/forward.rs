@@ -538,6 +538,7 @@ impl Attempt<'_> {
                 .last_progress()
                 .map_or(started, |p| p.max(started));
             tokio::select! {
+                biased;
                 r = &mut sent => {
                     return match r {
                         Ok(resp) => Ok((resp, conn)),

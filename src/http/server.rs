@@ -190,33 +190,38 @@ async fn busy(
         service_fn(move |req| Box::pin(forward::serve(proxy.clone(), conn.clone(), req)))
     };
     // Already shutting down: hyper ends the connection after this response, so the
-    // shutdown branch below (which would end it before its request is read) is off.
+    // shutdown check below (which would end it before its request is read) is off.
     let keep_alive = !*shutdown.borrow_and_update();
     let mut hc = h1_builder(settings, keep_alive).serve_connection(TokioIo::new(io), svc);
     let mut released = false;
     let mut closing = !keep_alive;
     let mut head = HeadWatch::default();
+    // The connection is polled first and alone on most wake-ups; the tick (and with it
+    // the head bound, the idle release and the shutdown check) comes every
+    // `IDLE_RELEASE`, so a busy period costs one timer, not one per request.
     let result = loop {
         tokio::select! {
+            biased;
             r = std::future::poll_fn(|cx| hc.poll_without_shutdown(cx)) => break r,
             _ = tokio::time::sleep(IDLE_RELEASE) => {
                 if head.overdue(shared, settings.client_header) {
                     tracing::debug!(peer = %conn.peer, "request header not complete within client_header");
                     return Busy::Closed;
                 }
-                let idle = !closing
-                    && shared.active.load(Ordering::Acquire) == 0
+                if closing {
+                    continue;
+                }
+                // Shutting down: the request in progress finishes, then the connection
+                // closes.
+                let stop = *shutdown.borrow();
+                let idle = shared.active.load(Ordering::Acquire) == 0
                     && !shared.unflushed.load(Ordering::Relaxed)
                     && !shared.read_since_request.load(Ordering::Relaxed);
-                if idle {
+                if stop || idle {
                     std::pin::Pin::new(&mut hc).graceful_shutdown();
-                    released = true;
+                    released = idle;
                     closing = true;
                 }
-            }
-            _ = shutdown.changed(), if !closing => {
-                std::pin::Pin::new(&mut hc).graceful_shutdown();
-                closing = true;
             }
         }
     };
