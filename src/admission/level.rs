@@ -2,8 +2,19 @@
 //! hysteresis that turns its signals into one [`Level`].
 //!
 //! Requests only add to the window (a few relaxed atomic adds); the level ticker
-//! ([`crate::state::spawn_level_ticker`]) is the one writer of the level: every tick
-//! it rotates the window, reads the signals and stores a new level.
+//! ([`crate::state::spawn_level_ticker`]) rotates the window, reads the signals and
+//! stores a new level every tick. The one other writer is a request that sees the
+//! queue call for a higher level than the published one: it raises the level at once
+//! ([`LevelState::raise`]), and from then on the level falls only through the ticker's
+//! hysteresis. So the queue's part of the level is held for the cooldown like every
+//! other signal instead of following each request in and out of the queue.
+//!
+//! The queue's signals: its length (caution and danger `queue` thresholds; full is
+//! critical) while it absorbs a burst; while it stands ([`super::codel`]) its length
+//! is held near what `queue_target` allows and says nothing more, so a standing queue
+//! counts as caution (and full as critical) instead. Otherwise danger, which stops
+//! `normal` from queueing, would empty the queue of the very requests that make it
+//! stand, fall back after the cooldown, and rise again as they refill it.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering::Relaxed};
 use std::time::{Duration, Instant};
@@ -218,6 +229,8 @@ pub struct Signals {
     /// Largest queue length since the previous tick.
     pub queue: u32,
     pub queue_depth: u32,
+    /// The queue stands now: its length thresholds do not apply, it is caution.
+    pub standing: bool,
     pub window: WindowStats,
 }
 
@@ -225,7 +238,7 @@ fn exceeds(t: &Thresholds, s: &Signals, min_samples: u32) -> bool {
     let enough = s.window.done >= u64::from(min_samples);
     let waited_enough = s.window.waited >= u64::from(min_samples);
     t.utilization.is_some_and(|u| s.utilization >= u)
-        || t.queue.is_some_and(|q| s.queue >= q)
+        || (!s.standing && t.queue.is_some_and(|q| s.queue >= q))
         || (waited_enough
             && t.queue_wait
                 .zip(s.window.wait_p95)
@@ -242,18 +255,20 @@ pub fn raw_level(levels: &Levels, s: &Signals) -> Level {
         Level::Critical
     } else if exceeds(&levels.danger, s, levels.min_samples) {
         Level::Danger
-    } else if exceeds(&levels.caution, s, levels.min_samples) {
+    } else if s.standing || exceeds(&levels.caution, s, levels.min_samples) {
         Level::Caution
     } else {
         Level::Safe
     }
 }
 
-/// Level from the queue length alone, read on the hot path so a burst raises the level
-/// at once instead of at the next tick.
-pub fn queue_level(levels: &Levels, queue_depth: u32, queued: u32) -> Level {
+/// Level from the queue alone (its length now, and whether it stands), read on the
+/// request path so that a burst raises the level at once instead of at the next tick.
+pub fn queue_level(levels: &Levels, queue_depth: u32, queued: u32, standing: bool) -> Level {
     if queue_depth > 0 && queued >= queue_depth {
         Level::Critical
+    } else if standing {
+        Level::Caution
     } else if levels.danger.queue.is_some_and(|q| queued >= q) {
         Level::Danger
     } else if levels.caution.queue.is_some_and(|q| queued >= q) {
@@ -296,6 +311,21 @@ impl LevelState {
 
     pub fn changes(&self) -> u64 {
         self.changes.load(Relaxed)
+    }
+
+    /// Raises the level to `level` at once if it is higher (a request saw the queue
+    /// call for it); never lowers it. Returns `Some((old, new))` when it changed. From
+    /// here the ticker's hysteresis decides when it falls, as for any reading.
+    pub fn raise(&self, level: Level) -> Option<(Level, Level)> {
+        let mut h = self.hysteresis.lock();
+        let current = self.get();
+        if level <= current {
+            return None;
+        }
+        h.below = None;
+        self.current.store(level as u8, Relaxed);
+        self.changes.fetch_add(1, Relaxed);
+        Some((current, level))
     }
 
     /// Feeds one raw reading; returns `Some((old, new))` when the level changed.
@@ -419,10 +449,67 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(raw_level(&levels(), &s), Level::Critical);
-        assert_eq!(queue_level(&levels(), 100, 100), Level::Critical);
-        assert_eq!(queue_level(&levels(), 100, 50), Level::Danger);
-        assert_eq!(queue_level(&levels(), 100, 10), Level::Caution);
-        assert_eq!(queue_level(&levels(), 100, 9), Level::Safe);
+        assert_eq!(queue_level(&levels(), 100, 100, false), Level::Critical);
+        assert_eq!(queue_level(&levels(), 100, 50, false), Level::Danger);
+        assert_eq!(queue_level(&levels(), 100, 10, false), Level::Caution);
+        assert_eq!(queue_level(&levels(), 100, 9, false), Level::Safe);
+    }
+
+    #[test]
+    fn a_standing_queue_is_caution_whatever_its_length_short_of_full() {
+        let mut s = Signals {
+            queue: 60,
+            queue_depth: 100,
+            ..Default::default()
+        };
+        assert_eq!(raw_level(&levels(), &s), Level::Danger, "a burst of 60");
+        s.standing = true;
+        assert_eq!(raw_level(&levels(), &s), Level::Caution);
+        s.queue = 0;
+        assert_eq!(raw_level(&levels(), &s), Level::Caution, "even when empty");
+        s.queue = 100;
+        assert_eq!(raw_level(&levels(), &s), Level::Critical, "full is full");
+        // Other danger signals still count.
+        s.queue = 3;
+        s.window.p95 = Some(Duration::from_millis(300));
+        s.window.done = 20;
+        assert_eq!(raw_level(&levels(), &s), Level::Danger);
+
+        assert_eq!(queue_level(&levels(), 100, 60, true), Level::Caution);
+        assert_eq!(queue_level(&levels(), 100, 0, true), Level::Caution);
+        assert_eq!(queue_level(&levels(), 100, 100, true), Level::Critical);
+    }
+
+    #[test]
+    fn a_raise_holds_until_the_cooldown_has_passed() {
+        let st = LevelState::default();
+        let t0 = Instant::now();
+        let cd = Duration::from_secs(1);
+        assert_eq!(st.raise(Level::Danger), Some((Level::Safe, Level::Danger)));
+        assert_eq!(st.raise(Level::Caution), None, "never lowers");
+        assert_eq!(st.raise(Level::Danger), None);
+        // The queue emptied at once: the ticker's readings fall, the level holds.
+        assert_eq!(st.update(Level::Safe, t0, cd), None);
+        assert_eq!(
+            st.update(Level::Safe, t0 + Duration::from_millis(900), cd),
+            None
+        );
+        // Refilled before the cooldown ended: nothing to raise, and the ticker's next
+        // reading (the queue's peak since the last tick) restarts the cooldown.
+        assert_eq!(st.raise(Level::Danger), None);
+        assert_eq!(
+            st.update(Level::Danger, t0 + Duration::from_millis(950), cd),
+            None
+        );
+        assert_eq!(
+            st.update(Level::Caution, t0 + Duration::from_millis(1_000), cd),
+            None
+        );
+        assert_eq!(
+            st.update(Level::Caution, t0 + Duration::from_millis(2_000), cd),
+            Some((Level::Danger, Level::Caution))
+        );
+        assert_eq!(st.changes(), 2);
     }
 
     #[test]
