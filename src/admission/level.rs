@@ -9,12 +9,12 @@
 //! hysteresis. So the queue's part of the level is held for the cooldown like every
 //! other signal instead of following each request in and out of the queue.
 //!
-//! The queue's signals: its length (caution and danger `queue` thresholds; full is
-//! critical) while it absorbs a burst; while it stands ([`super::codel`]) its length
-//! is held near what `queue_target` allows and says nothing more, so a standing queue
-//! counts as caution (and full as critical) instead. Otherwise danger, which stops
-//! `normal` from queueing, would empty the queue of the very requests that make it
-//! stand, fall back after the cooldown, and rise again as they refill it.
+//! The queue's part of the level ([`queue_reading`]) is where flapping came from: a
+//! level the queue raised keeps requests out of the queue, which empties it, and read
+//! by length alone the level then falls, lets them in, and rises again as they refill
+//! it. So the queue's reading is held while the level still turns away requests that
+//! would have waited, and a standing queue ([`super::codel`]), whose length is held
+//! near what `queue_target` allows, reads as caution (full is always critical).
 
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering::Relaxed};
 use std::time::{Duration, Instant};
@@ -223,7 +223,7 @@ fn quantile(buckets: &[u64; BUCKETS], q: f64) -> Option<Duration> {
 }
 
 /// The instantaneous signals of one upstream, as the ticker sees them.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 pub struct Signals {
     pub utilization: f64,
     /// Largest queue length since the previous tick.
@@ -231,14 +231,33 @@ pub struct Signals {
     pub queue_depth: u32,
     /// The queue stands now: its length thresholds do not apply, it is caution.
     pub standing: bool,
+    /// Since the previous tick, requests that would have waited were turned away by
+    /// the level or a full queue (`level_no_queue`, `queue_full`).
+    pub turned_away: bool,
+    /// The queue's reading ([`queue_reading`]) at the previous tick.
+    pub queue_held: Level,
     pub window: WindowStats,
 }
 
+impl Default for Signals {
+    fn default() -> Self {
+        Signals {
+            utilization: 0.0,
+            queue: 0,
+            queue_depth: 0,
+            standing: false,
+            turned_away: false,
+            queue_held: Level::Safe,
+            window: WindowStats::default(),
+        }
+    }
+}
+
+/// Whether the signals other than the queue reach the thresholds `t`.
 fn exceeds(t: &Thresholds, s: &Signals, min_samples: u32) -> bool {
     let enough = s.window.done >= u64::from(min_samples);
     let waited_enough = s.window.waited >= u64::from(min_samples);
     t.utilization.is_some_and(|u| s.utilization >= u)
-        || (!s.standing && t.queue.is_some_and(|q| s.queue >= q))
         || (waited_enough
             && t.queue_wait
                 .zip(s.window.wait_p95)
@@ -249,32 +268,61 @@ fn exceeds(t: &Thresholds, s: &Signals, min_samples: u32) -> bool {
                 .is_some_and(|e| s.window.errors as f64 / s.window.done as f64 >= e))
 }
 
-/// The level the signals call for, without hysteresis.
-pub fn raw_level(levels: &Levels, s: &Signals) -> Level {
-    if s.queue_depth > 0 && s.queue >= s.queue_depth {
-        Level::Critical
-    } else if exceeds(&levels.danger, s, levels.min_samples) {
-        Level::Danger
-    } else if s.standing || exceeds(&levels.caution, s, levels.min_samples) {
-        Level::Caution
-    } else {
-        Level::Safe
-    }
-}
-
-/// Level from the queue alone (its length now, and whether it stands), read on the
-/// request path so that a burst raises the level at once instead of at the next tick.
-pub fn queue_level(levels: &Levels, queue_depth: u32, queued: u32, standing: bool) -> Level {
+/// The level a queue of `queued` requests calls for by the `queue` thresholds alone.
+fn length_level(levels: &Levels, queue_depth: u32, queued: u32) -> Level {
     if queue_depth > 0 && queued >= queue_depth {
         Level::Critical
-    } else if standing {
-        Level::Caution
     } else if levels.danger.queue.is_some_and(|q| queued >= q) {
         Level::Danger
     } else if levels.caution.queue.is_some_and(|q| queued >= q) {
         Level::Caution
     } else {
         Level::Safe
+    }
+}
+
+/// The level the queue calls for at a tick.
+///
+/// - Full: critical.
+/// - Standing: caution. Its length is held near what `queue_target` allows and says
+///   nothing more.
+/// - Else by its peak length, and not below the previous tick's reading (up to
+///   danger) while requests that would have waited are still turned away: a level the
+///   queue raised keeps `normal` (danger) or `high` (critical) out of the queue, which
+///   empties it; read by length alone, it would fall after the cooldown, let them in,
+///   refill and rise again. So it is left once nobody was turned away for a cooldown.
+pub fn queue_reading(levels: &Levels, s: &Signals) -> Level {
+    let by_length = length_level(levels, s.queue_depth, s.queue);
+    if by_length == Level::Critical {
+        Level::Critical
+    } else if s.standing {
+        Level::Caution
+    } else if s.turned_away {
+        by_length.max(s.queue_held.min(Level::Danger))
+    } else {
+        by_length
+    }
+}
+
+/// The level the signals call for, without hysteresis.
+pub fn raw_level(levels: &Levels, s: &Signals) -> Level {
+    let others = if exceeds(&levels.danger, s, levels.min_samples) {
+        Level::Danger
+    } else if exceeds(&levels.caution, s, levels.min_samples) {
+        Level::Caution
+    } else {
+        Level::Safe
+    };
+    others.max(queue_reading(levels, s))
+}
+
+/// Level from the queue alone (its length now, and whether it stands), read on the
+/// request path so that a burst raises the level at once instead of at the next tick.
+pub fn queue_level(levels: &Levels, queue_depth: u32, queued: u32, standing: bool) -> Level {
+    match length_level(levels, queue_depth, queued) {
+        Level::Critical => Level::Critical,
+        _ if standing => Level::Caution,
+        by_length => by_length,
     }
 }
 
@@ -292,11 +340,14 @@ pub struct LevelState {
     /// Level changes since start, for metrics and tests.
     changes: AtomicU64,
     hysteresis: Mutex<Hysteresis>,
+    /// The queue's reading at the last tick (ticker only).
+    queue_held: AtomicU8,
 }
 
 impl Default for LevelState {
     fn default() -> Self {
         LevelState {
+            queue_held: AtomicU8::new(Level::Safe as u8),
             current: AtomicU8::new(Level::Safe as u8),
             changes: AtomicU64::new(0),
             hysteresis: Mutex::new(Hysteresis { below: None }),
@@ -311,6 +362,15 @@ impl LevelState {
 
     pub fn changes(&self) -> u64 {
         self.changes.load(Relaxed)
+    }
+
+    /// The queue's reading at the last tick: [`Signals::queue_held`] of the next.
+    pub fn queue_held(&self) -> Level {
+        Level::from_u8(self.queue_held.load(Relaxed))
+    }
+
+    pub fn set_queue_held(&self, level: Level) {
+        self.queue_held.store(level as u8, Relaxed);
     }
 
     /// Raises the level to `level` at once if it is higher (a request saw the queue
@@ -478,6 +538,61 @@ mod tests {
         assert_eq!(queue_level(&levels(), 100, 60, true), Level::Caution);
         assert_eq!(queue_level(&levels(), 100, 0, true), Level::Caution);
         assert_eq!(queue_level(&levels(), 100, 100, true), Level::Critical);
+    }
+
+    #[test]
+    fn a_level_the_queue_raised_holds_while_it_turns_requests_away() {
+        let lv = levels();
+        let st = LevelState::default();
+        let t0 = Instant::now();
+        let cd = lv.cooldown;
+        // One tick of the ticker at `ms`: the queue's peak length, and whether anyone
+        // was turned away since the previous tick.
+        let tick = |ms: u64, queue: u32, turned_away: bool| {
+            let s = Signals {
+                queue,
+                queue_depth: 100,
+                turned_away,
+                queue_held: st.queue_held(),
+                ..Default::default()
+            };
+            st.set_queue_held(queue_reading(&lv, &s));
+            st.update(raw_level(&lv, &s), t0 + Duration::from_millis(ms), cd);
+            st.get()
+        };
+        // A queue of 60 is danger; danger keeps `normal` out, so the queue empties,
+        // while the overload goes on turning `normal` away.
+        assert_eq!(tick(0, 60, false), Level::Danger);
+        for ms in (100..3_000).step_by(100) {
+            assert_eq!(tick(ms, 2, true), Level::Danger, "at {ms} ms");
+        }
+        // The overload ends: nobody turned away, and after the cooldown the level
+        // follows the queue down.
+        for ms in (3_000..4_000).step_by(100) {
+            assert_eq!(tick(ms, 2, false), Level::Danger, "cooldown, at {ms} ms");
+        }
+        assert_eq!(tick(4_000, 2, false), Level::Safe);
+        assert_eq!(st.changes(), 2, "one rise and one fall, no flapping");
+
+        // Danger from backend latency is not held by the queue: turned-away requests
+        // hold only what the queue itself had raised.
+        let mut s = Signals {
+            queue: 2,
+            queue_depth: 100,
+            turned_away: true,
+            queue_held: Level::Safe,
+            ..Default::default()
+        };
+        s.window.p95 = Some(Duration::from_millis(300));
+        s.window.done = 20;
+        assert_eq!(raw_level(&lv, &s), Level::Danger);
+        assert_eq!(queue_reading(&lv, &s), Level::Safe);
+        // Nor is critical held: a queue no longer full is at most danger.
+        s.queue_held = Level::Critical;
+        assert_eq!(queue_reading(&lv, &s), Level::Danger);
+        // A standing queue is caution, held or not.
+        s.standing = true;
+        assert_eq!(queue_reading(&lv, &s), Level::Caution);
     }
 
     #[test]

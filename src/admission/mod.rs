@@ -419,6 +419,9 @@ impl Upstream {
         if reason.is_capacity() && self.queue.is_standing() {
             self.queue.note_pressure(clock());
         }
+        if matches!(reason, ShedReason::LevelNoQueue | ShedReason::QueueFull) {
+            self.queue.note_turned_away();
+        }
         Shed {
             reason,
             level,

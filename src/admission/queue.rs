@@ -69,6 +69,9 @@ pub struct WaitQueue<U, P> {
     len: AtomicU32,
     /// Highest length since the ticker last read it.
     peak: AtomicU32,
+    /// Whether a request that would have waited was turned away (by the level or a
+    /// full queue) since the ticker last read it.
+    turned_away: AtomicBool,
     next_id: AtomicU64,
     /// Mirror of `codel.is_standing()`, written under the lock, read without it.
     standing: AtomicBool,
@@ -90,6 +93,7 @@ impl<U, P> Default for WaitQueue<U, P> {
             }),
             len: AtomicU32::new(0),
             peak: AtomicU32::new(0),
+            turned_away: AtomicBool::new(false),
             next_id: AtomicU64::new(0),
             standing: AtomicBool::new(false),
             pressure: AtomicU64::new(0),
@@ -121,6 +125,19 @@ impl<U, P> WaitQueue<U, P> {
     /// Highest length since the previous call (the ticker's view of bursts between ticks).
     pub fn take_peak(&self) -> u32 {
         self.peak.swap(self.len(), Ordering::Relaxed)
+    }
+
+    /// Notes a request that would have waited but was turned away by the level or a
+    /// full queue. Written once per tick at most, however many are.
+    pub fn note_turned_away(&self) {
+        if !self.turned_away.load(Ordering::Relaxed) {
+            self.turned_away.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether one was turned away since the previous call (the ticker's).
+    pub fn take_turned_away(&self) -> bool {
+        self.turned_away.swap(false, Ordering::Relaxed)
     }
 
     /// Whether the queue stands: its allowed wait is the target, not the timeout.
