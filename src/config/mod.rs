@@ -702,7 +702,10 @@ impl Config {
             writeln!(out, "  caution at {}", human_thresholds(&u.levels.caution))?;
             writeln!(out, "  danger  at {}", human_thresholds(&u.levels.danger))?;
             if l.queue_depth > 0 {
-                writeln!(out, "  critical when the queue is full")?;
+                writeln!(
+                    out,
+                    "  critical when the queue is full; at least caution while it stands"
+                )?;
             }
             let h = &u.health;
             match &h.path {

@@ -1305,6 +1305,7 @@ fn explain_summarizes_the_config() {
         "limits 150 in flight per backend, queue 200 (timeout 300 ms; 5 ms once standing for 100 ms)",
         "caution at utilization 80% or queue 10 or queue wait p95 20 ms or p95 150 ms or errors 0.1%",
         "danger  at queue 50 or queue wait p95 50 ms or p95 250 ms or errors 0.5%",
+        "critical when the queue is full; at least caution while it stands",
         "health GET /health every 2 s (timeout 700 ms, rise 3, fall 4); no passive ejection",
         "zone a: 1 backend, 100 in flight: 10.0.1.1:3000 (max 100)",
         "zone b: 1 backend, 150 in flight: 10.0.2.1:3000",
