@@ -296,3 +296,52 @@ async fn a_level_the_queue_raised_holds_while_the_overload_lasts() {
     );
     assert!(ok > 100, "served {ok}");
 }
+
+/// `queue_target_ms` and `queue_interval_ms` reload like every limit: a standing queue
+/// stays standing across the reload (the queue carries over) and allows the new target
+/// at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_keeps_a_standing_queue_and_applies_the_new_target() {
+    let [r1, r2] = replicas().await;
+    let setup = Setup::new(&[&r1, &r2]).upstream(LIMITS);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("levee.toml");
+    std::fs::write(&path, setup.toml()).expect("write config");
+    let levee = levee::app::start(levee::config::load(&path).expect("valid"))
+        .await
+        .expect("levee starts");
+    let (addr, admin) = (levee.addr(), levee.admin_addr.expect("admin listener"));
+    let before = levee.app.snapshot().upstreams[0].clone();
+
+    let load = Load::start(addr, 24, Duration::from_millis(25)).await;
+    eventually(LIMIT, "the queue stands", || before.queue.is_standing()).await;
+
+    let text = setup
+        .toml()
+        .replace("queue_target_ms = 20", "queue_target_ms = 10")
+        .replace("queue_interval_ms = 100", "queue_interval_ms = 150");
+    assert_ne!(text, setup.toml());
+    std::fs::write(&path, text).expect("write config");
+    levee::app::reload(&levee.app, &path).expect("valid config reloads");
+    let after = levee.app.snapshot().upstreams[0].clone();
+    assert!(!Arc::ptr_eq(&before, &after), "the upstream was renewed");
+    assert!(
+        Arc::ptr_eq(&before.queue, &after.queue),
+        "its queue carried over"
+    );
+    assert_eq!(after.limits.queue_target, Duration::from_millis(10));
+    assert_eq!(after.limits.queue_interval, Duration::from_millis(150));
+    assert!(after.queue.is_standing(), "still standing after the reload");
+    let app = fetch(admin, get("/status")).await.json()["upstreams"][0].clone();
+    assert_eq!(app["queue_standing"], true, "{app}");
+    assert_eq!(app["queue_allowed_wait_ms"], 10.0, "{app}");
+    assert_eq!(app["queue_standing_started_total"], 1, "{app}");
+
+    load.stop().await;
+    eventually(LIMIT, "slots released", || all_idle(&levee)).await;
+    // Idle: the ticker ends the standing state once it has drained.
+    eventually(LIMIT, "the queue drained", || !after.queue.is_standing()).await;
+    let app = fetch(admin, get("/status")).await.json()["upstreams"][0].clone();
+    assert_eq!(app["queue_standing"], false, "{app}");
+    assert_eq!(app["queue_allowed_wait_ms"], 500.0, "{app}");
+}
