@@ -13,9 +13,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 
-use crate::admission::level::{
-    queue_level, queue_reading, raw_level, Level, LevelState, Signals, Window,
-};
+use crate::admission::level::{queue_level, raw_level, Level, LevelState, Signals, Window};
 use crate::admission::queue::WaitQueue;
 use crate::config::{self, Affinity, Balance, Class, Config, PriorityMatch};
 use crate::health::{BackendHealth, State as HealthState};
@@ -494,12 +492,9 @@ impl Upstream {
             queue_depth: self.limits.queue_depth,
             standing: self.queue.is_standing(),
             turned_away: self.queue.take_turned_away(),
-            queue_held: self.level_state.queue_held(),
             window,
         };
         let raw = raw_level(&self.levels, &signals);
-        self.level_state
-            .set_queue_held(queue_reading(&self.levels, &signals));
         let change = self.level_state.update(raw, now, self.levels.cooldown);
         if change.is_some() {
             self.metrics.level_changes.inc();

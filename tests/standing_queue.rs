@@ -252,8 +252,9 @@ async fn under_sustained_overload_admitted_waits_fall_to_the_target() {
 
 /// Danger at a queue of 4 in front of 8 slots, and 24 clients: danger keeps `normal`
 /// out of the queue, which empties it. Read by length alone, the level would fall
-/// after every cooldown, let them in and rise again as they refill it; it holds at
-/// danger while it is turning them away.
+/// after every cooldown, let them in and rise again as they refill it; counting those
+/// it turns away as waiting, it holds at danger while the overload lasts, and falls
+/// once it is over.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_level_the_queue_raised_holds_while_the_overload_lasts() {
     let [r1, r2] = replicas().await;
@@ -284,6 +285,11 @@ async fn a_level_the_queue_raised_holds_while_the_overload_lasts() {
     let after = scrape(admin).await;
     let (ok, _) = load.stop().await;
     eventually(LIMIT, "slots released", || all_idle(&levee)).await;
+    // Once the overload is over, the level follows the queue down.
+    eventually(LIMIT, "back to safe", || {
+        up.level_state.get() == levee::admission::level::Level::Safe
+    })
+    .await;
 
     let changes = value(&after, "levee_load_level_changes_total", &[])
         - value(&before, "levee_load_level_changes_total", &[]);

@@ -12,9 +12,9 @@
 //! The queue's part of the level ([`queue_reading`]) is where flapping came from: a
 //! level the queue raised keeps requests out of the queue, which empties it, and read
 //! by length alone the level then falls, lets them in, and rises again as they refill
-//! it. So the queue's reading is held while the level still turns away requests that
-//! would have waited, and a standing queue ([`super::codel`]), whose length is held
-//! near what `queue_target` allows, reads as caution (full is always critical).
+//! it. So the requests the level turned away from the queue since the last tick count
+//! as waiting at that tick, and a standing queue ([`super::codel`]), whose length is
+//! held near what `queue_target` allows, reads as caution (full is always critical).
 
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering::Relaxed};
 use std::time::{Duration, Instant};
@@ -231,11 +231,10 @@ pub struct Signals {
     pub queue_depth: u32,
     /// The queue stands now: its length thresholds do not apply, it is caution.
     pub standing: bool,
-    /// Since the previous tick, requests that would have waited were turned away by
-    /// the level or a full queue (`level_no_queue`, `queue_full`).
-    pub turned_away: bool,
-    /// The queue's reading ([`queue_reading`]) at the previous tick.
-    pub queue_held: Level,
+    /// Requests that would have waited but were turned away by the level or a full
+    /// queue (`level_no_queue`, `queue_full`) since the previous tick, counted up to
+    /// the queue depth.
+    pub turned_away: u32,
     pub window: WindowStats,
 }
 
@@ -246,8 +245,7 @@ impl Default for Signals {
             queue: 0,
             queue_depth: 0,
             standing: false,
-            turned_away: false,
-            queue_held: Level::Safe,
+            turned_away: 0,
             window: WindowStats::default(),
         }
     }
@@ -283,24 +281,24 @@ fn length_level(levels: &Levels, queue_depth: u32, queued: u32) -> Level {
 
 /// The level the queue calls for at a tick.
 ///
-/// - Full: critical.
+/// - Full (its peak length since the last tick): critical.
 /// - Standing: caution. Its length is held near what `queue_target` allows and says
 ///   nothing more.
-/// - Else by its peak length, and not below the previous tick's reading (up to
-///   danger) while requests that would have waited are still turned away: a level the
-///   queue raised keeps `normal` (danger) or `high` (critical) out of the queue, which
-///   empties it; read by length alone, it would fall after the cooldown, let them in,
-///   refill and rise again. So it is left once nobody was turned away for a cooldown.
+/// - Else by its peak length plus the requests turned away from it since the last
+///   tick, up to danger. A level the queue raised keeps `normal` (danger) or `high`
+///   (critical) out of the queue, which empties it; read by length alone, the level
+///   would fall after the cooldown, let them in, and rise again as they refill it.
+///   Counted as waiting, they hold the level while they come as fast as they would
+///   have filled the queue to its threshold; at lower loads, where a few find every
+///   slot busy now and then, they do not.
 pub fn queue_reading(levels: &Levels, s: &Signals) -> Level {
-    let by_length = length_level(levels, s.queue_depth, s.queue);
-    if by_length == Level::Critical {
+    if length_level(levels, s.queue_depth, s.queue) == Level::Critical {
         Level::Critical
     } else if s.standing {
         Level::Caution
-    } else if s.turned_away {
-        by_length.max(s.queue_held.min(Level::Danger))
     } else {
-        by_length
+        let demand = s.queue.saturating_add(s.turned_away);
+        length_level(levels, s.queue_depth, demand).min(Level::Danger)
     }
 }
 
@@ -340,14 +338,11 @@ pub struct LevelState {
     /// Level changes since start, for metrics and tests.
     changes: AtomicU64,
     hysteresis: Mutex<Hysteresis>,
-    /// The queue's reading at the last tick (ticker only).
-    queue_held: AtomicU8,
 }
 
 impl Default for LevelState {
     fn default() -> Self {
         LevelState {
-            queue_held: AtomicU8::new(Level::Safe as u8),
             current: AtomicU8::new(Level::Safe as u8),
             changes: AtomicU64::new(0),
             hysteresis: Mutex::new(Hysteresis { below: None }),
@@ -362,15 +357,6 @@ impl LevelState {
 
     pub fn changes(&self) -> u64 {
         self.changes.load(Relaxed)
-    }
-
-    /// The queue's reading at the last tick: [`Signals::queue_held`] of the next.
-    pub fn queue_held(&self) -> Level {
-        Level::from_u8(self.queue_held.load(Relaxed))
-    }
-
-    pub fn set_queue_held(&self, level: Level) {
-        self.queue_held.store(level as u8, Relaxed);
     }
 
     /// Raises the level to `level` at once if it is higher (a request saw the queue
@@ -546,51 +532,44 @@ mod tests {
         let st = LevelState::default();
         let t0 = Instant::now();
         let cd = lv.cooldown;
-        // One tick of the ticker at `ms`: the queue's peak length, and whether anyone
-        // was turned away since the previous tick.
-        let tick = |ms: u64, queue: u32, turned_away: bool| {
+        // One tick of the ticker at `ms`: the queue's peak length, and how many were
+        // turned away from it since the previous tick.
+        let tick = |ms: u64, queue: u32, turned_away: u32| {
             let s = Signals {
                 queue,
                 queue_depth: 100,
                 turned_away,
-                queue_held: st.queue_held(),
                 ..Default::default()
             };
-            st.set_queue_held(queue_reading(&lv, &s));
             st.update(raw_level(&lv, &s), t0 + Duration::from_millis(ms), cd);
             st.get()
         };
         // A queue of 60 is danger; danger keeps `normal` out, so the queue empties,
-        // while the overload goes on turning `normal` away.
-        assert_eq!(tick(0, 60, false), Level::Danger);
+        // while the overload goes on turning 80 a tick away.
+        assert_eq!(tick(0, 60, 0), Level::Danger);
         for ms in (100..3_000).step_by(100) {
-            assert_eq!(tick(ms, 2, true), Level::Danger, "at {ms} ms");
+            assert_eq!(tick(ms, 2, 80), Level::Danger, "at {ms} ms");
         }
-        // The overload ends: nobody turned away, and after the cooldown the level
-        // follows the queue down.
+        // The overload ends: a few find every slot busy now and then, far fewer than
+        // would fill the queue; after the cooldown the level follows the queue down.
         for ms in (3_000..4_000).step_by(100) {
-            assert_eq!(tick(ms, 2, false), Level::Danger, "cooldown, at {ms} ms");
+            assert_eq!(tick(ms, 2, 3), Level::Danger, "cooldown, at {ms} ms");
         }
-        assert_eq!(tick(4_000, 2, false), Level::Safe);
+        assert_eq!(tick(4_000, 2, 3), Level::Safe);
         assert_eq!(st.changes(), 2, "one rise and one fall, no flapping");
 
-        // Danger from backend latency is not held by the queue: turned-away requests
-        // hold only what the queue itself had raised.
+        // Turned-away requests raise at most danger: critical is a full queue.
         let mut s = Signals {
             queue: 2,
             queue_depth: 100,
-            turned_away: true,
-            queue_held: Level::Safe,
+            turned_away: 500,
             ..Default::default()
         };
-        s.window.p95 = Some(Duration::from_millis(300));
-        s.window.done = 20;
-        assert_eq!(raw_level(&lv, &s), Level::Danger);
-        assert_eq!(queue_reading(&lv, &s), Level::Safe);
-        // Nor is critical held: a queue no longer full is at most danger.
-        s.queue_held = Level::Critical;
         assert_eq!(queue_reading(&lv, &s), Level::Danger);
-        // A standing queue is caution, held or not.
+        s.turned_away = 10;
+        assert_eq!(queue_reading(&lv, &s), Level::Caution, "2 + 10 waiting");
+        // A standing queue is caution, whatever was turned away.
+        s.turned_away = 500;
         s.standing = true;
         assert_eq!(queue_reading(&lv, &s), Level::Caution);
     }

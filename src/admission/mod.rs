@@ -420,7 +420,7 @@ impl Upstream {
             self.queue.note_pressure(clock());
         }
         if matches!(reason, ShedReason::LevelNoQueue | ShedReason::QueueFull) {
-            self.queue.note_turned_away();
+            self.queue.note_turned_away(self.limits.queue_depth);
         }
         Shed {
             reason,

@@ -69,9 +69,9 @@ pub struct WaitQueue<U, P> {
     len: AtomicU32,
     /// Highest length since the ticker last read it.
     peak: AtomicU32,
-    /// Whether a request that would have waited was turned away (by the level or a
-    /// full queue) since the ticker last read it.
-    turned_away: AtomicBool,
+    /// Requests that would have waited but were turned away (by the level or a full
+    /// queue) since the ticker last read it, counted up to the queue depth.
+    turned_away: AtomicU32,
     next_id: AtomicU64,
     /// Mirror of `codel.is_standing()`, written under the lock, read without it.
     standing: AtomicBool,
@@ -93,7 +93,7 @@ impl<U, P> Default for WaitQueue<U, P> {
             }),
             len: AtomicU32::new(0),
             peak: AtomicU32::new(0),
-            turned_away: AtomicBool::new(false),
+            turned_away: AtomicU32::new(0),
             next_id: AtomicU64::new(0),
             standing: AtomicBool::new(false),
             pressure: AtomicU64::new(0),
@@ -127,17 +127,18 @@ impl<U, P> WaitQueue<U, P> {
         self.peak.swap(self.len(), Ordering::Relaxed)
     }
 
-    /// Notes a request that would have waited but was turned away by the level or a
-    /// full queue. Written once per tick at most, however many are.
-    pub fn note_turned_away(&self) {
-        if !self.turned_away.load(Ordering::Relaxed) {
-            self.turned_away.store(true, Ordering::Relaxed);
+    /// Counts a request that would have waited but was turned away by the level or a
+    /// full queue, up to `cap` (the queue depth: more says nothing more, and past it a
+    /// flood of sheds only reads the shared word).
+    pub fn note_turned_away(&self, cap: u32) {
+        if self.turned_away.load(Ordering::Relaxed) < cap {
+            self.turned_away.fetch_add(1, Ordering::Relaxed);
         }
     }
 
-    /// Whether one was turned away since the previous call (the ticker's).
-    pub fn take_turned_away(&self) -> bool {
-        self.turned_away.swap(false, Ordering::Relaxed)
+    /// How many were turned away since the previous call (the ticker's).
+    pub fn take_turned_away(&self) -> u32 {
+        self.turned_away.swap(0, Ordering::Relaxed)
     }
 
     /// Whether the queue stands: its allowed wait is the target, not the timeout.
