@@ -14,7 +14,8 @@
 //! by length alone the level then falls, lets them in, and rises again as they refill
 //! it. So the requests the level turned away from the queue since the last tick count
 //! as waiting at that tick, and a standing queue ([`super::codel`]), whose length is
-//! held near what `queue_target` allows, reads as caution (full is always critical).
+//! held near what `queue_target` allows, reads as at least caution, its length not
+//! counted (full is always critical).
 
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering::Relaxed};
 use std::time::{Duration, Instant};
@@ -282,8 +283,6 @@ fn length_level(levels: &Levels, queue_depth: u32, queued: u32) -> Level {
 /// The level the queue calls for at a tick.
 ///
 /// - Full (its peak length since the last tick): critical.
-/// - Standing: caution. Its length is held near what `queue_target` allows and says
-///   nothing more.
 /// - Else by its peak length plus the requests turned away from it since the last
 ///   tick, up to danger. A level the queue raised keeps `normal` (danger) or `high`
 ///   (critical) out of the queue, which empties it; read by length alone, the level
@@ -291,15 +290,20 @@ fn length_level(levels: &Levels, queue_depth: u32, queued: u32) -> Level {
 ///   Counted as waiting, they hold the level while they come as fast as they would
 ///   have filled the queue to its threshold; at lower loads, where a few find every
 ///   slot busy now and then, they do not.
+/// - While the queue stands, at least caution, and its length does not count: it is
+///   held near what `queue_target` allows and says nothing more.
 pub fn queue_reading(levels: &Levels, s: &Signals) -> Level {
     if length_level(levels, s.queue_depth, s.queue) == Level::Critical {
-        Level::Critical
-    } else if s.standing {
+        return Level::Critical;
+    }
+    let length = if s.standing { 0 } else { s.queue };
+    let demand = length_level(levels, s.queue_depth, length.saturating_add(s.turned_away));
+    let floor = if s.standing {
         Level::Caution
     } else {
-        let demand = s.queue.saturating_add(s.turned_away);
-        length_level(levels, s.queue_depth, demand).min(Level::Danger)
-    }
+        Level::Safe
+    };
+    demand.min(Level::Danger).max(floor)
 }
 
 /// The level the signals call for, without hysteresis.
@@ -568,10 +572,14 @@ mod tests {
         assert_eq!(queue_reading(&lv, &s), Level::Danger);
         s.turned_away = 10;
         assert_eq!(queue_reading(&lv, &s), Level::Caution, "2 + 10 waiting");
-        // A standing queue is caution, whatever was turned away.
-        s.turned_away = 500;
+        // A standing queue is at least caution, whatever its length; requests turned
+        // away from it still count.
         s.standing = true;
+        s.queue = 60;
+        s.turned_away = 0;
         assert_eq!(queue_reading(&lv, &s), Level::Caution);
+        s.turned_away = 500;
+        assert_eq!(queue_reading(&lv, &s), Level::Danger);
     }
 
     #[test]
