@@ -471,6 +471,13 @@ pub async fn run_until_signal(
         None
     };
     let running = start_inheriting(config, inherited).await?;
+    // Before the listeners are logged: whoever waits for that line (scripts, tests)
+    // and then signals must find the handlers, not the default action, which for
+    // SIGHUP and SIGQUIT ends the process.
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut quit = signal(SignalKind::quit())?;
     for addr in &running.addrs {
         tracing::info!(%addr, "proxy listening");
     }
@@ -485,10 +492,6 @@ pub async fn run_until_signal(
             None
         }
     };
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut hup = signal(SignalKind::hangup())?;
-    let mut quit = signal(SignalKind::quit())?;
     loop {
         tokio::select! {
             _ = quit.recv() => {

@@ -33,6 +33,8 @@ pub struct Metrics {
     pub(crate) inflight: IntGaugeVec,
     pub(crate) limit: IntGaugeVec,
     pub(crate) queue_depth: IntGaugeVec,
+    pub(crate) queue_standing: IntGaugeVec,
+    queue_standing_started: IntCounterVec,
     pub(crate) level: IntGaugeVec,
     pub(crate) healthy: IntGaugeVec,
     duration: HistogramVec,
@@ -58,6 +60,8 @@ pub struct UpstreamMetrics {
     shed: Vec<[IntCounter; 4]>,
     pub duration: Histogram,
     pub queue_wait: Histogram,
+    /// Times the queue began standing.
+    pub queue_standing_started: IntCounter,
     pub level_changes: IntCounter,
     /// Requests sent outside the local zone because it was full or down.
     pub spill: IntCounter,
@@ -164,6 +168,16 @@ impl Metrics {
             queue_depth: gauge(
                 "levee_queue_depth",
                 "Requests waiting for a slot.",
+                &["upstream"],
+            ),
+            queue_standing: gauge(
+                "levee_queue_standing",
+                "1 while the queue stands (waits stayed above queue_target_ms for queue_interval_ms): requests may wait queue_target_ms, not queue_timeout_ms, until it drains.",
+                &["upstream"],
+            ),
+            queue_standing_started: counter(
+                "levee_queue_standing_started_total",
+                "Times the queue began standing.",
                 &["upstream"],
             ),
             level: gauge(
@@ -277,6 +291,7 @@ impl Metrics {
             shed,
             duration: self.duration.with_label_values(&[upstream]),
             queue_wait: self.queue_wait.with_label_values(&[upstream]),
+            queue_standing_started: self.queue_standing_started.with_label_values(&[upstream]),
             level_changes: self.level_changes.with_label_values(&[upstream]),
             spill: self.spill.with_label_values(&[upstream]),
             connect_retries: self.retries.with_label_values(&[upstream, "connect"]),
@@ -334,17 +349,37 @@ pub enum ShedReason {
     Displaced = 4,
     /// No backend of the upstream may take traffic.
     NoHealthyBackend = 5,
+    /// The queue stands, and the request waited `queue_target` without getting a
+    /// slot, or would have: the queue ahead of it drains slower than that. (While the
+    /// queue absorbs a burst, the same case is `QueueTimeout`.)
+    QueueStanding = 6,
 }
 
 impl ShedReason {
-    pub const ALL: [ShedReason; 6] = [
+    pub const ALL: [ShedReason; 7] = [
         ShedReason::LowPriority,
         ShedReason::LevelNoQueue,
         ShedReason::QueueFull,
         ShedReason::QueueTimeout,
         ShedReason::Displaced,
         ShedReason::NoHealthyBackend,
+        ShedReason::QueueStanding,
     ];
+
+    /// Shed because no backend slot could be had in time, as opposed to for its
+    /// priority or for want of healthy backends. Only these keep a standing queue
+    /// standing: counting `low_priority` too would let the caution a standing queue
+    /// raises keep it standing.
+    pub fn is_capacity(self) -> bool {
+        match self {
+            ShedReason::LevelNoQueue
+            | ShedReason::QueueFull
+            | ShedReason::QueueTimeout
+            | ShedReason::Displaced
+            | ShedReason::QueueStanding => true,
+            ShedReason::LowPriority | ShedReason::NoHealthyBackend => false,
+        }
+    }
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -354,6 +389,7 @@ impl ShedReason {
             ShedReason::QueueTimeout => "queue_timeout",
             ShedReason::Displaced => "displaced",
             ShedReason::NoHealthyBackend => "no_healthy_backend",
+            ShedReason::QueueStanding => "queue_standing",
         }
     }
 }
@@ -379,6 +415,7 @@ mod tests {
             "levee_requests_total",
             "levee_build_info",
             "levee_request_duration_seconds",
+            "levee_queue_standing_started_total",
         ] {
             assert!(text.contains(name), "{name} missing");
         }

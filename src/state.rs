@@ -306,11 +306,33 @@ impl Upstream {
         next
     }
 
-    /// The level admission acts on: the published level, raised at once by the queue's
-    /// length now so that a burst does not wait for the next tick.
+    /// The level admission acts on: the published level, raised at once when the queue
+    /// now calls for a higher one, so that a burst does not wait for the next tick. The
+    /// raise is published (and then held like any level, see [`LevelState::raise`]),
+    /// so the level does not follow each request in and out of the queue.
     pub fn level(&self) -> Level {
-        let instant = queue_level(&self.levels, self.limits.queue_depth, self.queue.len());
-        self.level_state.get().max(instant)
+        let published = self.level_state.get();
+        let instant = queue_level(
+            &self.levels,
+            self.limits.queue_depth,
+            self.queue.len(),
+            self.queue.is_standing(),
+        );
+        if instant <= published {
+            return published;
+        }
+        if let Some((from, to)) = self.level_state.raise(instant) {
+            self.metrics.level_changes.inc();
+            tracing::info!(
+                upstream = %self.name,
+                from = %from,
+                to = %to,
+                queue = self.queue.len(),
+                standing = self.queue.is_standing(),
+                "load level changed"
+            );
+        }
+        instant
     }
 
     /// The queue's drain rate as of the last tick, in requests per second.
@@ -435,7 +457,8 @@ impl Upstream {
     }
 
     /// One tick of the level controller: rotate the window when a slot has passed,
-    /// read the signals, update the level. Returns the change, if any.
+    /// end the queue's standing state if it has drained, read the signals, update the
+    /// level. Returns the change, if any.
     pub fn tick(&self, now: Instant) -> Option<(Level, Level)> {
         self.refresh_health(now);
         self.retry_budget.trickle();
@@ -458,6 +481,7 @@ impl Upstream {
         };
         self.service_rate
             .store(service_rate.to_bits(), Ordering::Relaxed);
+        self.settle_queue(now);
         let signals = Signals {
             utilization: if capacity == 0 {
                 0.0
@@ -466,6 +490,8 @@ impl Upstream {
             },
             queue: self.queue.take_peak(),
             queue_depth: self.limits.queue_depth,
+            standing: self.queue.is_standing(),
+            turned_away: self.queue.take_turned_away(),
             window,
         };
         let raw = raw_level(&self.levels, &signals);
@@ -505,6 +531,7 @@ impl Snapshot {
             &m.inflight,
             &m.limit,
             &m.queue_depth,
+            &m.queue_standing,
             &m.level,
             &m.healthy,
             &m.panic,
@@ -519,6 +546,9 @@ impl Snapshot {
             m.queue_depth
                 .with_label_values(&[name])
                 .set(i64::from(up.queue.len()));
+            m.queue_standing
+                .with_label_values(&[name])
+                .set(i64::from(up.queue.is_standing()));
             m.level.with_label_values(&[name]).set(up.level() as i64);
             m.panic
                 .with_label_values(&[name])

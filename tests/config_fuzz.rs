@@ -157,6 +157,8 @@ const LIMITS: &[Field] = &[
     f("max_inflight", Kind::Count, 0.8),
     f("queue_depth", Kind::Depth, 0.7),
     f("queue_timeout_ms", Kind::LongMs, 0.6),
+    f("queue_target_ms", Kind::LowMs, 0.3),
+    f("queue_interval_ms", Kind::Ms, 0.3),
 ];
 
 const HEALTH: &[Field] = &[
@@ -1122,7 +1124,18 @@ fn revalidate(c: &Config) -> Result<(), String> {
         ensure(l.queue_timeout <= DAY, || at("queue_timeout"))?;
         if l.queue_depth > 0 {
             ensure(l.queue_timeout >= MS, || at("queue without timeout"))?;
+            ensure(l.queue_target >= MS, || at("queue without target"))?;
+            // Below the timeout, or equal to it only by default (a short timeout).
+            ensure(
+                l.queue_target < l.queue_timeout
+                    || (l.queue_target == l.queue_timeout && l.queue_target <= 5 * MS),
+                || at(&format!("queue_target {:?}", l.queue_target)),
+            )?;
         }
+        ensure(l.queue_target <= DAY, || at("queue_target"))?;
+        ensure((MS..=DAY).contains(&l.queue_interval), || {
+            at(&format!("queue_interval {:?}", l.queue_interval))
+        })?;
         let lv = &u.levels;
         for (level, th) in [("caution", &lv.caution), ("danger", &lv.danger)] {
             if let Some(x) = th.utilization {

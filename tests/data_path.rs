@@ -116,9 +116,12 @@ fn setup_for(addr: SocketAddr, upstream: &str) -> Setup {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backend_connections_stay_within_the_limit_plus_the_idle_allowance() {
     let backend = counting(Duration::from_millis(20), 0).await;
+    // Every wave is a burst the queue absorbs whole, however slow the machine: its
+    // interval is longer than the test, so it never stands.
     let levee = setup_for(
         backend.addr,
-        "[upstream.limits]\nmax_inflight = 4\nqueue_depth = 64\nqueue_timeout_ms = 5000",
+        "[upstream.limits]\nmax_inflight = 4\nqueue_depth = 64\nqueue_timeout_ms = 5000\n\
+         queue_interval_ms = 60000",
     )
     .start()
     .await;
@@ -153,9 +156,13 @@ async fn backend_connections_stay_within_the_limit_plus_the_idle_allowance() {
 async fn both_runtime_layouts_serve_concurrent_keep_alive_clients() {
     for layout in ["per_thread", "multi_thread"] {
         let backend = counting(Duration::from_millis(2), 0).await;
+        // 24 clients on 6 slots keep the queue full for the whole test: it would stand
+        // (and shed) on a slow machine; this test is about serving them all, so the
+        // queue's interval is longer than the test.
         let mut setup = setup_for(
             backend.addr,
-            "[upstream.limits]\nmax_inflight = 6\nqueue_depth = 64\nqueue_timeout_ms = 5000",
+            "[upstream.limits]\nmax_inflight = 6\nqueue_depth = 64\nqueue_timeout_ms = 5000\n\
+             queue_interval_ms = 60000",
         );
         setup = setup.server(&format!("runtime = \"{layout}\""));
         let levee = setup.start().await;

@@ -15,11 +15,15 @@ use levee::demo::replica::Replica;
 
 const LIMIT: Duration = Duration::from_secs(10);
 
+/// The queue's interval is longer than any burst here (a test of the limit sends 6
+/// requests of 30 ms at one slot): they are bursts to absorb whole, not a standing
+/// queue.
 fn config_text(backends: &[&Replica], max_inflight: u32, extra_route: Option<&str>) -> String {
     let mut s = format!(
         "[server]\nlisten = [\"127.0.0.1:0\"]\nadmin_listen = \"127.0.0.1:0\"\n\n\
          [[upstream]]\nname = \"app\"\nroutes = [\"/\"]\n\
          [upstream.limits]\nmax_inflight = {max_inflight}\nqueue_depth = 200\nqueue_timeout_ms = 2000\n\
+         queue_interval_ms = 1000\n\
          [upstream.levels]\ncaution = {{ utilization = 0.99 }}\ndanger = {{ p95_ms = 60000 }}\n"
     );
     for r in backends {

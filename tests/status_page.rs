@@ -265,6 +265,11 @@ async fn page_shows_upstream_level_and_backends_and_follows_health() {
     );
     let app = must_tag(&dom, "data-upstream", "app");
     assert_eq!(attr(app, "data-level"), Some("safe"), "{app}");
+    assert_eq!(
+        attr(must_tag(&dom, "data-field", "queue"), "data-standing"),
+        Some("false"),
+        "an idle queue does not stand"
+    );
     let card = element(&dom, "data-upstream", "app", "</svg>");
     assert!(
         card.contains(r#"data-level="safe">safe</span>"#),
@@ -356,7 +361,7 @@ async fn page_survives_odd_status_and_shows_connection_lost() {
     // Wrong types and missing fields (an older or broken levee) must not stop the
     // loop; fields of a newer levee (health `state`, `ejected`) are shown.
     let odd = r#"{"ready":"maybe","upstreams":[null,5,{"name":7,"level":"overload","queue":"x","backends":[null,{"address":9},{"zone":{}}]},{"backends":"none"}]}"#;
-    let newer = r#"{"ready":false,"version":"9.9.9","upstreams":[{"name":"api","level":"critical","queue":100,"queue_depth":100,"requests_total":50,"shed_total":10,"panic":true,"future_field":{"x":1},"backends":[
+    let newer = r#"{"ready":false,"version":"9.9.9","upstreams":[{"name":"api","level":"critical","queue":100,"queue_depth":100,"requests_total":50,"shed_total":10,"panic":true,"queue_standing":true,"queue_allowed_wait_ms":5,"future_field":{"x":1},"backends":[
         {"address":"10.0.0.1:80","zone":"a","local":true,"healthy":false,"routable":false,"state":"probation","inflight":1,"limit":2,"max_inflight":8,"requests":3},
         {"address":"10.0.0.2:80","zone":"b","healthy":false,"routable":false,"ejected":true,"ejections":2,"failures":5,"state":"ejected"},
         {"address":"10.0.0.4:80","zone":"b","healthy":false,"routable":true,"state":"unhealthy"},
@@ -423,6 +428,16 @@ async fn page_survives_odd_status_and_shows_connection_lost() {
         "{dom}"
     );
     assert!(field(&dom, "shed").contains("30 total"), "{dom}");
+    // A standing queue says so, with the wait it allows.
+    assert_eq!(
+        attr(must_tag(&dom, "data-field", "queue"), "data-standing"),
+        Some("true")
+    );
+    assert!(
+        field(&dom, "queue").contains("standing · waits ≤ 5.00 ms"),
+        "{}",
+        field(&dom, "queue")
+    );
     assert!(field(&dom, "rate").contains("80 total"), "{dom}");
     assert!(
         field(&dom, "p95").contains('—'),

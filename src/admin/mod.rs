@@ -133,11 +133,17 @@ pub fn status_json(snapshot: &Snapshot, ready: bool) -> serde_json::Value {
                 .flat_map(|b| crate::metrics::CLASSES.map(|c| b.metrics.requests(c).get()))
                 .sum();
             let window = up.window.stats();
+            let standing = up.queue.is_standing();
             json!({
                 "name": up.name,
                 "level": up.level().as_str(),
                 "queue": up.queue.len(),
                 "queue_depth": up.limits.queue_depth,
+                "queue_standing": standing,
+                "queue_allowed_wait_ms": up.allowed_wait(standing).as_secs_f64() * 1000.0,
+                "queue_timeout_ms": up.limits.queue_timeout.as_secs_f64() * 1000.0,
+                "queue_target_ms": up.limits.queue_target.as_secs_f64() * 1000.0,
+                "queue_standing_started_total": up.metrics.queue_standing_started.get(),
                 "inflight": up.inflight(),
                 "capacity": up.capacity(),
                 "requests_total": requests,

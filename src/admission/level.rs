@@ -2,8 +2,20 @@
 //! hysteresis that turns its signals into one [`Level`].
 //!
 //! Requests only add to the window (a few relaxed atomic adds); the level ticker
-//! ([`crate::state::spawn_level_ticker`]) is the one writer of the level: every tick
-//! it rotates the window, reads the signals and stores a new level.
+//! ([`crate::state::spawn_level_ticker`]) rotates the window, reads the signals and
+//! stores a new level every tick. The one other writer is a request that sees the
+//! queue call for a higher level than the published one: it raises the level at once
+//! ([`LevelState::raise`]), and from then on the level falls only through the ticker's
+//! hysteresis. So the queue's part of the level is held for the cooldown like every
+//! other signal instead of following each request in and out of the queue.
+//!
+//! The queue's part of the level ([`queue_reading`]) is where flapping came from: a
+//! level the queue raised keeps requests out of the queue, which empties it, and read
+//! by length alone the level then falls, lets them in, and rises again as they refill
+//! it. So the requests the level turned away from the queue since the last tick count
+//! as waiting at that tick, and a standing queue ([`super::codel`]), whose length is
+//! held near what `queue_target` allows, reads as at least caution, its length not
+//! counted (full is always critical).
 
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering::Relaxed};
 use std::time::{Duration, Instant};
@@ -212,20 +224,39 @@ fn quantile(buckets: &[u64; BUCKETS], q: f64) -> Option<Duration> {
 }
 
 /// The instantaneous signals of one upstream, as the ticker sees them.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 pub struct Signals {
     pub utilization: f64,
     /// Largest queue length since the previous tick.
     pub queue: u32,
     pub queue_depth: u32,
+    /// The queue stands now: its length thresholds do not apply, it is caution.
+    pub standing: bool,
+    /// Requests that would have waited but were turned away by the level or a full
+    /// queue (`level_no_queue`, `queue_full`) since the previous tick, counted up to
+    /// the queue depth.
+    pub turned_away: u32,
     pub window: WindowStats,
 }
 
+impl Default for Signals {
+    fn default() -> Self {
+        Signals {
+            utilization: 0.0,
+            queue: 0,
+            queue_depth: 0,
+            standing: false,
+            turned_away: 0,
+            window: WindowStats::default(),
+        }
+    }
+}
+
+/// Whether the signals other than the queue reach the thresholds `t`.
 fn exceeds(t: &Thresholds, s: &Signals, min_samples: u32) -> bool {
     let enough = s.window.done >= u64::from(min_samples);
     let waited_enough = s.window.waited >= u64::from(min_samples);
     t.utilization.is_some_and(|u| s.utilization >= u)
-        || t.queue.is_some_and(|q| s.queue >= q)
         || (waited_enough
             && t.queue_wait
                 .zip(s.window.wait_p95)
@@ -236,22 +267,8 @@ fn exceeds(t: &Thresholds, s: &Signals, min_samples: u32) -> bool {
                 .is_some_and(|e| s.window.errors as f64 / s.window.done as f64 >= e))
 }
 
-/// The level the signals call for, without hysteresis.
-pub fn raw_level(levels: &Levels, s: &Signals) -> Level {
-    if s.queue_depth > 0 && s.queue >= s.queue_depth {
-        Level::Critical
-    } else if exceeds(&levels.danger, s, levels.min_samples) {
-        Level::Danger
-    } else if exceeds(&levels.caution, s, levels.min_samples) {
-        Level::Caution
-    } else {
-        Level::Safe
-    }
-}
-
-/// Level from the queue length alone, read on the hot path so a burst raises the level
-/// at once instead of at the next tick.
-pub fn queue_level(levels: &Levels, queue_depth: u32, queued: u32) -> Level {
+/// The level a queue of `queued` requests calls for by the `queue` thresholds alone.
+fn length_level(levels: &Levels, queue_depth: u32, queued: u32) -> Level {
     if queue_depth > 0 && queued >= queue_depth {
         Level::Critical
     } else if levels.danger.queue.is_some_and(|q| queued >= q) {
@@ -260,6 +277,54 @@ pub fn queue_level(levels: &Levels, queue_depth: u32, queued: u32) -> Level {
         Level::Caution
     } else {
         Level::Safe
+    }
+}
+
+/// The level the queue calls for at a tick.
+///
+/// - Full (its peak length since the last tick): critical.
+/// - Else by its peak length plus the requests turned away from it since the last
+///   tick, up to danger. A level the queue raised keeps `normal` (danger) or `high`
+///   (critical) out of the queue, which empties it; read by length alone, the level
+///   would fall after the cooldown, let them in, and rise again as they refill it.
+///   Counted as waiting, they hold the level while they come as fast as they would
+///   have filled the queue to its threshold; at lower loads, where a few find every
+///   slot busy now and then, they do not.
+/// - While the queue stands, at least caution, and its length does not count: it is
+///   held near what `queue_target` allows and says nothing more.
+pub fn queue_reading(levels: &Levels, s: &Signals) -> Level {
+    if length_level(levels, s.queue_depth, s.queue) == Level::Critical {
+        return Level::Critical;
+    }
+    let length = if s.standing { 0 } else { s.queue };
+    let demand = length_level(levels, s.queue_depth, length.saturating_add(s.turned_away));
+    let floor = if s.standing {
+        Level::Caution
+    } else {
+        Level::Safe
+    };
+    demand.min(Level::Danger).max(floor)
+}
+
+/// The level the signals call for, without hysteresis.
+pub fn raw_level(levels: &Levels, s: &Signals) -> Level {
+    let others = if exceeds(&levels.danger, s, levels.min_samples) {
+        Level::Danger
+    } else if exceeds(&levels.caution, s, levels.min_samples) {
+        Level::Caution
+    } else {
+        Level::Safe
+    };
+    others.max(queue_reading(levels, s))
+}
+
+/// Level from the queue alone (its length now, and whether it stands), read on the
+/// request path so that a burst raises the level at once instead of at the next tick.
+pub fn queue_level(levels: &Levels, queue_depth: u32, queued: u32, standing: bool) -> Level {
+    match length_level(levels, queue_depth, queued) {
+        Level::Critical => Level::Critical,
+        _ if standing => Level::Caution,
+        by_length => by_length,
     }
 }
 
@@ -296,6 +361,21 @@ impl LevelState {
 
     pub fn changes(&self) -> u64 {
         self.changes.load(Relaxed)
+    }
+
+    /// Raises the level to `level` at once if it is higher (a request saw the queue
+    /// call for it); never lowers it. Returns `Some((old, new))` when it changed. From
+    /// here the ticker's hysteresis decides when it falls, as for any reading.
+    pub fn raise(&self, level: Level) -> Option<(Level, Level)> {
+        let mut h = self.hysteresis.lock();
+        let current = self.get();
+        if level <= current {
+            return None;
+        }
+        h.below = None;
+        self.current.store(level as u8, Relaxed);
+        self.changes.fetch_add(1, Relaxed);
+        Some((current, level))
     }
 
     /// Feeds one raw reading; returns `Some((old, new))` when the level changed.
@@ -419,10 +499,119 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(raw_level(&levels(), &s), Level::Critical);
-        assert_eq!(queue_level(&levels(), 100, 100), Level::Critical);
-        assert_eq!(queue_level(&levels(), 100, 50), Level::Danger);
-        assert_eq!(queue_level(&levels(), 100, 10), Level::Caution);
-        assert_eq!(queue_level(&levels(), 100, 9), Level::Safe);
+        assert_eq!(queue_level(&levels(), 100, 100, false), Level::Critical);
+        assert_eq!(queue_level(&levels(), 100, 50, false), Level::Danger);
+        assert_eq!(queue_level(&levels(), 100, 10, false), Level::Caution);
+        assert_eq!(queue_level(&levels(), 100, 9, false), Level::Safe);
+    }
+
+    #[test]
+    fn a_standing_queue_is_caution_whatever_its_length_short_of_full() {
+        let mut s = Signals {
+            queue: 60,
+            queue_depth: 100,
+            ..Default::default()
+        };
+        assert_eq!(raw_level(&levels(), &s), Level::Danger, "a burst of 60");
+        s.standing = true;
+        assert_eq!(raw_level(&levels(), &s), Level::Caution);
+        s.queue = 0;
+        assert_eq!(raw_level(&levels(), &s), Level::Caution, "even when empty");
+        s.queue = 100;
+        assert_eq!(raw_level(&levels(), &s), Level::Critical, "full is full");
+        // Other danger signals still count.
+        s.queue = 3;
+        s.window.p95 = Some(Duration::from_millis(300));
+        s.window.done = 20;
+        assert_eq!(raw_level(&levels(), &s), Level::Danger);
+
+        assert_eq!(queue_level(&levels(), 100, 60, true), Level::Caution);
+        assert_eq!(queue_level(&levels(), 100, 0, true), Level::Caution);
+        assert_eq!(queue_level(&levels(), 100, 100, true), Level::Critical);
+    }
+
+    #[test]
+    fn a_level_the_queue_raised_holds_while_it_turns_requests_away() {
+        let lv = levels();
+        let st = LevelState::default();
+        let t0 = Instant::now();
+        let cd = lv.cooldown;
+        // One tick of the ticker at `ms`: the queue's peak length, and how many were
+        // turned away from it since the previous tick.
+        let tick = |ms: u64, queue: u32, turned_away: u32| {
+            let s = Signals {
+                queue,
+                queue_depth: 100,
+                turned_away,
+                ..Default::default()
+            };
+            st.update(raw_level(&lv, &s), t0 + Duration::from_millis(ms), cd);
+            st.get()
+        };
+        // A queue of 60 is danger; danger keeps `normal` out, so the queue empties,
+        // while the overload goes on turning 80 a tick away.
+        assert_eq!(tick(0, 60, 0), Level::Danger);
+        for ms in (100..3_000).step_by(100) {
+            assert_eq!(tick(ms, 2, 80), Level::Danger, "at {ms} ms");
+        }
+        // The overload ends: a few find every slot busy now and then, far fewer than
+        // would fill the queue; after the cooldown the level follows the queue down.
+        for ms in (3_000..4_000).step_by(100) {
+            assert_eq!(tick(ms, 2, 3), Level::Danger, "cooldown, at {ms} ms");
+        }
+        assert_eq!(tick(4_000, 2, 3), Level::Safe);
+        assert_eq!(st.changes(), 2, "one rise and one fall, no flapping");
+
+        // Turned-away requests raise at most danger: critical is a full queue.
+        let mut s = Signals {
+            queue: 2,
+            queue_depth: 100,
+            turned_away: 500,
+            ..Default::default()
+        };
+        assert_eq!(queue_reading(&lv, &s), Level::Danger);
+        s.turned_away = 10;
+        assert_eq!(queue_reading(&lv, &s), Level::Caution, "2 + 10 waiting");
+        // A standing queue is at least caution, whatever its length; requests turned
+        // away from it still count.
+        s.standing = true;
+        s.queue = 60;
+        s.turned_away = 0;
+        assert_eq!(queue_reading(&lv, &s), Level::Caution);
+        s.turned_away = 500;
+        assert_eq!(queue_reading(&lv, &s), Level::Danger);
+    }
+
+    #[test]
+    fn a_raise_holds_until_the_cooldown_has_passed() {
+        let st = LevelState::default();
+        let t0 = Instant::now();
+        let cd = Duration::from_secs(1);
+        assert_eq!(st.raise(Level::Danger), Some((Level::Safe, Level::Danger)));
+        assert_eq!(st.raise(Level::Caution), None, "never lowers");
+        assert_eq!(st.raise(Level::Danger), None);
+        // The queue emptied at once: the ticker's readings fall, the level holds.
+        assert_eq!(st.update(Level::Safe, t0, cd), None);
+        assert_eq!(
+            st.update(Level::Safe, t0 + Duration::from_millis(900), cd),
+            None
+        );
+        // Refilled before the cooldown ended: nothing to raise, and the ticker's next
+        // reading (the queue's peak since the last tick) restarts the cooldown.
+        assert_eq!(st.raise(Level::Danger), None);
+        assert_eq!(
+            st.update(Level::Danger, t0 + Duration::from_millis(950), cd),
+            None
+        );
+        assert_eq!(
+            st.update(Level::Caution, t0 + Duration::from_millis(1_000), cd),
+            None
+        );
+        assert_eq!(
+            st.update(Level::Caution, t0 + Duration::from_millis(2_000), cd),
+            Some((Level::Danger, Level::Caution))
+        );
+        assert_eq!(st.changes(), 2);
     }
 
     #[test]

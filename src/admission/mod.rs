@@ -14,7 +14,14 @@
 //! "queue" means take a free slot, else wait; "no queue" means take a free slot, else
 //! 503. Admission is work-conserving: only `low` at caution and above is shed while a
 //! slot is free. A slot is held by a [`Permit`] and released when it drops, exactly once.
+//!
+//! How long a request may wait is the queue's *allowed wait*: `queue_timeout` while
+//! the queue absorbs a burst, `queue_target` once it stands ([`codel`]). A request
+//! that would not be served within it, at the rate the backends finish requests, is
+//! shed at once; one whose wait passes it is shed then, also when the queue begins
+//! standing while it waits.
 
+pub mod codel;
 pub mod level;
 pub mod queue;
 
@@ -26,6 +33,7 @@ use crate::balance::{take_slot, Take};
 use crate::config::Class;
 pub use crate::state::Permit;
 use crate::state::{Backend, Upstream};
+use codel::{Change, Params};
 use level::Level;
 use queue::{Full, Grant, Ticket};
 
@@ -113,25 +121,29 @@ impl Drop for Permit {
         // request that joins the queue concurrently either sees the free slot on its
         // re-check, or is seen here and handed a slot.
         if !upstream.queue.is_empty() {
-            dispatch(&upstream.queue);
+            dispatch(&upstream);
         }
     }
 }
 
-/// Hands free slots to waiters, oldest first. Called after a slot was released while
-/// the queue was not empty. Each waiter takes its slot in the upstream version it was
-/// admitted under (versions share backends, so the counts stay one).
-pub(crate) fn dispatch(queue: &queue::WaitQueue<Upstream, Permit>) {
-    let mut q = queue.lock();
+/// Hands free slots to waiters, oldest first. Called after a slot of `upstream` was
+/// released while the queue was not empty. Each waiter takes its slot in the upstream
+/// version it was admitted under (versions share backends, so the counts stay one).
+/// The wait of each waiter served counts toward the queue's standing state.
+pub(crate) fn dispatch(upstream: &Upstream) {
+    let now = clock();
+    let params = upstream.codel_params();
+    let mut change = None;
+    let mut q = upstream.queue.lock();
     let mut i = 0;
     let mut any_full = false;
-    while i < q.waiters.len() {
-        let target = q.waiters[i].target;
+    while i < q.waiters().len() {
+        let target = q.waiters()[i].target;
         if target.is_none() && any_full {
             i += 1;
             continue;
         }
-        let up = q.waiters[i].upstream.clone();
+        let up = q.waiters()[i].upstream.clone();
         let slot = match target {
             Some(b) => up.backends[b].try_acquire().then_some(b),
             None => match take_slot(&up, None, &[], i as u64) {
@@ -145,12 +157,30 @@ pub(crate) fn dispatch(queue: &queue::WaitQueue<Upstream, Permit>) {
             continue;
         };
         let Some(waiter) = q.remove_at(i) else { break };
+        let wait = now.saturating_duration_since(waiter.since);
+        change = change.or(q.record_wait(wait, now, params));
+        if q.is_standing() && wait > params.target {
+            // A standing queue gives no slot to a request that waited past the target
+            // (its timer is due, or the queue stands from this very wait): it is shed,
+            // and the loop offers the slot to the next waiter.
+            up.backends[b].release_slot();
+            let _ = waiter.tx.send(Grant::Expired);
+            continue;
+        }
         if let Err(Grant::Permit(p)) = waiter.tx.send(Grant::Permit(Permit::new(up, b))) {
             // The waiter is gone (timed out or its client left): the slot goes back,
             // and the loop offers it to the next waiter.
             p.release_quietly();
         }
     }
+    drop(q);
+    upstream.standing_changed(change);
+}
+
+/// Now, for queue waits: tokio's clock, so that tests with paused time see the waits
+/// they advance through (outside tests it is the system's monotonic clock).
+fn clock() -> Instant {
+    tokio::time::Instant::now().into_std()
 }
 
 /// Leaves the queue when dropped (timeout, client gone): a grant that arrived in the
@@ -212,21 +242,26 @@ impl Upstream {
             Admit::Shed(s) => return Err(s),
             Admit::Wait { level, target } => (level, target),
         };
-        // A request that would wait past `queue_timeout` at the rate the backends
+        let now = clock();
+        // A standing queue that has drained absorbs this request as a burst again.
+        self.settle_queue(now);
+        let standing = self.queue.is_standing();
+        let allowed = self.allowed_wait(standing);
+        // A request that would wait past its allowed wait at the rate the backends
         // finish requests gets its 503 now rather than after the wait: the answer is
         // the same, and the client and the queue are spared the delay. (Only for
         // requests waiting for any backend: an affinity target's own rate is unknown.)
         let rate = self.service_rate();
         if target.is_none() && rate > 0.0 {
             let expected = (f64::from(self.queue.len()) + 1.0) / rate;
-            if expected > self.limits.queue_timeout.as_secs_f64() {
-                return Err(self.shed(ShedReason::QueueTimeout, level, class));
+            if expected > allowed.as_secs_f64() {
+                return Err(self.shed(late(standing), level, class));
             }
         }
         let (ticket, displaced) =
             match self
                 .queue
-                .push(self, class, target, self.limits.queue_depth)
+                .push(self, class, target, self.limits.queue_depth, now)
             {
                 Ok(joined) => joined,
                 Err(Full) => return Err(self.shed(ShedReason::QueueFull, level, class)),
@@ -234,7 +269,6 @@ impl Upstream {
         if let Some(w) = displaced {
             let _ = w.tx.send(Grant::Displaced);
         }
-        let queued_at = Instant::now();
         let mut waiting = Waiting {
             upstream: self,
             ticket: Some(ticket),
@@ -252,34 +286,117 @@ impl Upstream {
             drop(waiting); // leaves the queue; a grant that raced in is handed on
             return Ok(Permit::new(self.clone(), i));
         }
-        let Some(rx) = waiting.ticket.as_mut().map(|t| &mut t.rx) else {
-            return Err(self.shed(ShedReason::QueueTimeout, level, class));
-        };
-        let outcome = tokio::time::timeout(self.limits.queue_timeout, rx).await;
-        let grant = match outcome {
-            Ok(Ok(grant)) => {
-                waiting.ticket = None; // the grant was taken; nothing to leave
-                Some(grant)
-            }
-            // Sender dropped without a grant: only when the upstream itself is dropped.
-            Ok(Err(_)) => None,
-            Err(_) => {
-                let ticket = waiting.ticket.take();
-                match ticket {
-                    Some(mut t) if !self.queue.remove(t.id) => t.rx.try_recv().ok(),
-                    _ => None,
-                }
-            }
-        };
+        let grant = self.wait_for_grant(&mut waiting, now).await;
         match grant {
-            Some(Grant::Permit(mut p)) => {
-                p.queued = queued_at.elapsed();
+            Ok(Grant::Permit(mut p)) => {
+                p.queued = clock().saturating_duration_since(now);
                 self.window.record_wait(p.queued);
                 self.metrics.queue_wait.observe(p.queued.as_secs_f64());
                 Ok(p)
             }
-            Some(Grant::Displaced) => Err(self.shed(ShedReason::Displaced, self.level(), class)),
-            None => Err(self.shed(ShedReason::QueueTimeout, self.level(), class)),
+            Ok(Grant::Displaced) => Err(self.shed(ShedReason::Displaced, self.level(), class)),
+            Ok(Grant::Expired) => Err(self.shed(ShedReason::QueueStanding, self.level(), class)),
+            Err(reason) => Err(self.shed(reason, self.level(), class)),
+        }
+    }
+
+    /// Waits in the queue (joined at `since`) for a grant until the allowed wait has
+    /// passed; `Err` is the shed reason then. The allowed wait is read again whenever
+    /// the queue begins standing (so a request that has waited longer than the target
+    /// by then is shed at once), and when the deadline passes (a queue that drained
+    /// meanwhile allows the longer wait).
+    async fn wait_for_grant(
+        &self,
+        waiting: &mut Waiting<'_>,
+        since: Instant,
+    ) -> Result<Grant<Permit>, ShedReason> {
+        loop {
+            let began = self.queue.began_standing();
+            tokio::pin!(began);
+            // Registered before the state is read: a start in between still wakes us.
+            began.as_mut().enable();
+            let standing = self.queue.is_standing();
+            let deadline = since + self.allowed_wait(standing);
+            let Some(ticket) = waiting.ticket.as_mut() else {
+                return Err(late(standing));
+            };
+            tokio::select! {
+                biased;
+                outcome = &mut ticket.rx => {
+                    waiting.ticket = None; // the grant was taken; nothing to leave
+                    // Sender dropped without a grant: only when the upstream itself is
+                    // dropped.
+                    return outcome.map_err(|_| late(standing));
+                }
+                () = &mut began => continue,
+                () = tokio::time::sleep_until(deadline.into()) => {
+                    if self.queue.is_standing() != standing {
+                        continue; // the allowed wait changed while the timer ran
+                    }
+                }
+            }
+            let now = clock();
+            let Some(mut ticket) = waiting.ticket.take() else {
+                return Err(late(standing));
+            };
+            let wait = now.saturating_duration_since(since);
+            let (left, change) = self.queue.expire(ticket.id, wait, now, self.codel_params());
+            self.standing_changed(change);
+            if left {
+                return Err(late(standing));
+            }
+            // Granted (or displaced) just as the wait ran out: take what was sent.
+            return ticket.rx.try_recv().map_err(|_| late(standing));
+        }
+    }
+
+    /// The standing-queue parameters of this upstream version.
+    pub(crate) fn codel_params(&self) -> Params {
+        Params {
+            target: self.limits.queue_target,
+            interval: self.limits.queue_interval,
+        }
+    }
+
+    /// The wait a request may take in the queue: the target while it stands, else
+    /// the timeout.
+    pub fn allowed_wait(&self, standing: bool) -> Duration {
+        if standing {
+            self.limits.queue_target
+        } else {
+            self.limits.queue_timeout
+        }
+    }
+
+    /// Ends the queue's standing state if it has drained by `now`. Called by requests
+    /// about to wait, and by the level ticker so that it ends without traffic too.
+    pub(crate) fn settle_queue(&self, now: Instant) {
+        let change = self.queue.settle(now, self.codel_params());
+        self.standing_changed(change);
+    }
+
+    /// Acts on a change of the queue's standing state: counts and logs it, and on a
+    /// start wakes the waiters so that they take the shorter wait.
+    pub(crate) fn standing_changed(&self, change: Option<Change>) {
+        match change {
+            Some(Change::Began) => {
+                self.queue.wake_waiters();
+                self.metrics.queue_standing_started.inc();
+                tracing::info!(
+                    upstream = %self.name,
+                    queue = self.queue.len(),
+                    allowed_wait_ms = self.limits.queue_target.as_millis() as u64,
+                    "queue standing: waits stayed above queue_target_ms for queue_interval_ms"
+                );
+            }
+            Some(Change::Ended) => {
+                tracing::info!(
+                    upstream = %self.name,
+                    allowed_wait_ms = self.limits.queue_timeout.as_millis() as u64,
+                    "queue drained: it absorbs bursts again"
+                );
+            }
+            None => {}
         }
     }
 
@@ -299,6 +416,12 @@ impl Upstream {
     /// The 503 a request gets, with its `Retry-After`, counted in the metrics.
     pub fn shed(&self, reason: ShedReason, level: Level, class: Class) -> Shed {
         self.metrics.shed(reason, class).inc();
+        if reason.is_capacity() && self.queue.is_standing() {
+            self.queue.note_pressure(clock());
+        }
+        if matches!(reason, ShedReason::LevelNoQueue | ShedReason::QueueFull) {
+            self.queue.note_turned_away(self.limits.queue_depth);
+        }
         Shed {
             reason,
             level,
@@ -325,6 +448,16 @@ impl Upstream {
         }
         let jitter = 1.0 + 0.5 * (rand::random::<u32>() as f64 / u32::MAX as f64);
         (secs * jitter).ceil().clamp(1.0, f64::from(max)) as u32
+    }
+}
+
+/// The reason a request gets when its allowed wait passes (or would): the queue's
+/// target while it stands, else its timeout.
+fn late(standing: bool) -> ShedReason {
+    if standing {
+        ShedReason::QueueStanding
+    } else {
+        ShedReason::QueueTimeout
     }
 }
 

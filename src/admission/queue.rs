@@ -1,24 +1,33 @@
-//! The bounded FIFO where requests wait for a backend slot.
+//! The bounded FIFO where requests wait for a backend slot, and its standing state.
 //!
 //! A waiter is handed its slot directly by the request that frees it (see
-//! [`crate::state::Upstream::dispatch`]): a freed slot goes to the oldest waiter that may use
+//! [`crate::admission::dispatch`]): a freed slot goes to the oldest waiter that may use
 //! it instead of being raced for, so the queue is fair and never waits while a slot it
 //! could use is free. The lock is held only to push, remove or hand over, never across
 //! an `.await`.
+//!
+//! The queue keeps its [`Codel`] state under the same lock, fed with the wait of every
+//! request that leaves it, so a standing queue is seen where waits are measured; the
+//! standing flag is mirrored in an atomic for the request path.
 //!
 //! The queue is generic over what it queues for (`U`, the upstream) and what it hands
 //! over (`P`, a permit), so it depends on neither: `state` holds one, `admission`
 //! drives it.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, MutexGuard};
-use tokio::sync::oneshot;
+use tokio::sync::{futures::Notified, oneshot, Notify};
 
-use std::sync::Arc;
-
+use super::codel::{Change, Codel, Params};
 use crate::config::Class;
+
+/// How precisely the last shed for want of capacity is kept: a standing queue may
+/// drain up to this much early.
+pub const PRESSURE_RESOLUTION: Duration = Duration::from_millis(1);
 
 /// What a waiter receives.
 pub enum Grant<P> {
@@ -26,6 +35,9 @@ pub enum Grant<P> {
     Permit(P),
     /// A `critical` request took this waiter's place in a full queue.
     Displaced,
+    /// A slot came free for this waiter, but the queue stands and it had waited past
+    /// the target: the slot went on to the next waiter.
+    Expired,
 }
 
 pub(crate) struct Waiter<U, P> {
@@ -36,6 +48,8 @@ pub(crate) struct Waiter<U, P> {
     pub upstream: Arc<U>,
     /// The one backend this waiter can use (affinity), or any backend.
     pub target: Option<usize>,
+    /// When it joined: its wait, when it leaves, feeds the standing state.
+    pub since: Instant,
     pub tx: oneshot::Sender<Grant<P>>,
 }
 
@@ -43,22 +57,48 @@ pub(crate) struct Waiter<U, P> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Full;
 
+/// What the lock guards: the waiters, oldest first, and the standing state they feed.
+pub(crate) struct Inner<U, P> {
+    pub waiters: VecDeque<Waiter<U, P>>,
+    codel: Codel,
+}
+
 pub struct WaitQueue<U, P> {
-    waiters: Mutex<VecDeque<Waiter<U, P>>>,
+    inner: Mutex<Inner<U, P>>,
     /// Mirror of `waiters.len()`, written under the lock, read without it.
     len: AtomicU32,
     /// Highest length since the ticker last read it.
     peak: AtomicU32,
+    /// Requests that would have waited but were turned away (by the level or a full
+    /// queue) since the ticker last read it, counted up to the queue depth.
+    turned_away: AtomicU32,
     next_id: AtomicU64,
+    /// Mirror of `codel.is_standing()`, written under the lock, read without it.
+    standing: AtomicBool,
+    /// Last shed for want of capacity while standing, in nanoseconds after `epoch`
+    /// (0: none). Written without the lock: sheds are the flood's path.
+    pressure: AtomicU64,
+    epoch: Instant,
+    /// Woken when the queue begins standing, so that waiters take the shorter wait
+    /// at once.
+    began: Notify,
 }
 
 impl<U, P> Default for WaitQueue<U, P> {
     fn default() -> Self {
         WaitQueue {
-            waiters: Mutex::new(VecDeque::new()),
+            inner: Mutex::new(Inner {
+                waiters: VecDeque::new(),
+                codel: Codel::default(),
+            }),
             len: AtomicU32::new(0),
             peak: AtomicU32::new(0),
+            turned_away: AtomicU32::new(0),
             next_id: AtomicU64::new(0),
+            standing: AtomicBool::new(false),
+            pressure: AtomicU64::new(0),
+            epoch: Instant::now(),
+            began: Notify::new(),
         }
     }
 }
@@ -87,29 +127,117 @@ impl<U, P> WaitQueue<U, P> {
         self.peak.swap(self.len(), Ordering::Relaxed)
     }
 
-    pub(crate) fn lock(&self) -> QueueGuard<'_, U, P> {
-        QueueGuard {
-            queue: self,
-            waiters: self.waiters.lock(),
+    /// Counts a request that would have waited but was turned away by the level or a
+    /// full queue, up to `cap` (the queue depth: more says nothing more, and past it a
+    /// flood of sheds only reads the shared word).
+    pub fn note_turned_away(&self, cap: u32) {
+        if self.turned_away.load(Ordering::Relaxed) < cap {
+            self.turned_away.fetch_add(1, Ordering::Relaxed);
         }
     }
 
-    /// Joins the queue at its tail. When it is full, a `critical` request displaces the
-    /// newest waiter of the lowest class below critical, which is returned to be told.
+    /// How many were turned away since the previous call (the ticker's).
+    pub fn take_turned_away(&self) -> u32 {
+        self.turned_away.swap(0, Ordering::Relaxed)
+    }
+
+    /// Whether the queue stands: its allowed wait is the target, not the timeout.
+    pub fn is_standing(&self) -> bool {
+        self.standing.load(Ordering::Relaxed)
+    }
+
+    /// Notes a request turned away for want of capacity at `now`: a standing queue
+    /// drains only after an interval without any. A no-op unless it stands. Kept to
+    /// [`PRESSURE_RESOLUTION`], so that a flood of sheds on several threads writes the
+    /// shared word about once per resolution, not once per shed.
+    pub fn note_pressure(&self, now: Instant) {
+        if !self.is_standing() {
+            return;
+        }
+        let ns = now.saturating_duration_since(self.epoch).as_nanos();
+        let ns = u64::try_from(ns).unwrap_or(u64::MAX).max(1);
+        let resolution = PRESSURE_RESOLUTION.as_nanos() as u64;
+        if ns
+            >= self
+                .pressure
+                .load(Ordering::Relaxed)
+                .saturating_add(resolution)
+        {
+            self.pressure.fetch_max(ns, Ordering::Relaxed);
+        }
+    }
+
+    fn last_pressure(&self) -> Option<Instant> {
+        match self.pressure.load(Ordering::Relaxed) {
+            0 => None,
+            ns => self.epoch.checked_add(Duration::from_nanos(ns)),
+        }
+    }
+
+    /// Ends the standing state if the queue has drained (see [`Codel::settle`]). Takes
+    /// the lock only when the lock-free reads say it may have: not on every shed of
+    /// a flood.
+    pub fn settle(&self, now: Instant, params: Params) -> Option<Change> {
+        if !self.is_standing() || !self.is_empty() {
+            return None;
+        }
+        let recent = self
+            .last_pressure()
+            .is_some_and(|t| now.saturating_duration_since(t) < params.interval);
+        if recent {
+            return None;
+        }
+        let mut q = self.lock();
+        let empty = q.inner.waiters.is_empty();
+        let change = q
+            .inner
+            .codel
+            .settle(empty, self.last_pressure(), now, params);
+        q.sync_standing();
+        change
+    }
+
+    /// A future that completes the next time the queue begins standing. Enable it
+    /// (`Notified::enable`) before reading [`Self::is_standing`], so that no start is
+    /// missed in between.
+    pub fn began_standing(&self) -> Notified<'_> {
+        self.began.notified()
+    }
+
+    /// Wakes every waiter after the queue began standing (call without the lock).
+    pub fn wake_waiters(&self) {
+        self.began.notify_waiters();
+    }
+
+    pub(crate) fn lock(&self) -> QueueGuard<'_, U, P> {
+        QueueGuard {
+            queue: self,
+            inner: self.inner.lock(),
+        }
+    }
+
+    /// Joins the queue at its tail at `now`. When it is full, a `critical` request
+    /// displaces the newest waiter of the lowest class below critical, which is
+    /// returned to be told.
     pub(crate) fn push(
         &self,
         upstream: &Arc<U>,
         class: Class,
         target: Option<usize>,
         depth: u32,
+        now: Instant,
     ) -> Result<Joined<U, P>, Full> {
         let mut q = self.lock();
         let mut displaced = None;
-        if q.waiters.len() >= depth as usize {
+        if q.inner.waiters.is_empty() {
+            q.inner.codel.on_burst();
+        }
+        if q.inner.waiters.len() >= depth as usize {
             if class != Class::Critical {
                 return Err(Full);
             }
             let lowest = q
+                .inner
                 .waiters
                 .iter()
                 .enumerate()
@@ -123,11 +251,12 @@ impl<U, P> WaitQueue<U, P> {
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        q.waiters.push_back(Waiter {
+        q.inner.waiters.push_back(Waiter {
             id,
             class,
             upstream: upstream.clone(),
             target,
+            since: now,
             tx,
         });
         q.sync_len();
@@ -138,7 +267,7 @@ impl<U, P> WaitQueue<U, P> {
     /// granted a slot or displaced, and the grant is in its channel).
     pub(crate) fn remove(&self, id: u64) -> bool {
         let mut q = self.lock();
-        match q.waiters.iter().position(|w| w.id == id) {
+        match q.inner.waiters.iter().position(|w| w.id == id) {
             Some(i) => {
                 q.remove_at(i);
                 true
@@ -146,23 +275,63 @@ impl<U, P> WaitQueue<U, P> {
             None => false,
         }
     }
+
+    /// Takes a waiter out of the queue because its allowed wait passed after `wait`,
+    /// which counts toward the standing state. Returns whether it was still there (if
+    /// not, it was granted a slot or displaced meanwhile, and the grant is in its
+    /// channel) and the change of the standing state, if any.
+    pub(crate) fn expire(
+        &self,
+        id: u64,
+        wait: Duration,
+        now: Instant,
+        params: Params,
+    ) -> (bool, Option<Change>) {
+        let mut q = self.lock();
+        let Some(i) = q.inner.waiters.iter().position(|w| w.id == id) else {
+            return (false, None);
+        };
+        q.remove_at(i);
+        (true, q.record_wait(wait, now, params))
+    }
 }
 
 pub(crate) struct QueueGuard<'a, U, P> {
     queue: &'a WaitQueue<U, P>,
-    pub waiters: MutexGuard<'a, VecDeque<Waiter<U, P>>>,
+    pub inner: MutexGuard<'a, Inner<U, P>>,
 }
 
 impl<U, P> QueueGuard<'_, U, P> {
+    pub fn waiters(&self) -> &VecDeque<Waiter<U, P>> {
+        &self.inner.waiters
+    }
+
     pub fn remove_at(&mut self, i: usize) -> Option<Waiter<U, P>> {
-        let w = self.waiters.remove(i);
+        let w = self.inner.waiters.remove(i);
         self.sync_len();
         w
     }
 
+    /// Whether the queue stands (under the lock: exact).
+    pub fn is_standing(&self) -> bool {
+        self.inner.codel.is_standing()
+    }
+
+    /// Feeds the wait of a request that left the queue to the standing state.
+    pub fn record_wait(&mut self, wait: Duration, now: Instant, params: Params) -> Option<Change> {
+        let change = self.inner.codel.on_wait(wait, now, params);
+        self.sync_standing();
+        change
+    }
+
     fn sync_len(&mut self) {
-        let n = self.waiters.len() as u32;
+        let n = self.inner.waiters.len() as u32;
         self.queue.len.store(n, Ordering::SeqCst);
         self.queue.peak.fetch_max(n, Ordering::Relaxed);
+    }
+
+    fn sync_standing(&mut self) {
+        let standing = self.inner.codel.is_standing();
+        self.queue.standing.store(standing, Ordering::Relaxed);
     }
 }

@@ -50,6 +50,8 @@ fn upstream(n: usize, per: u32, queue_depth: u32, timeout_ms: u64) -> Arc<Upstre
             max_inflight: per,
             queue_depth,
             queue_timeout: Duration::from_millis(timeout_ms),
+            queue_target: Duration::from_millis(5).min(Duration::from_millis(timeout_ms)),
+            queue_interval: Duration::from_millis(100),
         },
         levels: Levels {
             caution: Thresholds {
@@ -280,4 +282,183 @@ fn may_wait_follows_the_design_table() {
             assert_eq!(may_wait(level, class), want, "{level:?} {class:?}");
         }
     }
+}
+
+/// What one request of a simulated load met: when it arrived and finished (virtual
+/// milliseconds from the start), and its wait or its shed reason.
+#[derive(Debug, Clone, Copy)]
+struct Outcome {
+    arrived: u64,
+    finished: u64,
+    result: Result<Duration, ShedReason>,
+}
+
+/// Arrivals of class high every `every_ms` for `count` requests on `up`, each holding
+/// its slot `service_ms` once admitted (a backend of that service time), in paused
+/// time. Returns every outcome and when the queue began standing, if it did.
+async fn drive(
+    up: &Arc<Upstream>,
+    count: u64,
+    every_ms: u64,
+    service_ms: u64,
+) -> (Vec<Outcome>, Option<u64>) {
+    let start = tokio::time::Instant::now();
+    let at = move || start.elapsed().as_millis() as u64;
+    let mut began = None;
+    let mut tasks = Vec::new();
+    for _ in 0..count {
+        let u = up.clone();
+        tasks.push(tokio::spawn(async move {
+            let arrived = at();
+            let result = match admit(&u, Class::High).await {
+                Ok(p) => {
+                    let waited = p.queued;
+                    tokio::time::sleep(Duration::from_millis(service_ms)).await;
+                    drop(p);
+                    Ok(waited)
+                }
+                Err(shed) => Err(shed.reason),
+            };
+            Outcome {
+                arrived,
+                finished: at(),
+                result,
+            }
+        }));
+        for _ in 0..every_ms {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            if began.is_none() && up.queue.is_standing() {
+                began = Some(at());
+            }
+        }
+    }
+    let mut outcomes = Vec::new();
+    for t in tasks {
+        outcomes.push(t.await.unwrap());
+    }
+    (outcomes, began)
+}
+
+/// Sustained overload (a request every 2 ms on one slot of 20 ms: 10x): the queue
+/// absorbs it as a burst at first, stands once an interval of waits above the target
+/// has passed, sheds at once every waiter already past the target, and from then on
+/// admitted requests wait at most the target.
+#[tokio::test(start_paused = true)]
+async fn under_sustained_overload_the_queue_stands_and_waits_fall_to_the_target() {
+    let up = upstream(1, 1, 500, 1_000);
+    let target = up.limits.queue_target;
+    assert_eq!(target, Duration::from_millis(5));
+    let (outcomes, began) = drive(&up, 200, 2, 20).await;
+    let began = began.expect("the queue stood");
+    // The first waiter is served at 20 ms, and every one after waited longer than the
+    // target: the interval (100 ms) is complete at the grant of 120 ms.
+    assert!((118..=124).contains(&began), "stood at {began} ms");
+    assert_eq!(up.metrics.queue_standing_started.get(), 1);
+    assert!(up.queue.is_standing(), "still overloaded at the end");
+
+    let before: Vec<&Outcome> = outcomes.iter().filter(|o| o.arrived < began).collect();
+    let after: Vec<&Outcome> = outcomes.iter().filter(|o| o.arrived > began).collect();
+    let longest_before = before.iter().filter_map(|o| o.result.ok()).max().unwrap();
+    assert!(
+        longest_before >= Duration::from_millis(80),
+        "a burst waits longer than the target: {longest_before:?}"
+    );
+    let admitted_after: Vec<Duration> = after.iter().filter_map(|o| o.result.ok()).collect();
+    assert!(admitted_after.len() >= 10, "{admitted_after:?}");
+    // Granted at or after the start, whenever it arrived: the very grant that
+    // completed the interval goes to the next waiter within the target, if any.
+    for o in &outcomes {
+        if let Ok(wait) = o.result {
+            if o.arrived + wait.as_millis() as u64 >= began {
+                assert!(
+                    wait <= target,
+                    "once standing, waited past the target: {o:?}"
+                );
+            }
+        }
+    }
+    for o in &outcomes {
+        if let Err(reason) = o.result {
+            assert_eq!(reason, ShedReason::QueueStanding, "{o:?}");
+            // Shed at the target, or at once when the queue began standing: never
+            // after waiting out the 1 s timeout.
+            let limit = (o.arrived + 5).max(began) + 1;
+            assert!(o.finished <= limit, "shed late: {o:?} (stood at {began})");
+        }
+    }
+    let shed = outcomes.iter().filter(|o| o.result.is_err()).count();
+    assert!(shed > 100, "10x overload sheds most: {shed}");
+    assert_eq!(
+        up.metrics
+            .shed(ShedReason::QueueStanding, Class::High)
+            .get(),
+        shed as u64
+    );
+    assert_eq!(up.inflight(), 0);
+    assert!(up.queue.is_empty());
+}
+
+/// A burst on an idle upstream is absorbed whole: its waits pass the target, but it
+/// drains within the interval, so the queue never stands.
+#[tokio::test(start_paused = true)]
+async fn a_short_burst_is_absorbed_whole() {
+    let up = upstream(1, 1, 500, 1_000);
+    // Six requests at once on one slot of 20 ms: waits of 0 to 100 ms.
+    let (outcomes, began) = drive(&up, 6, 0, 20).await;
+    assert_eq!(began, None);
+    let waits: Vec<Duration> = outcomes.iter().map(|o| o.result.unwrap()).collect();
+    assert_eq!(waits.iter().max(), Some(&Duration::from_millis(100)));
+    assert_eq!(up.metrics.queue_standing_started.get(), 0);
+    assert!(!up.queue.is_standing());
+}
+
+/// Once the overload is over and the queue has drained (empty, nobody shed for an
+/// interval), it absorbs bursts again with the full timeout.
+#[tokio::test(start_paused = true)]
+async fn a_drained_queue_absorbs_bursts_again() {
+    let up = upstream(1, 1, 500, 1_000);
+    let (_, began) = drive(&up, 100, 2, 20).await;
+    assert!(began.is_some());
+    assert!(up.queue.is_standing());
+    // The overload ends; a burst arriving within the interval still meets the target.
+    let (early, _) = drive(&up, 3, 0, 20).await;
+    assert_eq!(
+        early.iter().filter(|o| o.result.is_err()).count(),
+        2,
+        "the queue had not drained yet: {early:?}"
+    );
+    tokio::time::sleep(up.limits.queue_interval).await;
+    // Quiet for an interval: the next request that waits finds a burst queue.
+    let (burst, began) = drive(&up, 6, 0, 20).await;
+    assert_eq!(began, None);
+    assert!(!up.queue.is_standing());
+    assert!(
+        burst.iter().all(|o| o.result.is_ok()),
+        "absorbed whole: {burst:?}"
+    );
+    assert_eq!(up.metrics.queue_standing_started.get(), 1);
+}
+
+/// A request waiting for a grant when the queue begins standing, that has waited
+/// less than the target, keeps waiting up to the target from when it joined.
+#[tokio::test(start_paused = true)]
+async fn a_waiter_that_is_short_of_the_target_when_the_queue_stands_keeps_its_place() {
+    let up = upstream(1, 1, 500, 1_000);
+    let held = admit(&up, Class::High).await.unwrap();
+    // Stand the queue by hand: waits of 50 ms, over an interval.
+    {
+        let p = up.codel_params();
+        let t0 = clock();
+        let mut q = up.queue.lock();
+        assert_eq!(q.record_wait(Duration::from_millis(50), t0, p), None);
+        let change = q.record_wait(Duration::from_millis(50), t0 + p.interval, p);
+        assert_eq!(change, Some(Change::Began));
+    }
+    let u = up.clone();
+    let waiter = tokio::spawn(async move { admit(&u, Class::High).await });
+    until_queued(&up, 1).await;
+    tokio::time::sleep(Duration::from_millis(3)).await;
+    drop(held);
+    let p = waiter.await.unwrap().expect("served within the target");
+    assert_eq!(p.queued, Duration::from_millis(3));
 }

@@ -121,6 +121,10 @@ pub struct Limits {
     pub queue_depth: Option<i64>,
     /// Longest wait in the queue.
     pub queue_timeout_ms: Option<i64>,
+    /// Allowed wait once the queue stands.
+    pub queue_target_ms: Option<i64>,
+    /// How long waits must stay above the target before the queue stands.
+    pub queue_interval_ms: Option<i64>,
 }
 
 /// `[upstream.levels]`

@@ -375,16 +375,25 @@ pub struct Limits {
     /// Most requests that may wait in the upstream's queue (0 = no queue; at most 1,000,000).
     pub queue_depth: u32,
     /// Longest a request waits in the queue before it is shed (at least 1 ms when
-    /// there is a queue).
+    /// there is a queue): the wait a burst may take.
     pub queue_timeout: Duration,
+    /// The allowed wait once the queue stands (see [`crate::admission::codel`]): less
+    /// than `queue_timeout` when there is a queue (at least 1 ms when written).
+    pub queue_target: Duration,
+    /// The queue stands once every wait over this long stayed above `queue_target`,
+    /// and drains once nobody was shed for want of capacity for this long (at least 1 ms).
+    pub queue_interval: Duration,
 }
 
 impl Limits {
-    /// The values used for absent `[upstream.limits]` keys.
+    /// The values used for absent `[upstream.limits]` keys. An absent
+    /// `queue_target_ms` is also never more than `queue_timeout_ms`.
     pub const DEFAULT: Self = Self {
         max_inflight: 100,
         queue_depth: 100,
         queue_timeout: Duration::from_millis(250),
+        queue_target: Duration::from_millis(5),
+        queue_interval: Duration::from_millis(100),
     };
 }
 
@@ -683,15 +692,20 @@ impl Config {
             } else {
                 writeln!(
                     out,
-                    "queue {} (timeout {})",
+                    "queue {} (timeout {}; {} once standing for {})",
                     l.queue_depth,
-                    human_duration(l.queue_timeout)
+                    human_duration(l.queue_timeout),
+                    human_duration(l.queue_target),
+                    human_duration(l.queue_interval)
                 )?;
             }
             writeln!(out, "  caution at {}", human_thresholds(&u.levels.caution))?;
             writeln!(out, "  danger  at {}", human_thresholds(&u.levels.danger))?;
             if l.queue_depth > 0 {
-                writeln!(out, "  critical when the queue is full")?;
+                writeln!(
+                    out,
+                    "  critical when the queue is full; at least caution while it stands"
+                )?;
             }
             let h = &u.health;
             match &h.path {

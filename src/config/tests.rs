@@ -139,6 +139,8 @@ fn full_example_parses_to_typed_values() {
                     max_inflight: 150,
                     queue_depth: 200,
                     queue_timeout: ms(300),
+                    queue_target: ms(5),
+                    queue_interval: ms(100),
                 },
                 levels: Levels {
                     caution: Thresholds {
@@ -198,6 +200,8 @@ fn full_example_parses_to_typed_values() {
                     max_inflight: 100,
                     queue_depth: 0,
                     queue_timeout: ms(0),
+                    queue_target: ms(0),
+                    queue_interval: ms(100),
                 },
                 levels: Levels::defaults(0),
                 health: Health::DEFAULT,
@@ -300,6 +304,8 @@ fn defaults_fill_every_absent_key() {
             max_inflight: 100,
             queue_depth: 100,
             queue_timeout: ms(250),
+            queue_target: ms(5),
+            queue_interval: ms(100),
         }
     );
     assert_eq!(
@@ -644,6 +650,69 @@ fn limits_are_range_checked() {
         "must be at least 1 (got 0)",
     );
     parse(&limits("queue_depth = 0\nqueue_timeout_ms = 0")).expect("no queue needs no timeout");
+}
+
+#[test]
+fn standing_queue_keys_are_checked_against_the_timeout() {
+    let limits = |body: &str| doc("", &format!("[upstream.limits]\n{body}"));
+    let parsed = parse(&limits(
+        "queue_timeout_ms = 100\nqueue_target_ms = 10\nqueue_interval_ms = 200",
+    ))
+    .expect("valid");
+    let l = parsed.upstreams[0].limits;
+    assert_eq!(
+        (l.queue_timeout, l.queue_target, l.queue_interval),
+        (ms(100), ms(10), ms(200))
+    );
+    assert_error(
+        &limits("queue_timeout_ms = 100\nqueue_target_ms = 100"),
+        "upstream[0].limits.queue_target_ms",
+        "100 must be less than queue_timeout_ms (100)",
+    );
+    assert_error(
+        &limits("queue_target_ms = 300"),
+        "upstream[0].limits.queue_target_ms",
+        "300 must be less than queue_timeout_ms (250)",
+    );
+    assert_error(
+        &limits("queue_target_ms = 0"),
+        "upstream[0].limits.queue_target_ms",
+        "must be at least 1 (got 0)",
+    );
+    assert_error(
+        &limits("queue_interval_ms = 0"),
+        "upstream[0].limits.queue_interval_ms",
+        "must be at least 1 (got 0)",
+    );
+    assert_error(
+        &limits("queue_interval_ms = -5"),
+        "upstream[0].limits.queue_interval_ms",
+        "must be at least 1 (got -5)",
+    );
+    assert_error(
+        &limits("queue_interval_ms = 86400001"),
+        "upstream[0].limits.queue_interval_ms",
+        "must be at most 86400000",
+    );
+    assert_error(
+        &limits("queue_target_ms = \"5ms\""),
+        "upstream[0].limits.queue_target_ms",
+        "invalid type",
+    );
+    // Every problem at once.
+    assert_eq!(
+        errors(&limits("queue_target_ms = 0\nqueue_interval_ms = 0")).len(),
+        2
+    );
+    // A file written before these keys keeps its meaning: a timeout at or below the
+    // default target gets the timeout as its target (standing changes no wait).
+    let short = parse(&limits("queue_timeout_ms = 3")).expect("valid without a target");
+    assert_eq!(short.upstreams[0].limits.queue_target, ms(3));
+    // Without a queue, the target is not compared with a timeout it does not need.
+    parse(&limits(
+        "queue_depth = 0\nqueue_timeout_ms = 0\nqueue_target_ms = 5",
+    ))
+    .expect("no queue, nothing to compare");
 }
 
 // ---- [upstream.levels] ------------------------------------------------------
@@ -1233,9 +1302,10 @@ fn explain_summarizes_the_config() {
         "admin 127.0.0.1:9901",
         "upstream \"mcp\": routes /, /mcp/",
         "balance consistent_hash on header:mcp-session-id, 2 retries on connect failure",
-        "limits 150 in flight per backend, queue 200 (timeout 300 ms)",
+        "limits 150 in flight per backend, queue 200 (timeout 300 ms; 5 ms once standing for 100 ms)",
         "caution at utilization 80% or queue 10 or queue wait p95 20 ms or p95 150 ms or errors 0.1%",
         "danger  at queue 50 or queue wait p95 50 ms or p95 250 ms or errors 0.5%",
+        "critical when the queue is full; at least caution while it stands",
         "health GET /health every 2 s (timeout 700 ms, rise 3, fall 4); no passive ejection",
         "zone a: 1 backend, 100 in flight: 10.0.1.1:3000 (max 100)",
         "zone b: 1 backend, 150 in flight: 10.0.2.1:3000",

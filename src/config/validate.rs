@@ -504,10 +504,38 @@ impl Validator {
             d.queue_timeout,
             min_timeout,
         );
+        let target_path = format!("{prefix}.limits.queue_target_ms");
+        let queue_target = match l.queue_target_ms {
+            // A file written before the key existed keeps validating: the default
+            // target never exceeds the timeout (equal, standing changes no wait).
+            None => d.queue_target.min(queue_timeout),
+            Some(ms) => {
+                let target = self.millis(&target_path, Some(ms), d.queue_target, 1);
+                if queue_depth > 0 && target >= queue_timeout {
+                    self.error(
+                        &target_path,
+                        format!(
+                            "{ms} must be less than queue_timeout_ms ({}): it is the shorter \
+                             wait a standing queue allows",
+                            millis_of(queue_timeout)
+                        ),
+                    );
+                }
+                target
+            }
+        };
+        let queue_interval = self.millis(
+            &format!("{prefix}.limits.queue_interval_ms"),
+            l.queue_interval_ms,
+            d.queue_interval,
+            1,
+        );
         Limits {
             max_inflight,
             queue_depth,
             queue_timeout,
+            queue_target,
+            queue_interval,
         }
     }
 
