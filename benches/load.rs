@@ -8,7 +8,7 @@
 //! ```
 //!
 //! Options (after `--`): `--quick`, `--reps N`,
-//! `--only levee,levee-mt,levee-before,haproxy,nginx,direct`,
+//! `--only levee,levee-mt,levee-before,haproxy,nginx,hyper-floor,direct`,
 //! `--sections raw,overload,memory,shed,fresh,zonefail`,
 //! `--json PATH`, `--ticks`.
 //!
@@ -211,7 +211,7 @@ impl Opts {
     }
 }
 
-const USAGE: &str = "[LEVEE_BEFORE=OLDER_LEVEE_BINARY] cargo bench --bench load -- [--quick] [--reps N] [--only levee,levee-mt,levee-before,haproxy,nginx,direct] [--sections raw,overload,memory,shed,fresh,zonefail] [--json PATH] [--ticks]";
+const USAGE: &str = "[LEVEE_BEFORE=OLDER_LEVEE_BINARY] cargo bench --bench load -- [--quick] [--reps N] [--only levee,levee-mt,levee-before,haproxy,nginx,hyper-floor,direct] [--sections raw,overload,memory,shed,fresh,zonefail] [--json PATH] [--ticks]";
 
 /// How long each measurement lasts.
 #[derive(Debug, Clone, Copy)]

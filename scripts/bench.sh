@@ -31,5 +31,7 @@ for tool in haproxy nginx wrk; do
 done
 
 mkdir -p target
-# `cargo bench` builds levee's binary in release (the bench profile) before the bench.
+# `cargo bench` builds levee's binary in release (the bench profile) before the bench;
+# the "hyper-floor" target (examples/hyper_floor.rs) is built here.
+cargo build --release --example hyper_floor
 exec cargo bench --bench load -- --json target/bench-load.json "$@"

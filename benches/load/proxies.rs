@@ -47,17 +47,22 @@ pub enum Kind {
     LeveeBefore,
     Haproxy,
     Nginx,
+    /// `examples/hyper_floor`: the least proxy on hyper (one current-thread runtime,
+    /// pooled client connections, one backend, nothing else), to show what levee's own
+    /// work costs over hyper's. Raw and memory sections only (it has no limits).
+    HyperFloor,
     /// No proxy: the client connects to the (first) backend.
     Direct,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 6] = [
+    pub const ALL: [Kind; 7] = [
         Kind::Levee,
         Kind::LeveeMulti,
         Kind::LeveeBefore,
         Kind::Haproxy,
         Kind::Nginx,
+        Kind::HyperFloor,
         Kind::Direct,
     ];
 
@@ -76,6 +81,7 @@ impl Kind {
             Kind::Levee => "levee",
             Kind::LeveeMulti => "levee-mt",
             Kind::LeveeBefore => "levee-before",
+            Kind::HyperFloor => "hyper-floor",
             Kind::Haproxy => "haproxy",
             Kind::Nginx => "nginx",
             Kind::Direct => "direct",
@@ -106,6 +112,8 @@ pub struct Tools {
     pub levee_before_var: Option<OsString>,
     pub haproxy: Option<PathBuf>,
     pub nginx: Option<PathBuf>,
+    /// `examples/hyper_floor` next to levee's binary (scripts/bench.sh builds it).
+    pub hyper_floor: Option<PathBuf>,
     pub wrk: Option<PathBuf>,
 }
 
@@ -121,7 +129,12 @@ impl Tools {
             .as_ref()
             .and_then(|v| std::fs::canonicalize(v).ok())
             .filter(|p| is_executable(p));
+        let hyper_floor = levee
+            .parent()
+            .map(|d| d.join("examples").join("hyper_floor"))
+            .filter(|p| is_executable(p));
         Tools {
+            hyper_floor,
             levee: is_executable(&levee).then_some(levee),
             levee_before,
             levee_before_var,
@@ -139,9 +152,14 @@ impl Tools {
             Kind::LeveeBefore => &self.levee_before,
             Kind::Haproxy => &self.haproxy,
             Kind::Nginx => &self.nginx,
+            Kind::HyperFloor => &self.hyper_floor,
         };
         match found {
             Some(path) => Ok(Some(path)),
+            None if kind == Kind::HyperFloor => Err(format!(
+                "{} not built (cargo build --release --example hyper_floor); skipped",
+                kind.name()
+            )),
             None if kind == Kind::LeveeBefore => Err(match &self.levee_before_var {
                 None => format!(
                     "{} binary not given (set {LEVEE_BEFORE} to an older levee build); skipped",
@@ -247,6 +265,12 @@ pub struct Running {
 impl Running {
     /// Starts `kind` per `setup` on a free port and returns once it answered a request.
     pub async fn start(kind: Kind, setup: &Setup, tools: &Tools) -> Result<Running, String> {
+        if kind == Kind::HyperFloor && (setup.backends.len() != 1 || setup.max_conns.is_some()) {
+            return Err(format!(
+                "{} has no limits and one backend: raw and memory sections only; skipped",
+                kind.name()
+            ));
+        }
         let Some(binary) = tools.binary(kind)? else {
             let addr = *setup.backends.first().ok_or("no backend")?;
             return Ok(Running {
@@ -280,6 +304,8 @@ impl Running {
             ),
             Kind::Haproxy => ("haproxy.cfg", haproxy_config(addr, setup)),
             Kind::Nginx => ("nginx.conf", nginx_config(addr, setup, d)),
+            // No config file: its two addresses are its arguments.
+            Kind::HyperFloor => ("args", format!("{addr} {}", setup.backends[0])),
             Kind::Direct => unreachable!("direct has no binary"),
         };
         let conf = d.join(conf_name);
@@ -299,6 +325,7 @@ impl Running {
                 .arg(d.join("error.log"))
                 .arg("-c")
                 .arg(&conf),
+            Kind::HyperFloor => cmd.arg(addr.to_string()).arg(setup.backends[0].to_string()),
             Kind::Direct => unreachable!(),
         };
         let child = cmd
