@@ -58,7 +58,10 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
     })?;
     let mut config = parse(&text)?;
     if let Some(tls) = &mut config.server.tls {
-        tls.resolve_paths(path.parent().unwrap_or(Path::new(".")));
+        // From the file's absolute directory, so the paths still hold (and logs name
+        // them fully) whatever the working directory is.
+        let file = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+        tls.resolve_paths(file.parent().unwrap_or(Path::new(".")));
     }
     Ok(config)
 }
