@@ -169,7 +169,11 @@ pub async fn serve(
             // At the cap: a 503 with Retry-After and a close, not a wait in the
             // kernel's queue that the client cannot tell from a dead proxy.
             connections.refused_at_max.inc();
-            if connections.refusing.load(Ordering::Relaxed) < MAX_REFUSING {
+            if tls.is_some() {
+                // A TLS client would read a plain-text 503 as a broken handshake; a
+                // close says as much, without a handshake's cost.
+                drop(tcp);
+            } else if connections.refusing.load(Ordering::Relaxed) < MAX_REFUSING {
                 connections.refusing.fetch_add(1, Ordering::Relaxed);
                 let connections = connections.clone();
                 tokio::spawn(async move {

@@ -553,7 +553,10 @@ async fn garbage_and_plain_http_on_the_tls_port_are_answered_without_harm() {
     let pki = Pki::new();
     let default = pki.leaf("default", &["localhost"]);
     let r = replica("r1", "a", 4, 0).await;
+    // Random bytes may announce a record longer than what follows: rustls then waits
+    // for the rest, and the handshake bound closes the connection.
     let levee = Setup::new(&[&r])
+        .server("[server.timeouts]\nclient_header_ms = 1000")
         .server(&tls_table(&default, ""))
         .start()
         .await;
@@ -611,6 +614,11 @@ async fn garbage_and_plain_http_on_the_tls_port_are_answered_without_harm() {
     .await;
     assert_eq!(handshakes(&levee.app, "plain_http"), 1.0);
     assert!(handshakes(&levee.app, "error") >= 1.0);
+    assert_eq!(
+        handshakes(&levee.app, "error") + handshakes(&levee.app, "timeout"),
+        inputs.len() as f64,
+        "every garbage connection counted"
+    );
     assert_eq!(handshakes(&levee.app, "ok"), 0.0);
 
     // And levee serves on.
@@ -962,4 +970,102 @@ async fn a_binary_upgrade_hands_the_tls_listener_over_without_failed_requests() 
         .await
         .unwrap();
     assert!(status.is_some_and(|s| s.success()));
+}
+
+/// A backend that answers `Upgrade: echo` with 101 and then echoes bytes.
+async fn upgrading_backend() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && head.len() < 16 * 1024 {
+                    match tcp.read(&mut byte).await {
+                        Ok(1) => head.push(byte[0]),
+                        _ => return,
+                    }
+                }
+                let _ = tcp
+                    .write_all(b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: echo\r\n\r\n")
+                    .await;
+                let (mut r, mut w) = tcp.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_over_tls_is_spliced_both_ways() {
+    let pki = Pki::new();
+    let default = pki.leaf("default", &["localhost"]);
+    let mut setup = Setup::new(&[]).server(&tls_table(&default, ""));
+    setup.backends.push((upgrading_backend().await, "a".into()));
+    let levee = setup.start().await;
+    let mut tls = connect(&pki.client(&[b"http/1.1"]), levee.tls_addrs[0], "localhost")
+        .await
+        .unwrap();
+    tls.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tokio::time::timeout(LIMIT, tls.read(&mut chunk))
+            .await
+            .expect("101 in time")
+            .unwrap();
+        assert!(n > 0, "closed before the 101");
+        got.extend_from_slice(&chunk[..n]);
+    }
+    assert!(
+        got.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    for msg in [&b"ping"[..], &[7u8; 40_000][..]] {
+        tls.write_all(msg).await.unwrap();
+        let mut back = vec![0u8; msg.len()];
+        tokio::time::timeout(LIMIT, tls.read_exact(&mut back))
+            .await
+            .expect("echo in time")
+            .unwrap();
+        assert_eq!(back, msg);
+    }
+    drop(tls);
+    eventually(LIMIT, "the tunnel's slot released", || all_idle(&levee)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_max_connections_a_tls_client_is_closed_before_its_handshake() {
+    let pki = Pki::new();
+    let default = pki.leaf("default", &["localhost"]);
+    let r = replica("r1", "a", 4, 0).await;
+    let levee = Setup::new(&[&r])
+        .server("max_connections = 1")
+        .server(&tls_table(&default, ""))
+        .start()
+        .await;
+    let addr = levee.tls_addrs[0];
+    let client = pki.client(&[b"http/1.1"]);
+    let first = connect(&client, addr, "localhost").await.unwrap();
+    let mut first = H1::over(first).await;
+    assert_eq!(first.get("/one").await.0, 200);
+    assert!(
+        connect(&client, addr, "localhost").await.is_err(),
+        "a second connection past the cap must not get a session"
+    );
+    assert_eq!(
+        metric(
+            &levee.app,
+            "levee_connections_refused_total{reason=\"max_connections\"}"
+        ),
+        1.0
+    );
+    assert_eq!(handshakes(&levee.app, "ok"), 1.0);
+    // The first one is served on.
+    assert_eq!(first.get("/two").await.0, 200);
 }
