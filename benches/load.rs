@@ -9,7 +9,7 @@
 //!
 //! Options (after `--`): `--quick`, `--reps N`,
 //! `--only levee,levee-mt,levee-before,haproxy,nginx,hyper-floor,direct`,
-//! `--sections raw,overload,memory,shed,fresh,zonefail`,
+//! `--sections raw,overload,memory,shed,fresh,zonefail,tls`,
 //! `--json PATH`, `--ticks`.
 //!
 //! Before and after: `LEVEE_BEFORE` names an older levee binary (same CLI and config
@@ -43,7 +43,10 @@
 //!   and a 10x C burst of 50 ms on an idle upstream: how many were shed;
 //! - zonefail: the same replicas at 1,000 req/s; zone a's two start answering 500 and
 //!   failing their health check: the requests the client saw fail, per proxy, with
-//!   each proxy's retries on 5xx configured.
+//!   each proxy's retries on 5xx configured;
+//! - tls: levee and nginx with a TLS listener (the same certificate; nginx TLS 1.3
+//!   only): HTTPS keep-alive req/s, new connections (one handshake each) per second,
+//!   and RSS per idle connection plain and over TLS (see `load/tls.rs`).
 //!
 //! Everything runs on 127.0.0.1; every loop is bounded in count and time; proxies
 //! run one at a time, with the same thread count ([`THREADS`]).
@@ -56,6 +59,8 @@ mod probe;
 mod proxies;
 #[path = "load/report.rs"]
 mod report;
+#[path = "load/tls.rs"]
+mod tls;
 #[path = "load/wrk.rs"]
 mod wrk;
 
@@ -144,7 +149,9 @@ const ZONEFAIL_RATE: f64 = 1000.0;
 const WATCH_EVERY: Duration = Duration::from_millis(10);
 const WATCH_SLACK: Duration = Duration::from_millis(250);
 /// The sections of a run without `--sections`, in the order they run.
-const SECTIONS: [&str; 6] = ["raw", "overload", "memory", "shed", "fresh", "zonefail"];
+const SECTIONS: [&str; 7] = [
+    "raw", "overload", "memory", "shed", "fresh", "zonefail", "tls",
+];
 
 #[derive(Debug, Clone)]
 struct Opts {
@@ -211,7 +218,7 @@ impl Opts {
     }
 }
 
-const USAGE: &str = "[LEVEE_BEFORE=OLDER_LEVEE_BINARY] cargo bench --bench load -- [--quick] [--reps N] [--only levee,levee-mt,levee-before,haproxy,nginx,hyper-floor,direct] [--sections raw,overload,memory,shed,fresh,zonefail] [--json PATH] [--ticks]";
+const USAGE: &str = "[LEVEE_BEFORE=OLDER_LEVEE_BINARY] cargo bench --bench load -- [--quick] [--reps N] [--only levee,levee-mt,levee-before,haproxy,nginx,hyper-floor,direct] [--sections raw,overload,memory,shed,fresh,zonefail,tls] [--json PATH] [--ticks]";
 
 /// How long each measurement lasts.
 #[derive(Debug, Clone, Copy)]
@@ -229,6 +236,8 @@ struct Plan {
     /// One zonefail run, and when in it zone a fails.
     zonefail: Duration,
     zonefail_at: Duration,
+    /// Idle connections held in the tls section (plain, then TLS).
+    tls_idle: usize,
 }
 
 impl Plan {
@@ -245,6 +254,7 @@ impl Plan {
                 unloaded: Duration::from_secs(1),
                 zonefail: Duration::from_millis(2500),
                 zonefail_at: Duration::from_secs(1),
+                tls_idle: 2000,
             }
         } else {
             Plan {
@@ -258,6 +268,7 @@ impl Plan {
                 unloaded: Duration::from_secs(3),
                 zonefail: Duration::from_secs(15),
                 zonefail_at: Duration::from_secs(5),
+                tls_idle: 5000,
             }
         }
     }
@@ -362,6 +373,9 @@ async fn run(opts: Opts) -> Results {
     }
     if opts.has("zonefail") {
         zonefail_section(&plan, &opts, &tools, &kinds, &mut res).await;
+    }
+    if opts.has("tls") {
+        tls::section(&plan, &opts, &tools, &kinds, &mut res).await;
     }
     res.elapsed = start.elapsed();
     res
@@ -542,6 +556,7 @@ fn fast_setup(backend: SocketAddr, threads: usize, max_clients: u32) -> Setup {
         health: None,
         retry_5xx: false,
         early_levels: false,
+        tls: None,
     }
 }
 
@@ -809,6 +824,7 @@ async fn overload_section(
         health: None,
         retry_5xx: false,
         early_levels: true,
+        tls: None,
     };
     let fast = replica("fast", FAST_WORKERS, Duration::ZERO).await;
     let mut runs: BTreeMap<(Kind, usize), Vec<StepRun>> = BTreeMap::new();
@@ -1258,6 +1274,7 @@ fn zone_setup(replicas: &[Replica], retry_5xx: bool) -> Setup {
         health: Some(ZONE_CHECKS),
         retry_5xx,
         early_levels: false,
+        tls: None,
     }
 }
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what levee needs on a fresh Debian machine. Building it needs only Rust
 # (checked below). With --all it also installs what the optional checks use: chromium
-# (status page test), haproxy, nginx and wrk (benchmarks), promtool (alert rules).
+# (status page test), haproxy, nginx, wrk and openssl (benchmarks; the tls section makes
+# its certificate with it), promtool (alert rules).
 # Safe to run again.
 set -euo pipefail
 
@@ -11,6 +12,7 @@ if [ "${1:-}" = "--all" ]; then
   command -v haproxy >/dev/null || need+=(haproxy)
   command -v nginx >/dev/null || need+=(nginx)
   command -v wrk >/dev/null || need+=(wrk)
+  command -v openssl >/dev/null || need+=(openssl)
   command -v promtool >/dev/null || need+=(prometheus)
 fi
 if [ ${#need[@]} -gt 0 ]; then

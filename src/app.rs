@@ -33,17 +33,26 @@ pub struct App {
     ready: AtomicBool,
     /// One reload at a time (SIGHUP and the file watcher may both ask).
     reload_lock: parking_lot::Mutex<()>,
+    /// The TLS listeners' settings and certificates, when the config at start had
+    /// `[server.tls]`.
+    pub tls: Option<Arc<crate::tls::Acceptor>>,
 }
 
 impl App {
-    pub fn new(config: Config) -> Arc<App> {
+    /// The app of `config`; `Err` when a TLS certificate pair cannot be loaded (every
+    /// problem, each naming its config key and file).
+    pub fn new(config: Config) -> Result<Arc<App>, Vec<crate::tls::CertError>> {
         let metrics = Arc::new(Metrics::new());
+        let tls = match &config.server.tls {
+            Some(tls) => Some(Arc::new(crate::tls::Acceptor::new(tls, &metrics)?)),
+            None => None,
+        };
         let snapshot = Snapshot::build(config, &metrics);
         let shared: SharedSnapshot = Arc::new(ArcSwap::from_pointee(snapshot));
         metrics.config_reloads.with_label_values(&["success"]).inc();
         metrics.config_last_reload_success.set(unix_now());
         let (shutdown, _) = watch::channel(false);
-        Arc::new(App {
+        Ok(Arc::new(App {
             proxy: Arc::new(Proxy {
                 shared: shared.clone(),
                 pools: Arc::new(Pools::default()),
@@ -54,7 +63,8 @@ impl App {
             shutdown,
             ready: AtomicBool::new(true),
             reload_lock: parking_lot::Mutex::new(()),
-        })
+            tls,
+        }))
     }
 
     /// Waits until every backend with active checks had its first probe (bounded by the
@@ -131,6 +141,8 @@ pub struct Running {
     pub app: Arc<App>,
     /// The proxy listeners' bound addresses, in `server.listen` order.
     pub addrs: Vec<SocketAddr>,
+    /// The TLS listeners' bound addresses, in `server.tls.listen` order.
+    pub tls_addrs: Vec<SocketAddr>,
     pub admin_addr: Option<SocketAddr>,
     tasks: Vec<JoinHandle<()>>,
     /// Listening sockets by handover key, for a binary upgrade.
@@ -184,14 +196,27 @@ pub async fn start(config: Config) -> std::io::Result<Running> {
     start_inheriting(config, None).await
 }
 
+/// What a listening socket serves, for its handover key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Listener {
+    Plain,
+    Tls,
+    Admin,
+}
+
 /// The key of a listening socket in the handover table: the address for the first
-/// socket of a proxy address, `address#i` for its `SO_REUSEPORT` siblings, and
-/// `admin:address` for the admin listener.
-fn handover_key(addr: &SocketAddr, admin: bool, index: usize) -> String {
-    match (admin, index) {
-        (true, _) => format!("admin:{addr}"),
-        (false, 0) => addr.to_string(),
-        (false, i) => format!("{addr}#{i}"),
+/// socket of a proxy address, `address#i` for its `SO_REUSEPORT` siblings,
+/// `tls:address` (and `tls:address#i`) for TLS listeners, and `admin:address` for the
+/// admin listener.
+fn handover_key(addr: &SocketAddr, kind: Listener, index: usize) -> String {
+    let prefix = match kind {
+        Listener::Admin => return format!("admin:{addr}"),
+        Listener::Plain => "",
+        Listener::Tls => "tls:",
+    };
+    match index {
+        0 => format!("{prefix}{addr}"),
+        i => format!("{prefix}{addr}#{i}"),
     }
 }
 
@@ -207,7 +232,7 @@ fn adopt(fd: std::os::unix::io::RawFd) -> std::io::Result<std::net::TcpListener>
 
 /// The admin listener: taken over from the previous levee, or bound.
 async fn admin_listener(addr: SocketAddr, inherited: Option<&Fds>) -> std::io::Result<TcpListener> {
-    if let Some(fd) = inherited.and_then(|f| f.get(&handover_key(&addr, true, 0))) {
+    if let Some(fd) = inherited.and_then(|f| f.get(&handover_key(&addr, Listener::Admin, 0))) {
         tracing::info!(%addr, "admin listener taken over from the previous levee");
         return TcpListener::from_std(adopt(*fd)?);
     }
@@ -220,10 +245,11 @@ async fn admin_listener(addr: SocketAddr, inherited: Option<&Fds>) -> std::io::R
 /// first and its siblings), or one bound now with `SO_REUSEPORT`.
 fn proxy_sockets(
     addr: SocketAddr,
+    kind: Listener,
     inherited: Option<&Fds>,
 ) -> std::io::Result<Vec<std::net::TcpListener>> {
     let mut sockets = Vec::new();
-    while let Some(fd) = inherited.and_then(|f| f.get(&handover_key(&addr, false, sockets.len()))) {
+    while let Some(fd) = inherited.and_then(|f| f.get(&handover_key(&addr, kind, sockets.len()))) {
         sockets.push(adopt(*fd)?);
     }
     if !sockets.is_empty() {
@@ -240,13 +266,23 @@ fn proxy_sockets(
 pub async fn start_inheriting(config: Config, inherited: Option<Fds>) -> std::io::Result<Running> {
     let mut listeners = Vec::new();
     for addr in &config.server.listen {
-        listeners.push(proxy_sockets(*addr, inherited.as_ref())?);
+        listeners.push(proxy_sockets(*addr, Listener::Plain, inherited.as_ref())?);
+    }
+    let mut tls_listeners = Vec::new();
+    for addr in config.server.tls.iter().flat_map(|t| &t.listen) {
+        tls_listeners.push(proxy_sockets(*addr, Listener::Tls, inherited.as_ref())?);
     }
     let admin = match config.server.admin_listen {
         Some(addr) => Some(admin_listener(addr, inherited.as_ref()).await?),
         None => None,
     };
-    let app = App::new(config);
+    let app = App::new(config).map_err(|errors| {
+        let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        std::io::Error::other(format!(
+            "invalid TLS certificates:\n  {}",
+            lines.join("\n  ")
+        ))
+    })?;
     // The first probe round before the listeners serve: backends found healthy take
     // their full share from the first request (no slow start at process start), and
     // none is routed to before it was seen up.
@@ -254,7 +290,7 @@ pub async fn start_inheriting(config: Config, inherited: Option<Fds>) -> std::io
         crate::health::probe::spawn_probes(up, &app.shared);
     }
     app.wait_for_first_probes().await;
-    start_with(app, listeners, admin)
+    start_with(app, listeners, tls_listeners, admin)
 }
 
 /// Accepts on one listening socket, registered with the runtime it runs on.
@@ -263,9 +299,10 @@ async fn accept_on(
     proxy: Arc<Proxy>,
     connections: Arc<crate::listen::Connections>,
     shutdown: watch::Receiver<bool>,
+    tls: Option<Arc<crate::tls::Acceptor>>,
 ) {
     match TcpListener::from_std(socket) {
-        Ok(l) => serve(l, proxy, connections, shutdown).await,
+        Ok(l) => serve(l, proxy, connections, shutdown, tls).await,
         Err(e) => {
             tracing::error!(error = %e, "cannot register a listening socket; it is not served")
         }
@@ -273,11 +310,12 @@ async fn accept_on(
 }
 
 /// Starts serving on listening sockets the caller bound (each address's sockets in
-/// one group), in the runtime layout of the config. The caller has started the health
-/// probes.
+/// one group; `tls_listeners` in `server.tls.listen` order), in the runtime layout of
+/// the config. The caller has started the health probes.
 pub fn start_with(
     app: Arc<App>,
     listeners: Vec<Vec<std::net::TcpListener>>,
+    tls_listeners: Vec<Vec<std::net::TcpListener>>,
     admin: Option<TcpListener>,
 ) -> std::io::Result<Running> {
     let server = app.snapshot().config.server.clone();
@@ -296,20 +334,46 @@ pub fn start_with(
     );
     // Handover keys name the configured address (port 0 included), so that the next
     // levee, reading the same config, finds its sockets.
-    for (configured, group) in server.listen.iter().zip(listeners) {
+    let tls_listen = server.tls.as_ref().map_or(&[][..], |t| &t.listen[..]);
+    let plain = server
+        .listen
+        .iter()
+        .zip(listeners)
+        .map(|g| (g, Listener::Plain));
+    let tls = tls_listen
+        .iter()
+        .zip(tls_listeners)
+        .map(|g| (g, Listener::Tls));
+    let mut tls_addrs = Vec::new();
+    for ((configured, group), kind) in plain.chain(tls) {
         let group = match &workers {
             Some(w) => crate::workers::siblings(group, w.handles().len())?,
             None => group,
         };
         let Some(first) = group.first() else { continue };
-        addrs.push(first.local_addr()?);
+        let acceptor = match kind {
+            Listener::Tls => {
+                tls_addrs.push(first.local_addr()?);
+                let Some(acceptor) = app.tls.clone() else {
+                    return Err(std::io::Error::other(
+                        "TLS listeners without TLS certificates loaded",
+                    ));
+                };
+                Some(acceptor)
+            }
+            _ => {
+                addrs.push(first.local_addr()?);
+                None
+            }
+        };
         for (i, socket) in group.into_iter().enumerate() {
-            handover.push((handover_key(configured, false, i), socket.as_raw_fd()));
+            handover.push((handover_key(configured, kind, i), socket.as_raw_fd()));
             let accept = accept_on(
                 socket,
                 app.proxy.clone(),
                 app.connections.clone(),
                 app.shutdown_signal(),
+                acceptor.clone(),
             );
             tasks.push(match &workers {
                 Some(w) => w.handles()[i % w.handles().len()].spawn(accept),
@@ -320,7 +384,7 @@ pub fn start_with(
     let admin_addr = match (admin, server.admin_listen) {
         (Some(l), Some(configured)) => {
             let addr = l.local_addr()?;
-            handover.push((handover_key(&configured, true, 0), l.as_raw_fd()));
+            handover.push((handover_key(&configured, Listener::Admin, 0), l.as_raw_fd()));
             tasks.push(tokio::spawn(crate::admin::serve(l, app.clone())));
             Some(addr)
         }
@@ -329,6 +393,7 @@ pub fn start_with(
     Ok(Running {
         app,
         addrs,
+        tls_addrs,
         admin_addr,
         tasks,
         handover,
@@ -340,9 +405,13 @@ pub fn start_with(
 /// config serving. Upstreams whose config did not change keep their state (counters,
 /// queue, level, health); a changed upstream starts fresh, and requests admitted under
 /// the old one release their slots into it as they finish.
+///
+/// Then re-reads the TLS certificates the config in force names (see
+/// [`reload_certs`]): a broken certificate does not hold a config change back, nor
+/// the other way round.
 pub fn reload(app: &App, path: &std::path::Path) -> Result<(), crate::config::ConfigErrors> {
     let _one_at_a_time = app.reload_lock.lock();
-    match crate::config::load(path) {
+    let result = match crate::config::load(path) {
         Ok(config) => {
             let previous = app.shared.load_full();
             let next = Arc::new(Snapshot::build_from(config, Some(&previous), &app.metrics));
@@ -370,6 +439,37 @@ pub fn reload(app: &App, path: &std::path::Path) -> Result<(), crate::config::Co
             }
             Err(errors)
         }
+    };
+    reload_certs_locked(app);
+    result
+}
+
+/// Re-reads the TLS certificates and keys the config in force names, and swaps them
+/// in for new connections if every pair loads; otherwise the certificates in force
+/// stay, and each problem is logged with its file and counted
+/// (`levee_tls_reload_errors_total`). `None` when levee serves no TLS. TLS listeners
+/// themselves (`server.tls.listen`, or adding `[server.tls]`) change only with a
+/// restart or a binary upgrade.
+pub fn reload_certs(app: &App) -> Option<crate::tls::Reload> {
+    let _one_at_a_time = app.reload_lock.lock();
+    reload_certs_locked(app)
+}
+
+fn reload_certs_locked(app: &App) -> Option<crate::tls::Reload> {
+    let snapshot = app.snapshot();
+    match (&app.tls, &snapshot.config.server.tls) {
+        (Some(acceptor), Some(tls)) => Some(acceptor.store.reload(tls)),
+        (None, Some(_)) => {
+            tracing::warn!(
+                "[server.tls] was added: TLS listeners start with a restart or a binary upgrade"
+            );
+            None
+        }
+        (Some(_), None) => {
+            tracing::warn!("[server.tls] was removed: the TLS listeners keep serving their certificates until a restart or a binary upgrade");
+            None
+        }
+        (None, None) => None,
     }
 }
 
@@ -377,22 +477,35 @@ pub fn reload(app: &App, path: &std::path::Path) -> Result<(), crate::config::Co
 /// before reloading: editors and config managers write in several steps.
 pub const RELOAD_DEBOUNCE: Duration = Duration::from_millis(250);
 
-/// Reloads when the config file changes. Watches the file's directory, so a file
-/// replaced by a rename (as editors and config managers do) is seen too. The returned
-/// watcher stops watching when dropped.
+/// Reloads when the config file or a TLS certificate or key changes. Watches the
+/// directories (so a file replaced by a rename, as editors, config managers and
+/// Kubernetes' secret volumes do, is seen too): a change of the config file reloads
+/// everything ([`reload`]); any other change in a directory holding a certificate or
+/// key re-reads the certificates ([`reload_certs`]; an unchanged set is left alone).
+/// The returned [`ConfigWatch`] stops watching when dropped.
 pub fn watch_config(
     app: Arc<App>,
     path: std::path::PathBuf,
-) -> notify::Result<(notify::RecommendedWatcher, JoinHandle<()>)> {
+) -> notify::Result<(ConfigWatch, JoinHandle<()>)> {
     use notify::Watcher;
     let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
+    let changed = Arc::new(Changed::default());
+    let cert_files: Arc<parking_lot::RwLock<Vec<std::path::PathBuf>>> = Arc::default();
     let name = path.file_name().map(|n| n.to_os_string());
+    let (seen, files) = (changed.clone(), cert_files.clone());
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         let Ok(event) = event else { return };
         if event.kind.is_access() {
             return;
         }
-        if event.paths.iter().any(|p| p.file_name() == name.as_deref()) {
+        for p in &event.paths {
+            if p.file_name() == name.as_deref() {
+                seen.config.store(true, Ordering::Relaxed);
+            } else if files.read().iter().any(|f| is_cert_change(f, p)) {
+                seen.certs.store(true, Ordering::Relaxed);
+            } else {
+                continue;
+            }
             let _ = tx.try_send(()); // a full channel already means "reload"
         }
     })?;
@@ -401,14 +514,105 @@ pub fn watch_config(
         _ => std::path::PathBuf::from("."),
     };
     watcher.watch(&dir, notify::RecursiveMode::NonRecursive)?;
+    let watch = ConfigWatch(Arc::new(Watched {
+        watcher: parking_lot::Mutex::new(watcher),
+        config_dir: dir,
+        cert_files,
+    }));
+    watch.follow_certs(&app);
+    let weak = Arc::downgrade(&watch.0);
     let task = tokio::spawn(async move {
         while rx.recv().await.is_some() {
             tokio::time::sleep(RELOAD_DEBOUNCE).await;
             while rx.try_recv().is_ok() {}
-            let _ = reload(&app, &path);
+            let config = changed.config.swap(false, Ordering::Relaxed);
+            let certs = changed.certs.swap(false, Ordering::Relaxed);
+            if config {
+                let _ = reload(&app, &path);
+            } else if certs {
+                reload_certs(&app);
+            }
+            if let Some(watched) = weak.upgrade() {
+                ConfigWatch(watched).follow_certs(&app);
+            }
         }
     });
-    Ok((watcher, task))
+    Ok((watch, task))
+}
+
+/// Whether a change of `changed` may change the certificate or key file `file`: the
+/// file itself (written in place or renamed over), or, in its directory, a name
+/// starting with `..` (Kubernetes swaps a secret volume's files by renaming its
+/// `..data` link).
+fn is_cert_change(file: &std::path::Path, changed: &std::path::Path) -> bool {
+    let in_dir = changed.parent() == file.parent().filter(|d| !d.as_os_str().is_empty());
+    in_dir
+        && (changed.file_name() == file.file_name()
+            || changed
+                .file_name()
+                .is_some_and(|n| n.as_encoded_bytes().starts_with(b"..")))
+}
+
+/// What the watcher saw change since the last reload.
+#[derive(Default)]
+struct Changed {
+    config: AtomicBool,
+    certs: AtomicBool,
+}
+
+/// The file watcher of [`watch_config`]; dropping it stops the watching.
+pub struct ConfigWatch(Arc<Watched>);
+
+struct Watched {
+    watcher: parking_lot::Mutex<notify::RecommendedWatcher>,
+    config_dir: std::path::PathBuf,
+    /// The certificate and key files watched so far (the watcher's callback reads
+    /// them to tell a certificate change).
+    cert_files: Arc<parking_lot::RwLock<Vec<std::path::PathBuf>>>,
+}
+
+impl ConfigWatch {
+    /// Watches the certificate and key files the config in force names, through
+    /// their directories (call after a reload that may name new ones). Files no longer
+    /// named stay watched; a change of one only re-reads certificates that did not
+    /// change.
+    pub fn follow_certs(&self, app: &App) {
+        use notify::Watcher;
+        let snapshot = app.snapshot();
+        let Some(tls) = &snapshot.config.server.tls else {
+            return;
+        };
+        for (_, pair) in tls.pairs() {
+            for file in [&pair.cert, &pair.key] {
+                if self.0.cert_files.read().iter().any(|f| f == file) {
+                    continue;
+                }
+                let dir = match file.parent() {
+                    Some(d) if !d.as_os_str().is_empty() => d,
+                    _ => std::path::Path::new("."),
+                };
+                let watched = self
+                    .0
+                    .cert_files
+                    .read()
+                    .iter()
+                    .any(|f| f.parent() == Some(dir));
+                // The config's own directory is watched already.
+                if !watched && dir != self.0.config_dir {
+                    if let Err(e) = self
+                        .0
+                        .watcher
+                        .lock()
+                        .watch(dir, notify::RecursiveMode::NonRecursive)
+                    {
+                        tracing::warn!(dir = %dir.display(), error = %e, "cannot watch a certificate directory; reload certificates with SIGHUP");
+                        continue;
+                    }
+                }
+                self.0.cert_files.write().push(file.clone());
+            }
+        }
+    }
 }
 
 /// Says how many client connections levee will take, and warns when the configured
@@ -481,6 +685,9 @@ pub async fn run_until_signal(
     for addr in &running.addrs {
         tracing::info!(%addr, "proxy listening");
     }
+    for addr in &running.tls_addrs {
+        tracing::info!(%addr, "tls listening");
+    }
     if let Some(addr) = running.admin_addr {
         tracing::info!(%addr, "admin listening");
     }
@@ -517,6 +724,9 @@ pub async fn run_until_signal(
             }
             _ = hup.recv() => {
                 let _ = reload(&running.app, &path);
+                if let Some((watch, _)) = &_watch {
+                    watch.follow_certs(&running.app);
+                }
             }
         }
     }

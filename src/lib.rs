@@ -24,4 +24,5 @@ pub mod http;
 pub mod listen;
 pub mod metrics;
 pub mod state;
+pub mod tls;
 pub mod workers;

@@ -14,7 +14,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify};
 
 use crate::http::forward::Proxy;
-use crate::http::server::{serve_connection, Settings};
+use crate::http::server::{serve_connection, Accepted, Settings};
 
 /// Open client connections: counts, per-IP counts, and ways to wait for fewer.
 pub struct Connections {
@@ -105,12 +105,14 @@ impl Drop for ConnectionGuard {
 }
 
 /// Accepts connections on `listener` until `shutdown` turns true, serving each on its
-/// own task. Connections already open finish their current request and close.
+/// own task (after a TLS handshake when `tls` is given). Connections already open
+/// finish their current request and close.
 pub async fn serve(
     listener: TcpListener,
     proxy: Arc<Proxy>,
     connections: Arc<Connections>,
     mut shutdown: watch::Receiver<bool>,
+    tls: Option<Arc<crate::tls::Acceptor>>,
 ) {
     let mut reserve = crate::fds::Reserve::default();
     loop {
@@ -167,7 +169,11 @@ pub async fn serve(
             // At the cap: a 503 with Retry-After and a close, not a wait in the
             // kernel's queue that the client cannot tell from a dead proxy.
             connections.refused_at_max.inc();
-            if connections.refusing.load(Ordering::Relaxed) < MAX_REFUSING {
+            if tls.is_some() {
+                // A TLS client would read a plain-text 503 as a broken handshake; a
+                // close says as much, without a handshake's cost.
+                drop(tcp);
+            } else if connections.refusing.load(Ordering::Relaxed) < MAX_REFUSING {
                 connections.refusing.fetch_add(1, Ordering::Relaxed);
                 let connections = connections.clone();
                 tokio::spawn(async move {
@@ -188,6 +194,12 @@ pub async fn serve(
         let _ = tcp.set_nodelay(true);
         let proxy = proxy.clone();
         let watch = shutdown.clone();
-        tokio::spawn(serve_connection(proxy, tcp, peer, settings, watch, guard));
+        let accepted = match &tls {
+            None => Accepted::Plain(tcp),
+            Some(acceptor) => Accepted::Tls(tcp, acceptor.clone()),
+        };
+        tokio::spawn(serve_connection(
+            proxy, accepted, peer, settings, watch, guard,
+        ));
     }
 }

@@ -165,6 +165,34 @@ fn return_free_memory() {
     unsafe { libmimalloc_sys::mi_collect(true) }
 }
 
+/// Loads the TLS certificate pairs `cfg` names, as `run` would: prints every problem
+/// (config key, file, what is wrong) and returns false if any; prints warnings (an SNI
+/// name its certificate does not cover) and goes on.
+fn certificates_load(path: &std::path::Path, cfg: &levee::config::Config) -> bool {
+    let Some(tls) = &cfg.server.tls else {
+        return true;
+    };
+    match levee::tls::check(tls) {
+        Ok(warnings) => {
+            for w in warnings {
+                eprintln!("warning: {w}");
+            }
+            true
+        }
+        Err(errors) => {
+            eprintln!(
+                "{}: {} TLS certificate error(s)",
+                path.display(),
+                errors.len()
+            );
+            for e in &errors {
+                eprintln!("  {e}");
+            }
+            false
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     levee::workers::set_idle_hook(return_free_memory);
@@ -177,6 +205,9 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { config } => match levee::config::load(&config) {
             Ok(cfg) => {
+                if !certificates_load(&config, &cfg) {
+                    return ExitCode::FAILURE;
+                }
                 println!("ok");
                 print!("{}", cfg.explain());
                 ExitCode::SUCCESS
@@ -200,6 +231,9 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
+            if !certificates_load(&config, &cfg) {
+                return ExitCode::FAILURE;
+            }
             let rt = match runtime(cfg.server.runtime, cfg.server.threads) {
                 Ok(rt) => rt,
                 Err(e) => {

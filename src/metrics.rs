@@ -52,6 +52,9 @@ pub struct Metrics {
     pub(crate) ready: IntGauge,
     pub(crate) connections_open: IntGauge,
     connections_refused: IntCounterVec,
+    tls_handshakes: IntCounterVec,
+    /// Certificate reloads that failed (the certificates in force stayed).
+    pub tls_reload_errors: IntCounter,
 }
 
 /// Handles of one upstream, resolved once per snapshot.
@@ -262,13 +265,34 @@ impl Metrics {
                 &["result"],
             ),
             config_last_reload_success: last_success,
+            tls_handshakes: counter(
+                "levee_tls_handshakes_total",
+                "TLS handshakes on the TLS listeners by result: ok, timeout (not finished within client_header_ms), closed (the client left first), plain_http (answered 400), error (not TLS, nothing in common, a client alert).",
+                &["result"],
+            ),
+            tls_reload_errors: {
+                let c = must(IntCounter::new(
+                    "levee_tls_reload_errors_total",
+                    "Certificate reloads (SIGHUP, a changed file) that failed; the certificates in force stayed.",
+                ));
+                must(registry.register(Box::new(c.clone())));
+                c
+            },
             registry,
         };
         // Both results exist from the start, so `increase()` sees the first failure.
         for result in ["success", "failure"] {
             metrics.config_reloads.with_label_values(&[result]);
         }
+        for result in TlsHandshake::ALL {
+            metrics.tls_handshakes.with_label_values(&[result.as_str()]);
+        }
         metrics
+    }
+
+    /// The counter of TLS handshakes that ended with `result`.
+    pub fn tls_handshakes(&self, result: &str) -> IntCounter {
+        self.tls_handshakes.with_label_values(&[result])
     }
 
     /// The counter of connections refused for `reason` (`per_ip`, `max_connections`,
@@ -391,6 +415,58 @@ impl ShedReason {
             ShedReason::NoHealthyBackend => "no_healthy_backend",
             ShedReason::QueueStanding => "queue_standing",
         }
+    }
+}
+
+/// How a TLS handshake ended; each is a bounded metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsHandshake {
+    /// The session is up.
+    Ok = 0,
+    /// Not finished within `client_header_ms`.
+    Timeout = 1,
+    /// The client closed or reset the connection first.
+    Closed = 2,
+    /// Plain HTTP on a TLS port: answered `400` and closed.
+    PlainHttp = 3,
+    /// Anything else: not TLS, no protocol or cipher in common, a client alert.
+    Error = 4,
+}
+
+impl TlsHandshake {
+    pub const ALL: [TlsHandshake; 5] = [
+        TlsHandshake::Ok,
+        TlsHandshake::Timeout,
+        TlsHandshake::Closed,
+        TlsHandshake::PlainHttp,
+        TlsHandshake::Error,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TlsHandshake::Ok => "ok",
+            TlsHandshake::Timeout => "timeout",
+            TlsHandshake::Closed => "closed",
+            TlsHandshake::PlainHttp => "plain_http",
+            TlsHandshake::Error => "error",
+        }
+    }
+}
+
+/// `levee_tls_handshakes_total` by result, resolved once.
+pub struct TlsHandshakes {
+    by_result: [IntCounter; 5],
+}
+
+impl TlsHandshakes {
+    pub fn new(metrics: &Metrics) -> TlsHandshakes {
+        TlsHandshakes {
+            by_result: TlsHandshake::ALL.map(|r| metrics.tls_handshakes(r.as_str())),
+        }
+    }
+
+    pub fn count(&self, result: TlsHandshake) {
+        self.by_result[result as usize].inc();
     }
 }
 

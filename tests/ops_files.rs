@@ -772,6 +772,20 @@ tests:
         alertname: LeveeConfigReloadFailed
         exp_alerts:
           - exp_labels: {job: levee, instance: l1, result: failure, severity: warning, tier: red}
+  # A certificate reload fails at 2m (the counter exists from the start at 0).
+  - interval: 30s
+    input_series:
+      - series: 'levee_tls_reload_errors_total{job="levee",instance="l1"}'
+        values: '0x3 1x40'
+    alert_rule_test:
+      - eval_time: 1m
+        alertname: LeveeCertificateReloadFailed
+      - eval_time: 3m
+        alertname: LeveeCertificateReloadFailed
+        exp_alerts:
+          - exp_labels: {job: levee, instance: l1, severity: warning, tier: red}
+      - eval_time: 15m
+        alertname: LeveeCertificateReloadFailed
   # One levee of two down; then every levee down.
   - interval: 15s
     input_series:

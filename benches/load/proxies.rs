@@ -235,6 +235,15 @@ pub struct Setup {
     /// levee: the overload section's early-shedding `[upstream.levels]` (caution at a
     /// quarter of the queue, danger at half); `false`: levee's default levels.
     pub early_levels: bool,
+    /// A TLS listener as well, serving this certificate (levee and nginx only).
+    pub tls: Option<TlsFiles>,
+}
+
+/// A certificate and its key (PEM) for the TLS listeners.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 /// Active health checks, the same for levee and HAProxy.
@@ -252,6 +261,8 @@ pub struct HealthChecks {
 pub struct Running {
     pub kind: Kind,
     pub addr: SocketAddr,
+    /// The TLS listener, when [`Setup::tls`] asked for one.
+    pub tls_addr: Option<SocketAddr>,
     /// levee's admin listener (`/metrics`), levee-before's too.
     pub admin: Option<SocketAddr>,
     /// When the process was spawned (for direct: when [`Running::start`] was called).
@@ -276,6 +287,7 @@ impl Running {
             return Ok(Running {
                 kind,
                 addr,
+                tls_addr: None,
                 admin: None,
                 started: Instant::now(),
                 ready_after: Duration::ZERO,
@@ -308,6 +320,14 @@ impl Running {
             Kind::HyperFloor => ("args", format!("{addr} {}", setup.backends[0])),
             Kind::Direct => unreachable!("direct has no binary"),
         };
+        let tls_addr = match &setup.tls {
+            Some(_) => Some(SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?))),
+            None => None,
+        };
+        let text = match (&setup.tls, tls_addr) {
+            (Some(files), Some(tls_addr)) => with_tls(kind, text, tls_addr, files)?,
+            _ => text,
+        };
         let conf = d.join(conf_name);
         std::fs::write(&conf, text).map_err(|e| format!("write {}: {e}", conf.display()))?;
         let log = std::fs::File::create(d.join("stderr.log")).map_err(|e| format!("log: {e}"))?;
@@ -337,6 +357,7 @@ impl Running {
         let mut running = Running {
             kind,
             addr,
+            tls_addr,
             admin,
             started,
             ready_after: Duration::ZERO,
@@ -589,6 +610,36 @@ async fn probe(addr: SocketAddr) -> std::io::Result<u16> {
     head.strip_prefix("HTTP/1.1 ")
         .and_then(|s| s.get(..3)?.parse().ok())
         .ok_or_else(|| std::io::Error::other(format!("bad response {head:?}")))
+}
+
+/// `config` (levee's or nginx's, as made for `kind`) with a TLS listener on `addr`
+/// serving `files`: levee `[server.tls]` (it offers TLS 1.2 and 1.3; clients that can
+/// choose 1.3), nginx `listen … ssl` with `ssl_protocols TLSv1.3` and its default
+/// session tickets, as levee has them.
+fn with_tls(
+    kind: Kind,
+    config: String,
+    addr: SocketAddr,
+    files: &TlsFiles,
+) -> Result<String, String> {
+    let (cert, key) = (files.cert.display(), files.key.display());
+    let (at, insert) = match kind {
+        Kind::Levee | Kind::LeveeMulti => (
+            "\n[[upstream]]",
+            format!("\n[server.tls]\nlisten = [\"{addr}\"]\ncert = \"{cert}\"\nkey = \"{key}\"\n"),
+        ),
+        Kind::Nginx => (
+            "        location / {",
+            format!(
+                "        listen {addr} ssl http2 backlog=4096;\n        ssl_certificate {cert};\n        ssl_certificate_key {key};\n        ssl_protocols TLSv1.3;\n"
+            ),
+        ),
+        other => return Err(format!("no TLS listener set up for {}", other.name())),
+    };
+    let i = config
+        .find(at)
+        .ok_or_else(|| format!("{}: no place for the TLS listener", kind.name()))?;
+    Ok(format!("{}{insert}{}", &config[..i], &config[i..]))
 }
 
 /// levee: one upstream, least in-flight, the limits of `setup`, the client cap of

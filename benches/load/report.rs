@@ -253,6 +253,9 @@ pub struct Results {
     pub burst: Vec<BurstRow>,
     pub zonefail_shape: String,
     pub zonefail: Vec<ZoneRow>,
+    /// The tls section's rows, and how many idle connections it held.
+    pub tls: Vec<crate::tls::TlsRow>,
+    pub tls_idle: usize,
     pub notes: Vec<String>,
 }
 
@@ -603,6 +606,7 @@ impl Results {
             None => out.push(skip(name)),
         }
         self.fresh_targets(&mut out);
+        crate::tls::targets(self, &mut out);
         out
     }
 
@@ -953,6 +957,7 @@ impl Results {
 
         self.render_fresh(&mut s);
         self.render_zonefail(&mut s);
+        crate::tls::render(self, &mut s);
 
         let before = self.before_comparison();
         if !before.is_empty() {
@@ -1271,6 +1276,7 @@ impl Results {
                 "failures_by_second": z.when, "zone_a_hits_after_fault": z.zone_a_hits,
                 "zone_a_last_hit_ms": z.last_hit.map(d), "levee_retries": z.retries, "levee_sheds": z.sheds,
             })).collect::<Vec<_>>(),
+            "tls": crate::tls::to_json(self),
             "levee_vs_before": self.before_comparison().iter().map(|c| json!({
                 "measure": c.measure, "levee": c.levee, "levee_before": c.before, "vs": c.vs,
             })).collect::<Vec<_>>(),

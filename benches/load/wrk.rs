@@ -28,8 +28,22 @@ pub async fn run(
     connections: usize,
     duration: Duration,
 ) -> Result<WrkResult, String> {
+    run_with(wrk, url, threads, connections, duration, &[]).await
+}
+
+/// [`run`] with request headers (`-H "name: value"`): `connection: close` makes every
+/// request a new connection (and, on https, a new TLS handshake).
+pub async fn run_with(
+    wrk: &Path,
+    url: &str,
+    threads: usize,
+    connections: usize,
+    duration: Duration,
+    headers: &[&str],
+) -> Result<WrkResult, String> {
     let secs = duration.as_secs().max(1);
     let child = tokio::process::Command::new(wrk)
+        .args(headers.iter().flat_map(|h| ["-H", h]))
         .arg(format!("-t{threads}"))
         .arg(format!("-c{connections}"))
         .arg(format!("-d{secs}s"))

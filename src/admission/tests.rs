@@ -10,6 +10,7 @@ use crate::state::Upstream;
 fn server() -> config::Server {
     config::Server {
         listen: vec!["127.0.0.1:0".parse().unwrap()],
+        tls: None,
         threads: 1,
         runtime: config::RuntimeLayout::default(),
         zone: None,

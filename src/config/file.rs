@@ -57,6 +57,8 @@ pub struct Server {
     pub access_log: Option<bool>,
     /// `[server.timeouts]`
     pub timeouts: Option<Timeouts>,
+    /// `[server.tls]`
+    pub tls: Option<Tls>,
 }
 
 /// `[server.timeouts]`
@@ -224,4 +226,30 @@ pub struct Match {
     pub path_prefix: Option<String>,
     /// `name:value`, value matched exactly.
     pub header: Option<String>,
+}
+
+/// `[server.tls]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tls {
+    /// Socket addresses of the TLS listeners; required, at least one.
+    pub listen: Option<Vec<String>>,
+    /// PEM certificate chain served when no `sni` entry matches; required.
+    pub cert: Option<String>,
+    /// PEM private key of `cert`; required.
+    pub key: Option<String>,
+    /// `[[server.tls.sni]]`: certificates chosen by the client's server name.
+    pub sni: Option<Vec<Sni>>,
+}
+
+/// One `[[server.tls.sni]]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Sni {
+    /// Server names (`api.example.com`, `*.example.com`); required, at least one.
+    pub names: Option<Vec<String>>,
+    /// PEM certificate chain; required.
+    pub cert: Option<String>,
+    /// PEM private key of `cert`; required.
+    pub key: Option<String>,
 }

@@ -15,7 +15,10 @@
 
 pub mod file;
 mod locate;
+pub mod tls;
 mod validate;
+
+pub use tls::{CertPair, SniCert, Tls};
 
 use std::collections::BTreeMap;
 use std::fmt::{self, Write as _};
@@ -53,7 +56,14 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
             format!("cannot read {}: {e}", path.display()),
         )])
     })?;
-    parse(&text)
+    let mut config = parse(&text)?;
+    if let Some(tls) = &mut config.server.tls {
+        // From the file's absolute directory, so the paths still hold (and logs name
+        // them fully) whatever the working directory is.
+        let file = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+        tls.resolve_paths(file.parent().unwrap_or(Path::new(".")));
+    }
+    Ok(config)
 }
 
 /// Parses and validates a whole config file.
@@ -145,8 +155,10 @@ pub struct Config {
 /// `[server]`: listeners and process-wide settings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Server {
-    /// At least one; no duplicates.
+    /// Plain HTTP listeners; no duplicates. At least one unless `tls` has some.
     pub listen: Vec<SocketAddr>,
+    /// `[server.tls]`: TLS listeners and their certificates.
+    pub tls: Option<Tls>,
     /// Worker threads, 1 to 1024.
     pub threads: usize,
     /// How the worker threads serve client connections.
@@ -650,7 +662,11 @@ impl Config {
         write!(
             out,
             "listen {} ({} threads, {} runtime",
-            listen.join(", "),
+            if listen.is_empty() {
+                "none but TLS".to_owned()
+            } else {
+                listen.join(", ")
+            },
             s.threads,
             s.runtime.as_str()
         )?;
@@ -658,6 +674,9 @@ impl Config {
             write!(out, ", zone {zone}")?;
         }
         writeln!(out, ")")?;
+        if let Some(tls) = &s.tls {
+            write!(out, "{tls}")?;
+        }
         match s.admin_listen {
             Some(admin) => writeln!(out, "admin {admin}")?,
             None => writeln!(out, "admin off")?,

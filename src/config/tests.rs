@@ -102,6 +102,7 @@ fn full_example_parses_to_typed_values() {
     let expected = Config {
         server: Server {
             listen: vec![addr("0.0.0.0:8080"), addr("[::1]:8443")],
+            tls: None,
             threads: 4,
             runtime: RuntimeLayout::MultiThread,
             zone: Some("a".into()),

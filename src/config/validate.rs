@@ -12,6 +12,8 @@ use std::time::Duration;
 use super::file;
 use super::*;
 
+mod tls;
+
 /// Largest `*_ms` duration accepted, one day: far beyond any sane timeout, and small
 /// enough that adding it to an `Instant` can never overflow.
 const MAX_DURATION_MS: i64 = 86_400_000;
@@ -120,10 +122,14 @@ impl Validator {
 
         let mut listen: Vec<SocketAddr> = Vec::new();
         let mut first_index: HashMap<SocketAddr, usize> = HashMap::new();
-        if server.is_some() && s.listen.as_ref().is_none_or(Vec::is_empty) {
+        let tls_listens = s
+            .tls
+            .as_ref()
+            .is_some_and(|t| t.listen.as_ref().is_some_and(|l| !l.is_empty()));
+        if server.is_some() && s.listen.as_ref().is_none_or(Vec::is_empty) && !tls_listens {
             self.error(
                 "server.listen",
-                "required: at least one address to listen on",
+                "required: at least one address to listen on (here or in server.tls.listen)",
             );
         }
         for (i, text) in s.listen.iter().flatten().enumerate() {
@@ -179,6 +185,10 @@ impl Validator {
                 );
             }
         }
+        let tls = s
+            .tls
+            .as_ref()
+            .map(|t| self.tls(t, &first_index, admin_listen));
         let grace_period = self.millis(
             "server.grace_period_ms",
             s.grace_period_ms,
@@ -241,6 +251,7 @@ impl Validator {
             access_log: s.access_log.unwrap_or(false),
             upgrade_sock,
             listen,
+            tls,
             threads: usize::try_from(threads).unwrap_or(DEFAULT_THREADS),
             runtime,
             zone,

@@ -1,6 +1,8 @@
 //! A client connection's socket as hyper sees it: bytes already read come first (what
 //! a previous hyper connection had buffered), writes that stall longer than the write
-//! timeout fail, and the raw bytes of HTTP/1 requests pass the framing scan.
+//! timeout fail, and the raw bytes of HTTP/1 requests pass the framing scan. The socket
+//! is plain TCP or a TLS session over it ([`ClientStream`]); everything above sees the
+//! same bytes either way (on TLS, the decrypted ones).
 //!
 //! [`ConnShared`] is what the connection's driver (`server.rs`), its requests
 //! (`forward.rs`) and this socket share: whether hyper may still hold unsent bytes, the
@@ -17,6 +19,7 @@ use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Sleep;
+use tokio_rustls::server::TlsStream;
 
 use super::validate::FramingScan;
 
@@ -58,9 +61,82 @@ impl Drop for Active {
     }
 }
 
-/// A client TCP stream for hyper.
+/// A client's socket: plain TCP, or a TLS session on it.
+pub enum ClientStream {
+    Plain(TcpStream),
+    /// Boxed: a rustls session is kilobytes, and a plain connection should not carry
+    /// its size.
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl ClientStream {
+    /// The TCP socket under the session.
+    pub fn tcp(&self) -> &TcpStream {
+        match self {
+            ClientStream::Plain(tcp) => tcp,
+            ClientStream::Tls(tls) => tls.get_ref().0,
+        }
+    }
+}
+
+impl AsyncRead for ClientStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ClientStream::Plain(tcp) => Pin::new(tcp).poll_read(cx, buf),
+            ClientStream::Tls(tls) => Pin::new(tls.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for ClientStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            ClientStream::Plain(tcp) => Pin::new(tcp).poll_write(cx, buf),
+            ClientStream::Tls(tls) => Pin::new(tls.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            ClientStream::Plain(tcp) => Pin::new(tcp).poll_write_vectored(cx, bufs),
+            ClientStream::Tls(tls) => Pin::new(tls.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ClientStream::Plain(tcp) => Pin::new(tcp).poll_flush(cx),
+            ClientStream::Tls(tls) => Pin::new(tls.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ClientStream::Plain(tcp) => Pin::new(tcp).poll_shutdown(cx),
+            ClientStream::Tls(tls) => Pin::new(tls.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// A client stream for hyper.
 pub struct ClientIo {
-    tcp: TcpStream,
+    stream: ClientStream,
     /// Read before the socket: bytes a previous hyper connection read and left.
     prefix: Bytes,
     write_timeout: Duration,
@@ -72,9 +148,9 @@ pub struct ClientIo {
 }
 
 impl ClientIo {
-    pub fn new(tcp: TcpStream, write_timeout: Duration, shared: Arc<ConnShared>) -> ClientIo {
+    pub fn new(stream: ClientStream, write_timeout: Duration, shared: Arc<ConnShared>) -> ClientIo {
         ClientIo {
-            tcp,
+            stream,
             prefix: Bytes::new(),
             write_timeout,
             stalled: None,
@@ -103,8 +179,10 @@ impl ClientIo {
         !self.prefix.is_empty()
     }
 
+    /// The TCP socket (under the TLS session on TLS connections): its readiness
+    /// tells an idle connection's next request.
     pub fn tcp(&self) -> &TcpStream {
-        &self.tcp
+        self.stream.tcp()
     }
 
     /// After a write was polled: progress disarms the stall timer, none arms it.
@@ -154,7 +232,7 @@ impl AsyncRead for ClientIo {
             return Poll::Ready(Ok(()));
         }
         let before = buf.filled().len();
-        ready!(Pin::new(&mut this.tcp).poll_read(cx, buf))?;
+        ready!(Pin::new(&mut this.stream).poll_read(cx, buf))?;
         if buf.filled().len() > before {
             this.shared
                 .read_since_request
@@ -176,7 +254,7 @@ impl AsyncWrite for ClientIo {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        let polled = Pin::new(&mut this.tcp).poll_write(cx, buf);
+        let polled = Pin::new(&mut this.stream).poll_write(cx, buf);
         this.wrote(cx, polled)
     }
 
@@ -186,7 +264,7 @@ impl AsyncWrite for ClientIo {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        let polled = Pin::new(&mut this.tcp).poll_write_vectored(cx, bufs);
+        let polled = Pin::new(&mut this.stream).poll_write_vectored(cx, bufs);
         this.wrote(cx, polled)
     }
 
@@ -196,13 +274,13 @@ impl AsyncWrite for ClientIo {
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        ready!(Pin::new(&mut this.tcp).poll_flush(cx))?;
+        ready!(Pin::new(&mut this.stream).poll_flush(cx))?;
         // hyper flushes the socket only once its own buffer is written out.
         this.shared.unflushed.store(false, Ordering::Relaxed);
         Poll::Ready(Ok(()))
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().tcp).poll_shutdown(cx)
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
     }
 }

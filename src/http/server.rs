@@ -1,4 +1,5 @@
-//! One client connection on hyper: HTTP/2 (h2c, prior knowledge) or HTTP/1.x.
+//! One client connection on hyper: HTTP/2 (h2c, prior knowledge; h2 by ALPN on TLS) or
+//! HTTP/1.x, over plain TCP or a TLS session ([`Accepted`]).
 //!
 //! An HTTP/1 connection is served by a hyper connection while it is busy. Once it has
 //! been idle for [`IDLE_RELEASE`] (no request in progress, everything written, nothing
@@ -11,6 +12,12 @@
 //!
 //! An accepted upgrade (101) ends the hyper connection the same way; the socket and
 //! the backend's upgraded connection are then spliced until either side closes.
+//!
+//! TLS connections are served the same way once their handshake is done (bounded by
+//! `client_header`): the socket hyper gets is the TLS session, and an idle one is taken
+//! back from hyper like a plain one. The session itself stays (rustls keeps its keys
+//! and a 4 KiB read buffer per connection), so an idle TLS connection costs more than
+//! a plain one; hyper's buffers are released all the same.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -25,7 +32,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use super::forward::{self, Conn, Proxy, Tunnel};
-use super::io::{ClientIo, ConnShared};
+use super::io::{ClientIo, ClientStream, ConnShared};
 use crate::config::{Timeouts, MAX_HEADER_FIELDS};
 
 /// How long an HTTP/1 connection stays idle with its hyper connection (and buffers)
@@ -86,6 +93,13 @@ impl Settings {
     }
 }
 
+/// A connection as the accept loop hands it over.
+pub enum Accepted {
+    Plain(TcpStream),
+    /// The TLS handshake is still to run, with these settings and certificates.
+    Tls(TcpStream, Arc<crate::tls::Acceptor>),
+}
+
 /// Serves one client connection until it closes, idles out, or `shutdown` turns true
 /// (then the request in progress finishes and the connection closes). `guard` is held
 /// until then (the accept loop's count of open connections).
@@ -96,21 +110,45 @@ impl Settings {
 /// arguments would be stored twice.
 pub async fn serve_connection(
     proxy: Arc<Proxy>,
-    tcp: TcpStream,
+    accepted: Accepted,
     peer: SocketAddr,
     settings: Settings,
     mut shutdown: watch::Receiver<bool>,
     guard: impl Send,
 ) {
     let _guard = guard;
-    let conn = Arc::new(Conn::new(peer, Arc::new(ConnShared::default()), "http"));
-    match Box::pin(opening(&tcp, settings.client_header)).await {
-        Opening::Silent => return,
-        Opening::H2 => return Box::pin(serve_h2(proxy, conn, tcp, settings, shutdown)).await,
-        Opening::H1 => {}
+    let (stream, h2) = match accepted {
+        Accepted::Plain(tcp) => match Box::pin(opening(&tcp, settings.client_header)).await {
+            Opening::Silent => return,
+            Opening::H2 => (ClientStream::Plain(tcp), true),
+            Opening::H1 => (ClientStream::Plain(tcp), false),
+        },
+        Accepted::Tls(tcp, acceptor) => {
+            let handshake =
+                crate::tls::handshake::accept(&acceptor, tcp, peer, settings.client_header);
+            let Some(tls) = Box::pin(handshake).await else {
+                return;
+            };
+            let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+            (ClientStream::Tls(Box::new(tls)), h2)
+        }
+    };
+    let tls = matches!(stream, ClientStream::Tls(_));
+    let scheme = if tls { "https" } else { "http" };
+    let conn = Arc::new(Conn::new(peer, Arc::new(ConnShared::default()), scheme));
+    if h2 {
+        return Box::pin(serve_h2(proxy, conn, stream, settings, shutdown)).await;
     }
-    let mut io = ClientIo::new(tcp, settings.write, conn.shared.clone());
+    let mut io = ClientIo::new(stream, settings.write, conn.shared.clone());
     io.scan_framing();
+    if tls {
+        // A TLS session cannot be peeked for the first bytes: the first head is taken
+        // as begun now, so the busy period bounds it by `client_header` as the opening
+        // wait does on a plain connection.
+        conn.shared
+            .read_since_request
+            .store(true, Ordering::Relaxed);
+    }
     let mut first = true;
     loop {
         if !first && !io.has_unread() {
@@ -309,12 +347,12 @@ async fn splice(mut client: ClientIo, tunnel: Tunnel) {
 async fn serve_h2(
     proxy: Arc<Proxy>,
     conn: Arc<Conn>,
-    tcp: TcpStream,
+    stream: ClientStream,
     settings: Settings,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let shared = conn.shared.clone();
-    let io = ClientIo::new(tcp, settings.write, shared.clone());
+    let io = ClientIo::new(stream, settings.write, shared.clone());
     let svc = {
         let conn = conn.clone();
         service_fn(move |req| forward::serve(proxy.clone(), conn.clone(), req))
