@@ -77,6 +77,8 @@ enum Kind {
     Balance,
     Affinity,
     Check,
+    /// `limits.mode`.
+    Mode,
     Class,
     Header,
     Bool,
@@ -159,6 +161,7 @@ const LIMITS: &[Field] = &[
     f("queue_timeout_ms", Kind::LongMs, 0.6),
     f("queue_target_ms", Kind::LowMs, 0.3),
     f("queue_interval_ms", Kind::Ms, 0.3),
+    f("mode", Kind::Mode, 0.2),
 ];
 
 const HEALTH: &[Field] = &[
@@ -489,6 +492,7 @@ impl Gen<'_> {
                 &["header:", "header:a b", "query:x", "header"],
             ),
             Kind::Check => self.string(&["tcp", "none"], &["http", "grpc", ""]),
+            Kind::Mode => self.string(&["enforce", "shadow"], &["Shadow", "off", ""]),
             Kind::Class => self.string(
                 &["critical", "high", "normal", "low"],
                 &["urgent", "High", ""],

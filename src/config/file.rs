@@ -125,6 +125,8 @@ pub struct Limits {
     pub queue_target_ms: Option<i64>,
     /// How long waits must stay above the target before the queue stands.
     pub queue_interval_ms: Option<i64>,
+    /// `enforce` or `shadow`.
+    pub mode: Option<String>,
 }
 
 /// `[upstream.levels]`

@@ -383,6 +383,8 @@ pub struct Limits {
     /// The queue stands once every wait over this long stayed above `queue_target`,
     /// and drains once nobody was shed for want of capacity for this long (at least 1 ms).
     pub queue_interval: Duration,
+    /// Whether the limits are applied or only evaluated (`limits.mode`).
+    pub mode: Mode,
 }
 
 impl Limits {
@@ -394,12 +396,45 @@ impl Limits {
         queue_timeout: Duration::from_millis(250),
         queue_target: Duration::from_millis(5),
         queue_interval: Duration::from_millis(100),
+        mode: Mode::Enforce,
     };
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Self::DEFAULT
+    }
+}
+
+/// How an upstream applies its limits (`limits.mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// Requests past the limits wait or get 503.
+    #[default]
+    Enforce,
+    /// Every admission decision is made and counted (`levee_would_shed_total`), but
+    /// nothing is shed or queued: a request that would wait or be shed goes to a
+    /// backend at once, past `max_inflight` if need be. For trying limits on
+    /// production traffic before they act on it.
+    Shadow,
+}
+
+impl Mode {
+    /// The name used in the config file and in output.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Enforce => "enforce",
+            Self::Shadow => "shadow",
+        }
+    }
+
+    /// Parses a config-file name (exact, lower case).
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "enforce" => Some(Self::Enforce),
+            "shadow" => Some(Self::Shadow),
+            _ => None,
+        }
     }
 }
 
@@ -686,6 +721,12 @@ impl Config {
                 }
             )?;
             let l = &u.limits;
+            if l.mode == Mode::Shadow {
+                writeln!(
+                    out,
+                    "  shadow mode: every decision below is counted, nothing is shed or queued"
+                )?;
+            }
             write!(out, "  limits {} in flight per backend, ", l.max_inflight)?;
             if l.queue_depth == 0 {
                 writeln!(out, "no queue")?;

@@ -141,6 +141,7 @@ fn full_example_parses_to_typed_values() {
                     queue_timeout: ms(300),
                     queue_target: ms(5),
                     queue_interval: ms(100),
+                    mode: Mode::Enforce,
                 },
                 levels: Levels {
                     caution: Thresholds {
@@ -202,6 +203,7 @@ fn full_example_parses_to_typed_values() {
                     queue_timeout: ms(0),
                     queue_target: ms(0),
                     queue_interval: ms(100),
+                    mode: Mode::Enforce,
                 },
                 levels: Levels::defaults(0),
                 health: Health::DEFAULT,
@@ -306,6 +308,7 @@ fn defaults_fill_every_absent_key() {
             queue_timeout: ms(250),
             queue_target: ms(5),
             queue_interval: ms(100),
+            mode: Mode::Enforce,
         }
     );
     assert_eq!(
@@ -650,6 +653,41 @@ fn limits_are_range_checked() {
         "must be at least 1 (got 0)",
     );
     parse(&limits("queue_depth = 0\nqueue_timeout_ms = 0")).expect("no queue needs no timeout");
+}
+
+#[test]
+fn limits_mode_is_enforce_or_shadow() {
+    let limits = |body: &str| doc("", &format!("[upstream.limits]\n{body}"));
+    let mode = |body: &str| {
+        parse(&limits(body)).expect("valid").upstreams[0]
+            .limits
+            .mode
+    };
+    assert_eq!(mode(""), Mode::Enforce);
+    assert_eq!(mode("mode = \"enforce\""), Mode::Enforce);
+    assert_eq!(mode("mode = \"shadow\""), Mode::Shadow);
+    for bad in ["\"Shadow\"", "\"off\"", "\"\""] {
+        assert_error(
+            &limits(&format!("mode = {bad}")),
+            "upstream[0].limits.mode",
+            "must be \"enforce\" or \"shadow\"",
+        );
+    }
+    assert_error(
+        &limits("mode = true"),
+        "upstream[0].limits.mode",
+        "invalid type",
+    );
+    let shadow = parse(&limits("mode = \"shadow\"")).expect("valid");
+    assert!(
+        shadow.explain().contains("shadow mode"),
+        "{}",
+        shadow.explain()
+    );
+    assert!(!parse(&limits(""))
+        .expect("valid")
+        .explain()
+        .contains("shadow"));
 }
 
 #[test]

@@ -530,12 +530,23 @@ impl Validator {
             d.queue_interval,
             1,
         );
+        let mode = match l.mode.as_deref() {
+            None => d.mode,
+            Some(text) => Mode::parse(text).unwrap_or_else(|| {
+                self.error(
+                    format!("{prefix}.limits.mode"),
+                    format!("{text:?} must be \"enforce\" or \"shadow\""),
+                );
+                d.mode
+            }),
+        };
         Limits {
             max_inflight,
             queue_depth,
             queue_timeout,
             queue_target,
             queue_interval,
+            mode,
         }
     }
 
