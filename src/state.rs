@@ -108,6 +108,12 @@ impl Backend {
             .is_ok()
     }
 
+    /// Takes one slot whatever the limit: shadow mode only, which never enforces it
+    /// (the count still says what the backend holds).
+    pub(crate) fn acquire_over_limit(&self) {
+        self.inflight.fetch_add(1, Ordering::SeqCst);
+    }
+
     /// Gives one slot back. Only [`crate::admission::Permit`] calls this.
     pub(crate) fn release_slot(&self) {
         self.inflight.fetch_sub(1, Ordering::SeqCst);
@@ -315,7 +321,7 @@ impl Upstream {
         let instant = queue_level(
             &self.levels,
             self.limits.queue_depth,
-            self.queue.len(),
+            self.waiting(),
             self.queue.is_standing(),
         );
         if instant <= published {
@@ -488,7 +494,7 @@ impl Upstream {
             } else {
                 f64::from(self.inflight()) / f64::from(capacity)
             },
-            queue: self.queue.take_peak(),
+            queue: self.queue.take_peak().max(self.waiting()),
             queue_depth: self.limits.queue_depth,
             standing: self.queue.is_standing(),
             turned_away: self.queue.take_turned_away(),
@@ -519,6 +525,8 @@ pub struct Permit {
     pub(crate) backend: usize,
     /// How long the request waited in the queue (zero when a slot was free).
     pub queued: Duration,
+    /// Shadow mode: why enforcing the limits would have shed this request.
+    pub would_shed: Option<crate::metrics::ShedReason>,
 }
 
 impl Snapshot {

@@ -20,6 +20,10 @@
 //! that would not be served within it, at the rate the backends finish requests, is
 //! shed at once; one whose wait passes it is shed then, also when the queue begins
 //! standing while it waits.
+//!
+//! In shadow mode (`limits.mode = "shadow"`) the same decisions are made and counted
+//! (`levee_would_shed_total`), but a request that would wait or be shed goes to a
+//! backend at once, past its limit if need be; see [`Upstream::admit_shadow`].
 
 pub mod codel;
 pub mod level;
@@ -29,8 +33,8 @@ use std::mem::ManuallyDrop;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::balance::{take_slot, Take};
-use crate::config::Class;
+use crate::balance::{take_slot, take_slot_over_limit, Take};
+use crate::config::{Class, Mode};
 pub use crate::state::Permit;
 use crate::state::{Backend, Upstream};
 use codel::{Change, Params};
@@ -87,6 +91,7 @@ impl Permit {
             upstream: ManuallyDrop::new(upstream),
             backend,
             queued: Duration::ZERO,
+            would_shed: None,
         }
     }
 
@@ -237,6 +242,9 @@ impl Upstream {
         key: Option<u64>,
         random: u64,
     ) -> Result<Permit, Shed> {
+        if self.limits.mode == Mode::Shadow {
+            return self.admit_shadow(class, key, random);
+        }
         let (level, target) = match self.try_admit(class, key, random) {
             Admit::Permit(p) => return Ok(p),
             Admit::Shed(s) => return Err(s),
@@ -409,7 +417,95 @@ impl Upstream {
     ) -> Option<Permit> {
         match take_slot(self, key, tried, random) {
             Take::Slot(i) => Some(Permit::new(self.clone(), i)),
+            // Shadow mode enforces no limit: a full upstream still takes the retry.
+            Take::Full { target } if self.limits.mode == Mode::Shadow => {
+                take_slot_over_limit(self, target, tried, random)
+                    .map(|i| Permit::new(self.clone(), i))
+            }
             _ => None,
+        }
+    }
+
+    /// Shadow mode: the decision [`Self::admit`] would make, counted in
+    /// `levee_would_shed_total` when it is a shed, and a slot at once whatever it is:
+    /// a free one if there is one, else one past the limits (see
+    /// [`take_slot_over_limit`]). Nobody waits, so the queue the decisions read is
+    /// [`Self::waiting`]: the requests in flight beyond the limits stand for those that
+    /// would be waiting. Its allowed wait is `queue_timeout` (waits are not measured,
+    /// so the queue never stands). Only a request no backend may take is shed
+    /// (`no_healthy_backend`): health is not a limit, and there is nowhere to send it.
+    fn admit_shadow(
+        self: &Arc<Self>,
+        class: Class,
+        key: Option<u64>,
+        random: u64,
+    ) -> Result<Permit, Shed> {
+        let level = self.level();
+        let low =
+            (class == Class::Low && level >= Level::Caution).then_some(ShedReason::LowPriority);
+        let (slot, would) = match take_slot(self, key, &[], random) {
+            Take::Slot(i) => (Some(i), low),
+            Take::NoBackend => {
+                return Err(self.shed(ShedReason::NoHealthyBackend, level, class));
+            }
+            Take::Full { target } => {
+                let would = low.or_else(|| self.wait_verdict(level, class, target));
+                (take_slot_over_limit(self, target, &[], random), would)
+            }
+        };
+        let Some(i) = slot else {
+            return Err(self.shed(ShedReason::NoHealthyBackend, level, class));
+        };
+        if let Some(reason) = would {
+            self.metrics.would_shed(reason).inc();
+            if matches!(reason, ShedReason::LevelNoQueue | ShedReason::QueueFull) {
+                self.queue.note_turned_away(self.limits.queue_depth);
+            }
+        }
+        let mut permit = Permit::new(self.clone(), i);
+        permit.would_shed = would;
+        Ok(permit)
+    }
+
+    /// For a request that found no free slot: why it would be shed instead of
+    /// waiting, or `None` if it would wait. The same rules as [`Self::admit`], read
+    /// without the queue's lock from [`Self::waiting`] (shadow mode, where nobody
+    /// waits). A `critical` request at a full queue would wait, displacing another.
+    fn wait_verdict(
+        &self,
+        level: Level,
+        class: Class,
+        target: Option<usize>,
+    ) -> Option<ShedReason> {
+        if !may_wait(level, class) {
+            return Some(if level == Level::Critical {
+                ShedReason::QueueFull
+            } else {
+                ShedReason::LevelNoQueue
+            });
+        }
+        let waiting = self.waiting();
+        let standing = self.queue.is_standing();
+        let rate = self.service_rate();
+        if target.is_none() && rate > 0.0 {
+            let expected = (f64::from(waiting) + 1.0) / rate;
+            if expected > self.allowed_wait(standing).as_secs_f64() {
+                return Some(late(standing));
+            }
+        }
+        (waiting >= self.limits.queue_depth && class != Class::Critical)
+            .then_some(ShedReason::QueueFull)
+    }
+
+    /// Requests waiting for a slot: the queue's length. In shadow mode, where nobody
+    /// waits, also the requests in flight beyond the limits of the backends that may
+    /// take traffic: enforcing the limits, those would be waiting. The level's queue
+    /// signal reads this.
+    pub fn waiting(&self) -> u32 {
+        let queued = self.queue.len();
+        match self.limits.mode {
+            Mode::Enforce => queued,
+            Mode::Shadow => queued.saturating_add(self.inflight().saturating_sub(self.capacity())),
         }
     }
 

@@ -37,6 +37,16 @@ fn server() -> config::Server {
 
 /// An upstream of `n` backends with `per` slots each.
 fn upstream(n: usize, per: u32, queue_depth: u32, timeout_ms: u64) -> Arc<Upstream> {
+    upstream_in(config::Mode::Enforce, n, per, queue_depth, timeout_ms)
+}
+
+fn upstream_in(
+    mode: config::Mode,
+    n: usize,
+    per: u32,
+    queue_depth: u32,
+    timeout_ms: u64,
+) -> Arc<Upstream> {
     let cfg = config::Upstream {
         name: "u".into(),
         routes: vec!["/".into()],
@@ -52,6 +62,7 @@ fn upstream(n: usize, per: u32, queue_depth: u32, timeout_ms: u64) -> Arc<Upstre
             queue_timeout: Duration::from_millis(timeout_ms),
             queue_target: Duration::from_millis(5).min(Duration::from_millis(timeout_ms)),
             queue_interval: Duration::from_millis(100),
+            mode,
         },
         levels: Levels {
             caution: Thresholds {
@@ -86,6 +97,11 @@ fn upstream(n: usize, per: u32, queue_depth: u32, timeout_ms: u64) -> Arc<Upstre
             .collect(),
     };
     Arc::new(Upstream::new(&cfg, &server(), &Metrics::new()))
+}
+
+/// [`upstream`] with `limits.mode = "shadow"`.
+fn shadow(n: usize, per: u32, queue_depth: u32, timeout_ms: u64) -> Arc<Upstream> {
+    upstream_in(config::Mode::Shadow, n, per, queue_depth, timeout_ms)
 }
 
 async fn admit(up: &Arc<Upstream>, class: Class) -> Result<Permit, Shed> {
@@ -461,4 +477,77 @@ async fn a_waiter_that_is_short_of_the_target_when_the_queue_stands_keeps_its_pl
     drop(held);
     let p = waiter.await.unwrap().expect("served within the target");
     assert_eq!(p.queued, Duration::from_millis(3));
+}
+
+#[tokio::test]
+async fn shadow_sends_past_the_limits_and_counts_what_it_would_shed() {
+    let up = shadow(2, 1, 2, 10_000);
+    let mut held = Vec::new();
+    // Two free slots, then the queue as it would be (2 beyond the limits), then a
+    // full one: nothing waits, nothing is shed, and every slot is counted.
+    for _ in 0..6 {
+        let p = admit(&up, Class::Normal)
+            .await
+            .expect("shadow sheds nothing");
+        held.push(p);
+    }
+    assert_eq!(up.inflight(), 6);
+    assert!(up.queue.is_empty(), "nobody waits in shadow mode");
+    assert_eq!(up.waiting(), 4, "in flight beyond the limits");
+    let would: Vec<_> = held.iter().map(|p| p.would_shed).collect();
+    let full = Some(ShedReason::QueueFull);
+    // Two free slots, two that would wait, two that would find the queue full.
+    assert_eq!(would, [None, None, None, None, full, full]);
+    let counted: u64 = ShedReason::ALL
+        .iter()
+        .map(|r| up.metrics.would_shed(*r).get())
+        .sum();
+    assert_eq!(counted, 2);
+    assert_eq!(up.metrics.would_shed(ShedReason::QueueFull).get(), 2);
+    let shed: u64 = ShedReason::ALL
+        .iter()
+        .flat_map(|r| crate::metrics::CLASSES.map(|c| up.metrics.shed(*r, c).get()))
+        .sum();
+    assert_eq!(shed, 0);
+    // The level follows the queue enforcing would have: 4 waiting is caution here.
+    assert!(up.level() >= Level::Caution);
+    // `low` at caution would be shed even with a free slot, and still goes.
+    held.clear();
+    assert_eq!(up.inflight(), 0);
+    let low = admit(&up, Class::Low).await.expect("shadow sheds nothing");
+    assert_eq!(low.would_shed, Some(ShedReason::LowPriority));
+    drop(low);
+    assert_eq!(up.inflight(), 0);
+}
+
+#[tokio::test]
+async fn shadow_retries_take_a_slot_past_the_limits() {
+    let up = shadow(2, 1, 2, 10_000);
+    let a = admit(&up, Class::Normal).await.unwrap();
+    let b = admit(&up, Class::Normal).await.unwrap();
+    let tried = [a.backend_index()];
+    let retry = up
+        .take_retry_slot(None, &tried, 3)
+        .expect("no limit is enforced");
+    assert_eq!(retry.backend_index(), b.backend_index());
+    assert_eq!(up.inflight(), 3);
+    // Enforcing, the same retry finds no room.
+    let enforcing = upstream(2, 1, 2, 10_000);
+    let c = admit(&enforcing, Class::Normal).await.unwrap();
+    let d = admit(&enforcing, Class::Normal).await.unwrap();
+    assert!(enforcing
+        .take_retry_slot(None, &[c.backend_index()], 3)
+        .is_none());
+    drop((a, b, retry, c, d));
+    assert_eq!(up.inflight(), 0);
+    assert_eq!(enforcing.inflight(), 0);
+}
+
+#[tokio::test]
+async fn shadow_sheds_only_when_no_backend_may_take_traffic() {
+    let up = shadow(1, 1, 2, 10_000);
+    up.backends[0].set_healthy(false);
+    let shed = admit(&up, Class::Normal).await.unwrap_err();
+    assert_eq!(shed.reason, ShedReason::NoHealthyBackend);
+    assert_eq!(up.inflight(), 0);
 }

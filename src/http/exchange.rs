@@ -22,6 +22,8 @@ pub struct AccessLog {
     pub class: Class,
     pub upstream: Option<String>,
     pub started: Instant,
+    /// Shadow mode: the shed reason enforcing would have given (`would_shed`).
+    pub would_shed: Option<&'static str>,
 }
 
 impl AccessLog {
@@ -47,6 +49,7 @@ impl AccessLog {
             queued_ms = queued.map(|q| q.as_secs_f64() * 1000.0),
             ms = self.started.elapsed().as_secs_f64() * 1000.0,
             error = error.map(|e| e.status_and_label().1),
+            would_shed = self.would_shed,
             "request"
         );
     }

@@ -178,6 +178,7 @@ async fn handle(
             class: Class::Normal,
             upstream: None,
             started: Instant::now(),
+            would_shed: None,
         })
     });
 
@@ -229,6 +230,9 @@ async fn handle(
             return respond::shed(&upstream.name, &shed, Some(active));
         }
     };
+    if let (Some(l), Some(reason)) = (log.as_mut(), permit.would_shed) {
+        l.would_shed = Some(reason.as_str());
+    }
     permit.backend().metrics.requests(class).inc();
     upstream.retry_budget.deposit();
     let mut exchange = Exchange::new(permit, log);
