@@ -9,7 +9,7 @@
 //!
 //! Options (after `--`): `--quick`, `--reps N`,
 //! `--only levee,levee-mt,levee-before,haproxy,nginx,direct`,
-//! `--sections raw,overload,memory,shed,fresh,zonefail`,
+//! `--sections raw,overload,memory,shed,fresh,zonefail,shadow`,
 //! `--json PATH`, `--ticks`.
 //!
 //! Before and after: `LEVEE_BEFORE` names an older levee binary (same CLI and config
@@ -43,7 +43,10 @@
 //!   and a 10x C burst of 50 ms on an idle upstream: how many were shed;
 //! - zonefail: the same replicas at 1,000 req/s; zone a's two start answering 500 and
 //!   failing their health check: the requests the client saw fail, per proxy, with
-//!   each proxy's retries on 5xx configured.
+//!   each proxy's retries on 5xx configured;
+//! - shadow (levee only): one replica of 16 workers x 20 ms behind levee with
+//!   `limits.mode = "shadow"`, 2x its capacity offered open loop: levee must answer
+//!   no 503 and count what it would have shed (`levee_would_shed_total`).
 //!
 //! Everything runs on 127.0.0.1; every loop is bounded in count and time; proxies
 //! run one at a time, with the same thread count ([`THREADS`]).
@@ -72,8 +75,8 @@ use tokio::net::TcpStream;
 use probe::{Probe, ProbeStats};
 use proxies::{HealthChecks, Kind, Running, Setup, Tools};
 use report::{
-    median, median_d, BurstRow, FreshBase, FreshRow, MemRow, OverRow, RawRow, Results, ShedRow,
-    ZoneRow,
+    median, median_d, BurstRow, FreshBase, FreshRow, MemRow, OverRow, RawRow, Results, ShadowRow,
+    ShedRow, ZoneRow,
 };
 
 /// Worker threads of every proxy (nginx: worker processes): one each, as the data-path
@@ -143,8 +146,19 @@ const ZONEFAIL_RATE: f64 = 1000.0;
 /// end of the load (for the last answers).
 const WATCH_EVERY: Duration = Duration::from_millis(10);
 const WATCH_SLACK: Duration = Duration::from_millis(250);
+/// The shadow section's replica (issue 12's measured setup): one of 16 workers x 20 ms,
+/// about 800 req/s; levee's `max_inflight` is its workers, its queue 5 service times
+/// of them (80) for at most 5 service times.
+const SOLO_WORKERS: usize = 16;
+const SOLO_SERVICE_TIME: Duration = Duration::from_millis(20);
+const SOLO_QUEUE_DEPTH: u32 = 80;
+const SOLO_QUEUE_TIMEOUT: Duration = Duration::from_millis(100);
+/// Shadow mode is measured at this multiple of the replica's capacity.
+const SHADOW_FACTOR: f64 = 2.0;
 /// The sections of a run without `--sections`, in the order they run.
-const SECTIONS: [&str; 6] = ["raw", "overload", "memory", "shed", "fresh", "zonefail"];
+const SECTIONS: [&str; 7] = [
+    "raw", "overload", "memory", "shed", "fresh", "zonefail", "shadow",
+];
 
 #[derive(Debug, Clone)]
 struct Opts {
@@ -211,7 +225,7 @@ impl Opts {
     }
 }
 
-const USAGE: &str = "[LEVEE_BEFORE=OLDER_LEVEE_BINARY] cargo bench --bench load -- [--quick] [--reps N] [--only levee,levee-mt,levee-before,haproxy,nginx,direct] [--sections raw,overload,memory,shed,fresh,zonefail] [--json PATH] [--ticks]";
+const USAGE: &str = "[LEVEE_BEFORE=OLDER_LEVEE_BINARY] cargo bench --bench load -- [--quick] [--reps N] [--only levee,levee-mt,levee-before,haproxy,nginx,direct] [--sections raw,overload,memory,shed,fresh,zonefail,shadow] [--json PATH] [--ticks]";
 
 /// How long each measurement lasts.
 #[derive(Debug, Clone, Copy)]
@@ -229,6 +243,8 @@ struct Plan {
     /// One zonefail run, and when in it zone a fails.
     zonefail: Duration,
     zonefail_at: Duration,
+    /// One shadow-mode run's load.
+    shadow: Duration,
 }
 
 impl Plan {
@@ -245,6 +261,7 @@ impl Plan {
                 unloaded: Duration::from_secs(1),
                 zonefail: Duration::from_millis(2500),
                 zonefail_at: Duration::from_secs(1),
+                shadow: Duration::from_secs(1),
             }
         } else {
             Plan {
@@ -258,6 +275,7 @@ impl Plan {
                 unloaded: Duration::from_secs(3),
                 zonefail: Duration::from_secs(15),
                 zonefail_at: Duration::from_secs(5),
+                shadow: Duration::from_secs(3),
             }
         }
     }
@@ -362,6 +380,9 @@ async fn run(opts: Opts) -> Results {
     }
     if opts.has("zonefail") {
         zonefail_section(&plan, &opts, &tools, &kinds, &mut res).await;
+    }
+    if opts.has("shadow") {
+        shadow_section(&plan, &opts, &tools, &kinds, &mut res).await;
     }
     res.elapsed = start.elapsed();
     res
@@ -542,6 +563,7 @@ fn fast_setup(backend: SocketAddr, threads: usize, max_clients: u32) -> Setup {
         health: None,
         retry_5xx: false,
         early_levels: false,
+        levee_extra: String::new(),
     }
 }
 
@@ -809,6 +831,7 @@ async fn overload_section(
         health: None,
         retry_5xx: false,
         early_levels: true,
+        levee_extra: String::new(),
     };
     let fast = replica("fast", FAST_WORKERS, Duration::ZERO).await;
     let mut runs: BTreeMap<(Kind, usize), Vec<StepRun>> = BTreeMap::new();
@@ -1258,6 +1281,7 @@ fn zone_setup(replicas: &[Replica], retry_5xx: bool) -> Setup {
         health: Some(ZONE_CHECKS),
         retry_5xx,
         early_levels: false,
+        levee_extra: String::new(),
     }
 }
 
@@ -1729,5 +1753,124 @@ fn fail_seconds(kind: Kind, ticks: &[Tick]) -> String {
         "none".into()
     } else {
         parts.join(", ")
+    }
+}
+
+/// The shadow section's replica and its capacity: 16 slots over the median latency of
+/// the replica alone at a low rate (as the fresh section measures C).
+async fn solo_replica(plan: &Plan) -> (Replica, f64) {
+    let r = replica("solo", SOLO_WORKERS, SOLO_SERVICE_TIME).await;
+    let unloaded = load::run(
+        open_loop(r.addr(), "/work", UNLOADED_RATE, plan.unloaded),
+        |_| {},
+    )
+    .await;
+    let p50 = if unloaded.ok_p50.is_zero() {
+        SOLO_SERVICE_TIME
+    } else {
+        unloaded.ok_p50
+    };
+    let cap = SOLO_WORKERS as f64 / p50.as_secs_f64();
+    println!(
+        "  1 replica x {SOLO_WORKERS} workers x {} ms: C = {SOLO_WORKERS} slots / {} = {cap:.0} req/s",
+        SOLO_SERVICE_TIME.as_millis(),
+        report::ms(p50)
+    );
+    (r, cap)
+}
+
+/// levee in front of [`solo_replica`]: `max_inflight` its workers, a queue of
+/// [`SOLO_QUEUE_DEPTH`] for [`SOLO_QUEUE_TIMEOUT`], default levels; `levee_extra` as
+/// given.
+fn solo_setup(replica: &Replica, levee_extra: &str) -> Setup {
+    Setup {
+        backends: vec![replica.addr()],
+        threads: THREADS,
+        max_conns: Some(SOLO_WORKERS as u32),
+        queue_depth: SOLO_QUEUE_DEPTH,
+        queue_timeout: SOLO_QUEUE_TIMEOUT,
+        max_clients: 8192,
+        zones: Vec::new(),
+        health: None,
+        retry_5xx: false,
+        early_levels: false,
+        levee_extra: levee_extra.to_owned(),
+    }
+}
+
+/// Shadow mode (issue 11): levee with `limits.mode = "shadow"` at [`SHADOW_FACTOR`]
+/// times the replica's capacity must answer no 503 of its own (every request goes to
+/// the replica, which queues the excess itself) and count what enforcing would have
+/// shed. Only this checkout's levee runs it (an older build may not know the key).
+async fn shadow_section(
+    plan: &Plan,
+    opts: &Opts,
+    tools: &Tools,
+    kinds: &[Kind],
+    res: &mut Results,
+) {
+    println!(
+        "\n== shadow: limits.mode = \"shadow\", {SHADOW_FACTOR:.0}x capacity for {} ms",
+        plan.shadow.as_millis()
+    );
+    if !kinds.contains(&Kind::Levee) {
+        println!("SKIP shadow: levee not selected");
+        return;
+    }
+    let (replica, cap) = solo_replica(plan).await;
+    let setup = solo_setup(&replica, "mode = \"shadow\"\n");
+    let rate = SHADOW_FACTOR * cap;
+    for rep in 1..=opts.reps {
+        settle(std::slice::from_ref(&replica)).await;
+        let Some(p) = start(Kind::Levee, &setup, tools, res).await else {
+            return;
+        };
+        let would0 = p.levee_counter("levee_would_shed_total", "reason").await;
+        let sheds0 = p.levee_sheds().await;
+        // The replica queues what levee sends past its workers, so latency grows
+        // through the run: the deadline covers the backlog draining after it.
+        let mut cfg = open_loop(p.addr, "/work", rate, plan.shadow);
+        cfg.timeout = plan.shadow * 2 + Duration::from_secs(5);
+        let r = load::run(cfg, |t| {
+            if opts.ticks {
+                println!("      {}", load::format_tick(t));
+            }
+        })
+        .await;
+        let would = gained(
+            would0,
+            p.levee_counter("levee_would_shed_total", "reason").await,
+        );
+        let sheds = gained(sheds0, p.levee_sheds().await);
+        let peak = replica.stats().peak_inflight;
+        p.stop().await;
+        let row = ShadowRow {
+            rate,
+            sent: r.sent as f64,
+            ok: r.ok as f64,
+            shed: r.shed as f64,
+            other: r.other as f64,
+            ok_p99: r.ok_p99,
+            would_shed: would.as_ref().map(|w| w.values().sum()),
+            would_reasons: would
+                .as_ref()
+                .map_or("unreadable".into(), |w| fmt_reasons(w, 1.0)),
+            levee_sheds: sheds.as_ref().map(|s| s.values().sum()),
+            peak,
+            max_inflight: SOLO_WORKERS,
+        };
+        println!(
+            "  rep {rep} levee shadow {SHADOW_FACTOR:.0}x {rate:.0}/s: sent {} 2xx {} (p99 {}) 503 {} other {}; would shed {} ({}); replica peak in flight {peak} (max_inflight {SOLO_WORKERS}) -> {} {}",
+            r.sent,
+            r.ok,
+            report::ms(r.ok_p99),
+            r.shed,
+            r.other,
+            row.would_shed.map_or("?".into(), |w| format!("{w:.0}")),
+            row.would_reasons,
+            row.verdict().as_str(),
+            r.errors_sample.join("; ")
+        );
+        res.shadow.push(row);
     }
 }

@@ -217,6 +217,10 @@ pub struct Setup {
     /// levee: the overload section's early-shedding `[upstream.levels]` (caution at a
     /// quarter of the queue, danger at half); `false`: levee's default levels.
     pub early_levels: bool,
+    /// levee only: TOML written right after the `[upstream.limits]` keys, so more keys
+    /// of that table (`mode = "shadow"`) and then further upstream tables
+    /// (`[upstream.fairness]`); empty for the sections every proxy runs.
+    pub levee_extra: String,
 }
 
 /// Active health checks, the same for levee and HAProxy.
@@ -607,6 +611,7 @@ queue_timeout_ms = {timeout}
         depth = s.queue_depth,
         timeout = s.queue_timeout.as_millis().max(1),
     );
+    t.push_str(&s.levee_extra);
     if s.early_levels && s.queue_depth >= 4 && s.max_conns.is_some() {
         // Shed early under sustained overload: the queue only absorbs bursts.
         let _ = write!(

@@ -212,6 +212,41 @@ pub struct ZoneRow {
     pub when: String,
 }
 
+/// One shadow-mode run of levee (issue 11).
+#[derive(Debug, Clone)]
+pub struct ShadowRow {
+    /// Offered, req/s.
+    pub rate: f64,
+    pub sent: f64,
+    pub ok: f64,
+    /// 503s the client got (the replica never answers 503: all levee's).
+    pub shed: f64,
+    pub other: f64,
+    pub ok_p99: Duration,
+    /// `levee_would_shed_total` gained over the run; `None` when unreadable.
+    pub would_shed: Option<f64>,
+    pub would_reasons: String,
+    /// `levee_shed_total` gained over the run; `None` when unreadable.
+    pub levee_sheds: Option<f64>,
+    /// The replica's highest in-flight count, and levee's `max_inflight` for it.
+    pub peak: usize,
+    pub max_inflight: usize,
+}
+
+impl ShadowRow {
+    /// No 503 from levee, and would-be sheds counted.
+    pub fn verdict(&self) -> Verdict {
+        Verdict::of(
+            self.shed == 0.0
+                && self.levee_sheds == Some(0.0)
+                && self.would_shed.is_some_and(|w| w > 0.0),
+        )
+    }
+}
+
+/// Shadow mode's load, in multiples of the replica's capacity (for the target's name).
+const SHADOW: f64 = crate::SHADOW_FACTOR;
+
 /// Issue 10's fresh-start targets.
 pub const FRESH_GOODPUT: f64 = 0.99;
 pub const FRESH_P99_RATIO: f64 = 1.2;
@@ -253,6 +288,8 @@ pub struct Results {
     pub burst: Vec<BurstRow>,
     pub zonefail_shape: String,
     pub zonefail: Vec<ZoneRow>,
+    /// One row per shadow-mode run.
+    pub shadow: Vec<ShadowRow>,
     pub notes: Vec<String>,
 }
 
@@ -603,6 +640,23 @@ impl Results {
             None => out.push(skip(name)),
         }
         self.fresh_targets(&mut out);
+        let name = format!("shadow {SHADOW}x C: 0 levee 503s, would-sheds counted");
+        if self.shadow.is_empty() {
+            out.push(skip(name));
+        } else {
+            let verdicts: Vec<&str> = self.shadow.iter().map(|r| r.verdict().as_str()).collect();
+            let shed: f64 = self.shadow.iter().map(|r| r.shed).sum();
+            let would: f64 = self.shadow.iter().filter_map(|r| r.would_shed).sum();
+            out.push(Target {
+                name,
+                levee: format!(
+                    "{shed:.0} 503s, {would:.0} would-sheds (runs: {})",
+                    verdicts.join(", ")
+                ),
+                verdict: Verdict::of(self.shadow.iter().all(|r| r.verdict() == Verdict::Pass)),
+                others: Vec::new(),
+            });
+        }
         out
     }
 
@@ -953,6 +1007,7 @@ impl Results {
 
         self.render_fresh(&mut s);
         self.render_zonefail(&mut s);
+        self.render_shadow(&mut s);
 
         let before = self.before_comparison();
         if !before.is_empty() {
@@ -1202,6 +1257,48 @@ impl Results {
         );
     }
 
+    fn render_shadow(&self, s: &mut String) {
+        if self.shadow.is_empty() {
+            return;
+        }
+        let _ = writeln!(s);
+        let _ = writeln!(
+            s,
+            "### Shadow mode: levee with `limits.mode = \"shadow\"`, {SHADOW}x the capacity of 1 replica x {} workers x {} ms",
+            crate::SOLO_WORKERS,
+            crate::SOLO_SERVICE_TIME.as_millis()
+        );
+        let _ = writeln!(s);
+        let _ = writeln!(
+            s,
+            "| run | offered | sent | 2xx | 2xx p99 | 503 | other | would shed | by reason | replica peak in flight | verdict |"
+        );
+        let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---|");
+        for (i, r) in self.shadow.iter().enumerate() {
+            let _ = writeln!(
+                s,
+                "| {} | {:.0}/s | {:.0} | {:.0} | {} | {:.0} | {:.0} | {} | {} | {} (max_inflight {}) | **{}** |",
+                i + 1,
+                r.rate,
+                r.sent,
+                r.ok,
+                ms(r.ok_p99),
+                r.shed,
+                r.other,
+                r.would_shed.map_or("?".into(), |w| format!("{w:.0}")),
+                r.would_reasons,
+                r.peak,
+                r.max_inflight,
+                r.verdict().as_str()
+            );
+        }
+        let _ = writeln!(s);
+        let _ = writeln!(
+            s,
+            "Shadow mode queues and sheds nothing and does not enforce max_inflight: the replica gets everything and queues the excess itself, so its latency grows through the run. PASS: no 503 and would-be sheds counted."
+        );
+    }
+
     pub fn to_json(&self) -> Value {
         let d = |d: Duration| d.as_secs_f64() * 1e3;
         json!({
@@ -1270,6 +1367,12 @@ impl Results {
                 "shed": z.shed, "other": z.other, "failed": z.failed, "failed_each": z.failed_each,
                 "failures_by_second": z.when, "zone_a_hits_after_fault": z.zone_a_hits,
                 "zone_a_last_hit_ms": z.last_hit.map(d), "levee_retries": z.retries, "levee_sheds": z.sheds,
+            })).collect::<Vec<_>>(),
+            "shadow": self.shadow.iter().map(|r| json!({
+                "rate": r.rate, "sent": r.sent, "ok": r.ok, "ok_p99_ms": d(r.ok_p99), "shed": r.shed,
+                "other": r.other, "would_shed": r.would_shed, "would_shed_reasons": r.would_reasons,
+                "levee_sheds": r.levee_sheds, "peak_inflight": r.peak, "max_inflight": r.max_inflight,
+                "verdict": r.verdict().as_str(),
             })).collect::<Vec<_>>(),
             "levee_vs_before": self.before_comparison().iter().map(|c| json!({
                 "measure": c.measure, "levee": c.levee, "levee_before": c.before, "vs": c.vs,
