@@ -352,6 +352,8 @@ pub struct Upstream {
     pub levels: Levels,
     /// `[upstream.health]`.
     pub health: Health,
+    /// `[upstream.fairness]`; `None`: no fairness between clients.
+    pub fairness: Option<Fairness>,
     /// At least one; addresses unique within the upstream.
     pub backends: Vec<Backend>,
 }
@@ -364,6 +366,33 @@ impl Upstream {
             .iter()
             .map(|b| u64::from(b.max_inflight))
             .sum()
+    }
+}
+
+/// `[upstream.fairness]`: when requests must wait or be shed, the client holding the
+/// most slots and queue places is shed first (see [`crate::admission::fairness`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fairness {
+    /// Who a request is for.
+    pub key: ClientKey,
+}
+
+/// Where a request's client key comes from (`fairness.key`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientKey {
+    /// A request header's value (name lower case); requests without it share one key.
+    Header(String),
+    /// The address of the client connection's peer.
+    ClientIp,
+}
+
+impl fmt::Display for ClientKey {
+    /// As written in the config file: `header:NAME` or `client_ip`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Header(name) => write!(f, "header:{name}"),
+            Self::ClientIp => f.write_str("client_ip"),
+        }
     }
 }
 
@@ -746,6 +775,13 @@ impl Config {
                 writeln!(
                     out,
                     "  critical when the queue is full; at least caution while it stands"
+                )?;
+            }
+            if let Some(f) = &u.fairness {
+                writeln!(
+                    out,
+                    "  fairness by {}: the client holding the most slots and queue places is shed first",
+                    f.key
                 )?;
             }
             let h = &u.health;
