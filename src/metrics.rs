@@ -371,10 +371,14 @@ pub enum ShedReason {
     /// slot, or would have: the queue ahead of it drains slower than that. (While the
     /// queue absorbs a burst, the same case is `QueueTimeout`.)
     QueueStanding = 6,
+    /// Fairness: shed for want of capacity while its client key held more slots and
+    /// queue places than the mean of the keys present, or its place in a full queue
+    /// went to a lighter key's request.
+    FairShare = 7,
 }
 
 impl ShedReason {
-    pub const ALL: [ShedReason; 7] = [
+    pub const ALL: [ShedReason; 8] = [
         ShedReason::LowPriority,
         ShedReason::LevelNoQueue,
         ShedReason::QueueFull,
@@ -382,6 +386,7 @@ impl ShedReason {
         ShedReason::Displaced,
         ShedReason::NoHealthyBackend,
         ShedReason::QueueStanding,
+        ShedReason::FairShare,
     ];
 
     /// Shed because no backend slot could be had in time, as opposed to for its
@@ -394,7 +399,8 @@ impl ShedReason {
             | ShedReason::QueueFull
             | ShedReason::QueueTimeout
             | ShedReason::Displaced
-            | ShedReason::QueueStanding => true,
+            | ShedReason::QueueStanding
+            | ShedReason::FairShare => true,
             ShedReason::LowPriority | ShedReason::NoHealthyBackend => false,
         }
     }
@@ -408,6 +414,7 @@ impl ShedReason {
             ShedReason::Displaced => "displaced",
             ShedReason::NoHealthyBackend => "no_healthy_backend",
             ShedReason::QueueStanding => "queue_standing",
+            ShedReason::FairShare => "fair_share",
         }
     }
 }

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 
+use crate::admission::fairness::{Charge, Fairness};
 use crate::admission::level::{queue_level, raw_level, Level, LevelState, Signals, Window};
 use crate::admission::queue::WaitQueue;
 use crate::config::{self, Affinity, Balance, Class, Config, PriorityMatch};
@@ -162,6 +163,8 @@ pub struct Upstream {
     /// Every backend index.
     pub all: Vec<usize>,
     pub retry_budget: Arc<RetryBudget>,
+    /// `[upstream.fairness]`: client keys and what each holds (carried over reloads).
+    pub fairness: Option<Fairness>,
     /// Serializes health re-evaluation (probe tasks, ejections and the tick).
     health_lock: parking_lot::Mutex<()>,
 }
@@ -261,6 +264,7 @@ impl Upstream {
             local,
             remote,
             retry_budget: Arc::new(RetryBudget::new(cfg.retry_budget)),
+            fairness: cfg.fairness.as_ref().map(Fairness::new),
             health_lock: parking_lot::Mutex::new(()),
             queue: Arc::new(WaitQueue::default()),
             level_state: Arc::new(LevelState::default()),
@@ -308,6 +312,7 @@ impl Upstream {
             next.window = previous.window.clone();
         }
         next.retry_budget = previous.retry_budget.clone();
+        Fairness::carry(&mut next.fairness, &previous.fairness);
         next.refresh_health(Instant::now());
         next
     }
@@ -527,6 +532,8 @@ pub struct Permit {
     pub queued: Duration,
     /// Shadow mode: why enforcing the limits would have shed this request.
     pub would_shed: Option<crate::metrics::ShedReason>,
+    /// Fairness: the request's hold on its client key's count, released with the slot.
+    pub(crate) charge: Option<Charge>,
 }
 
 impl Snapshot {

@@ -159,6 +159,11 @@ pub fn status_json(snapshot: &Snapshot, ready: bool) -> serde_json::Value {
                 "requests_total": requests,
                 "shed_total": shed,
                 "mode": up.limits.mode.as_str(),
+                "fairness": up.fairness.as_ref().map(|f| json!({
+                    "key": f.key.to_string(),
+                    "clients_present": f.shares.present(),
+                    "held": f.shares.total(),
+                })),
                 "would_shed_total": would_shed_total,
                 "would_shed": would_shed,
                 "drain_per_sec": up.drain_per_sec(),

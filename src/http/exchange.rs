@@ -85,7 +85,10 @@ impl Exchange {
 
     /// Moves the request to another backend's slot (a retry); the old slot is released
     /// without counting an outcome (the caller has counted it).
-    pub fn replace_permit(&mut self, permit: Permit) {
+    pub fn replace_permit(&mut self, mut permit: Permit) {
+        if let Some(old) = self.permit.as_mut() {
+            permit.inherit(old);
+        }
         self.permit = Some(permit);
     }
 

@@ -223,7 +223,11 @@ async fn handle(
         l.upstream = Some(upstream.name.clone());
     }
 
-    let permit = match upstream.admit(class, key, rand::random()).await {
+    let client = upstream
+        .fairness
+        .as_ref()
+        .map(|f| f.key_of(&parts.headers, conn.peer.ip()));
+    let permit = match upstream.admit(class, key, client, rand::random()).await {
         Ok(permit) => permit,
         Err(shed) => {
             log_own(log.as_deref(), 503, shed.reason.as_str(), None);
