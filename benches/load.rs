@@ -9,7 +9,7 @@
 //!
 //! Options (after `--`): `--quick`, `--reps N`,
 //! `--only levee,levee-mt,levee-before,haproxy,nginx,direct`,
-//! `--sections raw,overload,memory,shed,fresh,zonefail,shadow`,
+//! `--sections raw,overload,memory,shed,fresh,zonefail,shadow,fairness`,
 //! `--json PATH`, `--ticks`.
 //!
 //! Before and after: `LEVEE_BEFORE` names an older levee binary (same CLI and config
@@ -46,11 +46,18 @@
 //!   each proxy's retries on 5xx configured;
 //! - shadow (levee only): one replica of 16 workers x 20 ms behind levee with
 //!   `limits.mode = "shadow"`, 2x its capacity offered open loop: levee must answer
-//!   no 503 and count what it would have shed (`levee_would_shed_total`).
+//!   no 503 and count what it would have shed (`levee_would_shed_total`);
+//! - fairness (levee only): the same replica behind levee with `[upstream.fairness]`
+//!   on a tenant header; tenant a offers 3x its capacity and tenant b a quarter of it,
+//!   together: how much of b is served and the total goodput (levee without fairness
+//!   beside it for reference); then 100,000 distinct keys in 10 s (10,000 a second in
+//!   `--quick`, for 2 s): how much levee's RSS grows.
 //!
 //! Everything runs on 127.0.0.1; every loop is bounded in count and time; proxies
 //! run one at a time, with the same thread count ([`THREADS`]).
 
+#[path = "load/flood.rs"]
+mod flood;
 #[path = "load/idle.rs"]
 mod idle;
 #[path = "load/probe.rs"]
@@ -75,8 +82,8 @@ use tokio::net::TcpStream;
 use probe::{Probe, ProbeStats};
 use proxies::{HealthChecks, Kind, Running, Setup, Tools};
 use report::{
-    median, median_d, BurstRow, FreshBase, FreshRow, MemRow, OverRow, RawRow, Results, ShadowRow,
-    ShedRow, ZoneRow,
+    median, median_d, BurstRow, FairRow, FloodRow, FreshBase, FreshRow, MemRow, OverRow, RawRow,
+    Results, ShadowRow, ShedRow, ZoneRow,
 };
 
 /// Worker threads of every proxy (nginx: worker processes): one each, as the data-path
@@ -155,9 +162,18 @@ const SOLO_QUEUE_DEPTH: u32 = 80;
 const SOLO_QUEUE_TIMEOUT: Duration = Duration::from_millis(100);
 /// Shadow mode is measured at this multiple of the replica's capacity.
 const SHADOW_FACTOR: f64 = 2.0;
+/// The fairness section's tenants, in multiples of the replica's capacity (issue 12's
+/// measured problem: 2,400 and 200 req/s on 800).
+const HEAVY_FACTOR: f64 = 3.0;
+const LIGHT_FACTOR: f64 = 0.25;
+/// The tenant header levee keys fairness on.
+const TENANT_HEADER: &str = "x-tenant";
+/// The key flood: distinct keys per second, and the connections that send them.
+const FLOOD_RATE: f64 = 10_000.0;
+const FLOOD_CONNECTIONS: u64 = 256;
 /// The sections of a run without `--sections`, in the order they run.
-const SECTIONS: [&str; 7] = [
-    "raw", "overload", "memory", "shed", "fresh", "zonefail", "shadow",
+const SECTIONS: [&str; 8] = [
+    "raw", "overload", "memory", "shed", "fresh", "zonefail", "shadow", "fairness",
 ];
 
 #[derive(Debug, Clone)]
@@ -225,7 +241,7 @@ impl Opts {
     }
 }
 
-const USAGE: &str = "[LEVEE_BEFORE=OLDER_LEVEE_BINARY] cargo bench --bench load -- [--quick] [--reps N] [--only levee,levee-mt,levee-before,haproxy,nginx,direct] [--sections raw,overload,memory,shed,fresh,zonefail,shadow] [--json PATH] [--ticks]";
+const USAGE: &str = "[LEVEE_BEFORE=OLDER_LEVEE_BINARY] cargo bench --bench load -- [--quick] [--reps N] [--only levee,levee-mt,levee-before,haproxy,nginx,direct] [--sections raw,overload,memory,shed,fresh,zonefail,shadow,fairness] [--json PATH] [--ticks]";
 
 /// How long each measurement lasts.
 #[derive(Debug, Clone, Copy)]
@@ -245,6 +261,9 @@ struct Plan {
     zonefail_at: Duration,
     /// One shadow-mode run's load.
     shadow: Duration,
+    /// One run of the two tenants, and the key flood.
+    tenants: Duration,
+    flood: Duration,
 }
 
 impl Plan {
@@ -262,6 +281,8 @@ impl Plan {
                 zonefail: Duration::from_millis(2500),
                 zonefail_at: Duration::from_secs(1),
                 shadow: Duration::from_secs(1),
+                tenants: Duration::from_secs(2),
+                flood: Duration::from_secs(2),
             }
         } else {
             Plan {
@@ -276,6 +297,8 @@ impl Plan {
                 zonefail: Duration::from_secs(15),
                 zonefail_at: Duration::from_secs(5),
                 shadow: Duration::from_secs(3),
+                tenants: Duration::from_secs(10),
+                flood: Duration::from_secs(10),
             }
         }
     }
@@ -383,6 +406,9 @@ async fn run(opts: Opts) -> Results {
     }
     if opts.has("shadow") {
         shadow_section(&plan, &opts, &tools, &kinds, &mut res).await;
+    }
+    if opts.has("fairness") {
+        fairness_section(&plan, &opts, &tools, &kinds, &mut res).await;
     }
     res.elapsed = start.elapsed();
     res
@@ -1872,5 +1898,127 @@ async fn shadow_section(
             r.errors_sample.join("; ")
         );
         res.shadow.push(row);
+    }
+}
+
+/// Fairness (issue 12): tenant a at [`HEAVY_FACTOR`] times the replica's capacity and
+/// tenant b at [`LIGHT_FACTOR`] of it, together, open loop, through levee with
+/// `[upstream.fairness] key = "header:x-tenant"` and, for reference, without it; then
+/// a flood of distinct keys through levee with fairness, and its RSS before and after.
+/// Only this checkout's levee runs it.
+async fn fairness_section(
+    plan: &Plan,
+    opts: &Opts,
+    tools: &Tools,
+    kinds: &[Kind],
+    res: &mut Results,
+) {
+    println!(
+        "\n== fairness: tenant a at {HEAVY_FACTOR}x C, tenant b at {LIGHT_FACTOR}x C, for {} ms; then {FLOOD_RATE:.0} distinct keys a second for {} ms",
+        plan.tenants.as_millis(),
+        plan.flood.as_millis()
+    );
+    if !kinds.contains(&Kind::Levee) {
+        println!("SKIP fairness: levee not selected");
+        return;
+    }
+    let (replica, cap) = solo_replica(plan).await;
+    let fair = format!("\n[upstream.fairness]\nkey = \"header:{TENANT_HEADER}\"\n");
+    let tenant = |p: &Running, name: &str, rate: f64| {
+        let mut cfg = open_loop(p.addr, "/work", rate, plan.tenants);
+        cfg.headers = vec![(TENANT_HEADER.to_owned(), name.to_owned())];
+        cfg
+    };
+    for rep in 1..=opts.reps {
+        for fairness in [true, false] {
+            settle(std::slice::from_ref(&replica)).await;
+            let setup = solo_setup(&replica, if fairness { &fair } else { "" });
+            let Some(p) = start(Kind::Levee, &setup, tools, res).await else {
+                return;
+            };
+            let sheds0 = p.levee_sheds().await;
+            let (a, b) = tokio::join!(
+                load::run(tenant(&p, "a", HEAVY_FACTOR * cap), |_| {}),
+                load::run(tenant(&p, "b", LIGHT_FACTOR * cap), |_| {}),
+            );
+            let sheds = counter_delta(sheds0, p.levee_sheds().await);
+            p.stop().await;
+            let row = FairRow {
+                fairness,
+                cap,
+                secs: plan.tenants.as_secs_f64(),
+                a_rate: HEAVY_FACTOR * cap,
+                b_rate: LIGHT_FACTOR * cap,
+                a_sent: a.sent as f64,
+                a_ok: a.ok as f64,
+                a_p99: a.ok_p99,
+                b_sent: b.sent as f64,
+                b_ok: b.ok as f64,
+                b_p99: b.ok_p99,
+                other: (a.other + b.other) as f64,
+                reasons: fmt_reasons(&sheds, 1.0),
+            };
+            println!(
+                "  rep {rep} levee{} a: sent {} 2xx {} (p99 {}) | b: sent {} 2xx {} = {:.1} % (p99 {}) | goodput {:.0}/s = {:.1} % of C | other {} | sheds: {} -> {}",
+                if fairness { " with fairness   " } else { " without fairness" },
+                a.sent,
+                a.ok,
+                report::ms(a.ok_p99),
+                b.sent,
+                b.ok,
+                row.b_share() * 100.0,
+                report::ms(b.ok_p99),
+                row.goodput(),
+                row.goodput() / cap * 100.0,
+                row.other,
+                row.reasons,
+                if fairness { row.verdict().as_str() } else { "(reference)" },
+            );
+            res.fairness.push(row);
+        }
+        settle(std::slice::from_ref(&replica)).await;
+        let setup = solo_setup(&replica, &fair);
+        let Some(p) = start(Kind::Levee, &setup, tools, res).await else {
+            return;
+        };
+        warm_up(p.addr).await;
+        let before = p.rss_kib().unwrap_or(0) as f64;
+        let keys = (FLOOD_RATE * plan.flood.as_secs_f64()) as u64;
+        let f = flood::run(
+            p.addr,
+            "/work",
+            TENANT_HEADER,
+            keys,
+            plan.flood,
+            FLOOD_CONNECTIONS,
+        )
+        .await;
+        let after = p.rss_kib().unwrap_or(0) as f64;
+        p.stop().await;
+        let row = FloodRow {
+            keys,
+            secs: plan.flood.as_secs_f64(),
+            took: f.took,
+            sent: f.sent,
+            ok: f.ok,
+            shed: f.shed,
+            other: f.other,
+            rss_before_kib: before,
+            rss_after_kib: after,
+        };
+        println!(
+            "  rep {rep} key flood: {} distinct keys over {} ms (took {}): 2xx {} 503 {} other {}; levee RSS {:.1} -> {:.1} MiB (+{:.1} MiB) -> {}",
+            f.sent,
+            plan.flood.as_millis(),
+            report::ms(f.took),
+            f.ok,
+            f.shed,
+            f.other,
+            before / 1024.0,
+            after / 1024.0,
+            row.growth_mib(),
+            row.verdict().as_str()
+        );
+        res.flood.push(row);
     }
 }
