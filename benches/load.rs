@@ -9,7 +9,7 @@
 //!
 //! Options (after `--`): `--quick`, `--reps N`,
 //! `--only levee,levee-mt,levee-before,haproxy,nginx,hyper-floor,direct`,
-//! `--sections raw,overload,memory,shed,fresh,zonefail,tls`,
+//! `--sections raw,overload,memory,shed,fresh,zonefail,tls,shadow,fairness`,
 //! `--json PATH`, `--ticks`.
 //!
 //! Before and after: `LEVEE_BEFORE` names an older levee binary (same CLI and config
@@ -47,10 +47,20 @@
 //! - tls: levee and nginx with a TLS listener (the same certificate; nginx TLS 1.3
 //!   only): HTTPS keep-alive req/s, new connections (one handshake each) per second,
 //!   and RSS per idle connection plain and over TLS (see `load/tls.rs`).
+//! - shadow (levee only): one replica of 16 workers x 20 ms behind levee with
+//!   `limits.mode = "shadow"`, 2x its capacity offered open loop: levee must answer
+//!   no 503 and count what it would have shed (`levee_would_shed_total`);
+//! - fairness (levee only): the same replica behind levee with `[upstream.fairness]`
+//!   on a tenant header; tenant a offers 3x its capacity and tenant b a quarter of it,
+//!   together: how much of b is served and the total goodput (levee without fairness
+//!   beside it for reference); then 100,000 distinct keys in 10 s (10,000 a second in
+//!   `--quick`, for 2 s): how much levee's RSS grows.
 //!
 //! Everything runs on 127.0.0.1; every loop is bounded in count and time; proxies
 //! run one at a time, with the same thread count ([`THREADS`]).
 
+#[path = "load/flood.rs"]
+mod flood;
 #[path = "load/idle.rs"]
 mod idle;
 #[path = "load/probe.rs"]
@@ -77,8 +87,8 @@ use tokio::net::TcpStream;
 use probe::{Probe, ProbeStats};
 use proxies::{HealthChecks, Kind, Running, Setup, Tools};
 use report::{
-    median, median_d, BurstRow, FreshBase, FreshRow, MemRow, OverRow, RawRow, Results, ShedRow,
-    ZoneRow,
+    median, median_d, BurstRow, FairRow, FloodRow, FreshBase, FreshRow, MemRow, OverRow, RawRow,
+    Results, ShadowRow, ShedRow, ZoneRow,
 };
 
 /// Worker threads of every proxy (nginx: worker processes): one each, as the data-path
@@ -148,9 +158,27 @@ const ZONEFAIL_RATE: f64 = 1000.0;
 /// end of the load (for the last answers).
 const WATCH_EVERY: Duration = Duration::from_millis(10);
 const WATCH_SLACK: Duration = Duration::from_millis(250);
+/// The shadow section's replica (issue 12's measured setup): one of 16 workers x 20 ms,
+/// about 800 req/s; levee's `max_inflight` is its workers, its queue 5 service times
+/// of them (80) for at most 5 service times.
+const SOLO_WORKERS: usize = 16;
+const SOLO_SERVICE_TIME: Duration = Duration::from_millis(20);
+const SOLO_QUEUE_DEPTH: u32 = 80;
+const SOLO_QUEUE_TIMEOUT: Duration = Duration::from_millis(100);
+/// Shadow mode is measured at this multiple of the replica's capacity.
+const SHADOW_FACTOR: f64 = 2.0;
+/// The fairness section's tenants, in multiples of the replica's capacity (issue 12's
+/// measured problem: 2,400 and 200 req/s on 800).
+const HEAVY_FACTOR: f64 = 3.0;
+const LIGHT_FACTOR: f64 = 0.25;
+/// The tenant header levee keys fairness on.
+const TENANT_HEADER: &str = "x-tenant";
+/// The key flood: distinct keys per second, and the connections that send them.
+const FLOOD_RATE: f64 = 10_000.0;
+const FLOOD_CONNECTIONS: u64 = 256;
 /// The sections of a run without `--sections`, in the order they run.
-const SECTIONS: [&str; 7] = [
-    "raw", "overload", "memory", "shed", "fresh", "zonefail", "tls",
+const SECTIONS: [&str; 9] = [
+    "raw", "overload", "memory", "shed", "fresh", "zonefail", "tls", "shadow", "fairness",
 ];
 
 #[derive(Debug, Clone)]
@@ -218,7 +246,7 @@ impl Opts {
     }
 }
 
-const USAGE: &str = "[LEVEE_BEFORE=OLDER_LEVEE_BINARY] cargo bench --bench load -- [--quick] [--reps N] [--only levee,levee-mt,levee-before,haproxy,nginx,hyper-floor,direct] [--sections raw,overload,memory,shed,fresh,zonefail,tls] [--json PATH] [--ticks]";
+const USAGE: &str = "[LEVEE_BEFORE=OLDER_LEVEE_BINARY] cargo bench --bench load -- [--quick] [--reps N] [--only levee,levee-mt,levee-before,haproxy,nginx,hyper-floor,direct] [--sections raw,overload,memory,shed,fresh,zonefail,tls,shadow,fairness] [--json PATH] [--ticks]";
 
 /// How long each measurement lasts.
 #[derive(Debug, Clone, Copy)]
@@ -238,6 +266,11 @@ struct Plan {
     zonefail_at: Duration,
     /// Idle connections held in the tls section (plain, then TLS).
     tls_idle: usize,
+    /// One shadow-mode run's load.
+    shadow: Duration,
+    /// One run of the two tenants, and the key flood.
+    tenants: Duration,
+    flood: Duration,
 }
 
 impl Plan {
@@ -255,6 +288,9 @@ impl Plan {
                 zonefail: Duration::from_millis(2500),
                 zonefail_at: Duration::from_secs(1),
                 tls_idle: 2000,
+                shadow: Duration::from_secs(1),
+                tenants: Duration::from_secs(2),
+                flood: Duration::from_secs(2),
             }
         } else {
             Plan {
@@ -269,6 +305,9 @@ impl Plan {
                 zonefail: Duration::from_secs(15),
                 zonefail_at: Duration::from_secs(5),
                 tls_idle: 5000,
+                shadow: Duration::from_secs(3),
+                tenants: Duration::from_secs(10),
+                flood: Duration::from_secs(10),
             }
         }
     }
@@ -376,6 +415,12 @@ async fn run(opts: Opts) -> Results {
     }
     if opts.has("tls") {
         tls::section(&plan, &opts, &tools, &kinds, &mut res).await;
+    }
+    if opts.has("shadow") {
+        shadow_section(&plan, &opts, &tools, &kinds, &mut res).await;
+    }
+    if opts.has("fairness") {
+        fairness_section(&plan, &opts, &tools, &kinds, &mut res).await;
     }
     res.elapsed = start.elapsed();
     res
@@ -557,6 +602,7 @@ fn fast_setup(backend: SocketAddr, threads: usize, max_clients: u32) -> Setup {
         retry_5xx: false,
         early_levels: false,
         tls: None,
+        levee_extra: String::new(),
     }
 }
 
@@ -825,6 +871,7 @@ async fn overload_section(
         retry_5xx: false,
         early_levels: true,
         tls: None,
+        levee_extra: String::new(),
     };
     let fast = replica("fast", FAST_WORKERS, Duration::ZERO).await;
     let mut runs: BTreeMap<(Kind, usize), Vec<StepRun>> = BTreeMap::new();
@@ -1275,6 +1322,7 @@ fn zone_setup(replicas: &[Replica], retry_5xx: bool) -> Setup {
         retry_5xx,
         early_levels: false,
         tls: None,
+        levee_extra: String::new(),
     }
 }
 
@@ -1746,5 +1794,247 @@ fn fail_seconds(kind: Kind, ticks: &[Tick]) -> String {
         "none".into()
     } else {
         parts.join(", ")
+    }
+}
+
+/// The shadow section's replica and its capacity: 16 slots over the median latency of
+/// the replica alone at a low rate (as the fresh section measures C).
+async fn solo_replica(plan: &Plan) -> (Replica, f64) {
+    let r = replica("solo", SOLO_WORKERS, SOLO_SERVICE_TIME).await;
+    let unloaded = load::run(
+        open_loop(r.addr(), "/work", UNLOADED_RATE, plan.unloaded),
+        |_| {},
+    )
+    .await;
+    let p50 = if unloaded.ok_p50.is_zero() {
+        SOLO_SERVICE_TIME
+    } else {
+        unloaded.ok_p50
+    };
+    let cap = SOLO_WORKERS as f64 / p50.as_secs_f64();
+    println!(
+        "  1 replica x {SOLO_WORKERS} workers x {} ms: C = {SOLO_WORKERS} slots / {} = {cap:.0} req/s",
+        SOLO_SERVICE_TIME.as_millis(),
+        report::ms(p50)
+    );
+    (r, cap)
+}
+
+/// levee in front of [`solo_replica`]: `max_inflight` its workers, a queue of
+/// [`SOLO_QUEUE_DEPTH`] for [`SOLO_QUEUE_TIMEOUT`], default levels; `levee_extra` as
+/// given.
+fn solo_setup(replica: &Replica, levee_extra: &str) -> Setup {
+    Setup {
+        backends: vec![replica.addr()],
+        threads: THREADS,
+        max_conns: Some(SOLO_WORKERS as u32),
+        queue_depth: SOLO_QUEUE_DEPTH,
+        queue_timeout: SOLO_QUEUE_TIMEOUT,
+        max_clients: 8192,
+        zones: Vec::new(),
+        health: None,
+        retry_5xx: false,
+        early_levels: false,
+        tls: None,
+        levee_extra: levee_extra.to_owned(),
+    }
+}
+
+/// Shadow mode (issue 11): levee with `limits.mode = "shadow"` at [`SHADOW_FACTOR`]
+/// times the replica's capacity must answer no 503 of its own (every request goes to
+/// the replica, which queues the excess itself) and count what enforcing would have
+/// shed. Only this checkout's levee runs it (an older build may not know the key).
+async fn shadow_section(
+    plan: &Plan,
+    opts: &Opts,
+    tools: &Tools,
+    kinds: &[Kind],
+    res: &mut Results,
+) {
+    println!(
+        "\n== shadow: limits.mode = \"shadow\", {SHADOW_FACTOR:.0}x capacity for {} ms",
+        plan.shadow.as_millis()
+    );
+    if !kinds.contains(&Kind::Levee) {
+        println!("SKIP shadow: levee not selected");
+        return;
+    }
+    let (replica, cap) = solo_replica(plan).await;
+    let setup = solo_setup(&replica, "mode = \"shadow\"\n");
+    let rate = SHADOW_FACTOR * cap;
+    for rep in 1..=opts.reps {
+        settle(std::slice::from_ref(&replica)).await;
+        let Some(p) = start(Kind::Levee, &setup, tools, res).await else {
+            return;
+        };
+        let would0 = p.levee_counter("levee_would_shed_total", "reason").await;
+        let sheds0 = p.levee_sheds().await;
+        // The replica queues what levee sends past its workers, so latency grows
+        // through the run: the deadline covers the backlog draining after it.
+        let mut cfg = open_loop(p.addr, "/work", rate, plan.shadow);
+        cfg.timeout = plan.shadow * 2 + Duration::from_secs(5);
+        let r = load::run(cfg, |t| {
+            if opts.ticks {
+                println!("      {}", load::format_tick(t));
+            }
+        })
+        .await;
+        let would = gained(
+            would0,
+            p.levee_counter("levee_would_shed_total", "reason").await,
+        );
+        let sheds = gained(sheds0, p.levee_sheds().await);
+        let peak = replica.stats().peak_inflight;
+        p.stop().await;
+        let row = ShadowRow {
+            rate,
+            sent: r.sent as f64,
+            ok: r.ok as f64,
+            shed: r.shed as f64,
+            other: r.other as f64,
+            ok_p99: r.ok_p99,
+            would_shed: would.as_ref().map(|w| w.values().sum()),
+            would_reasons: would
+                .as_ref()
+                .map_or("unreadable".into(), |w| fmt_reasons(w, 1.0)),
+            levee_sheds: sheds.as_ref().map(|s| s.values().sum()),
+            peak,
+            max_inflight: SOLO_WORKERS,
+        };
+        println!(
+            "  rep {rep} levee shadow {SHADOW_FACTOR:.0}x {rate:.0}/s: sent {} 2xx {} (p99 {}) 503 {} other {}; would shed {} ({}); replica peak in flight {peak} (max_inflight {SOLO_WORKERS}) -> {} {}",
+            r.sent,
+            r.ok,
+            report::ms(r.ok_p99),
+            r.shed,
+            r.other,
+            row.would_shed.map_or("?".into(), |w| format!("{w:.0}")),
+            row.would_reasons,
+            row.verdict().as_str(),
+            r.errors_sample.join("; ")
+        );
+        res.shadow.push(row);
+    }
+}
+
+/// Fairness (issue 12): tenant a at [`HEAVY_FACTOR`] times the replica's capacity and
+/// tenant b at [`LIGHT_FACTOR`] of it, together, open loop, through levee with
+/// `[upstream.fairness] key = "header:x-tenant"` and, for reference, without it; then
+/// a flood of distinct keys through levee with fairness, and its RSS before and after.
+/// Only this checkout's levee runs it.
+async fn fairness_section(
+    plan: &Plan,
+    opts: &Opts,
+    tools: &Tools,
+    kinds: &[Kind],
+    res: &mut Results,
+) {
+    println!(
+        "\n== fairness: tenant a at {HEAVY_FACTOR}x C, tenant b at {LIGHT_FACTOR}x C, for {} ms; then {FLOOD_RATE:.0} distinct keys a second for {} ms",
+        plan.tenants.as_millis(),
+        plan.flood.as_millis()
+    );
+    if !kinds.contains(&Kind::Levee) {
+        println!("SKIP fairness: levee not selected");
+        return;
+    }
+    let (replica, cap) = solo_replica(plan).await;
+    let fair = format!("\n[upstream.fairness]\nkey = \"header:{TENANT_HEADER}\"\n");
+    let tenant = |p: &Running, name: &str, rate: f64| {
+        let mut cfg = open_loop(p.addr, "/work", rate, plan.tenants);
+        cfg.headers = vec![(TENANT_HEADER.to_owned(), name.to_owned())];
+        cfg
+    };
+    for rep in 1..=opts.reps {
+        for fairness in [true, false] {
+            settle(std::slice::from_ref(&replica)).await;
+            let setup = solo_setup(&replica, if fairness { &fair } else { "" });
+            let Some(p) = start(Kind::Levee, &setup, tools, res).await else {
+                return;
+            };
+            let sheds0 = p.levee_sheds().await;
+            let (a, b) = tokio::join!(
+                load::run(tenant(&p, "a", HEAVY_FACTOR * cap), |_| {}),
+                load::run(tenant(&p, "b", LIGHT_FACTOR * cap), |_| {}),
+            );
+            let sheds = counter_delta(sheds0, p.levee_sheds().await);
+            p.stop().await;
+            let row = FairRow {
+                fairness,
+                cap,
+                secs: plan.tenants.as_secs_f64(),
+                a_rate: HEAVY_FACTOR * cap,
+                b_rate: LIGHT_FACTOR * cap,
+                a_sent: a.sent as f64,
+                a_ok: a.ok as f64,
+                a_p99: a.ok_p99,
+                b_sent: b.sent as f64,
+                b_ok: b.ok as f64,
+                b_p99: b.ok_p99,
+                other: (a.other + b.other) as f64,
+                reasons: fmt_reasons(&sheds, 1.0),
+            };
+            println!(
+                "  rep {rep} levee{} a: sent {} 2xx {} (p99 {}) | b: sent {} 2xx {} = {:.1} % (p99 {}) | goodput {:.0}/s = {:.1} % of C | other {} | sheds: {} -> {}",
+                if fairness { " with fairness   " } else { " without fairness" },
+                a.sent,
+                a.ok,
+                report::ms(a.ok_p99),
+                b.sent,
+                b.ok,
+                row.b_share() * 100.0,
+                report::ms(b.ok_p99),
+                row.goodput(),
+                row.goodput() / cap * 100.0,
+                row.other,
+                row.reasons,
+                if fairness { row.verdict().as_str() } else { "(reference)" },
+            );
+            res.fairness.push(row);
+        }
+        settle(std::slice::from_ref(&replica)).await;
+        let setup = solo_setup(&replica, &fair);
+        let Some(p) = start(Kind::Levee, &setup, tools, res).await else {
+            return;
+        };
+        warm_up(p.addr).await;
+        let before = p.rss_kib().unwrap_or(0) as f64;
+        let keys = (FLOOD_RATE * plan.flood.as_secs_f64()) as u64;
+        let f = flood::run(
+            p.addr,
+            "/work",
+            TENANT_HEADER,
+            keys,
+            plan.flood,
+            FLOOD_CONNECTIONS,
+        )
+        .await;
+        let after = p.rss_kib().unwrap_or(0) as f64;
+        p.stop().await;
+        let row = FloodRow {
+            keys,
+            secs: plan.flood.as_secs_f64(),
+            took: f.took,
+            sent: f.sent,
+            ok: f.ok,
+            shed: f.shed,
+            other: f.other,
+            rss_before_kib: before,
+            rss_after_kib: after,
+        };
+        println!(
+            "  rep {rep} key flood: {} distinct keys over {} ms (took {}): 2xx {} 503 {} other {}; levee RSS {:.1} -> {:.1} MiB (+{:.1} MiB) -> {}",
+            f.sent,
+            plan.flood.as_millis(),
+            report::ms(f.took),
+            f.ok,
+            f.shed,
+            f.other,
+            before / 1024.0,
+            after / 1024.0,
+            row.growth_mib(),
+            row.verdict().as_str()
+        );
+        res.flood.push(row);
     }
 }

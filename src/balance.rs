@@ -114,6 +114,45 @@ pub fn take_retry_slot(up: &Upstream, key: Option<u64>, tried: &[usize], random:
     }
 }
 
+/// Shadow mode, where limits are not enforced: a slot past the limits for a request
+/// that found every backend it may use full. It goes to `target` (affinity), or to
+/// the less loaded (in-flight over limit) of two random backends that may take
+/// traffic, in any zone: a full local zone spills, as it would for a freed slot.
+/// `None` when no backend outside `exclude` may take traffic.
+pub fn take_slot_over_limit(
+    up: &Upstream,
+    target: Option<usize>,
+    exclude: &[usize],
+    random: u64,
+) -> Option<usize> {
+    let backends = &up.backends;
+    let pick = match target {
+        Some(i) => Some(i),
+        None => {
+            let open = |i: &usize| backends[*i].is_healthy() && !exclude.contains(i);
+            let n = up.all.iter().filter(|i| open(i)).count() as u64;
+            if n == 0 {
+                return None;
+            }
+            let nth = |k: u64| up.all.iter().copied().filter(|i| open(i)).nth(k as usize);
+            let first = random % n;
+            let a = nth(first);
+            let b = if n > 1 {
+                nth((first + 1 + (random >> 32) % (n - 1)) % n)
+            } else {
+                a
+            };
+            match (a, b) {
+                (Some(a), Some(b)) if load(&backends[b]) < load(&backends[a]) => Some(b),
+                (a, _) => a,
+            }
+        }
+    };
+    let i = pick?;
+    backends[i].acquire_over_limit();
+    Some(i)
+}
+
 fn usable(backends: &[std::sync::Arc<Backend>], exclude: &[usize], i: usize) -> bool {
     !exclude.contains(&i) && backends[i].has_free_slot()
 }
@@ -244,6 +283,33 @@ mod tests {
         assert_eq!(scan(&bs, &c, &[0], 0, load), Take::Full { target: None });
         bs[2].set_healthy(false);
         assert_eq!(scan(&bs, &c, &[0], 0, load), Take::NoBackend);
+    }
+
+    #[test]
+    fn over_the_limit_goes_to_a_healthy_backend_and_counts() {
+        let m = Metrics::new();
+        let text = "[server]\nlisten = [\"127.0.0.1:0\"]\n[[upstream]]\nname = \"u\"\n\
+                    routes = [\"/\"]\n[upstream.limits]\nmax_inflight = 1\n\
+                    [[upstream.backend]]\naddress = \"127.0.0.1:1001\"\n\
+                    [[upstream.backend]]\naddress = \"127.0.0.1:1002\"\n";
+        let cfg = config::parse(text).unwrap();
+        let up = crate::state::Upstream::new(&cfg.upstreams[0], &cfg.server, &m);
+        for r in 0..6u64 {
+            let i = take_slot_over_limit(&up, None, &[], r.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+            assert!(i.is_some());
+        }
+        // Spread by load: neither backend took them all.
+        assert_eq!(up.inflight(), 6);
+        assert!(up.backends.iter().all(|b| b.inflight() >= 2), "spread");
+        assert_eq!(take_slot_over_limit(&up, Some(1), &[], 0), Some(1));
+        assert_eq!(take_slot_over_limit(&up, None, &[0], 7), Some(1));
+        up.backends[1].set_healthy(false);
+        assert_eq!(take_slot_over_limit(&up, None, &[0], 7), None);
+        for b in &up.backends {
+            while b.inflight() > 0 {
+                b.release_slot();
+            }
+        }
     }
 
     #[test]

@@ -30,6 +30,7 @@ pub struct Metrics {
     requests: IntCounterVec,
     responses: IntCounterVec,
     shed: IntCounterVec,
+    would_shed: IntCounterVec,
     pub(crate) inflight: IntGaugeVec,
     pub(crate) limit: IntGaugeVec,
     pub(crate) queue_depth: IntGaugeVec,
@@ -61,6 +62,8 @@ pub struct Metrics {
 pub struct UpstreamMetrics {
     /// Indexed `[ShedReason as usize][Class as usize]`.
     shed: Vec<[IntCounter; 4]>,
+    /// Indexed `[ShedReason as usize]`: decisions to shed in shadow mode.
+    would_shed: Vec<IntCounter>,
     pub duration: Histogram,
     pub queue_wait: Histogram,
     /// Times the queue began standing.
@@ -79,6 +82,11 @@ pub struct UpstreamMetrics {
 impl UpstreamMetrics {
     pub fn shed(&self, reason: ShedReason, class: Class) -> &IntCounter {
         &self.shed[reason as usize][class as usize]
+    }
+
+    /// Requests shadow mode sent on that enforcing would have shed for `reason`.
+    pub fn would_shed(&self, reason: ShedReason) -> &IntCounter {
+        &self.would_shed[reason as usize]
     }
 }
 
@@ -152,6 +160,11 @@ impl Metrics {
                 "levee_shed_total",
                 "Requests answered 503 without reaching a backend.",
                 &["upstream", "reason", "priority"],
+            ),
+            would_shed: counter(
+                "levee_would_shed_total",
+                "Requests an upstream in shadow mode (limits.mode = \"shadow\") sent to a backend although enforcing its limits would have answered them 503, by the reason it would have given.",
+                &["upstream", "reason"],
             ),
             upstream_errors: counter(
                 "levee_upstream_errors_total",
@@ -311,8 +324,13 @@ impl Metrics {
                 })
             })
             .collect();
+        let would_shed = ShedReason::ALL
+            .iter()
+            .map(|r| self.would_shed.with_label_values(&[upstream, r.as_str()]))
+            .collect();
         UpstreamMetrics {
             shed,
+            would_shed,
             duration: self.duration.with_label_values(&[upstream]),
             queue_wait: self.queue_wait.with_label_values(&[upstream]),
             queue_standing_started: self.queue_standing_started.with_label_values(&[upstream]),
@@ -377,10 +395,14 @@ pub enum ShedReason {
     /// slot, or would have: the queue ahead of it drains slower than that. (While the
     /// queue absorbs a burst, the same case is `QueueTimeout`.)
     QueueStanding = 6,
+    /// Fairness: shed for want of capacity while its client key held more slots and
+    /// queue places than the mean of the keys present, or its place in a full queue
+    /// went to a lighter key's request.
+    FairShare = 7,
 }
 
 impl ShedReason {
-    pub const ALL: [ShedReason; 7] = [
+    pub const ALL: [ShedReason; 8] = [
         ShedReason::LowPriority,
         ShedReason::LevelNoQueue,
         ShedReason::QueueFull,
@@ -388,6 +410,7 @@ impl ShedReason {
         ShedReason::Displaced,
         ShedReason::NoHealthyBackend,
         ShedReason::QueueStanding,
+        ShedReason::FairShare,
     ];
 
     /// Shed because no backend slot could be had in time, as opposed to for its
@@ -400,7 +423,8 @@ impl ShedReason {
             | ShedReason::QueueFull
             | ShedReason::QueueTimeout
             | ShedReason::Displaced
-            | ShedReason::QueueStanding => true,
+            | ShedReason::QueueStanding
+            | ShedReason::FairShare => true,
             ShedReason::LowPriority | ShedReason::NoHealthyBackend => false,
         }
     }
@@ -414,6 +438,7 @@ impl ShedReason {
             ShedReason::Displaced => "displaced",
             ShedReason::NoHealthyBackend => "no_healthy_backend",
             ShedReason::QueueStanding => "queue_standing",
+            ShedReason::FairShare => "fair_share",
         }
     }
 }
@@ -492,6 +517,7 @@ mod tests {
             "levee_build_info",
             "levee_request_duration_seconds",
             "levee_queue_standing_started_total",
+            "levee_would_shed_total",
         ] {
             assert!(text.contains(name), "{name} missing");
         }

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 
+use crate::admission::fairness::{Charge, Fairness};
 use crate::admission::level::{queue_level, raw_level, Level, LevelState, Signals, Window};
 use crate::admission::queue::WaitQueue;
 use crate::config::{self, Affinity, Balance, Class, Config, PriorityMatch};
@@ -108,6 +109,12 @@ impl Backend {
             .is_ok()
     }
 
+    /// Takes one slot whatever the limit: shadow mode only, which never enforces it
+    /// (the count still says what the backend holds).
+    pub(crate) fn acquire_over_limit(&self) {
+        self.inflight.fetch_add(1, Ordering::SeqCst);
+    }
+
     /// Gives one slot back. Only [`crate::admission::Permit`] calls this.
     pub(crate) fn release_slot(&self) {
         self.inflight.fetch_sub(1, Ordering::SeqCst);
@@ -156,6 +163,8 @@ pub struct Upstream {
     /// Every backend index.
     pub all: Vec<usize>,
     pub retry_budget: Arc<RetryBudget>,
+    /// `[upstream.fairness]`: client keys and what each holds (carried over reloads).
+    pub fairness: Option<Fairness>,
     /// Serializes health re-evaluation (probe tasks, ejections and the tick).
     health_lock: parking_lot::Mutex<()>,
 }
@@ -255,6 +264,7 @@ impl Upstream {
             local,
             remote,
             retry_budget: Arc::new(RetryBudget::new(cfg.retry_budget)),
+            fairness: cfg.fairness.as_ref().map(Fairness::new),
             health_lock: parking_lot::Mutex::new(()),
             queue: Arc::new(WaitQueue::default()),
             level_state: Arc::new(LevelState::default()),
@@ -302,6 +312,7 @@ impl Upstream {
             next.window = previous.window.clone();
         }
         next.retry_budget = previous.retry_budget.clone();
+        Fairness::carry(&mut next.fairness, &previous.fairness);
         next.refresh_health(Instant::now());
         next
     }
@@ -315,7 +326,7 @@ impl Upstream {
         let instant = queue_level(
             &self.levels,
             self.limits.queue_depth,
-            self.queue.len(),
+            self.waiting(),
             self.queue.is_standing(),
         );
         if instant <= published {
@@ -488,7 +499,7 @@ impl Upstream {
             } else {
                 f64::from(self.inflight()) / f64::from(capacity)
             },
-            queue: self.queue.take_peak(),
+            queue: self.queue.take_peak().max(self.waiting()),
             queue_depth: self.limits.queue_depth,
             standing: self.queue.is_standing(),
             turned_away: self.queue.take_turned_away(),
@@ -519,6 +530,10 @@ pub struct Permit {
     pub(crate) backend: usize,
     /// How long the request waited in the queue (zero when a slot was free).
     pub queued: Duration,
+    /// Shadow mode: why enforcing the limits would have shed this request.
+    pub would_shed: Option<crate::metrics::ShedReason>,
+    /// Fairness: the request's hold on its client key's count, released with the slot.
+    pub(crate) charge: Option<Charge>,
 }
 
 impl Snapshot {

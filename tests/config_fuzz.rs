@@ -77,6 +77,10 @@ enum Kind {
     Balance,
     Affinity,
     Check,
+    /// `limits.mode`.
+    Mode,
+    /// `fairness.key`.
+    ClientKey,
     Class,
     Header,
     Bool,
@@ -159,6 +163,7 @@ const LIMITS: &[Field] = &[
     f("queue_timeout_ms", Kind::LongMs, 0.6),
     f("queue_target_ms", Kind::LowMs, 0.3),
     f("queue_interval_ms", Kind::Ms, 0.3),
+    f("mode", Kind::Mode, 0.2),
 ];
 
 const HEALTH: &[Field] = &[
@@ -178,6 +183,8 @@ const HEALTH: &[Field] = &[
     f("local_zone_min_healthy", Kind::Share, 0.2),
 ];
 
+const FAIRNESS: &[Field] = &[f("key", Kind::ClientKey, 1.0)];
+
 const BACKEND: &[Field] = &[
     f("address", Kind::Addr, 1.0),
     f("zone", Kind::Name, 0.7),
@@ -194,6 +201,7 @@ const UPSTREAM: &[Field] = &[
     f("limits", Kind::Table(LIMITS), 0.7),
     f("levels", Kind::Table(LEVELS), 0.5),
     f("health", Kind::Table(HEALTH), 0.5),
+    f("fairness", Kind::Table(FAIRNESS), 0.2),
     f("backend", Kind::Tables(BACKEND), 1.0),
 ];
 
@@ -489,6 +497,11 @@ impl Gen<'_> {
                 &["header:", "header:a b", "query:x", "header"],
             ),
             Kind::Check => self.string(&["tcp", "none"], &["http", "grpc", ""]),
+            Kind::Mode => self.string(&["enforce", "shadow"], &["Shadow", "off", ""]),
+            Kind::ClientKey => self.string(
+                &["client_ip", "header:x-tenant-id", "header:X-Api-Key"],
+                &["header:", "cookie:sid", "ip", "header:a b"],
+            ),
             Kind::Class => self.string(
                 &["critical", "high", "normal", "low"],
                 &["urgent", "High", ""],

@@ -315,6 +315,44 @@ async fn page_shows_upstream_level_and_backends_and_follows_health() {
     );
 }
 
+/// An upstream in shadow mode: the card says so, and a *Would shed* tile counts what
+/// enforcing would have shed (none of which was).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn page_shows_shadow_mode_and_would_sheds() {
+    let Some(bin) = chromium("page_shows_shadow_mode_and_would_sheds") else {
+        return;
+    };
+    let r1 = replica("r1", "a", 8, 1).await;
+    let levee = Setup::new(&[&r1])
+        .upstream(
+            "[upstream.limits]\nmax_inflight = 1\nqueue_depth = 1\nqueue_timeout_ms = 5000\n\
+             mode = \"shadow\"",
+        )
+        .start()
+        .await;
+    let addr = levee.addr();
+    let up = levee.app.snapshot().upstreams[0].clone();
+    // One slot, one place in the queue as enforcing would have it, then two past it.
+    let held: Vec<_> = (0..4)
+        .map(|_| tokio::spawn(async move { fetch(addr, get("/hold?ms=300")).await.status }))
+        .collect();
+    eventually(LIMIT, "four in flight", || up.inflight() == 4).await;
+    for h in held {
+        assert_eq!(h.await.unwrap(), 200, "shadow mode sheds nothing");
+    }
+    eventually(LIMIT, "slots released", || all_idle(&levee)).await;
+
+    let url = page_url(levee.admin_addr.expect("admin listener"));
+    let dom = dump_dom(&bin, &url, DOM_BUDGET_MS).await;
+    assert_live(&dom);
+    let app = must_tag(&dom, "data-upstream", "app");
+    assert_eq!(attr(app, "data-mode"), Some("shadow"), "{app}");
+    let would = field(&dom, "would_shed");
+    assert!(would.contains("2 total"), "{would}");
+    let shed = field(&dom, "shed");
+    assert!(shed.contains("0 total"), "{shed}");
+}
+
 /// A scripted stand-in for the admin listener: `/` is the page, and `/status`
 /// answers the `answers` in turn, repeating the last one forever.
 async fn stub_admin(answers: Vec<(u16, String)>) -> SocketAddr {

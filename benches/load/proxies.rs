@@ -237,6 +237,10 @@ pub struct Setup {
     pub early_levels: bool,
     /// A TLS listener as well, serving this certificate (levee and nginx only).
     pub tls: Option<TlsFiles>,
+    /// levee only: TOML written right after the `[upstream.limits]` keys, so more keys
+    /// of that table (`mode = "shadow"`) and then further upstream tables
+    /// (`[upstream.fairness]`); empty for the sections every proxy runs.
+    pub levee_extra: String,
 }
 
 /// A certificate and its key (PEM) for the TLS listeners.
@@ -685,6 +689,7 @@ queue_timeout_ms = {timeout}
         depth = s.queue_depth,
         timeout = s.queue_timeout.as_millis().max(1),
     );
+    t.push_str(&s.levee_extra);
     if s.early_levels && s.queue_depth >= 4 && s.max_conns.is_some() {
         // Shed early under sustained overload: the queue only absorbs bursts.
         let _ = write!(

@@ -212,6 +212,118 @@ pub struct ZoneRow {
     pub when: String,
 }
 
+/// One shadow-mode run of levee (issue 11).
+#[derive(Debug, Clone)]
+pub struct ShadowRow {
+    /// Offered, req/s.
+    pub rate: f64,
+    pub sent: f64,
+    pub ok: f64,
+    /// 503s the client got (the replica never answers 503: all levee's).
+    pub shed: f64,
+    pub other: f64,
+    pub ok_p99: Duration,
+    /// `levee_would_shed_total` gained over the run; `None` when unreadable.
+    pub would_shed: Option<f64>,
+    pub would_reasons: String,
+    /// `levee_shed_total` gained over the run; `None` when unreadable.
+    pub levee_sheds: Option<f64>,
+    /// The replica's highest in-flight count, and levee's `max_inflight` for it.
+    pub peak: usize,
+    pub max_inflight: usize,
+}
+
+impl ShadowRow {
+    /// No 503 from levee, and would-be sheds counted.
+    pub fn verdict(&self) -> Verdict {
+        Verdict::of(
+            self.shed == 0.0
+                && self.levee_sheds == Some(0.0)
+                && self.would_shed.is_some_and(|w| w > 0.0),
+        )
+    }
+}
+
+/// One run of the two tenants (issue 12), with fairness or without (reference).
+#[derive(Debug, Clone)]
+pub struct FairRow {
+    pub fairness: bool,
+    /// The replica's capacity C, req/s.
+    pub cap: f64,
+    pub secs: f64,
+    pub a_rate: f64,
+    pub b_rate: f64,
+    pub a_sent: f64,
+    pub a_ok: f64,
+    pub a_p99: Duration,
+    pub b_sent: f64,
+    pub b_ok: f64,
+    pub b_p99: Duration,
+    /// Errors and answers other than 2xx and 503, both tenants.
+    pub other: f64,
+    /// levee's 503s by reason over the run.
+    pub reasons: String,
+}
+
+/// Issue 12's targets: the light tenant served, the replica kept busy.
+pub const FAIR_LIGHT_SERVED: f64 = 0.98;
+pub const FAIR_GOODPUT: f64 = 0.95;
+/// The key flood may grow levee's RSS by at most this much.
+pub const FLOOD_RSS_GROWTH_MIB: f64 = 16.0;
+
+impl FairRow {
+    pub fn b_share(&self) -> f64 {
+        self.b_ok / self.b_sent.max(1.0)
+    }
+
+    /// 2xx per second, both tenants.
+    pub fn goodput(&self) -> f64 {
+        (self.a_ok + self.b_ok) / self.secs.max(1e-3)
+    }
+
+    pub fn verdict(&self) -> Verdict {
+        Verdict::of(
+            self.b_share() >= FAIR_LIGHT_SERVED && self.goodput() >= FAIR_GOODPUT * self.cap,
+        )
+    }
+}
+
+/// One key flood through levee with fairness.
+#[derive(Debug, Clone)]
+pub struct FloodRow {
+    /// Distinct keys meant, over `secs`.
+    pub keys: u64,
+    pub secs: f64,
+    pub took: Duration,
+    pub sent: u64,
+    pub ok: u64,
+    pub shed: u64,
+    pub other: u64,
+    pub rss_before_kib: f64,
+    pub rss_after_kib: f64,
+}
+
+impl FloodRow {
+    pub fn growth_mib(&self) -> f64 {
+        (self.rss_after_kib - self.rss_before_kib) / 1024.0
+    }
+
+    /// Every key sent, and RSS grew by at most [`FLOOD_RSS_GROWTH_MIB`].
+    pub fn verdict(&self) -> Verdict {
+        Verdict::of(
+            self.sent >= self.keys
+                && self.rss_before_kib > 0.0
+                && self.growth_mib() <= FLOOD_RSS_GROWTH_MIB,
+        )
+    }
+}
+
+/// Shadow mode's load, in multiples of the replica's capacity (for the target's name).
+const SHADOW: f64 = crate::SHADOW_FACTOR;
+/// The fairness section's tenants, in multiples of the replica's capacity.
+const HEAVY: f64 = crate::HEAVY_FACTOR;
+const LIGHT: f64 = crate::LIGHT_FACTOR;
+
 /// Issue 10's fresh-start targets.
 pub const FRESH_GOODPUT: f64 = 0.99;
 pub const FRESH_P99_RATIO: f64 = 1.2;
@@ -256,6 +368,11 @@ pub struct Results {
     /// The tls section's rows, and how many idle connections it held.
     pub tls: Vec<crate::tls::TlsRow>,
     pub tls_idle: usize,
+    /// One row per shadow-mode run.
+    pub shadow: Vec<ShadowRow>,
+    /// One row per tenants run (with and without fairness), and per key flood.
+    pub fairness: Vec<FairRow>,
+    pub flood: Vec<FloodRow>,
     pub notes: Vec<String>,
 }
 
@@ -607,7 +724,110 @@ impl Results {
         }
         self.fresh_targets(&mut out);
         crate::tls::targets(self, &mut out);
+        let name = format!("shadow {SHADOW}x C: 0 levee 503s, would-sheds counted");
+        if self.shadow.is_empty() {
+            out.push(skip(name));
+        } else {
+            let verdicts: Vec<&str> = self.shadow.iter().map(|r| r.verdict().as_str()).collect();
+            let shed: f64 = self.shadow.iter().map(|r| r.shed).sum();
+            let would: f64 = self.shadow.iter().filter_map(|r| r.would_shed).sum();
+            out.push(Target {
+                name,
+                levee: format!(
+                    "{shed:.0} 503s, {would:.0} would-sheds (runs: {})",
+                    verdicts.join(", ")
+                ),
+                verdict: Verdict::of(self.shadow.iter().all(|r| r.verdict() == Verdict::Pass)),
+                others: Vec::new(),
+            });
+        }
+        self.fairness_targets(&mut out);
         out
+    }
+
+    /// Issue 12's targets, on the runs with fairness (every repetition must pass).
+    fn fairness_targets(&self, out: &mut Vec<Target>) {
+        let fair: Vec<&FairRow> = self.fairness.iter().filter(|r| r.fairness).collect();
+        let reference = self
+            .fairness
+            .iter()
+            .filter(|r| !r.fairness)
+            .map(|r| format!("{:.1} %", r.b_share() * 100.0))
+            .collect::<Vec<_>>();
+        let without = if reference.is_empty() {
+            String::new()
+        } else {
+            format!("; without fairness {}", reference.join(", "))
+        };
+        let judged = |name: String,
+                      value: &dyn Fn(&FairRow) -> String,
+                      ok: &dyn Fn(&FairRow) -> bool,
+                      extra: &str| {
+            if fair.is_empty() {
+                return Target {
+                    name,
+                    levee: "-".into(),
+                    verdict: Verdict::Skip,
+                    others: Vec::new(),
+                };
+            }
+            let values: Vec<String> = fair.iter().map(|r| value(r)).collect();
+            Target {
+                name,
+                levee: format!("{}{extra}", values.join(", ")),
+                verdict: Verdict::of(fair.iter().all(|r| ok(r))),
+                others: Vec::new(),
+            }
+        };
+        out.push(judged(
+            format!(
+                "fairness: tenant b ({LIGHT}x C) beside a ({HEAVY}x C) >= {:.0}% served",
+                FAIR_LIGHT_SERVED * 100.0
+            ),
+            &|r| format!("{:.1} %", r.b_share() * 100.0),
+            &|r| r.b_share() >= FAIR_LIGHT_SERVED,
+            &without,
+        ));
+        out.push(judged(
+            format!("fairness: goodput >= {:.0}% of C", FAIR_GOODPUT * 100.0),
+            &|r| {
+                format!(
+                    "{:.0}/s = {:.1} %",
+                    r.goodput(),
+                    r.goodput() / r.cap * 100.0
+                )
+            },
+            &|r| r.goodput() >= FAIR_GOODPUT * r.cap,
+            "",
+        ));
+        let name = format!("fairness: key flood, RSS growth <= {FLOOD_RSS_GROWTH_MIB:.0} MiB");
+        if self.flood.is_empty() {
+            out.push(Target {
+                name,
+                levee: "-".into(),
+                verdict: Verdict::Skip,
+                others: Vec::new(),
+            });
+        } else {
+            let values: Vec<String> = self
+                .flood
+                .iter()
+                .map(|f| {
+                    format!(
+                        "+{:.1} MiB ({} keys in {:.0} s)",
+                        f.growth_mib(),
+                        f.sent,
+                        f.secs
+                    )
+                })
+                .collect();
+            out.push(Target {
+                name,
+                levee: values.join(", "),
+                verdict: Verdict::of(self.flood.iter().all(|f| f.verdict() == Verdict::Pass)),
+                others: Vec::new(),
+            });
+        }
     }
 
     /// levee against levee-before on the figures both have (raw, overload, memory,
@@ -958,6 +1178,8 @@ impl Results {
         self.render_fresh(&mut s);
         self.render_zonefail(&mut s);
         crate::tls::render(self, &mut s);
+        self.render_shadow(&mut s);
+        self.render_fairness(&mut s);
 
         let before = self.before_comparison();
         if !before.is_empty() {
@@ -1207,6 +1429,123 @@ impl Results {
         );
     }
 
+    fn render_shadow(&self, s: &mut String) {
+        if self.shadow.is_empty() {
+            return;
+        }
+        let _ = writeln!(s);
+        let _ = writeln!(
+            s,
+            "### Shadow mode: levee with `limits.mode = \"shadow\"`, {SHADOW}x the capacity of 1 replica x {} workers x {} ms",
+            crate::SOLO_WORKERS,
+            crate::SOLO_SERVICE_TIME.as_millis()
+        );
+        let _ = writeln!(s);
+        let _ = writeln!(
+            s,
+            "| run | offered | sent | 2xx | 2xx p99 | 503 | other | would shed | by reason | replica peak in flight | verdict |"
+        );
+        let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---|");
+        for (i, r) in self.shadow.iter().enumerate() {
+            let _ = writeln!(
+                s,
+                "| {} | {:.0}/s | {:.0} | {:.0} | {} | {:.0} | {:.0} | {} | {} | {} (max_inflight {}) | **{}** |",
+                i + 1,
+                r.rate,
+                r.sent,
+                r.ok,
+                ms(r.ok_p99),
+                r.shed,
+                r.other,
+                r.would_shed.map_or("?".into(), |w| format!("{w:.0}")),
+                r.would_reasons,
+                r.peak,
+                r.max_inflight,
+                r.verdict().as_str()
+            );
+        }
+        let _ = writeln!(s);
+        let _ = writeln!(
+            s,
+            "Shadow mode queues and sheds nothing and does not enforce max_inflight: the replica gets everything and queues the excess itself, so its latency grows through the run. PASS: no 503 and would-be sheds counted."
+        );
+    }
+
+    fn render_fairness(&self, s: &mut String) {
+        if self.fairness.is_empty() && self.flood.is_empty() {
+            return;
+        }
+        let _ = writeln!(s);
+        let _ = writeln!(
+            s,
+            "### Fairness: 1 replica x {} workers x {} ms; tenant a at {HEAVY}x C, tenant b at {LIGHT}x C, together",
+            crate::SOLO_WORKERS,
+            crate::SOLO_SERVICE_TIME.as_millis()
+        );
+        let _ = writeln!(s);
+        let _ = writeln!(
+            s,
+            "| run | levee | C | a offered | a 2xx | a 2xx p99 | b offered | b 2xx | b served | b 2xx p99 | goodput | other | levee's 503s by reason | verdict |"
+        );
+        let _ = writeln!(
+            s,
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"
+        );
+        for (i, r) in self.fairness.iter().enumerate() {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {:.0}/s | {:.0}/s | {:.0} | {} | {:.0}/s | {:.0} | **{:.1} %** | {} | {:.0}/s ({:.1} % of C) | {:.0} | {} | {} |",
+                i / 2 + 1,
+                if r.fairness { "with fairness" } else { "without (reference)" },
+                r.cap,
+                r.a_rate,
+                r.a_ok,
+                ms(r.a_p99),
+                r.b_rate,
+                r.b_ok,
+                r.b_share() * 100.0,
+                ms(r.b_p99),
+                r.goodput(),
+                r.goodput() / r.cap * 100.0,
+                r.other,
+                r.reasons,
+                if r.fairness { r.verdict().as_str() } else { "-" }
+            );
+        }
+        if !self.flood.is_empty() {
+            let _ = writeln!(s);
+            let _ = writeln!(
+                s,
+                "| key flood | keys sent | over | 2xx | 503 | other | levee RSS before | after | growth | verdict |"
+            );
+            let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+            for (i, f) in self.flood.iter().enumerate() {
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | {:.0} s (took {}) | {} | {} | {} | {:.1} MiB | {:.1} MiB | **{:+.1} MiB** | {} |",
+                    i + 1,
+                    f.sent,
+                    f.secs,
+                    ms(f.took),
+                    f.ok,
+                    f.shed,
+                    f.other,
+                    f.rss_before_kib / 1024.0,
+                    f.rss_after_kib / 1024.0,
+                    f.growth_mib(),
+                    f.verdict().as_str()
+                );
+            }
+        }
+        let _ = writeln!(s);
+        let _ = writeln!(
+            s,
+            "Targets: b served >= {:.0} % and goodput >= {:.0} % of C with fairness; the key flood (every request a new key of `x-tenant`) grows levee's RSS by at most {FLOOD_RSS_GROWTH_MIB:.0} MiB.",
+            FAIR_LIGHT_SERVED * 100.0,
+            FAIR_GOODPUT * 100.0
+        );
+    }
+
     pub fn to_json(&self) -> Value {
         let d = |d: Duration| d.as_secs_f64() * 1e3;
         json!({
@@ -1277,6 +1616,24 @@ impl Results {
                 "zone_a_last_hit_ms": z.last_hit.map(d), "levee_retries": z.retries, "levee_sheds": z.sheds,
             })).collect::<Vec<_>>(),
             "tls": crate::tls::to_json(self),
+            "shadow": self.shadow.iter().map(|r| json!({
+                "rate": r.rate, "sent": r.sent, "ok": r.ok, "ok_p99_ms": d(r.ok_p99), "shed": r.shed,
+                "other": r.other, "would_shed": r.would_shed, "would_shed_reasons": r.would_reasons,
+                "levee_sheds": r.levee_sheds, "peak_inflight": r.peak, "max_inflight": r.max_inflight,
+                "verdict": r.verdict().as_str(),
+            })).collect::<Vec<_>>(),
+            "fairness": self.fairness.iter().map(|r| json!({
+                "fairness": r.fairness, "capacity_rps": r.cap, "secs": r.secs,
+                "a_rate": r.a_rate, "a_sent": r.a_sent, "a_ok": r.a_ok, "a_ok_p99_ms": d(r.a_p99),
+                "b_rate": r.b_rate, "b_sent": r.b_sent, "b_ok": r.b_ok, "b_ok_p99_ms": d(r.b_p99),
+                "b_served_share": r.b_share(), "goodput": r.goodput(), "other": r.other,
+                "levee_sheds": r.reasons, "verdict": r.verdict().as_str(),
+            })).collect::<Vec<_>>(),
+            "key_flood": self.flood.iter().map(|f| json!({
+                "keys": f.keys, "secs": f.secs, "took_ms": d(f.took), "sent": f.sent, "ok": f.ok,
+                "shed": f.shed, "other": f.other, "rss_before_kib": f.rss_before_kib,
+                "rss_after_kib": f.rss_after_kib, "growth_mib": f.growth_mib(), "verdict": f.verdict().as_str(),
+            })).collect::<Vec<_>>(),
             "levee_vs_before": self.before_comparison().iter().map(|c| json!({
                 "measure": c.measure, "levee": c.levee, "levee_before": c.before, "vs": c.vs,
             })).collect::<Vec<_>>(),

@@ -127,6 +127,16 @@ pub fn status_json(snapshot: &Snapshot, ready: bool) -> serde_json::Value {
                 .flat_map(|r| crate::metrics::CLASSES.iter().map(move |c| (*r, *c)))
                 .map(|(r, c)| up.metrics.shed(r, c).get())
                 .sum();
+            let would_shed: serde_json::Map<String, serde_json::Value> =
+                crate::admission::ShedReason::ALL
+                    .iter()
+                    .map(|r| (r.as_str().to_owned(), up.metrics.would_shed(*r).get().into()))
+                    .filter(|(_, n)| n != &serde_json::Value::from(0u64))
+                    .collect();
+            let would_shed_total: u64 = crate::admission::ShedReason::ALL
+                .iter()
+                .map(|r| up.metrics.would_shed(*r).get())
+                .sum();
             let requests: u64 = up
                 .backends
                 .iter()
@@ -148,6 +158,14 @@ pub fn status_json(snapshot: &Snapshot, ready: bool) -> serde_json::Value {
                 "capacity": up.capacity(),
                 "requests_total": requests,
                 "shed_total": shed,
+                "mode": up.limits.mode.as_str(),
+                "fairness": up.fairness.as_ref().map(|f| json!({
+                    "key": f.key.to_string(),
+                    "clients_present": f.shares.present(),
+                    "held": f.shares.total(),
+                })),
+                "would_shed_total": would_shed_total,
+                "would_shed": would_shed,
                 "drain_per_sec": up.drain_per_sec(),
                 "panic": up.in_panic(),
                 "prefer_local": up.prefers_local(),

@@ -20,8 +20,21 @@
 //! that would not be served within it, at the rate the backends finish requests, is
 //! shed at once; one whose wait passes it is shed then, also when the queue begins
 //! standing while it waits.
+//!
+//! With fairness (`[upstream.fairness]`, [`fairness`]) each request counts toward its
+//! client key while it holds a slot or a queue place. A request shed for want of
+//! capacity whose key holds more than the mean of the keys present is shed as
+//! `fair_share`; one whose key holds less (a *light* key) may wait even where the
+//! level keeps others out of the queue, waits ahead of heavier keys' waiters, and in
+//! a full queue takes the place of the newest waiter when that one's key is heavier.
+//! A key alone is under the ordinary rules: it may use every slot.
+//!
+//! In shadow mode (`limits.mode = "shadow"`) the same decisions are made and counted
+//! (`levee_would_shed_total`), but a request that would wait or be shed goes to a
+//! backend at once, past its limit if need be; see [`Upstream::admit_shadow`].
 
 pub mod codel;
+pub mod fairness;
 pub mod level;
 pub mod queue;
 
@@ -29,13 +42,14 @@ use std::mem::ManuallyDrop;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::balance::{take_slot, Take};
-use crate::config::Class;
+use crate::balance::{take_slot, take_slot_over_limit, Take};
+use crate::config::{Class, Mode};
 pub use crate::state::Permit;
 use crate::state::{Backend, Upstream};
 use codel::{Change, Params};
+use fairness::{Charge, Weight};
 use level::Level;
-use queue::{Full, Grant, Ticket};
+use queue::{FairJoin, Grant, Refused, Ticket};
 
 pub use crate::metrics::ShedReason;
 
@@ -87,6 +101,16 @@ impl Permit {
             upstream: ManuallyDrop::new(upstream),
             backend,
             queued: Duration::ZERO,
+            would_shed: None,
+            charge: None,
+        }
+    }
+
+    /// Takes over `from`'s hold on its client key (a retry moved the request to this
+    /// slot; `from` is about to be released).
+    pub fn inherit(&mut self, from: &mut Permit) {
+        if self.charge.is_none() {
+            self.charge = from.charge.take();
         }
     }
 
@@ -105,6 +129,7 @@ impl Permit {
     /// Gives the slot back without handing it on: for use under the queue lock only,
     /// where handing on would take the lock again.
     fn release_quietly(mut self) {
+        drop(self.charge.take());
         self.upstream.backends[self.backend].release_slot();
         // SAFETY: `self` is forgotten right after, so the Arc is dropped exactly once.
         unsafe { ManuallyDrop::drop(&mut self.upstream) };
@@ -158,7 +183,9 @@ pub(crate) fn dispatch(upstream: &Upstream) {
         };
         let Some(waiter) = q.remove_at(i) else { break };
         let wait = now.saturating_duration_since(waiter.since);
-        change = change.or(q.record_wait(wait, now, params));
+        if !waiter.jumped {
+            change = change.or(q.record_wait(wait, now, params));
+        }
         if q.is_standing() && wait > params.target {
             // A standing queue gives no slot to a request that waited past the target
             // (its timer is due, or the queue stands from this very wait): it is shed,
@@ -204,8 +231,20 @@ impl Drop for Waiting<'_> {
 
 impl Upstream {
     /// The decision that needs no waiting: a slot now, a shed now, or "may wait" (with
-    /// the one backend the request is bound to, if any). Never blocks.
+    /// the one backend the request is bound to, if any). Never blocks. Without a
+    /// client key (see [`Self::admit`] for fairness).
     pub fn try_admit(self: &Arc<Self>, class: Class, key: Option<u64>, random: u64) -> Admit {
+        self.decide(class, key, None, random)
+    }
+
+    /// [`Self::try_admit`] for a request holding `charge` on its client key.
+    fn decide(
+        self: &Arc<Self>,
+        class: Class,
+        key: Option<u64>,
+        charge: Option<&Charge>,
+        random: u64,
+    ) -> Admit {
         let level = self.level();
         if class == Class::Low && level >= Level::Caution {
             return Admit::Shed(self.shed(ShedReason::LowPriority, level, class));
@@ -217,28 +256,48 @@ impl Upstream {
             }
             Take::Full { target } => target,
         };
-        if !may_wait(level, class) {
+        // A light client waits ahead of heavier ones even where the level keeps
+        // others out of the queue: the heavier ones are turned away in its stead.
+        let light = charge.is_some_and(|c| c.weigh() == Weight::Light);
+        if !may_wait(level, class) && !light {
             let reason = if level == Level::Critical {
                 ShedReason::QueueFull
             } else {
                 ShedReason::LevelNoQueue
             };
-            return Admit::Shed(self.shed(reason, level, class));
+            return Admit::Shed(self.shed_for(reason, level, class, charge));
         }
         Admit::Wait { level, target }
     }
 
+    /// The hold a request with client key hash `client` takes on its key's count, when
+    /// the upstream has fairness.
+    fn charge(&self, client: Option<u64>) -> Option<Charge> {
+        let fairness = self.fairness.as_ref()?;
+        let shares = &fairness.shares;
+        Some(shares.charge(shares.client(client.unwrap_or(0))))
+    }
+
     /// Admits a request of `class` (with the affinity hash `key`, when the upstream has
-    /// affinity): a [`Permit`] at once, after waiting in the queue, or a [`Shed`].
-    /// `random` feeds power-of-two-choices.
+    /// affinity, and the hash of its client key `client`, when it has fairness): a
+    /// [`Permit`] at once, after waiting in the queue, or a [`Shed`]. `random` feeds
+    /// power-of-two-choices.
     pub async fn admit(
         self: &Arc<Self>,
         class: Class,
         key: Option<u64>,
+        client: Option<u64>,
         random: u64,
     ) -> Result<Permit, Shed> {
-        let (level, target) = match self.try_admit(class, key, random) {
-            Admit::Permit(p) => return Ok(p),
+        let charge = self.charge(client);
+        if self.limits.mode == Mode::Shadow {
+            return self.admit_shadow(class, key, charge, random);
+        }
+        let (level, target) = match self.decide(class, key, charge.as_ref(), random) {
+            Admit::Permit(mut p) => {
+                p.charge = charge;
+                return Ok(p);
+            }
             Admit::Shed(s) => return Err(s),
             Admit::Wait { level, target } => (level, target),
         };
@@ -251,23 +310,39 @@ impl Upstream {
         // finish requests gets its 503 now rather than after the wait: the answer is
         // the same, and the client and the queue are spared the delay. (Only for
         // requests waiting for any backend: an affinity target's own rate is unknown.)
+        // With fairness its place depends on the clients of the waiters, so the
+        // queue judges it where it would stand.
         let rate = self.service_rate();
-        if target.is_none() && rate > 0.0 {
+        let timed = target.is_none() && rate > 0.0;
+        if timed && charge.is_none() {
             let expected = (f64::from(self.queue.len()) + 1.0) / rate;
             if expected > allowed.as_secs_f64() {
                 return Err(self.shed(late(standing), level, class));
             }
         }
-        let (ticket, displaced) =
-            match self
-                .queue
-                .push(self, class, target, self.limits.queue_depth, now)
-            {
-                Ok(joined) => joined,
-                Err(Full) => return Err(self.shed(ShedReason::QueueFull, level, class)),
-            };
+        let fair = charge.as_ref().map(|c| FairJoin {
+            shares: c.shares(),
+            client: *c.client(),
+            max_ahead: timed.then_some((allowed.as_secs_f64() * rate) as usize),
+        });
+        let joined = self
+            .queue
+            .push(self, class, target, self.limits.queue_depth, now, fair);
+        let (ticket, displaced) = match joined {
+            Ok(joined) => joined,
+            Err(Refused::Full) => {
+                return Err(self.shed_for(ShedReason::QueueFull, level, class, charge.as_ref()))
+            }
+            Err(Refused::Late) => {
+                return Err(self.shed_for(late(standing), level, class, charge.as_ref()))
+            }
+        };
         if let Some(w) = displaced {
-            let _ = w.tx.send(Grant::Displaced);
+            let _ = w.tx.send(if class == Class::Critical {
+                Grant::Displaced
+            } else {
+                Grant::Outweighed
+            });
         }
         let mut waiting = Waiting {
             upstream: self,
@@ -284,7 +359,9 @@ impl Upstream {
         };
         if let Some(i) = retry {
             drop(waiting); // leaves the queue; a grant that raced in is handed on
-            return Ok(Permit::new(self.clone(), i));
+            let mut p = Permit::new(self.clone(), i);
+            p.charge = charge;
+            return Ok(p);
         }
         let grant = self.wait_for_grant(&mut waiting, now).await;
         match grant {
@@ -292,11 +369,18 @@ impl Upstream {
                 p.queued = clock().saturating_duration_since(now);
                 self.window.record_wait(p.queued);
                 self.metrics.queue_wait.observe(p.queued.as_secs_f64());
+                p.charge = charge;
                 Ok(p)
             }
             Ok(Grant::Displaced) => Err(self.shed(ShedReason::Displaced, self.level(), class)),
-            Ok(Grant::Expired) => Err(self.shed(ShedReason::QueueStanding, self.level(), class)),
-            Err(reason) => Err(self.shed(reason, self.level(), class)),
+            Ok(Grant::Outweighed) => Err(self.shed(ShedReason::FairShare, self.level(), class)),
+            Ok(Grant::Expired) => Err(self.shed_for(
+                ShedReason::QueueStanding,
+                self.level(),
+                class,
+                charge.as_ref(),
+            )),
+            Err(reason) => Err(self.shed_for(reason, self.level(), class, charge.as_ref())),
         }
     }
 
@@ -409,13 +493,142 @@ impl Upstream {
     ) -> Option<Permit> {
         match take_slot(self, key, tried, random) {
             Take::Slot(i) => Some(Permit::new(self.clone(), i)),
+            // Shadow mode enforces no limit: a full upstream still takes the retry.
+            Take::Full { target } if self.limits.mode == Mode::Shadow => {
+                take_slot_over_limit(self, target, tried, random)
+                    .map(|i| Permit::new(self.clone(), i))
+            }
             _ => None,
+        }
+    }
+
+    /// Shadow mode: the decision [`Self::admit`] would make, counted in
+    /// `levee_would_shed_total` when it is a shed, and a slot at once whatever it is:
+    /// a free one if there is one, else one past the limits (see
+    /// [`take_slot_over_limit`]). Nobody waits, so the queue the decisions read is
+    /// [`Self::waiting`]: the requests in flight beyond the limits stand for those that
+    /// would be waiting. Its allowed wait is `queue_timeout` (waits are not measured,
+    /// so the queue never stands). Only a request no backend may take is shed
+    /// (`no_healthy_backend`): health is not a limit, and there is nowhere to send it.
+    fn admit_shadow(
+        self: &Arc<Self>,
+        class: Class,
+        key: Option<u64>,
+        charge: Option<Charge>,
+        random: u64,
+    ) -> Result<Permit, Shed> {
+        let level = self.level();
+        let low =
+            (class == Class::Low && level >= Level::Caution).then_some(ShedReason::LowPriority);
+        let (slot, would) = match take_slot(self, key, &[], random) {
+            Take::Slot(i) => (Some(i), low),
+            Take::NoBackend => {
+                return Err(self.shed(ShedReason::NoHealthyBackend, level, class));
+            }
+            Take::Full { target } => {
+                let would =
+                    low.or_else(|| self.wait_verdict(level, class, target, charge.as_ref()));
+                (take_slot_over_limit(self, target, &[], random), would)
+            }
+        };
+        let Some(i) = slot else {
+            return Err(self.shed(ShedReason::NoHealthyBackend, level, class));
+        };
+        if let Some(reason) = would {
+            self.metrics.would_shed(reason).inc();
+            if matches!(reason, ShedReason::LevelNoQueue | ShedReason::QueueFull) {
+                self.queue.note_turned_away(self.limits.queue_depth);
+            }
+        }
+        let mut permit = Permit::new(self.clone(), i);
+        permit.would_shed = would;
+        permit.charge = charge;
+        Ok(permit)
+    }
+
+    /// For a request that found no free slot: why it would be shed instead of
+    /// waiting, or `None` if it would wait. The same rules as [`Self::admit`], read
+    /// without the queue's lock from [`Self::waiting`] (shadow mode, where nobody
+    /// waits). A `critical` request at a full queue would wait, displacing another; so
+    /// would a light client's (fairness), ahead of the heavier clients' waiters.
+    fn wait_verdict(
+        &self,
+        level: Level,
+        class: Class,
+        target: Option<usize>,
+        charge: Option<&Charge>,
+    ) -> Option<ShedReason> {
+        let waiting = self.waiting();
+        let standing = self.queue.is_standing();
+        let rate = self.service_rate();
+        let reason = if !may_wait(level, class) {
+            Some(if level == Level::Critical {
+                ShedReason::QueueFull
+            } else {
+                ShedReason::LevelNoQueue
+            })
+        } else if target.is_none()
+            && rate > 0.0
+            && (f64::from(waiting) + 1.0) / rate > self.allowed_wait(standing).as_secs_f64()
+        {
+            Some(late(standing))
+        } else {
+            (waiting >= self.limits.queue_depth && class != Class::Critical)
+                .then_some(ShedReason::QueueFull)
+        };
+        match (reason, charge.map(Charge::weigh)) {
+            (Some(_), Some(Weight::Light)) => None,
+            (Some(_), Some(Weight::Heavy)) => Some(ShedReason::FairShare),
+            (reason, _) => reason,
+        }
+    }
+
+    /// Requests waiting for a slot: the queue's length. In shadow mode, where nobody
+    /// waits, also the requests in flight beyond the limits of the backends that may
+    /// take traffic: enforcing the limits, those would be waiting. The level's queue
+    /// signal reads this.
+    pub fn waiting(&self) -> u32 {
+        let queued = self.queue.len();
+        match self.limits.mode {
+            Mode::Enforce => queued,
+            Mode::Shadow => queued.saturating_add(self.inflight().saturating_sub(self.capacity())),
         }
     }
 
     /// The 503 a request gets, with its `Retry-After`, counted in the metrics.
     pub fn shed(&self, reason: ShedReason, level: Level, class: Class) -> Shed {
-        self.metrics.shed(reason, class).inc();
+        self.shed_labelled(reason, reason, level, class)
+    }
+
+    /// [`Self::shed`] for a request holding `charge` on its client key: shed for want
+    /// of capacity while its key holds more than the mean of the keys present, it is
+    /// shed as `fair_share` (the level and the queue count it by `reason` still).
+    fn shed_for(
+        &self,
+        reason: ShedReason,
+        level: Level,
+        class: Class,
+        charge: Option<&Charge>,
+    ) -> Shed {
+        let heavy = charge.is_some_and(|c| c.weigh() == Weight::Heavy);
+        let label = if heavy && reason.is_capacity() && reason != ShedReason::Displaced {
+            ShedReason::FairShare
+        } else {
+            reason
+        };
+        self.shed_labelled(reason, label, level, class)
+    }
+
+    /// A shed counted and answered as `label`, and acted on as `reason` by the queue
+    /// and the level.
+    fn shed_labelled(
+        &self,
+        reason: ShedReason,
+        label: ShedReason,
+        level: Level,
+        class: Class,
+    ) -> Shed {
+        self.metrics.shed(label, class).inc();
         if reason.is_capacity() && self.queue.is_standing() {
             self.queue.note_pressure(clock());
         }
@@ -423,7 +636,7 @@ impl Upstream {
             self.queue.note_turned_away(self.limits.queue_depth);
         }
         Shed {
-            reason,
+            reason: label,
             level,
             class,
             retry_after: self.retry_after(level),

@@ -23,6 +23,7 @@ use parking_lot::{Mutex, MutexGuard};
 use tokio::sync::{futures::Notified, oneshot, Notify};
 
 use super::codel::{Change, Codel, Params};
+use super::fairness::{Client, Shares};
 use crate::config::Class;
 
 /// How precisely the last shed for want of capacity is kept: a standing queue may
@@ -38,6 +39,9 @@ pub enum Grant<P> {
     /// A slot came free for this waiter, but the queue stands and it had waited past
     /// the target: the slot went on to the next waiter.
     Expired,
+    /// A request of a lighter client took this waiter's place in a full queue
+    /// (fairness): this one's client held more.
+    Outweighed,
 }
 
 pub(crate) struct Waiter<U, P> {
@@ -50,12 +54,38 @@ pub(crate) struct Waiter<U, P> {
     pub target: Option<usize>,
     /// When it joined: its wait, when it leaves, feeds the standing state.
     pub since: Instant,
+    /// Its client key's counters, when the upstream has fairness.
+    pub client: Option<Client>,
+    /// Joined ahead of older waiters (a lighter client): its wait, when it is served,
+    /// says how light its client is, not how long the queue holds requests, so it does
+    /// not feed the standing state.
+    pub jumped: bool,
     pub tx: oneshot::Sender<Grant<P>>,
 }
 
 /// Why a request could not join the queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Full;
+pub enum Refused {
+    /// It is full (and the request may displace nobody).
+    Full,
+    /// Its place would be too far back to be served within the allowed wait.
+    Late,
+}
+
+/// How a request of an upstream with fairness joins the queue: ahead of the waiters
+/// of clients that hold more than its own (by [`Shares::held`]), FIFO among the
+/// rest; in a full queue, in place of the newest waiter (the tail) when that one's
+/// client holds more and its class is not higher.
+pub(crate) struct FairJoin<'a> {
+    pub shares: &'a Shares,
+    pub client: Client,
+    /// Refuse the place (`Refused::Late`) when this many or more would be ahead.
+    pub max_ahead: Option<usize>,
+}
+
+/// Most waiters a light request passes when it joins: bounds the work under the lock
+/// (it is then that far ahead, which is most of any queue the target allows).
+pub const FAIR_SCAN: usize = 1024;
 
 /// What the lock guards: the waiters, oldest first, and the standing state they feed.
 pub(crate) struct Inner<U, P> {
@@ -216,8 +246,10 @@ impl<U, P> WaitQueue<U, P> {
         }
     }
 
-    /// Joins the queue at its tail at `now`. When it is full, a `critical` request
-    /// displaces the newest waiter of the lowest class below critical, which is
+    /// Joins the queue at `now`: at its tail, or with `fair` at its client's place
+    /// (see [`FairJoin`]). When it is full, a `critical` request displaces the newest
+    /// waiter of the lowest class below critical, and with `fair` a lighter client's
+    /// request the newest waiter if its client is heavier; the displaced waiter is
     /// returned to be told.
     pub(crate) fn push(
         &self,
@@ -226,16 +258,29 @@ impl<U, P> WaitQueue<U, P> {
         target: Option<usize>,
         depth: u32,
         now: Instant,
-    ) -> Result<Joined<U, P>, Full> {
+        fair: Option<FairJoin<'_>>,
+    ) -> Result<Joined<U, P>, Refused> {
         let mut q = self.lock();
-        let mut displaced = None;
         if q.inner.waiters.is_empty() {
             q.inner.codel.on_burst();
         }
-        if q.inner.waiters.len() >= depth as usize {
-            if class != Class::Critical {
-                return Err(Full);
+        let held = fair.as_ref().map(|f| f.shares.held(&f.client));
+        let heavier = |w: &Waiter<U, P>| match (&fair, w.client, held) {
+            (Some(f), Some(c), Some(mine)) => f.shares.held(&c) > mine,
+            _ => false,
+        };
+        // Its place: behind every waiter whose client holds no more than its own.
+        let mut at = q.inner.waiters.len();
+        if fair.is_some() {
+            let stop = at.saturating_sub(FAIR_SCAN);
+            while at > stop && heavier(&q.inner.waiters[at - 1]) {
+                at -= 1;
             }
+        }
+        let full = q.inner.waiters.len() >= depth as usize;
+        let displace = if !full {
+            None
+        } else if class == Class::Critical {
             let lowest = q
                 .inner
                 .waiters
@@ -244,21 +289,37 @@ impl<U, P> WaitQueue<U, P> {
                 .filter(|(_, w)| w.class < Class::Critical)
                 .min_by_key(|(i, w)| (w.class, std::cmp::Reverse(*i)))
                 .map(|(i, _)| i);
-            match lowest {
-                Some(i) => displaced = q.remove_at(i),
-                None => return Err(Full),
-            }
+            Some(lowest.ok_or(Refused::Full)?)
+        } else {
+            let last = q.inner.waiters.len().checked_sub(1);
+            let outweighed = last.filter(|&i| {
+                let w = &q.inner.waiters[i];
+                w.class <= class && heavier(w)
+            });
+            Some(outweighed.ok_or(Refused::Full)?)
+        };
+        let max_ahead = fair.as_ref().and_then(|f| f.max_ahead);
+        let ahead = at - usize::from(displace.is_some_and(|i| i < at));
+        if max_ahead.is_some_and(|max| ahead >= max) {
+            return Err(Refused::Late);
         }
+        let displaced = displace.and_then(|i| q.remove_at(i));
+        let jumped = ahead < q.inner.waiters.len();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        q.inner.waiters.push_back(Waiter {
-            id,
-            class,
-            upstream: upstream.clone(),
-            target,
-            since: now,
-            tx,
-        });
+        q.inner.waiters.insert(
+            ahead,
+            Waiter {
+                id,
+                class,
+                upstream: upstream.clone(),
+                target,
+                since: now,
+                client: fair.map(|f| f.client),
+                jumped,
+                tx,
+            },
+        );
         q.sync_len();
         Ok((Ticket { id, rx }, displaced))
     }

@@ -38,6 +38,61 @@ fn server() -> config::Server {
 
 /// An upstream of `n` backends with `per` slots each.
 fn upstream(n: usize, per: u32, queue_depth: u32, timeout_ms: u64) -> Arc<Upstream> {
+    upstream_in(config::Mode::Enforce, n, per, queue_depth, timeout_ms)
+}
+
+/// [`upstream`] with fairness between clients.
+fn fair(n: usize, per: u32, queue_depth: u32, mode: config::Mode) -> Arc<Upstream> {
+    let up = upstream_in(mode, n, per, queue_depth, 10_000);
+    let mut next = Upstream::renew(&cfg_of(&up, true), &server(), &Metrics::new(), &up);
+    next.limits.mode = mode;
+    Arc::new(next)
+}
+
+/// The config `up` was built from, with fairness by header `x-tenant` when `fair`.
+fn cfg_of(up: &Upstream, fair: bool) -> config::Upstream {
+    config::Upstream {
+        name: up.name.clone(),
+        routes: vec!["/".into()],
+        balance: up.balance,
+        affinity: None,
+        retry_on_connect_failure: 1,
+        retry_budget: 0.2,
+        retry_on_status: config::DEFAULT_RETRY_ON_STATUS.to_vec(),
+        idempotency_header: None,
+        limits: up.limits,
+        levels: up.levels,
+        health: up.health.clone(),
+        fairness: fair.then(|| config::Fairness {
+            key: config::ClientKey::Header("x-tenant".into()),
+        }),
+        backends: up
+            .backends
+            .iter()
+            .map(|b| config::Backend {
+                address: b.address,
+                zone: b.zone.clone(),
+                max_inflight: b.max_inflight(),
+            })
+            .collect(),
+    }
+}
+
+async fn admit_as(up: &Arc<Upstream>, client: u64) -> Result<Permit, Shed> {
+    up.admit(Class::Normal, None, Some(client), rand::random())
+        .await
+}
+
+const A: u64 = 0xa;
+const B: u64 = 0xb;
+
+fn upstream_in(
+    mode: config::Mode,
+    n: usize,
+    per: u32,
+    queue_depth: u32,
+    timeout_ms: u64,
+) -> Arc<Upstream> {
     let cfg = config::Upstream {
         name: "u".into(),
         routes: vec!["/".into()],
@@ -53,6 +108,7 @@ fn upstream(n: usize, per: u32, queue_depth: u32, timeout_ms: u64) -> Arc<Upstre
             queue_timeout: Duration::from_millis(timeout_ms),
             queue_target: Duration::from_millis(5).min(Duration::from_millis(timeout_ms)),
             queue_interval: Duration::from_millis(100),
+            mode,
         },
         levels: Levels {
             caution: Thresholds {
@@ -78,6 +134,7 @@ fn upstream(n: usize, per: u32, queue_depth: u32, timeout_ms: u64) -> Arc<Upstre
             slow_start: Duration::ZERO,
             ..config::Health::DEFAULT
         },
+        fairness: None,
         backends: (0..n)
             .map(|i| config::Backend {
                 address: format!("127.0.0.1:{}", 2000 + i).parse().unwrap(),
@@ -89,8 +146,13 @@ fn upstream(n: usize, per: u32, queue_depth: u32, timeout_ms: u64) -> Arc<Upstre
     Arc::new(Upstream::new(&cfg, &server(), &Metrics::new()))
 }
 
+/// [`upstream`] with `limits.mode = "shadow"`.
+fn shadow(n: usize, per: u32, queue_depth: u32, timeout_ms: u64) -> Arc<Upstream> {
+    upstream_in(config::Mode::Shadow, n, per, queue_depth, timeout_ms)
+}
+
 async fn admit(up: &Arc<Upstream>, class: Class) -> Result<Permit, Shed> {
-    up.admit(class, None, rand::random()).await
+    up.admit(class, None, None, rand::random()).await
 }
 
 /// Polls (without sleeping through time) until `n` requests wait in the queue.
@@ -462,4 +524,211 @@ async fn a_waiter_that_is_short_of_the_target_when_the_queue_stands_keeps_its_pl
     drop(held);
     let p = waiter.await.unwrap().expect("served within the target");
     assert_eq!(p.queued, Duration::from_millis(3));
+}
+
+#[tokio::test]
+async fn shadow_sends_past_the_limits_and_counts_what_it_would_shed() {
+    let up = shadow(2, 1, 2, 10_000);
+    let mut held = Vec::new();
+    // Two free slots, then the queue as it would be (2 beyond the limits), then a
+    // full one: nothing waits, nothing is shed, and every slot is counted.
+    for _ in 0..6 {
+        let p = admit(&up, Class::Normal)
+            .await
+            .expect("shadow sheds nothing");
+        held.push(p);
+    }
+    assert_eq!(up.inflight(), 6);
+    assert!(up.queue.is_empty(), "nobody waits in shadow mode");
+    assert_eq!(up.waiting(), 4, "in flight beyond the limits");
+    let would: Vec<_> = held.iter().map(|p| p.would_shed).collect();
+    let full = Some(ShedReason::QueueFull);
+    // Two free slots, two that would wait, two that would find the queue full.
+    assert_eq!(would, [None, None, None, None, full, full]);
+    let counted: u64 = ShedReason::ALL
+        .iter()
+        .map(|r| up.metrics.would_shed(*r).get())
+        .sum();
+    assert_eq!(counted, 2);
+    assert_eq!(up.metrics.would_shed(ShedReason::QueueFull).get(), 2);
+    let shed: u64 = ShedReason::ALL
+        .iter()
+        .flat_map(|r| crate::metrics::CLASSES.map(|c| up.metrics.shed(*r, c).get()))
+        .sum();
+    assert_eq!(shed, 0);
+    // The level follows the queue enforcing would have: 4 waiting is caution here.
+    assert!(up.level() >= Level::Caution);
+    // `low` at caution would be shed even with a free slot, and still goes.
+    held.clear();
+    assert_eq!(up.inflight(), 0);
+    let low = admit(&up, Class::Low).await.expect("shadow sheds nothing");
+    assert_eq!(low.would_shed, Some(ShedReason::LowPriority));
+    drop(low);
+    assert_eq!(up.inflight(), 0);
+}
+
+#[tokio::test]
+async fn shadow_retries_take_a_slot_past_the_limits() {
+    let up = shadow(2, 1, 2, 10_000);
+    let a = admit(&up, Class::Normal).await.unwrap();
+    let b = admit(&up, Class::Normal).await.unwrap();
+    let tried = [a.backend_index()];
+    let retry = up
+        .take_retry_slot(None, &tried, 3)
+        .expect("no limit is enforced");
+    assert_eq!(retry.backend_index(), b.backend_index());
+    assert_eq!(up.inflight(), 3);
+    // Enforcing, the same retry finds no room.
+    let enforcing = upstream(2, 1, 2, 10_000);
+    let c = admit(&enforcing, Class::Normal).await.unwrap();
+    let d = admit(&enforcing, Class::Normal).await.unwrap();
+    assert!(enforcing
+        .take_retry_slot(None, &[c.backend_index()], 3)
+        .is_none());
+    drop((a, b, retry, c, d));
+    assert_eq!(up.inflight(), 0);
+    assert_eq!(enforcing.inflight(), 0);
+}
+
+#[tokio::test]
+async fn shadow_sheds_only_when_no_backend_may_take_traffic() {
+    let up = shadow(1, 1, 2, 10_000);
+    up.backends[0].set_healthy(false);
+    let shed = admit(&up, Class::Normal).await.unwrap_err();
+    assert_eq!(shed.reason, ShedReason::NoHealthyBackend);
+    assert_eq!(up.inflight(), 0);
+}
+
+#[tokio::test]
+async fn a_light_client_waits_ahead_of_a_heavy_one_and_is_served_first() {
+    let up = fair(1, 2, 10, config::Mode::Enforce);
+    let shares = up.fairness.as_ref().unwrap().shares.clone();
+    let a1 = admit_as(&up, A).await.unwrap();
+    let a2 = admit_as(&up, A).await.unwrap();
+    let u = up.clone();
+    let a3 = tokio::spawn(async move { admit_as(&u, A).await });
+    until_queued(&up, 1).await;
+    let u = up.clone();
+    let b1 = tokio::spawn(async move { admit_as(&u, B).await });
+    until_queued(&up, 2).await;
+    assert_eq!((shares.total(), shares.present()), (4, 2));
+    drop(a1);
+    let b1 = b1.await.unwrap().expect("the light client is served first");
+    assert_eq!(up.queue.len(), 1, "the heavy client's request still waits");
+    drop(a2);
+    let a3 = a3.await.unwrap().unwrap();
+    drop((b1, a3));
+    assert_eq!(up.inflight(), 0);
+    assert_eq!(
+        (shares.total(), shares.present()),
+        (0, 0),
+        "every charge released"
+    );
+}
+
+#[tokio::test]
+async fn the_heavy_client_is_shed_as_fair_share_and_gives_way_in_a_full_queue() {
+    let up = fair(1, 2, 2, config::Mode::Enforce);
+    let shares = up.fairness.as_ref().unwrap().shares.clone();
+    let held = [
+        admit_as(&up, A).await.unwrap(),
+        admit_as(&up, A).await.unwrap(),
+    ];
+    let waiters: Vec<_> = (0..2)
+        .map(|_| {
+            let u = up.clone();
+            tokio::spawn(async move { admit_as(&u, A).await })
+        })
+        .collect();
+    until_queued(&up, 2).await;
+    // The queue is full of the heavy client's requests: its next one is shed for its
+    // share, not merely for the full queue.
+    let shed = admit_as(&up, A).await.unwrap_err();
+    assert_eq!(
+        shed.reason,
+        ShedReason::QueueFull,
+        "a key alone is no unfair share"
+    );
+    // A light client takes the place of the heavy client's newest waiter.
+    let u = up.clone();
+    let b = tokio::spawn(async move { admit_as(&u, B).await });
+    let [w1, w2]: [_; 2] = waiters.try_into().ok().unwrap();
+    let outweighed = w2.await.unwrap().unwrap_err();
+    assert_eq!(outweighed.reason, ShedReason::FairShare);
+    until_queued(&up, 2).await;
+    // Now two clients are present and A holds more than its share.
+    let shed = admit_as(&up, A).await.unwrap_err();
+    assert_eq!(shed.reason, ShedReason::FairShare);
+    let [h1, h2] = held;
+    drop(h1);
+    let b = b
+        .await
+        .unwrap()
+        .expect("the light client's waiter is served first");
+    drop(h2);
+    let w1 = w1.await.unwrap().unwrap();
+    drop((b, w1));
+    assert_eq!((up.inflight(), shares.total()), (0, 0));
+
+    // At danger a heavy request may not wait, a light one may.
+    let held = [
+        admit_as(&up, A).await.unwrap(),
+        admit_as(&up, A).await.unwrap(),
+    ];
+    up.level_state
+        .update(Level::Danger, std::time::Instant::now(), Duration::ZERO);
+    let alone = admit_as(&up, A).await.unwrap_err();
+    assert_eq!(alone.reason, ShedReason::LevelNoQueue, "a key alone");
+    let u = up.clone();
+    let b = tokio::spawn(async move { admit_as(&u, B).await });
+    until_queued(&up, 1).await;
+    let heavy = admit_as(&up, A).await.unwrap_err();
+    assert_eq!(heavy.reason, ShedReason::FairShare, "heavy at danger");
+    let [h1, h2] = held;
+    drop(h1);
+    let b = b.await.unwrap().expect("light waits even at danger");
+    assert_eq!(
+        up.metrics.shed(ShedReason::FairShare, Class::Normal).get(),
+        3,
+        "two heavy arrivals and one outweighed waiter"
+    );
+    drop((b, h2));
+    assert_eq!(up.inflight(), 0);
+    assert_eq!(shares.total(), 0);
+}
+
+#[tokio::test]
+async fn a_client_alone_uses_every_slot_and_gets_the_ordinary_sheds() {
+    let up = fair(2, 3, 2, config::Mode::Enforce);
+    let mut held = Vec::new();
+    for _ in 0..6 {
+        held.push(admit_as(&up, A).await.expect("every slot is used"));
+    }
+    assert_eq!(up.inflight(), 6);
+    up.level_state
+        .update(Level::Danger, std::time::Instant::now(), Duration::ZERO);
+    let shed = admit_as(&up, A).await.unwrap_err();
+    assert_eq!(shed.reason, ShedReason::LevelNoQueue);
+    assert_eq!(
+        up.metrics.shed(ShedReason::FairShare, Class::Normal).get(),
+        0
+    );
+    held.clear();
+    assert_eq!(up.fairness.as_ref().unwrap().shares.total(), 0);
+}
+
+#[tokio::test]
+async fn shadow_mode_counts_fair_share_without_shedding() {
+    let up = fair(1, 1, 4, config::Mode::Shadow);
+    let mut held = Vec::new();
+    for _ in 0..6 {
+        held.push(admit_as(&up, A).await.unwrap());
+    }
+    held.push(admit_as(&up, B).await.expect("shadow sheds nothing"));
+    assert_eq!(held[6].would_shed, None, "a light client would wait");
+    held.push(admit_as(&up, A).await.unwrap());
+    assert_eq!(held[7].would_shed, Some(ShedReason::FairShare));
+    held.clear();
+    assert_eq!(up.inflight(), 0);
+    assert_eq!(up.fairness.as_ref().unwrap().shares.total(), 0);
 }

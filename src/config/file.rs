@@ -109,6 +109,8 @@ pub struct Upstream {
     pub levels: Option<Levels>,
     /// `[upstream.health]`
     pub health: Option<Health>,
+    /// `[upstream.fairness]`
+    pub fairness: Option<Fairness>,
     /// `[[upstream.backend]]`; at least one.
     pub backend: Option<Vec<Backend>>,
 }
@@ -127,6 +129,16 @@ pub struct Limits {
     pub queue_target_ms: Option<i64>,
     /// How long waits must stay above the target before the queue stands.
     pub queue_interval_ms: Option<i64>,
+    /// `enforce` or `shadow`.
+    pub mode: Option<String>,
+}
+
+/// `[upstream.fairness]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Fairness {
+    /// `header:NAME` or `client_ip`; required.
+    pub key: Option<String>,
 }
 
 /// `[upstream.levels]`

@@ -364,6 +364,8 @@ pub struct Upstream {
     pub levels: Levels,
     /// `[upstream.health]`.
     pub health: Health,
+    /// `[upstream.fairness]`; `None`: no fairness between clients.
+    pub fairness: Option<Fairness>,
     /// At least one; addresses unique within the upstream.
     pub backends: Vec<Backend>,
 }
@@ -376,6 +378,33 @@ impl Upstream {
             .iter()
             .map(|b| u64::from(b.max_inflight))
             .sum()
+    }
+}
+
+/// `[upstream.fairness]`: when requests must wait or be shed, the client holding the
+/// most slots and queue places is shed first (see [`crate::admission::fairness`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fairness {
+    /// Who a request is for.
+    pub key: ClientKey,
+}
+
+/// Where a request's client key comes from (`fairness.key`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientKey {
+    /// A request header's value (name lower case); requests without it share one key.
+    Header(String),
+    /// The address of the client connection's peer.
+    ClientIp,
+}
+
+impl fmt::Display for ClientKey {
+    /// As written in the config file: `header:NAME` or `client_ip`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Header(name) => write!(f, "header:{name}"),
+            Self::ClientIp => f.write_str("client_ip"),
+        }
     }
 }
 
@@ -395,6 +424,8 @@ pub struct Limits {
     /// The queue stands once every wait over this long stayed above `queue_target`,
     /// and drains once nobody was shed for want of capacity for this long (at least 1 ms).
     pub queue_interval: Duration,
+    /// Whether the limits are applied or only evaluated (`limits.mode`).
+    pub mode: Mode,
 }
 
 impl Limits {
@@ -406,12 +437,45 @@ impl Limits {
         queue_timeout: Duration::from_millis(250),
         queue_target: Duration::from_millis(5),
         queue_interval: Duration::from_millis(100),
+        mode: Mode::Enforce,
     };
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Self::DEFAULT
+    }
+}
+
+/// How an upstream applies its limits (`limits.mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// Requests past the limits wait or get 503.
+    #[default]
+    Enforce,
+    /// Every admission decision is made and counted (`levee_would_shed_total`), but
+    /// nothing is shed or queued: a request that would wait or be shed goes to a
+    /// backend at once, past `max_inflight` if need be. For trying limits on
+    /// production traffic before they act on it.
+    Shadow,
+}
+
+impl Mode {
+    /// The name used in the config file and in output.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Enforce => "enforce",
+            Self::Shadow => "shadow",
+        }
+    }
+
+    /// Parses a config-file name (exact, lower case).
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "enforce" => Some(Self::Enforce),
+            "shadow" => Some(Self::Shadow),
+            _ => None,
+        }
     }
 }
 
@@ -705,6 +769,12 @@ impl Config {
                 }
             )?;
             let l = &u.limits;
+            if l.mode == Mode::Shadow {
+                writeln!(
+                    out,
+                    "  shadow mode: every decision below is counted, nothing is shed or queued"
+                )?;
+            }
             write!(out, "  limits {} in flight per backend, ", l.max_inflight)?;
             if l.queue_depth == 0 {
                 writeln!(out, "no queue")?;
@@ -724,6 +794,13 @@ impl Config {
                 writeln!(
                     out,
                     "  critical when the queue is full; at least caution while it stands"
+                )?;
+            }
+            if let Some(f) = &u.fairness {
+                writeln!(
+                    out,
+                    "  fairness by {}: the client holding the most slots and queue places is shed first",
+                    f.key
                 )?;
             }
             let h = &u.health;

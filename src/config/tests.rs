@@ -56,6 +56,9 @@ eject_after_failures = 0
 eject_ms = 20000
 slow_start_ms = 0
 
+[upstream.fairness]
+key = "header:X-Tenant-Id"
+
 [[upstream.backend]]
 address = "10.0.1.1:3000"
 zone = "a"
@@ -142,6 +145,7 @@ fn full_example_parses_to_typed_values() {
                     queue_timeout: ms(300),
                     queue_target: ms(5),
                     queue_interval: ms(100),
+                    mode: Mode::Enforce,
                 },
                 levels: Levels {
                     caution: Thresholds {
@@ -175,6 +179,9 @@ fn full_example_parses_to_typed_values() {
                     eject_max: ms(300_000),
                     ..Health::DEFAULT
                 },
+                fairness: Some(Fairness {
+                    key: ClientKey::Header("x-tenant-id".into()),
+                }),
                 backends: vec![
                     Backend {
                         address: addr("10.0.1.1:3000"),
@@ -203,9 +210,11 @@ fn full_example_parses_to_typed_values() {
                     queue_timeout: ms(0),
                     queue_target: ms(0),
                     queue_interval: ms(100),
+                    mode: Mode::Enforce,
                 },
                 levels: Levels::defaults(0),
                 health: Health::DEFAULT,
+                fairness: None,
                 backends: vec![Backend {
                     address: addr("[fd00::1]:80"),
                     zone: DEFAULT_ZONE.into(),
@@ -307,6 +316,7 @@ fn defaults_fill_every_absent_key() {
             queue_timeout: ms(250),
             queue_target: ms(5),
             queue_interval: ms(100),
+            mode: Mode::Enforce,
         }
     );
     assert_eq!(
@@ -651,6 +661,85 @@ fn limits_are_range_checked() {
         "must be at least 1 (got 0)",
     );
     parse(&limits("queue_depth = 0\nqueue_timeout_ms = 0")).expect("no queue needs no timeout");
+}
+
+#[test]
+fn limits_mode_is_enforce_or_shadow() {
+    let limits = |body: &str| doc("", &format!("[upstream.limits]\n{body}"));
+    let mode = |body: &str| {
+        parse(&limits(body)).expect("valid").upstreams[0]
+            .limits
+            .mode
+    };
+    assert_eq!(mode(""), Mode::Enforce);
+    assert_eq!(mode("mode = \"enforce\""), Mode::Enforce);
+    assert_eq!(mode("mode = \"shadow\""), Mode::Shadow);
+    for bad in ["\"Shadow\"", "\"off\"", "\"\""] {
+        assert_error(
+            &limits(&format!("mode = {bad}")),
+            "upstream[0].limits.mode",
+            "must be \"enforce\" or \"shadow\"",
+        );
+    }
+    assert_error(
+        &limits("mode = true"),
+        "upstream[0].limits.mode",
+        "invalid type",
+    );
+    let shadow = parse(&limits("mode = \"shadow\"")).expect("valid");
+    assert!(
+        shadow.explain().contains("shadow mode"),
+        "{}",
+        shadow.explain()
+    );
+    assert!(!parse(&limits(""))
+        .expect("valid")
+        .explain()
+        .contains("shadow"));
+}
+
+#[test]
+fn fairness_key_is_a_header_or_the_client_ip() {
+    let fair = |body: &str| doc("", &format!("[upstream.fairness]\n{body}"));
+    let key = |body: &str| {
+        parse(&fair(body)).expect("valid").upstreams[0]
+            .fairness
+            .clone()
+            .map(|f| f.key)
+    };
+    assert_eq!(key("key = \"client_ip\""), Some(ClientKey::ClientIp));
+    assert_eq!(
+        key("key = \"header:X-Tenant\""),
+        Some(ClientKey::Header("x-tenant".into()))
+    );
+    assert_eq!(
+        parse(&doc("", "")).expect("valid").upstreams[0].fairness,
+        None
+    );
+    assert_error(&fair(""), "upstream[0].fairness.key", "required");
+    for bad in [
+        "\"tenant\"",
+        "\"header:\"",
+        "\"header:a b\"",
+        "\"cookie:sid\"",
+        "\"client_ip:x\"",
+    ] {
+        assert_error(
+            &fair(&format!("key = {bad}")),
+            "upstream[0].fairness.key",
+            "",
+        );
+    }
+    assert_error(&fair("key = 1"), "upstream[0].fairness.key", "invalid type");
+    assert_error(
+        &fair("keys = \"client_ip\""),
+        "upstream[0].fairness.keys",
+        "unknown field",
+    );
+    let text = parse(&fair("key = \"client_ip\""))
+        .expect("valid")
+        .explain();
+    assert!(text.contains("fairness by client_ip"), "{text}");
 }
 
 #[test]

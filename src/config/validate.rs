@@ -440,6 +440,7 @@ impl Validator {
         let limits = self.limits(prefix, u.limits.as_ref());
         let levels = self.levels(prefix, u.levels.as_ref(), &limits);
         let health = self.health(prefix, u.health.as_ref());
+        let fairness = u.fairness.as_ref().and_then(|f| self.fairness(prefix, f));
         let backends = self.backends(prefix, u.backend.as_deref(), &limits);
         Upstream {
             name: u.name.clone().unwrap_or_default(),
@@ -453,8 +454,35 @@ impl Validator {
             limits,
             levels,
             health,
+            fairness,
             backends,
         }
+    }
+
+    fn fairness(&mut self, prefix: &str, f: &file::Fairness) -> Option<Fairness> {
+        let path = format!("{prefix}.fairness.key");
+        let Some(text) = f.key.as_deref() else {
+            self.error(path, "required: \"header:NAME\" or \"client_ip\"");
+            return None;
+        };
+        let key = match text.split_once(':') {
+            _ if text == "client_ip" => Some(ClientKey::ClientIp),
+            Some(("header", name)) if is_token(name) => {
+                Some(ClientKey::Header(name.to_ascii_lowercase()))
+            }
+            Some(("header", name)) => {
+                self.error(&path, format!("{text:?}: {name:?} is not a header name"));
+                return None;
+            }
+            _ => None,
+        };
+        if key.is_none() {
+            self.error(
+                &path,
+                format!("{text:?} must be \"header:NAME\" or \"client_ip\""),
+            );
+        }
+        key.map(|key| Fairness { key })
     }
 
     /// A share in `[0, 1]` (or `[0, 1)` when `one_ok` is false).
@@ -541,12 +569,23 @@ impl Validator {
             d.queue_interval,
             1,
         );
+        let mode = match l.mode.as_deref() {
+            None => d.mode,
+            Some(text) => Mode::parse(text).unwrap_or_else(|| {
+                self.error(
+                    format!("{prefix}.limits.mode"),
+                    format!("{text:?} must be \"enforce\" or \"shadow\""),
+                );
+                d.mode
+            }),
+        };
         Limits {
             max_inflight,
             queue_depth,
             queue_timeout,
             queue_target,
             queue_interval,
+            mode,
         }
     }
 

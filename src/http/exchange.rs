@@ -22,6 +22,8 @@ pub struct AccessLog {
     pub class: Class,
     pub upstream: Option<String>,
     pub started: Instant,
+    /// Shadow mode: the shed reason enforcing would have given (`would_shed`).
+    pub would_shed: Option<&'static str>,
 }
 
 impl AccessLog {
@@ -47,6 +49,7 @@ impl AccessLog {
             queued_ms = queued.map(|q| q.as_secs_f64() * 1000.0),
             ms = self.started.elapsed().as_secs_f64() * 1000.0,
             error = error.map(|e| e.status_and_label().1),
+            would_shed = self.would_shed,
             "request"
         );
     }
@@ -82,7 +85,10 @@ impl Exchange {
 
     /// Moves the request to another backend's slot (a retry); the old slot is released
     /// without counting an outcome (the caller has counted it).
-    pub fn replace_permit(&mut self, permit: Permit) {
+    pub fn replace_permit(&mut self, mut permit: Permit) {
+        if let Some(old) = self.permit.as_mut() {
+            permit.inherit(old);
+        }
         self.permit = Some(permit);
     }
 

@@ -178,6 +178,7 @@ async fn handle(
             class: Class::Normal,
             upstream: None,
             started: Instant::now(),
+            would_shed: None,
         })
     });
 
@@ -222,13 +223,20 @@ async fn handle(
         l.upstream = Some(upstream.name.clone());
     }
 
-    let permit = match upstream.admit(class, key, rand::random()).await {
+    let client = upstream
+        .fairness
+        .as_ref()
+        .map(|f| f.key_of(&parts.headers, conn.peer.ip()));
+    let permit = match upstream.admit(class, key, client, rand::random()).await {
         Ok(permit) => permit,
         Err(shed) => {
             log_own(log.as_deref(), 503, shed.reason.as_str(), None);
             return respond::shed(&upstream.name, &shed, Some(active));
         }
     };
+    if let (Some(l), Some(reason)) = (log.as_mut(), permit.would_shed) {
+        l.would_shed = Some(reason.as_str());
+    }
     permit.backend().metrics.requests(class).inc();
     upstream.retry_budget.deposit();
     let mut exchange = Exchange::new(permit, log);
