@@ -77,6 +77,7 @@ fn upstream(n: usize, per: u32, queue_depth: u32, timeout_ms: u64) -> Arc<Upstre
             slow_start: Duration::ZERO,
             ..config::Health::DEFAULT
         },
+        adaptive: None,
         backends: (0..n)
             .map(|i| config::Backend {
                 address: format!("127.0.0.1:{}", 2000 + i).parse().unwrap(),

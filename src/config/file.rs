@@ -107,6 +107,8 @@ pub struct Upstream {
     pub levels: Option<Levels>,
     /// `[upstream.health]`
     pub health: Option<Health>,
+    /// `[upstream.adaptive]`
+    pub adaptive: Option<Adaptive>,
     /// `[[upstream.backend]]`; at least one.
     pub backend: Option<Vec<Backend>>,
 }
@@ -125,6 +127,18 @@ pub struct Limits {
     pub queue_target_ms: Option<i64>,
     /// How long waits must stay above the target before the queue stands.
     pub queue_interval_ms: Option<i64>,
+}
+
+/// `[upstream.adaptive]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Adaptive {
+    /// The p95 each backend's limit is held under; required.
+    pub target_p95_ms: Option<i64>,
+    /// The lowest limit; required.
+    pub min_inflight: Option<i64>,
+    /// Utilization a backend may report before its limit falls.
+    pub load_target: Option<f64>,
 }
 
 /// `[upstream.levels]`
