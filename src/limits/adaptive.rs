@@ -12,14 +12,18 @@
 //!    the limit), then the controller waits one p95 for the responses to requests sent
 //!    under the old limit to pass (TCP's one cut per round trip).
 //! 2. **with load reports** (`load_target` set and the backend sends them): reported
-//!    utilization above the target cuts the same way (by `load_target / load`); below
-//!    it, the limit rises by one.
+//!    utilization above the target cuts the same way, by `load_target / load` clamped
+//!    to `[0.25, 0.9]` (a report measures the backend's whole queue, every levee's
+//!    share, so every instance cutting by it brings the backend to its target at once);
+//!    below it, the limit rises by one.
 //! 3. **without them**: the queue inside the backend is estimated as Vegas does, by
 //!    Little's law: responses per second × (p50 − the backend's unloaded p50, its
 //!    *floor*). Above `3·max(1, log10 limit)` requests the limit falls by half the
-//!    excess, below `max(1, log10 limit)` it rises by one, between it holds. This keeps
-//!    the backend's own queue at a few requests where the p95 target alone would let it
-//!    grow until the p95 reaches the target.
+//!    excess, below `2·max(1, log10 limit)` it rises by one, between it holds (about 2
+//!    to 4 requests at a limit of 20). This keeps the backend's own queue at a few
+//!    requests where the p95 target alone would let it grow until the p95 reaches the
+//!    target; the band is narrow so that a limit that recovers comes back to where it
+//!    was (within 10 %).
 //!
 //! The limit only rises when the backend used at least 90 % of it in the interval, so an
 //! idle backend's limit does not climb to `max_inflight` for nothing.
@@ -55,6 +59,10 @@ pub const FLOOR_WINDOW_LATENCIES: u32 = 50;
 /// Bounds of a multiplicative decrease: at most halved, at least cut by a tenth.
 pub const LARGEST_CUT: f64 = 0.5;
 pub const SMALLEST_CUT: f64 = 0.9;
+/// A load report measures the backend's whole queue (every levee's share of it), so a
+/// cut by `load_target / load` brings it to the target at once: it may go down to a
+/// quarter in one step.
+pub const LARGEST_LOAD_CUT: f64 = 0.25;
 /// Longest wait after a cut before deciding again.
 pub const MAX_SETTLE: Duration = Duration::from_secs(2);
 /// Share of the limit the backend must have used for the limit to rise.
@@ -455,8 +463,12 @@ impl Controller {
         // Cuts start from what the backend had: the limit in force, or less if it used less.
         let had = limit.min(f64::from(in_force)).min(f64::from(peak.max(1)));
         let cut = |share: f64, signal: Signal, this: &mut Self| {
+            let largest = match signal {
+                Signal::Load => LARGEST_LOAD_CUT,
+                _ => LARGEST_CUT,
+            };
             this.settle_until = Some(now + p95.min(MAX_SETTLE));
-            this.limit = had * share.clamp(LARGEST_CUT, SMALLEST_CUT);
+            this.limit = had * share.clamp(largest, SMALLEST_CUT);
             Some(Cause::Down(signal))
         };
         let target = p.target_p95.as_secs_f64();
@@ -472,8 +484,8 @@ impl Controller {
                 None
             }
         } else if let Some(queue) = queue {
-            let alpha = limit.log10().max(1.0);
-            let beta = 3.0 * alpha;
+            let alpha = 2.0 * limit.log10().max(1.0);
+            let beta = 1.5 * alpha;
             if queue > beta {
                 self.limit = limit.min(f64::from(in_force)) - ((queue - beta) / 2.0).max(1.0);
                 Some(Cause::Down(Signal::Queue))
@@ -721,9 +733,9 @@ mod tests {
             change.to,
             (24.0 - (q - 3.0 * 24f64.log10()) / 2.0).round() as u32
         );
-        // 1.8 waiting (a p50 of 22.8 ms at 1000/s): between the bounds, held even when used.
+        // 3.8 waiting (a p50 of 24.8 ms at 1000/s): between the bounds, held even when used.
         let before = c.limit();
-        assert_eq!(interval(&mut c, &mut now, 100, 23, before, before), None);
+        assert_eq!(interval(&mut c, &mut now, 100, 25, before, before), None);
         // Below 1: up.
         let change = interval(&mut c, &mut now, 100, 21, before, before).unwrap();
         assert_eq!(change.cause, Cause::Up);
@@ -744,6 +756,15 @@ mod tests {
         now += 100 * MS;
         let change = c.tick(now, &p, 32, 32).unwrap();
         assert_eq!((change.to, change.cause), (16, Cause::Down(Signal::Load)));
+        assert_eq!(c.reading().load, Some(2.0));
+        // Reports far over the target cut by more than a latency could: to a quarter.
+        let mut far = settled(32, now);
+        for _ in 0..50 {
+            far.record(21 * MS);
+            far.record_load(12.0);
+        }
+        let change = far.tick(now + 100 * MS, &p, 32, 32).unwrap();
+        assert_eq!(change.to, 8);
         assert_eq!(c.reading().load, Some(2.0));
         assert_eq!(c.reading().queue, None, "reports replace the estimate");
         // Settle, then below the target and used: up, one per decision.
