@@ -305,3 +305,83 @@ async fn three_levee_processes_share_two_replicas_without_talking() {
     );
     eprintln!("{detail}");
 }
+
+/// A reload keeps what each kept backend learned: a backend whose limit fell stays
+/// low when the target changes and another backend joins (which starts at its
+/// `max_inflight`, ramped up by slow start); a lower `max_inflight` caps it at once;
+/// and without `[upstream.adaptive]` the limit is `max_inflight` again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_keeps_the_learned_limit_of_each_kept_backend() {
+    let r1 = replica("r1", "a", 64, 40).await;
+    let r2 = replica("r2", "a", 64, 40).await;
+    r1.set_load_report(LoadReport::Fixed(HeaderValue::from_static(
+        "TEXT application_utilization=2",
+    )));
+    let limits =
+        "[upstream.limits]\nmax_inflight = 16\nqueue_depth = 100\nqueue_timeout_ms = 2000\n";
+    let adaptive =
+        "[upstream.adaptive]\ntarget_p95_ms = 5000\nmin_inflight = 2\nload_target = 1.0\n";
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("levee.toml");
+    let write = |text: String| std::fs::write(&path, text).expect("write config");
+    write(
+        Setup::new(&[&r1])
+            .upstream(limits)
+            .upstream(adaptive)
+            .toml(),
+    );
+    let levee = levee::app::start(levee::config::load(&path).expect("valid"))
+        .await
+        .expect("levee starts");
+    let load = Load::start(levee.addr(), 24);
+    let first = levee.app.snapshot().upstreams[0].clone();
+    eventually(LIMIT, "the limit falls", || limit(&first) == 2).await;
+    r1.set_load_report(LoadReport::Off);
+
+    // Another target and a second backend.
+    write(
+        Setup::new(&[&r1, &r2])
+            .upstream(limits)
+            .upstream(&adaptive.replace("5000", "4000"))
+            .toml(),
+    );
+    levee::app::reload(&levee.app, &path).expect("valid config reloads");
+    let up = levee.app.snapshot().upstreams[0].clone();
+    assert!(!Arc::ptr_eq(&first, &up), "the upstream was renewed");
+    assert!(Arc::ptr_eq(&first.backends[0], &up.backends[0]), "r1 kept");
+    assert_eq!(
+        up.backends[0].adaptive.limit(),
+        2,
+        "r1 kept what it learned"
+    );
+    assert_eq!(
+        up.backends[1].adaptive.limit(),
+        16,
+        "r2 starts at max_inflight"
+    );
+    assert!(up.backends[1].limit() < 16, "r2 ramps up (slow start)");
+
+    // A lower ceiling applies at once; without the table the limit is the ceiling.
+    write(
+        Setup::new(&[&r1, &r2])
+            .upstream(&limits.replace("max_inflight = 16", "max_inflight = 12"))
+            .upstream(adaptive)
+            .toml(),
+    );
+    levee::app::reload(&levee.app, &path).expect("valid config reloads");
+    let up = levee.app.snapshot().upstreams[0].clone();
+    assert_eq!(up.backends[0].adaptive.limit(), 2);
+    assert_eq!(up.backends[1].adaptive.limit(), 12);
+    write(Setup::new(&[&r1, &r2]).upstream(limits).toml());
+    levee::app::reload(&levee.app, &path).expect("valid config reloads");
+    let up = levee.app.snapshot().upstreams[0].clone();
+    assert_eq!(up.backends[0].adaptive.limit(), 16);
+    assert_eq!(
+        up.backends[0].limit(),
+        16,
+        "r1 takes its full limit at once"
+    );
+
+    load.stop().await;
+    eventually(LIMIT, "slots released", || all_idle(&levee)).await;
+}
