@@ -9,7 +9,7 @@
 //!
 //! Options (after `--`): `--quick`, `--reps N`,
 //! `--only levee,levee-mt,levee-before,haproxy,nginx,direct`,
-//! `--sections raw,overload,memory,shed,fresh,zonefail`,
+//! `--sections raw,overload,memory,shed,fresh,zonefail,adaptive`,
 //! `--json PATH`, `--ticks`.
 //!
 //! Before and after: `LEVEE_BEFORE` names an older levee binary (same CLI and config
@@ -43,11 +43,18 @@
 //!   and a 10x C burst of 50 ms on an idle upstream: how many were shed;
 //! - zonefail: the same replicas at 1,000 req/s; zone a's two start answering 500 and
 //!   failing their health check: the requests the client saw fail, per proxy, with
-//!   each proxy's retries on 5xx configured.
+//!   each proxy's retries on 5xx configured;
+//! - adaptive (levee only): limits that find themselves. One replica of 16 workers x
+//!   20 ms behind `max_inflight = 64` at 2x, static then adaptive (`target_p95_ms =
+//!   30`): the replica's own queue, goodput and admitted p99 in the second half; two
+//!   replicas reporting their load behind three levee instances at 1.9x; and how fast
+//!   the limit recovers after the replica was slow for a while.
 //!
 //! Everything runs on 127.0.0.1; every loop is bounded in count and time; proxies
 //! run one at a time, with the same thread count ([`THREADS`]).
 
+#[path = "load/adaptive.rs"]
+mod adaptive;
 #[path = "load/idle.rs"]
 mod idle;
 #[path = "load/probe.rs"]
@@ -144,7 +151,9 @@ const ZONEFAIL_RATE: f64 = 1000.0;
 const WATCH_EVERY: Duration = Duration::from_millis(10);
 const WATCH_SLACK: Duration = Duration::from_millis(250);
 /// The sections of a run without `--sections`, in the order they run.
-const SECTIONS: [&str; 6] = ["raw", "overload", "memory", "shed", "fresh", "zonefail"];
+const SECTIONS: [&str; 7] = [
+    "raw", "overload", "memory", "shed", "fresh", "zonefail", "adaptive",
+];
 
 #[derive(Debug, Clone)]
 struct Opts {
@@ -211,7 +220,7 @@ impl Opts {
     }
 }
 
-const USAGE: &str = "[LEVEE_BEFORE=OLDER_LEVEE_BINARY] cargo bench --bench load -- [--quick] [--reps N] [--only levee,levee-mt,levee-before,haproxy,nginx,direct] [--sections raw,overload,memory,shed,fresh,zonefail] [--json PATH] [--ticks]";
+const USAGE: &str = "[LEVEE_BEFORE=OLDER_LEVEE_BINARY] cargo bench --bench load -- [--quick] [--reps N] [--only levee,levee-mt,levee-before,haproxy,nginx,direct] [--sections raw,overload,memory,shed,fresh,zonefail,adaptive] [--json PATH] [--ticks]";
 
 /// How long each measurement lasts.
 #[derive(Debug, Clone, Copy)]
@@ -362,6 +371,9 @@ async fn run(opts: Opts) -> Results {
     }
     if opts.has("zonefail") {
         zonefail_section(&plan, &opts, &tools, &kinds, &mut res).await;
+    }
+    if opts.has("adaptive") {
+        adaptive::section(&plan, &opts, &tools, &kinds, &mut res).await;
     }
     res.elapsed = start.elapsed();
     res
@@ -542,6 +554,7 @@ fn fast_setup(backend: SocketAddr, threads: usize, max_clients: u32) -> Setup {
         health: None,
         retry_5xx: false,
         early_levels: false,
+        levee_upstream: String::new(),
     }
 }
 
@@ -809,6 +822,7 @@ async fn overload_section(
         health: None,
         retry_5xx: false,
         early_levels: true,
+        levee_upstream: String::new(),
     };
     let fast = replica("fast", FAST_WORKERS, Duration::ZERO).await;
     let mut runs: BTreeMap<(Kind, usize), Vec<StepRun>> = BTreeMap::new();
@@ -1258,6 +1272,7 @@ fn zone_setup(replicas: &[Replica], retry_5xx: bool) -> Setup {
         health: Some(ZONE_CHECKS),
         retry_5xx,
         early_levels: false,
+        levee_upstream: String::new(),
     }
 }
 

@@ -253,6 +253,8 @@ pub struct Results {
     pub burst: Vec<BurstRow>,
     pub zonefail_shape: String,
     pub zonefail: Vec<ZoneRow>,
+    /// The adaptive section (levee only).
+    pub adaptive: Option<crate::adaptive::AdaptiveResults>,
     pub notes: Vec<String>,
 }
 
@@ -264,7 +266,7 @@ pub enum Verdict {
 }
 
 impl Verdict {
-    fn of(ok: bool) -> Verdict {
+    pub fn of(ok: bool) -> Verdict {
         if ok {
             Verdict::Pass
         } else {
@@ -603,6 +605,9 @@ impl Results {
             None => out.push(skip(name)),
         }
         self.fresh_targets(&mut out);
+        if let Some(a) = &self.adaptive {
+            out.extend(a.targets());
+        }
         out
     }
 
@@ -953,6 +958,9 @@ impl Results {
 
         self.render_fresh(&mut s);
         self.render_zonefail(&mut s);
+        if let Some(a) = &self.adaptive {
+            a.render(&mut s);
+        }
 
         let before = self.before_comparison();
         if !before.is_empty() {
@@ -1271,6 +1279,7 @@ impl Results {
                 "failures_by_second": z.when, "zone_a_hits_after_fault": z.zone_a_hits,
                 "zone_a_last_hit_ms": z.last_hit.map(d), "levee_retries": z.retries, "levee_sheds": z.sheds,
             })).collect::<Vec<_>>(),
+            "adaptive": self.adaptive.as_ref().map(|a| a.to_json()),
             "levee_vs_before": self.before_comparison().iter().map(|c| json!({
                 "measure": c.measure, "levee": c.levee, "levee_before": c.before, "vs": c.vs,
             })).collect::<Vec<_>>(),
