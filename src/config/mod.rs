@@ -727,8 +727,9 @@ impl Config {
             if let Some(a) = &u.adaptive {
                 write!(
                     out,
-                    "  adaptive limit {} to max_inflight per backend: down while its p95 > {}",
+                    "  adaptive limit between {} and max_inflight ({}) per backend: down while its p95 > {}",
                     a.min_inflight,
+                    l.max_inflight,
                     human_duration(a.target_p95)
                 )?;
                 match a.load_target {

@@ -1318,7 +1318,7 @@ fn explain_summarizes_the_config() {
         "danger  at queue 50 or queue wait p95 50 ms or p95 250 ms or errors 0.5%",
         "critical when the queue is full; at least caution while it stands",
         "health GET /health every 2 s (timeout 700 ms, rise 3, fall 4); no passive ejection",
-        "adaptive limit 4 to max_inflight per backend: down while its p95 > 85 ms or its reported load (endpoint-load-metrics) > 0.9; up while below and busy",
+        "adaptive limit between 4 and max_inflight (150) per backend: down while its p95 > 85 ms or its reported load (endpoint-load-metrics) > 0.9; up while below and busy",
         "zone a: 1 backend, 100 in flight: 10.0.1.1:3000 (max 100)",
         "zone b: 1 backend, 150 in flight: 10.0.2.1:3000",
         "capacity 250 in flight + 200 queued",
