@@ -18,12 +18,12 @@
 //!    below it, the limit rises by one.
 //! 3. **without them**: the queue inside the backend is estimated as Vegas does, by
 //!    Little's law: responses per second × (p50 − the backend's unloaded p50, its
-//!    *floor*). Above `3·max(1, log10 limit)` requests the limit falls by half the
-//!    excess, below `2·max(1, log10 limit)` it rises by one, between it holds (about 2
-//!    to 4 requests at a limit of 20). This keeps the backend's own queue at a few
-//!    requests where the p95 target alone would let it grow until the p95 reaches the
-//!    target; the band is narrow so that a limit that recovers comes back to where it
-//!    was (within 10 %).
+//!    *floor*). Above `2.5·max(1, log10 limit)` requests the limit falls by half the
+//!    excess, below `max(1, log10 limit)` it rises by one, between it holds (1.3 to 3.3
+//!    requests at a limit of 20). This keeps the backend's own queue at a few requests
+//!    where the p95 target alone would let it grow until the p95 reaches the target;
+//!    the band is narrow so that a limit that recovers comes back to where it was
+//!    (within 10 %). Compared in `examples/adaptive_sim.rs`.
 //!
 //! The limit only rises when the backend used at least 90 % of it in the interval, so an
 //! idle backend's limit does not climb to `max_inflight` for nothing.
@@ -484,8 +484,8 @@ impl Controller {
                 None
             }
         } else if let Some(queue) = queue {
-            let alpha = 2.0 * limit.log10().max(1.0);
-            let beta = 1.5 * alpha;
+            let alpha = limit.log10().max(1.0);
+            let beta = 2.5 * alpha;
             if queue > beta {
                 self.limit = limit.min(f64::from(in_force)) - ((queue - beta) / 2.0).max(1.0);
                 Some(Cause::Down(Signal::Queue))
@@ -724,18 +724,18 @@ mod tests {
         let mut now = Instant::now();
         let mut c = settled(24, now);
         // 100 responses in 100 ms at a p50 of 29 ms over a floor of 21: 1000/s x 8 ms =
-        // 8 waiting inside, above 3 log10(24): down by half the excess.
+        // 8 waiting inside, above 2.5 log10(24): down by half the excess.
         let change = interval(&mut c, &mut now, 100, 29, 24, 24).unwrap();
         assert_eq!(change.cause, Cause::Down(Signal::Queue));
         let q = c.reading().queue.unwrap();
         assert!((7.5..=8.5).contains(&q), "{q}");
         assert_eq!(
             change.to,
-            (24.0 - (q - 3.0 * 24f64.log10()) / 2.0).round() as u32
+            (24.0 - (q - 2.5 * 24f64.log10()) / 2.0).round() as u32
         );
-        // 3.8 waiting (a p50 of 24.8 ms at 1000/s): between the bounds, held even when used.
+        // 1.8 waiting (a p50 of 22.8 ms at 1000/s): between the bounds, held even when used.
         let before = c.limit();
-        assert_eq!(interval(&mut c, &mut now, 100, 25, before, before), None);
+        assert_eq!(interval(&mut c, &mut now, 100, 23, before, before), None);
         // Below 1: up.
         let change = interval(&mut c, &mut now, 100, 21, before, before).unwrap();
         assert_eq!(change.cause, Cause::Up);
