@@ -246,6 +246,8 @@ struct Case {
     reports: bool,
     /// (from, to, service ms) of the run's time, as shares of it.
     slow: Option<(f64, f64, f64)>,
+    /// A mixed workload: this share of requests takes this many ms instead.
+    mix: Option<(f64, f64)>,
 }
 
 #[derive(Default)]
@@ -260,6 +262,15 @@ struct Outcome {
     /// Recover cases: limit before the slow spell, lowest in it, seconds to be back
     /// within 10 % after it.
     recover: Option<(f64, u32, Option<f64>)>,
+}
+
+/// One request's service time: the replica's, or the mix's other one, plus the timer.
+fn service(base: f64, mix: Option<(f64, f64)>, rng: &mut StdRng) -> f64 {
+    let s = match mix {
+        Some((share, ms)) if rng.random::<f64>() < share => ms * MS,
+        _ => base,
+    };
+    s + rng.random_range(0.2..1.5) * MS
 }
 
 fn quantile(v: &mut [f64], q: f64) -> f64 {
@@ -299,7 +310,11 @@ fn run(case: &Case, kind: Kind, secs: f64, seed: u64) -> Outcome {
         })
         .collect();
     // Capacity: workers over the mean service time (S + 0.85 ms of timer).
-    let mean_service = case.service_ms * MS + 0.85 * MS;
+    let mean_service = match case.mix {
+        Some((share, ms)) => (1.0 - share) * case.service_ms + share * ms,
+        None => case.service_ms,
+    } * MS
+        + 0.85 * MS;
     let capacity = (case.replicas * case.workers) as f64 / mean_service;
     let rate = case.factor * capacity / case.instances as f64;
     let mut events: BinaryHeap<Reverse<(u64, u64, Event)>> = BinaryHeap::new();
@@ -358,7 +373,7 @@ fn run(case: &Case, kind: Kind, secs: f64, seed: u64) -> Outcome {
                     sent: now,
                 };
                 if r.busy.len() < r.workers {
-                    let s = r.service + rng.random_range(0.2..1.5) * MS;
+                    let s = service(r.service, case.mix, &mut rng);
                     r.busy.push((req.id, i, now));
                     push(&mut events, now + s, Event::Done(k, req.id));
                 } else {
@@ -373,7 +388,7 @@ fn run(case: &Case, kind: Kind, secs: f64, seed: u64) -> Outcome {
                 };
                 let (_, i, sent) = r.busy.swap_remove(pos);
                 if let Some(next) = r.queue.pop_front() {
-                    let s = r.service + rng.random_range(0.2..1.5) * MS;
+                    let s = service(r.service, case.mix, &mut rng);
                     r.busy.push((next.id, next.instance, next.sent));
                     push(&mut events, now + s, Event::Done(k, next.id));
                 }
@@ -479,6 +494,7 @@ fn main() {
         load_target: None,
         reports: false,
         slow: None,
+        mix: None,
     };
     let cases = [
         Case { ..one },
@@ -490,6 +506,14 @@ fn main() {
         Case {
             name: "the same, target 60 ms",
             target_ms: 60,
+            ..one
+        },
+        Case {
+            name:
+                "a mixed workload: 1 request in 5 takes 60 ms, the others 10 ms (20 ms on average)",
+            service_ms: 10.0,
+            mix: Some((0.2, 60.0)),
+            target_ms: 80,
             ..one
         },
         Case {

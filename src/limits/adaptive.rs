@@ -13,12 +13,13 @@
 //!    under the old limit to pass (TCP's one cut per round trip).
 //! 2. **with load reports** (`load_target` set and the backend sends them): reported
 //!    utilization above the target cuts the same way, by `load_target / load` clamped
-//!    to `[0.25, 0.9]` (a report measures the backend's whole queue, every levee's
+//!    to `[0.1, 0.9]` (a report measures the backend's whole queue, every levee's
 //!    share, so every instance cutting by it brings the backend to its target at once);
 //!    below it, the limit rises by one.
 //! 3. **without them**: the queue inside the backend is estimated as Vegas does, by
 //!    Little's law: responses per second × (p50 − the backend's unloaded p50, its
-//!    *floor*). Above `2.5·max(1, log10 limit)` requests the limit falls by half the
+//!    *floor*, less twice the latency's noise: how much an interval's p50 moves while the
+//!    limit holds still). Above `2.5·max(1, log10 limit)` requests the limit falls by half the
 //!    excess, below `max(1, log10 limit)` it rises by one, between it holds (1.3 to 3.3
 //!    requests at a limit of 20). This keeps the backend's own queue at a few requests
 //!    where the p95 target alone would let it grow until the p95 reaches the target;
@@ -61,8 +62,8 @@ pub const LARGEST_CUT: f64 = 0.5;
 pub const SMALLEST_CUT: f64 = 0.9;
 /// A load report measures the backend's whole queue (every levee's share of it), so a
 /// cut by `load_target / load` brings it to the target at once: it may go down to a
-/// quarter in one step.
-pub const LARGEST_LOAD_CUT: f64 = 0.25;
+/// tenth in one step (the mean of at least [`MIN_SAMPLES`] reports, not one report).
+pub const LARGEST_LOAD_CUT: f64 = 0.1;
 /// Longest wait after a cut before deciding again.
 pub const MAX_SETTLE: Duration = Duration::from_secs(2);
 /// Share of the limit the backend must have used for the limit to rise.
@@ -71,6 +72,12 @@ pub const USED_SHARE: f64 = 0.9;
 pub const PROBE_SHARE: f64 = 0.5;
 /// An interval p50 within this factor of the floor refreshes it.
 pub const FLOOR_SLACK: f64 = 1.05;
+/// Weight of the newest difference in the latency noise's average.
+pub const NOISE_WEIGHT: f64 = 0.2;
+/// Noise widths of p50 above the floor not counted as a queue: the floor is a minimum,
+/// and the mean absolute difference of two noisy p50s is about 1.13 of their
+/// deviation, so two cancel the minimum's bias of about two deviations.
+pub const NOISE_MARGIN: f64 = 2.0;
 
 /// What the controller is held to: `[upstream.adaptive]` and the backend's ceiling.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -317,6 +324,12 @@ pub struct Controller {
     settle_until: Option<Instant>,
     probe: Probe,
     reading: Reading,
+    /// The previous decision's p50, when it held the limit still.
+    held_p50: Option<Duration>,
+    /// How much an interval's p50 moves while the limit holds still (exponential
+    /// average of the differences, in seconds): latency noise the queue estimate does
+    /// not act on.
+    noise: f64,
 }
 
 impl Controller {
@@ -335,6 +348,8 @@ impl Controller {
             settle_until: None,
             probe: Probe::Off,
             reading: Reading::default(),
+            held_p50: None,
+            noise: 0.0,
         }
     }
 
@@ -444,9 +459,20 @@ impl Controller {
                 }
             }
         }
+        // The noise: how far p50 moved since a decision that held the limit still.
+        if let Some(prev) = self.held_p50.take() {
+            let moved = (p50.as_secs_f64() - prev.as_secs_f64()).abs();
+            self.noise += NOISE_WEIGHT * (moved - self.noise);
+        }
         let reports = load.zip(p.load_target);
+        // The floor is a minimum, about two noise widths below a typical p50 of an
+        // unqueued backend: that much excess is not counted as a queue.
+        let margin = NOISE_MARGIN * self.noise;
         let queue = match (reports, self.floor) {
-            (None, Some(f)) => Some(throughput * p50.saturating_sub(f).as_secs_f64()),
+            (None, Some(f)) => {
+                let excess = p50.as_secs_f64() - f.as_secs_f64() - margin;
+                Some(throughput * excess.max(0.0))
+            }
             _ => None,
         };
         self.reading = Reading {
@@ -498,6 +524,9 @@ impl Controller {
         } else {
             None
         };
+        if cause.is_none() {
+            self.held_p50 = Some(p50);
+        }
         if reports.is_some() || matches!(cause, Some(Cause::Down(_))) || !saturated {
             return cause;
         }
@@ -757,13 +786,13 @@ mod tests {
         let change = c.tick(now, &p, 32, 32).unwrap();
         assert_eq!((change.to, change.cause), (16, Cause::Down(Signal::Load)));
         assert_eq!(c.reading().load, Some(2.0));
-        // Reports far over the target cut by more than a latency could: to a quarter.
-        let mut far = settled(32, now);
+        // Reports far over the target cut by more than a latency could: 64 x 1/8.
+        let mut far = settled(64, now);
         for _ in 0..50 {
             far.record(21 * MS);
-            far.record_load(12.0);
+            far.record_load(8.0);
         }
-        let change = far.tick(now + 100 * MS, &p, 32, 32).unwrap();
+        let change = far.tick(now + 100 * MS, &p, 64, 64).unwrap();
         assert_eq!(change.to, 8);
         assert_eq!(c.reading().load, Some(2.0));
         assert_eq!(c.reading().queue, None, "reports replace the estimate");
