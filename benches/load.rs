@@ -9,7 +9,7 @@
 //!
 //! Options (after `--`): `--quick`, `--reps N`,
 //! `--only levee,levee-mt,levee-before,haproxy,nginx,hyper-floor,direct`,
-//! `--sections raw,overload,memory,shed,fresh,zonefail,tls,shadow,fairness`,
+//! `--sections raw,overload,memory,shed,fresh,zonefail,tls,shadow,fairness,adaptive`,
 //! `--json PATH`, `--ticks`.
 //!
 //! Before and after: `LEVEE_BEFORE` names an older levee binary (same CLI and config
@@ -55,10 +55,17 @@
 //!   together: how much of b is served and the total goodput (levee without fairness
 //!   beside it for reference); then 100,000 distinct keys in 10 s (10,000 a second in
 //!   `--quick`, for 2 s): how much levee's RSS grows.
+//! - adaptive (levee only): limits that find themselves. One replica of 16 workers x
+//!   20 ms behind `max_inflight = 64` at 2x, static then adaptive (`target_p95_ms =
+//!   30`): the replica's own queue, goodput and admitted p99 in the second half; two
+//!   replicas reporting their load behind three levee instances at 1.9x; and how fast
+//!   the limit recovers after the replica was slow for a while.
 //!
 //! Everything runs on 127.0.0.1; every loop is bounded in count and time; proxies
 //! run one at a time, with the same thread count ([`THREADS`]).
 
+#[path = "load/adaptive.rs"]
+mod adaptive;
 #[path = "load/flood.rs"]
 mod flood;
 #[path = "load/idle.rs"]
@@ -177,8 +184,9 @@ const TENANT_HEADER: &str = "x-tenant";
 const FLOOD_RATE: f64 = 10_000.0;
 const FLOOD_CONNECTIONS: u64 = 256;
 /// The sections of a run without `--sections`, in the order they run.
-const SECTIONS: [&str; 9] = [
+const SECTIONS: [&str; 10] = [
     "raw", "overload", "memory", "shed", "fresh", "zonefail", "tls", "shadow", "fairness",
+    "adaptive",
 ];
 
 #[derive(Debug, Clone)]
@@ -246,7 +254,7 @@ impl Opts {
     }
 }
 
-const USAGE: &str = "[LEVEE_BEFORE=OLDER_LEVEE_BINARY] cargo bench --bench load -- [--quick] [--reps N] [--only levee,levee-mt,levee-before,haproxy,nginx,hyper-floor,direct] [--sections raw,overload,memory,shed,fresh,zonefail,tls,shadow,fairness] [--json PATH] [--ticks]";
+const USAGE: &str = "[LEVEE_BEFORE=OLDER_LEVEE_BINARY] cargo bench --bench load -- [--quick] [--reps N] [--only levee,levee-mt,levee-before,haproxy,nginx,hyper-floor,direct] [--sections raw,overload,memory,shed,fresh,zonefail,tls,shadow,fairness,adaptive] [--json PATH] [--ticks]";
 
 /// How long each measurement lasts.
 #[derive(Debug, Clone, Copy)]
@@ -421,6 +429,9 @@ async fn run(opts: Opts) -> Results {
     }
     if opts.has("fairness") {
         fairness_section(&plan, &opts, &tools, &kinds, &mut res).await;
+    }
+    if opts.has("adaptive") {
+        adaptive::section(&plan, &opts, &tools, &kinds, &mut res).await;
     }
     res.elapsed = start.elapsed();
     res
@@ -603,6 +614,7 @@ fn fast_setup(backend: SocketAddr, threads: usize, max_clients: u32) -> Setup {
         early_levels: false,
         tls: None,
         levee_extra: String::new(),
+        levee_upstream: String::new(),
     }
 }
 
@@ -872,6 +884,7 @@ async fn overload_section(
         early_levels: true,
         tls: None,
         levee_extra: String::new(),
+        levee_upstream: String::new(),
     };
     let fast = replica("fast", FAST_WORKERS, Duration::ZERO).await;
     let mut runs: BTreeMap<(Kind, usize), Vec<StepRun>> = BTreeMap::new();
@@ -1323,6 +1336,7 @@ fn zone_setup(replicas: &[Replica], retry_5xx: bool) -> Setup {
         early_levels: false,
         tls: None,
         levee_extra: String::new(),
+        levee_upstream: String::new(),
     }
 }
 
@@ -1837,6 +1851,7 @@ fn solo_setup(replica: &Replica, levee_extra: &str) -> Setup {
         early_levels: false,
         tls: None,
         levee_extra: levee_extra.to_owned(),
+        levee_upstream: String::new(),
     }
 }
 

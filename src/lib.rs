@@ -21,6 +21,7 @@ pub mod handover;
 pub mod hash;
 pub mod health;
 pub mod http;
+pub mod limits;
 pub mod listen;
 pub mod metrics;
 pub mod state;

@@ -33,6 +33,9 @@ pub struct Metrics {
     would_shed: IntCounterVec,
     pub(crate) inflight: IntGaugeVec,
     pub(crate) limit: IntGaugeVec,
+    pub(crate) max_inflight: IntGaugeVec,
+    limit_decreases: IntCounterVec,
+    load_reports: IntCounterVec,
     pub(crate) queue_depth: IntGaugeVec,
     pub(crate) queue_standing: IntGaugeVec,
     queue_standing_started: IntCounterVec,
@@ -77,6 +80,8 @@ pub struct UpstreamMetrics {
     pub replays: IntCounter,
     /// Retries after a status in `retry_on_status` (`kind="status"`).
     pub status_retries: IntCounter,
+    /// Backend load reports read, indexed like [`crate::limits::orca::RESULTS`].
+    pub load_reports: [IntCounter; 4],
 }
 
 impl UpstreamMetrics {
@@ -99,6 +104,8 @@ pub struct BackendMetrics {
     pub responses: [IntCounter; 7],
     pub connect_errors: IntCounter,
     pub timeouts: IntCounter,
+    /// Decreases of the adaptive limit, indexed by [`crate::limits::adaptive::Signal`].
+    pub limit_decreases: [IntCounter; 3],
 }
 
 impl BackendMetrics {
@@ -178,8 +185,23 @@ impl Metrics {
             ),
             limit: gauge(
                 "levee_backend_limit",
-                "Current in-flight limit of this backend.",
+                "In-flight limit in force for this backend: its max_inflight, or less while it ramps up (slow start) or while [upstream.adaptive] holds it lower (the lower of the two).",
                 &["upstream", "backend"],
+            ),
+            max_inflight: gauge(
+                "levee_backend_max_inflight",
+                "The backend's configured ceiling (max_inflight): the limit in force never exceeds it.",
+                &["upstream", "backend"],
+            ),
+            limit_decreases: counter(
+                "levee_backend_limit_decreases_total",
+                "Decreases of the backend's adaptive limit, by the signal that called for it: latency (p95 above target_p95_ms), queue (the estimated queue inside the backend), load (its reported utilization above load_target).",
+                &["upstream", "backend", "signal"],
+            ),
+            load_reports: counter(
+                "levee_load_reports_total",
+                "Backend load reports (endpoint-load-metrics) read, by result: accepted, or ignored as malformed, out_of_range (negative, NaN, above 100) or unsupported (not TEXT, or no utilization).",
+                &["upstream", "result"],
             ),
             queue_depth: gauge(
                 "levee_queue_depth",
@@ -339,6 +361,8 @@ impl Metrics {
             connect_retries: self.retries.with_label_values(&[upstream, "connect"]),
             replays: self.retries.with_label_values(&[upstream, "replay"]),
             status_retries: self.retries.with_label_values(&[upstream, "status"]),
+            load_reports: crate::limits::orca::RESULTS
+                .map(|r| self.load_reports.with_label_values(&[upstream, r])),
         }
     }
 
@@ -364,6 +388,10 @@ impl Metrics {
             ],
             connect_errors: err("connect"),
             timeouts: err("timeout"),
+            limit_decreases: crate::limits::adaptive::Signal::ALL.map(|s| {
+                self.limit_decreases
+                    .with_label_values(&[upstream, backend, s.as_str()])
+            }),
         }
     }
 

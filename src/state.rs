@@ -18,6 +18,7 @@ use crate::admission::level::{queue_level, raw_level, Level, LevelState, Signals
 use crate::admission::queue::WaitQueue;
 use crate::config::{self, Affinity, Balance, Class, Config, PriorityMatch};
 use crate::health::{BackendHealth, State as HealthState};
+use crate::limits::adaptive::{AdaptiveLimit, Cause, Params};
 use crate::metrics::{BackendMetrics, Metrics, UpstreamMetrics};
 
 /// How often the level ticker samples each upstream.
@@ -33,8 +34,15 @@ pub struct Backend {
     max_inflight: AtomicU32,
     /// Requests holding a slot of this backend. Never above `limit` (see `try_acquire`).
     inflight: AtomicU32,
-    /// Current cap: `max_inflight`, or less while the backend ramps up.
+    /// The limit in force: the lower of the slow-start ramp (`max_inflight` once it is
+    /// over) and the adaptive limit.
     limit: AtomicU32,
+    /// Most requests in flight since the control tick last read it: whether the
+    /// backend used its limit.
+    peak: AtomicU32,
+    /// The adaptive limit (`max_inflight` without `[upstream.adaptive]`); kept across
+    /// reloads with the backend.
+    pub adaptive: AdaptiveLimit,
     /// May this backend take traffic now? Written by [`Upstream::refresh_health`] only:
     /// healthy and not ejected, or any backend while the upstream is in panic mode.
     healthy: AtomicBool,
@@ -59,6 +67,8 @@ impl Backend {
             max_inflight: AtomicU32::new(cfg.max_inflight),
             inflight: AtomicU32::new(0),
             limit: AtomicU32::new(cfg.max_inflight),
+            peak: AtomicU32::new(0),
+            adaptive: AdaptiveLimit::new(cfg.max_inflight),
             healthy: AtomicBool::new(up),
             local: false,
             health,
@@ -102,11 +112,24 @@ impl Backend {
             return false;
         }
         let limit = self.limit();
-        self.inflight
+        let Ok(n) = self
+            .inflight
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
                 (n < limit).then_some(n + 1)
             })
-            .is_ok()
+        else {
+            return false;
+        };
+        // Mostly one relaxed load: the peak is written only when it grows.
+        if n + 1 > self.peak.load(Ordering::Relaxed) {
+            self.peak.fetch_max(n + 1, Ordering::Relaxed);
+        }
+        true
+    }
+
+    /// The most requests in flight since the previous call (the control tick's).
+    fn take_peak(&self) -> u32 {
+        self.peak.swap(self.inflight(), Ordering::Relaxed)
     }
 
     /// Takes one slot whatever the limit: shadow mode only, which never enforces it
@@ -152,6 +175,9 @@ pub struct Upstream {
     /// Start of the current window slot (ticker only).
     slot_started: parking_lot::Mutex<Instant>,
     pub health: config::Health,
+    /// `[upstream.adaptive]`: each backend's limit finds itself between `min_inflight`
+    /// and its `max_inflight`.
+    pub adaptive: Option<config::Adaptive>,
     /// Fewer than `panic_threshold` of the backends are healthy: route to all.
     panic: AtomicBool,
     /// The local zone is healthy enough to be preferred.
@@ -258,6 +284,7 @@ impl Upstream {
             limits: cfg.limits,
             levels: cfg.levels,
             health: cfg.health.clone(),
+            adaptive: cfg.adaptive,
             panic: AtomicBool::new(false),
             prefer_local: AtomicBool::new(!local.is_empty()),
             all: (0..cfg.backends.len()).collect(),
@@ -298,8 +325,11 @@ impl Upstream {
                 .find(|p| p.address == b.address && p.zone == b.zone);
             match same {
                 Some(p) => {
-                    // The limit follows at the `refresh_health` below (ramp-up included).
+                    // The limit follows at the `refresh_health` below (ramp-up included);
+                    // the adaptive limit keeps what it learned, within the new bounds.
                     p.max_inflight.store(b.max_inflight, Ordering::Relaxed);
+                    p.adaptive
+                        .configure(next.adaptive_params(p).as_ref(), b.max_inflight);
                     next.backends[i] = p.clone();
                 }
                 // New to a running upstream: it ramps up once healthy (slow start).
@@ -415,8 +445,8 @@ impl Upstream {
         let mut up = 0usize;
         let mut local_up = 0usize;
         for b in &self.backends {
-            let (change, limit) = b.health.evaluate(now, &self.health, b.max_inflight());
-            b.set_limit(limit);
+            let (change, ramp) = b.health.evaluate(now, &self.health, b.max_inflight());
+            b.set_limit(ramp.min(b.adaptive.limit()));
             if let Some(c) = change {
                 if c.to == HealthState::Healthy {
                     tracing::info!(upstream = %self.name, backend = %b.label, zone = %b.zone,
@@ -462,6 +492,70 @@ impl Upstream {
         }
     }
 
+    /// The adaptive controller's bounds for backend `b`; `None` without `[upstream.adaptive]`.
+    pub fn adaptive_params(&self, b: &Backend) -> Option<Params> {
+        self.adaptive.map(|a| Params {
+            target_p95: a.target_p95,
+            min: a.min_inflight.min(b.max_inflight()),
+            max: b.max_inflight(),
+            load_target: a.load_target,
+        })
+    }
+
+    /// One control tick of every backend's adaptive limit; the limit in force follows
+    /// at the next [`Self::refresh_health`]. Each decrease is counted by its signal.
+    fn adapt(&self, now: Instant) {
+        for b in &self.backends {
+            let peak = b.take_peak();
+            let Some(params) = self.adaptive_params(b) else {
+                if b.adaptive.limit() != b.max_inflight() {
+                    b.adaptive.configure(None, b.max_inflight());
+                }
+                continue;
+            };
+            let Some(change) = b.adaptive.tick(now, &params, peak, b.limit()) else {
+                continue;
+            };
+            if let Cause::Down(signal) = change.cause {
+                b.metrics.limit_decreases[signal as usize].inc();
+            }
+            let reading = b.adaptive.reading();
+            tracing::debug!(upstream = %self.name, backend = %b.label, from = change.from,
+                to = change.to, cause = ?change.cause,
+                p95_ms = reading.p95.map(|d| d.as_secs_f64() * 1000.0),
+                floor_ms = reading.floor.map(|d| d.as_secs_f64() * 1000.0),
+                queue = reading.queue, load = reading.load, "adaptive limit changed");
+            if change.to == params.min
+                && change.from > params.min
+                && change.cause == Cause::Down(crate::limits::adaptive::Signal::Latency)
+            {
+                tracing::warn!(upstream = %self.name, backend = %b.label,
+                    min_inflight = params.min,
+                    p95_ms = reading.p95.map(|d| d.as_secs_f64() * 1000.0),
+                    target_p95_ms = params.target_p95.as_secs_f64() * 1000.0,
+                    "adaptive limit at min_inflight: the backend's p95 stays above target_p95_ms");
+            }
+        }
+    }
+
+    /// Whether responses' load reports are read (and stripped): `load_target` is set.
+    pub fn reads_load_reports(&self) -> bool {
+        self.adaptive.is_some_and(|a| a.load_target.is_some())
+    }
+
+    /// Takes the load report (`endpoint-load-metrics`) out of a response of backend
+    /// `backend`: the header never reaches the client; a report levee can use feeds the
+    /// backend's adaptive limit, and every one is counted by its result.
+    pub fn take_load_report(&self, backend: usize, headers: &mut http::HeaderMap) {
+        let Some(report) = crate::limits::orca::take(headers) else {
+            return;
+        };
+        self.metrics.load_reports[crate::limits::orca::result_index(&report)].inc();
+        if let (Ok(utilization), Some(b)) = (report, self.backends.get(backend)) {
+            b.adaptive.record_load(utilization);
+        }
+    }
+
     /// Whether every backend has had its first probe (true without checks).
     pub fn probed(&self) -> bool {
         self.backends.iter().all(|b| b.health.probed())
@@ -471,6 +565,7 @@ impl Upstream {
     /// end the queue's standing state if it has drained, read the signals, update the
     /// level. Returns the change, if any.
     pub fn tick(&self, now: Instant) -> Option<(Level, Level)> {
+        self.adapt(now);
         self.refresh_health(now);
         self.retry_budget.trickle();
         {
@@ -545,6 +640,7 @@ impl Snapshot {
         for g in [
             &m.inflight,
             &m.limit,
+            &m.max_inflight,
             &m.queue_depth,
             &m.queue_standing,
             &m.level,
@@ -593,6 +689,9 @@ impl Snapshot {
                 m.limit
                     .with_label_values(&[name, addr])
                     .set(i64::from(b.limit()));
+                m.max_inflight
+                    .with_label_values(&[name, addr])
+                    .set(i64::from(b.max_inflight()));
                 m.healthy
                     .with_label_values(&[name, addr, b.zone.as_str()])
                     .set(i64::from(b.health.state() == crate::health::State::Healthy));

@@ -184,6 +184,11 @@ const HEALTH: &[Field] = &[
 ];
 
 const FAIRNESS: &[Field] = &[f("key", Kind::ClientKey, 1.0)];
+const ADAPTIVE: &[Field] = &[
+    f("target_p95_ms", Kind::LowMs, 0.9),
+    f("min_inflight", Kind::LowCount, 0.9),
+    f("load_target", Kind::Share, 0.5),
+];
 
 const BACKEND: &[Field] = &[
     f("address", Kind::Addr, 1.0),
@@ -202,6 +207,7 @@ const UPSTREAM: &[Field] = &[
     f("levels", Kind::Table(LEVELS), 0.5),
     f("health", Kind::Table(HEALTH), 0.5),
     f("fairness", Kind::Table(FAIRNESS), 0.2),
+    f("adaptive", Kind::Table(ADAPTIVE), 0.3),
     f("backend", Kind::Tables(BACKEND), 1.0),
 ];
 
@@ -1149,6 +1155,22 @@ fn revalidate(c: &Config) -> Result<(), String> {
         ensure((MS..=DAY).contains(&l.queue_interval), || {
             at(&format!("queue_interval {:?}", l.queue_interval))
         })?;
+        if let Some(a) = &u.adaptive {
+            ensure((MS..=DAY).contains(&a.target_p95), || {
+                at(&format!("adaptive.target_p95 {:?}", a.target_p95))
+            })?;
+            ensure(
+                a.min_inflight >= 1
+                    && a.min_inflight <= l.max_inflight
+                    && u.backends.iter().all(|b| a.min_inflight <= b.max_inflight),
+                || at(&format!("adaptive.min_inflight {}", a.min_inflight)),
+            )?;
+            if let Some(t) = a.load_target {
+                ensure(t > 0.0 && t <= 10.0, || {
+                    at(&format!("adaptive.load_target {t}"))
+                })?;
+            }
+        }
         let lv = &u.levels;
         for (level, th) in [("caution", &lv.caution), ("danger", &lv.danger)] {
             if let Some(x) = th.utilization {

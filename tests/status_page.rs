@@ -400,7 +400,7 @@ async fn page_survives_odd_status_and_shows_connection_lost() {
     // loop; fields of a newer levee (health `state`, `ejected`) are shown.
     let odd = r#"{"ready":"maybe","upstreams":[null,5,{"name":7,"level":"overload","queue":"x","backends":[null,{"address":9},{"zone":{}}]},{"backends":"none"}]}"#;
     let newer = r#"{"ready":false,"version":"9.9.9","upstreams":[{"name":"api","level":"critical","queue":100,"queue_depth":100,"requests_total":50,"shed_total":10,"panic":true,"queue_standing":true,"queue_allowed_wait_ms":5,"future_field":{"x":1},"backends":[
-        {"address":"10.0.0.1:80","zone":"a","local":true,"healthy":false,"routable":false,"state":"probation","inflight":1,"limit":2,"max_inflight":8,"requests":3},
+        {"address":"10.0.0.1:80","zone":"a","local":true,"healthy":false,"routable":false,"state":"probation","inflight":1,"limit":2,"max_inflight":8,"requests":3,"adaptive":{"limit":2,"p95_ms":24.5,"load":1.125,"queue":null,"probing":false}},
         {"address":"10.0.0.2:80","zone":"b","healthy":false,"routable":false,"ejected":true,"ejections":2,"failures":5,"state":"ejected"},
         {"address":"10.0.0.4:80","zone":"b","healthy":false,"routable":true,"state":"unhealthy"},
         {"address":"10.0.0.3:80"}]}]}"#;
@@ -460,9 +460,10 @@ async fn page_survives_odd_status_and_shows_connection_lost() {
         element(&dom, "data-zone", "default", "</section>").contains("10.0.0.3:80"),
         "a backend without a zone is listed under the default zone"
     );
-    // The slow-start ramp (limit below max_inflight) is visible.
+    // The limit in force beside its ceiling, and what the adaptive controller saw.
     assert!(
-        element(&dom, "data-backend", "10.0.0.1:80", "</tr>").contains("limit 2 of 8"),
+        element(&dom, "data-backend", "10.0.0.1:80", "</tr>")
+            .contains("limit 2 of 8 · adaptive · p95 24.5 ms · load 1.13"),
         "{dom}"
     );
     assert!(field(&dom, "shed").contains("30 total"), "{dom}");

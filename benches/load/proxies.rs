@@ -241,6 +241,9 @@ pub struct Setup {
     /// of that table (`mode = "shadow"`) and then further upstream tables
     /// (`[upstream.fairness]`); empty for the sections every proxy runs.
     pub levee_extra: String,
+    /// levee only: more TOML for the upstream's table (e.g. `[upstream.adaptive]`);
+    /// HAProxy and nginx have no such thing. Empty: none.
+    pub levee_upstream: String,
 }
 
 /// A certificate and its key (PEM) for the TLS listeners.
@@ -592,6 +595,16 @@ fn free_port() -> Result<u16, String> {
         .map_err(|e| e.to_string())
 }
 
+/// `GET path` on a levee admin listener, its body as JSON; `None` when it does not
+/// answer within 2 s or the body is not JSON.
+pub async fn admin_json(admin: SocketAddr, path: &str) -> Option<serde_json::Value> {
+    let text = tokio::time::timeout(Duration::from_secs(2), get(admin, path))
+        .await
+        .ok()?
+        .ok()?;
+    serde_json::from_str(text.split_once("\r\n\r\n")?.1).ok()
+}
+
 /// `GET path` with `connection: close`; the whole response, head and body.
 async fn get(addr: SocketAddr, path: &str) -> std::io::Result<String> {
     let mut stream = TcpStream::connect(addr).await?;
@@ -698,6 +711,9 @@ queue_timeout_ms = {timeout}
             c = (s.queue_depth / 4).max(1),
             d = (s.queue_depth / 2).max(1),
         );
+    }
+    if !s.levee_upstream.is_empty() {
+        let _ = writeln!(t, "\n{}", s.levee_upstream);
     }
     if let Some(h) = &s.health {
         let _ = write!(

@@ -373,6 +373,8 @@ pub struct Results {
     /// One row per tenants run (with and without fairness), and per key flood.
     pub fairness: Vec<FairRow>,
     pub flood: Vec<FloodRow>,
+    /// The adaptive section (levee only).
+    pub adaptive: Option<crate::adaptive::AdaptiveResults>,
     pub notes: Vec<String>,
 }
 
@@ -384,7 +386,7 @@ pub enum Verdict {
 }
 
 impl Verdict {
-    fn of(ok: bool) -> Verdict {
+    pub fn of(ok: bool) -> Verdict {
         if ok {
             Verdict::Pass
         } else {
@@ -742,6 +744,9 @@ impl Results {
             });
         }
         self.fairness_targets(&mut out);
+        if let Some(a) = &self.adaptive {
+            out.extend(a.targets());
+        }
         out
     }
 
@@ -1180,6 +1185,9 @@ impl Results {
         crate::tls::render(self, &mut s);
         self.render_shadow(&mut s);
         self.render_fairness(&mut s);
+        if let Some(a) = &self.adaptive {
+            a.render(&mut s);
+        }
 
         let before = self.before_comparison();
         if !before.is_empty() {
@@ -1634,6 +1642,7 @@ impl Results {
                 "shed": f.shed, "other": f.other, "rss_before_kib": f.rss_before_kib,
                 "rss_after_kib": f.rss_after_kib, "growth_mib": f.growth_mib(), "verdict": f.verdict().as_str(),
             })).collect::<Vec<_>>(),
+            "adaptive": self.adaptive.as_ref().map(|a| a.to_json()),
             "levee_vs_before": self.before_comparison().iter().map(|c| json!({
                 "measure": c.measure, "levee": c.levee, "levee_before": c.before, "vs": c.vs,
             })).collect::<Vec<_>>(),

@@ -105,6 +105,19 @@ pub fn status_json(snapshot: &Snapshot, ready: bool) -> serde_json::Value {
                 .backends
                 .iter()
                 .map(|b| {
+                    let ms = |d: Option<std::time::Duration>| d.map(|d| d.as_secs_f64() * 1000.0);
+                    let adaptive = up.adaptive.map(|_| {
+                        let r = b.adaptive.reading();
+                        json!({
+                            "limit": b.adaptive.limit(),
+                            "p95_ms": ms(r.p95),
+                            "p50_ms": ms(r.p50),
+                            "floor_ms": ms(r.floor),
+                            "queue": r.queue,
+                            "load": r.load,
+                            "probing": r.probing,
+                        })
+                    });
                     json!({
                         "address": b.label,
                         "zone": b.zone,
@@ -118,6 +131,7 @@ pub fn status_json(snapshot: &Snapshot, ready: bool) -> serde_json::Value {
                         "inflight": b.inflight(),
                         "limit": b.limit(),
                         "max_inflight": b.max_inflight(),
+                        "adaptive": adaptive,
                         "requests": crate::metrics::CLASSES.iter().map(|c| b.metrics.requests(*c).get()).sum::<u64>(),
                     })
                 })

@@ -66,6 +66,7 @@ fn cfg_of(up: &Upstream, fair: bool) -> config::Upstream {
         fairness: fair.then(|| config::Fairness {
             key: config::ClientKey::Header("x-tenant".into()),
         }),
+        adaptive: None,
         backends: up
             .backends
             .iter()
@@ -135,6 +136,7 @@ fn upstream_in(
             ..config::Health::DEFAULT
         },
         fairness: None,
+        adaptive: None,
         backends: (0..n)
             .map(|i| config::Backend {
                 address: format!("127.0.0.1:{}", 2000 + i).parse().unwrap(),

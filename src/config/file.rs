@@ -111,6 +111,8 @@ pub struct Upstream {
     pub health: Option<Health>,
     /// `[upstream.fairness]`
     pub fairness: Option<Fairness>,
+    /// `[upstream.adaptive]`
+    pub adaptive: Option<Adaptive>,
     /// `[[upstream.backend]]`; at least one.
     pub backend: Option<Vec<Backend>>,
 }
@@ -139,6 +141,18 @@ pub struct Limits {
 pub struct Fairness {
     /// `header:NAME` or `client_ip`; required.
     pub key: Option<String>,
+}
+
+/// `[upstream.adaptive]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Adaptive {
+    /// The p95 each backend's limit is held under; required.
+    pub target_p95_ms: Option<i64>,
+    /// The lowest limit; required.
+    pub min_inflight: Option<i64>,
+    /// Utilization a backend may report before its limit falls.
+    pub load_target: Option<f64>,
 }
 
 /// `[upstream.levels]`

@@ -366,6 +366,9 @@ pub struct Upstream {
     pub health: Health,
     /// `[upstream.fairness]`; `None`: no fairness between clients.
     pub fairness: Option<Fairness>,
+    /// `[upstream.adaptive]`: each backend's limit in force moves between
+    /// `min_inflight` and its `max_inflight`. `None`: the limit is `max_inflight`.
+    pub adaptive: Option<Adaptive>,
     /// At least one; addresses unique within the upstream.
     pub backends: Vec<Backend>,
 }
@@ -477,6 +480,28 @@ impl Mode {
             _ => None,
         }
     }
+}
+
+/// `[upstream.adaptive]`: limits that find themselves (see [`crate::limits`]). Each
+/// backend's limit moves between `min_inflight` and its `max_inflight`: down while its
+/// recent p95 is above `target_p95` or the load it reports is above `load_target`, up
+/// while both are below and it used most of its limit.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Adaptive {
+    /// The backend's own p95 (send to end of response) the limit is held under; at
+    /// least 1 ms.
+    pub target_p95: Duration,
+    /// The lowest limit, in [1, every backend's `max_inflight`].
+    pub min_inflight: u32,
+    /// Utilization the backend may report (ORCA `endpoint-load-metrics`, 1.0 = at
+    /// capacity), in (0, 10]. `None`: reports are not read (and not stripped).
+    pub load_target: Option<f64>,
+}
+
+impl Adaptive {
+    /// Largest `load_target`: a backend ten times over its capacity is queueing far
+    /// past any useful target.
+    pub const MAX_LOAD_TARGET: f64 = 10.0;
 }
 
 /// Thresholds of one level; any signal at or above its threshold raises the level.
@@ -787,6 +812,22 @@ impl Config {
                     human_duration(l.queue_target),
                     human_duration(l.queue_interval)
                 )?;
+            }
+            if let Some(a) = &u.adaptive {
+                write!(
+                    out,
+                    "  adaptive limit between {} and max_inflight ({}) per backend: down while its p95 > {}",
+                    a.min_inflight,
+                    l.max_inflight,
+                    human_duration(a.target_p95)
+                )?;
+                match a.load_target {
+                    Some(t) => writeln!(
+                        out,
+                        " or its reported load (endpoint-load-metrics) > {t}; up while below and busy"
+                    )?,
+                    None => writeln!(out, " or it queues; up while below and busy")?,
+                }
             }
             writeln!(out, "  caution at {}", human_thresholds(&u.levels.caution))?;
             writeln!(out, "  danger  at {}", human_thresholds(&u.levels.danger))?;

@@ -58,6 +58,10 @@ slow_start_ms = 0
 
 [upstream.fairness]
 key = "header:X-Tenant-Id"
+[upstream.adaptive]
+target_p95_ms = 85
+min_inflight = 4
+load_target = 0.9
 
 [[upstream.backend]]
 address = "10.0.1.1:3000"
@@ -182,6 +186,11 @@ fn full_example_parses_to_typed_values() {
                 fairness: Some(Fairness {
                     key: ClientKey::Header("x-tenant-id".into()),
                 }),
+                adaptive: Some(Adaptive {
+                    target_p95: ms(85),
+                    min_inflight: 4,
+                    load_target: Some(0.9),
+                }),
                 backends: vec![
                     Backend {
                         address: addr("10.0.1.1:3000"),
@@ -215,6 +224,7 @@ fn full_example_parses_to_typed_values() {
                 levels: Levels::defaults(0),
                 health: Health::DEFAULT,
                 fairness: None,
+                adaptive: None,
                 backends: vec![Backend {
                     address: addr("[fd00::1]:80"),
                     zone: DEFAULT_ZONE.into(),
@@ -1397,6 +1407,7 @@ fn explain_summarizes_the_config() {
         "danger  at queue 50 or queue wait p95 50 ms or p95 250 ms or errors 0.5%",
         "critical when the queue is full; at least caution while it stands",
         "health GET /health every 2 s (timeout 700 ms, rise 3, fall 4); no passive ejection",
+        "adaptive limit between 4 and max_inflight (150) per backend: down while its p95 > 85 ms or its reported load (endpoint-load-metrics) > 0.9; up while below and busy",
         "zone a: 1 backend, 100 in flight: 10.0.1.1:3000 (max 100)",
         "zone b: 1 backend, 150 in flight: 10.0.2.1:3000",
         "capacity 250 in flight + 200 queued",
@@ -1409,4 +1420,77 @@ fn explain_summarizes_the_config() {
     ] {
         assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
     }
+}
+
+// ---- adaptive limits ----------------------------------------------------------
+
+#[test]
+fn adaptive_table_is_optional_and_validated_whole() {
+    assert_eq!(
+        parse(&minimal("")).expect("valid").upstreams[0].adaptive,
+        None
+    );
+    let ok = doc(
+        "",
+        "[upstream.limits]\nmax_inflight = 64\n[upstream.adaptive]\ntarget_p95_ms = 30\nmin_inflight = 4",
+    );
+    assert_eq!(
+        parse(&ok).expect("valid").upstreams[0].adaptive,
+        Some(Adaptive {
+            target_p95: ms(30),
+            min_inflight: 4,
+            load_target: None,
+        })
+    );
+    let adaptive = |body: &str| doc("", &format!("[upstream.adaptive]\n{body}"));
+    assert_error(
+        &adaptive("min_inflight = 4"),
+        "upstream[0].adaptive.target_p95_ms",
+        "required",
+    );
+    assert_error(
+        &adaptive("target_p95_ms = 30"),
+        "upstream[0].adaptive.min_inflight",
+        "required",
+    );
+    assert_error(
+        &adaptive("target_p95_ms = 0\nmin_inflight = 1"),
+        "upstream[0].adaptive.target_p95_ms",
+        "at least 1",
+    );
+    assert_error(
+        &adaptive("target_p95_ms = 30\nmin_inflight = 0"),
+        "upstream[0].adaptive.min_inflight",
+        "at least 1",
+    );
+    // The default max_inflight is 100.
+    assert_error(
+        &adaptive("target_p95_ms = 30\nmin_inflight = 101"),
+        "upstream[0].adaptive.min_inflight",
+        "at most limits.max_inflight (100)",
+    );
+    for bad in ["0", "-1", "10.5", "nan", "inf"] {
+        assert_error(
+            &adaptive(&format!(
+                "target_p95_ms = 30\nmin_inflight = 1\nload_target = {bad}"
+            )),
+            "upstream[0].adaptive.load_target",
+            "must be in (0, 10]",
+        );
+    }
+    assert_error(
+        &adaptive("target_p95_ms = 30\nmin_inflight = 1\nloadtarget = 1"),
+        "upstream[0].adaptive.loadtarget",
+        "unknown field",
+    );
+    // A backend whose own cap is below the floor.
+    let text = format!(
+        "{}\n[[upstream.backend]]\naddress = \"10.0.0.2:80\"\nmax_inflight = 2\n",
+        adaptive("target_p95_ms = 30\nmin_inflight = 3\nload_target = 10")
+    );
+    assert_error(
+        &text,
+        "upstream[0].backend[1].max_inflight",
+        "below adaptive.min_inflight (3)",
+    );
 }

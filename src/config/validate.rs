@@ -442,6 +442,10 @@ impl Validator {
         let health = self.health(prefix, u.health.as_ref());
         let fairness = u.fairness.as_ref().and_then(|f| self.fairness(prefix, f));
         let backends = self.backends(prefix, u.backend.as_deref(), &limits);
+        let adaptive = u
+            .adaptive
+            .as_ref()
+            .and_then(|a| self.adaptive(prefix, a, &limits, u.backend.as_deref()));
         Upstream {
             name: u.name.clone().unwrap_or_default(),
             routes: u.routes.clone().unwrap_or_default(),
@@ -455,6 +459,7 @@ impl Validator {
             levels,
             health,
             fairness,
+            adaptive,
             backends,
         }
     }
@@ -483,6 +488,93 @@ impl Validator {
             );
         }
         key.map(|key| Fairness { key })
+    }
+
+    /// `[upstream.adaptive]`: both keys required, `min_inflight` at most every
+    /// backend's `max_inflight`, `load_target` in (0, 10].
+    fn adaptive(
+        &mut self,
+        prefix: &str,
+        a: &file::Adaptive,
+        limits: &Limits,
+        backends: Option<&[file::Backend]>,
+    ) -> Option<Adaptive> {
+        let path = format!("{prefix}.adaptive");
+        let errors = self.errors.len();
+        let target_p95 = match a.target_p95_ms {
+            None => {
+                self.error(
+                    format!("{path}.target_p95_ms"),
+                    "required: the p95 (ms) each backend's limit is held under",
+                );
+                Duration::ZERO
+            }
+            Some(ms) => self.millis(
+                &format!("{path}.target_p95_ms"),
+                Some(ms),
+                Duration::ZERO,
+                1,
+            ),
+        };
+        let min_path = format!("{path}.min_inflight");
+        let min_inflight = match a.min_inflight {
+            None => {
+                self.error(
+                    &min_path,
+                    "required: the lowest limit a backend may be given (at least 1)",
+                );
+                1
+            }
+            Some(n) => self.count(&min_path, Some(n), 1, 1),
+        };
+        if min_inflight > limits.max_inflight {
+            self.error(
+                &min_path,
+                format!(
+                    "{min_inflight} must be at most limits.max_inflight ({})",
+                    limits.max_inflight
+                ),
+            );
+        } else {
+            // Overrides in range (others have their own error already) below the floor.
+            let low = backends
+                .unwrap_or_default()
+                .iter()
+                .enumerate()
+                .filter_map(|(i, b)| {
+                    let max = b.max_inflight?;
+                    (1..i64::from(min_inflight))
+                        .contains(&max)
+                        .then_some((i, max))
+                });
+            for (i, max) in low.collect::<Vec<_>>() {
+                self.error(
+                    format!("{prefix}.backend[{i}].max_inflight"),
+                    format!(
+                        "{max} is below adaptive.min_inflight ({min_inflight}): a backend's limit must be able to stay at min_inflight"
+                    ),
+                );
+            }
+        }
+        let load_target = a.load_target.and_then(|t| {
+            if t > 0.0 && t <= Adaptive::MAX_LOAD_TARGET {
+                Some(t)
+            } else {
+                self.error(
+                    format!("{path}.load_target"),
+                    format!(
+                        "must be in (0, {}] (got {t}): the utilization a backend may report, 1.0 = at capacity",
+                        Adaptive::MAX_LOAD_TARGET
+                    ),
+                );
+                None
+            }
+        });
+        (self.errors.len() == errors).then_some(Adaptive {
+            target_p95,
+            min_inflight,
+            load_target,
+        })
     }
 
     /// A share in `[0, 1]` (or `[0, 1)` when `one_ok` is false).

@@ -24,6 +24,15 @@
 //!
 //! On the last two, `?ms=N` overrides the service time and `?status=NNN` sets the
 //! answer's status; a malformed value gets `400`. Every answer carries `x-replica: NAME`.
+//!
+//! Load reports ([`Replica::set_load_report`]): with [`LoadReport::Utilization`] the
+//! last two answer with the ORCA header `endpoint-load-metrics: TEXT
+//! application_utilization=U`, where U is the replica's own in flight (busy workers and
+//! its queue, this request included) over its workers, as it finishes the request: 1.0
+//! at capacity, more when it queues. [`LoadReport::Fixed`] sends a fixed value instead
+//! (tests of malformed reports). The service time can change at run time
+//! ([`Replica::set_service_time`]), and [`ReplicaStats::queued`] is the replica's own
+//! queue: requests waiting for a worker.
 
 use std::convert::Infallible;
 use std::fmt::Write as _;
@@ -118,11 +127,30 @@ pub struct ReplicaStats {
     pub inflight: usize,
     /// Highest `inflight` since start or the last [`Replica::reset_peak`].
     pub peak_inflight: usize,
+    /// Requests waiting for a worker now: the replica's own queue.
+    pub queued: usize,
+    /// Highest `queued` since start or the last [`Replica::reset_peak`].
+    pub peak_queued: usize,
     /// Requests (not health checks) answered, whatever the status.
     pub served: u64,
     /// Every request head received, health checks included.
     pub requests_seen: u64,
 }
+
+/// Whether (and what) a replica reports in `endpoint-load-metrics`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum LoadReport {
+    /// No header.
+    #[default]
+    Off,
+    /// `TEXT application_utilization=U`, U = (busy workers + queue) / workers.
+    Utilization,
+    /// This value, whatever the load.
+    Fixed(HeaderValue),
+}
+
+/// The ORCA load report header.
+const LOAD_HEADER: &str = "endpoint-load-metrics";
 
 /// A running replica; serves until [`Replica::shutdown`] or drop.
 ///
@@ -150,9 +178,16 @@ impl Replica {
             let msg = format!("replica name {:?} is not a valid header value", cfg.name);
             std::io::Error::new(std::io::ErrorKind::InvalidInput, msg)
         })?;
+        let workers = cfg.workers.clamp(1, Semaphore::MAX_PERMITS);
         let shared = Arc::new(Shared {
-            workers: Semaphore::new(cfg.workers.clamp(1, Semaphore::MAX_PERMITS)),
-            service_time: cfg.service_time,
+            workers: Semaphore::new(workers),
+            worker_count: workers,
+            service_nanos: AtomicU64::new(
+                u64::try_from(cfg.service_time.as_nanos()).unwrap_or(u64::MAX),
+            ),
+            waiting: AtomicUsize::new(0),
+            peak_waiting: AtomicUsize::new(0),
+            load_report: std::sync::Mutex::new(LoadReport::Off),
             name: cfg.name,
             zone: cfg.zone,
             name_header,
@@ -177,6 +212,8 @@ impl Replica {
         ReplicaStats {
             inflight: s.inflight.load(Ordering::SeqCst),
             peak_inflight: s.peak.load(Ordering::SeqCst),
+            queued: s.waiting.load(Ordering::SeqCst),
+            peak_queued: s.peak_waiting.load(Ordering::SeqCst),
             served: s.served.load(Ordering::SeqCst),
             requests_seen: s.seen.load(Ordering::SeqCst),
         }
@@ -188,6 +225,27 @@ impl Replica {
     pub fn reset_peak(&self) {
         let now = self.shared.inflight.load(Ordering::SeqCst);
         self.shared.peak.store(now, Ordering::SeqCst);
+        let queued = self.shared.waiting.load(Ordering::SeqCst);
+        self.shared.peak_waiting.store(queued, Ordering::SeqCst);
+    }
+
+    /// Changes the service time of requests that get a worker from now on (those
+    /// already working keep theirs).
+    pub fn set_service_time(&self, service_time: Duration) {
+        let nanos = u64::try_from(service_time.as_nanos()).unwrap_or(u64::MAX);
+        self.shared.service_nanos.store(nanos, Ordering::SeqCst);
+    }
+
+    /// The service time of a request without `?ms=`.
+    pub fn service_time(&self) -> Duration {
+        Duration::from_nanos(self.shared.service_nanos.load(Ordering::SeqCst))
+    }
+
+    /// Changes the load report of answers from now on.
+    pub fn set_load_report(&self, report: LoadReport) {
+        if let Ok(mut r) = self.shared.load_report.lock() {
+            *r = report;
+        }
     }
 
     /// Changes behaviour for requests that arrive from now on.
@@ -229,8 +287,14 @@ struct Shared {
     name: String,
     zone: String,
     name_header: HeaderValue,
-    service_time: Duration,
+    /// The service time, in nanoseconds (it may change at run time).
+    service_nanos: AtomicU64,
     workers: Semaphore,
+    worker_count: usize,
+    /// Requests waiting for a worker.
+    waiting: AtomicUsize,
+    peak_waiting: AtomicUsize,
+    load_report: std::sync::Mutex<LoadReport>,
     inflight: AtomicUsize,
     peak: AtomicUsize,
     served: AtomicU64,
@@ -275,6 +339,40 @@ impl InflightGuard {
 impl Drop for InflightGuard {
     fn drop(&mut self) {
         self.0.inflight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Counts a request waiting for a worker until it gets one or goes away.
+struct WaitingGuard<'a>(&'a Shared);
+
+impl<'a> WaitingGuard<'a> {
+    fn arrive(shared: &'a Shared) -> Self {
+        let now = shared.waiting.fetch_add(1, Ordering::SeqCst) + 1;
+        shared.peak_waiting.fetch_max(now, Ordering::SeqCst);
+        WaitingGuard(shared)
+    }
+}
+
+impl Drop for WaitingGuard<'_> {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Shared {
+    /// The load report to send now, if any: (busy workers + queue) / workers.
+    fn load_header(&self) -> Option<HeaderValue> {
+        let report = self.load_report.lock().ok()?.clone();
+        match report {
+            LoadReport::Off => None,
+            LoadReport::Fixed(v) => Some(v),
+            LoadReport::Utilization => {
+                let busy = self.worker_count - self.workers.available_permits();
+                let load = busy + self.waiting.load(Ordering::SeqCst);
+                let u = load as f64 / self.worker_count as f64;
+                HeaderValue::try_from(format!("TEXT application_utilization={u:.4}")).ok()
+            }
+        }
     }
 }
 
@@ -361,14 +459,21 @@ async fn serve(
         Ok(read) => read,
         Err(e) => return shared.text(StatusCode::BAD_REQUEST, format!("reading body: {e}")),
     };
-    {
+    let load = {
+        let waiting = WaitingGuard::arrive(shared);
         // The semaphore is never closed, so `acquire` cannot fail.
         let _worker = shared.workers.acquire().await.ok();
-        let service_time = query.ms.map_or(shared.service_time, Duration::from_millis);
+        drop(waiting);
+        let service_time = query.ms.map_or_else(
+            || Duration::from_nanos(shared.service_nanos.load(Ordering::SeqCst)),
+            Duration::from_millis,
+        );
         if !service_time.is_zero() {
             tokio::time::sleep(service_time).await;
         }
-    }
+        // While this request still holds its worker: it counts in the load.
+        shared.load_header()
+    };
     let mut json = String::with_capacity(128);
     json.push_str("{\"replica\":");
     push_json_str(&mut json, &shared.name);
@@ -387,11 +492,15 @@ async fn serve(
     json.push('}');
     drop(inflight);
     let body = Full::new(Bytes::from(json)).boxed();
-    shared.respond(
+    let mut resp = shared.respond(
         query.status.unwrap_or(StatusCode::OK),
         "application/json",
         body,
-    )
+    );
+    if let Some(v) = load {
+        resp.headers_mut().insert(LOAD_HEADER, v);
+    }
+    resp
 }
 
 fn sse(shared: &Arc<Shared>, query: &Query, inflight: InflightGuard) -> Response<ReplicaBody> {
@@ -630,6 +739,47 @@ mod tests {
         );
         r.reset_peak();
         assert_eq!(r.stats().peak_inflight, 0);
+    }
+
+    #[tokio::test]
+    async fn reports_its_own_load_and_queue_and_changes_speed() {
+        let r = Arc::new(start(2, 100).await);
+        let c = client();
+        let (_, headers, _) = get(&c, &r, "/x?ms=0").await;
+        assert!(!headers.contains_key(LOAD_HEADER), "off by default");
+        r.set_load_report(LoadReport::Utilization);
+        // Alone: its worker busy, nobody waiting: 1 of 2.
+        let (_, headers, _) = get(&c, &r, "/x?ms=0").await;
+        assert_eq!(headers[LOAD_HEADER], "TEXT application_utilization=0.5000");
+        // 4 at once on 2 workers: 2 wait; the first answers see 4 of 2.
+        let calls: Vec<_> = (0..4)
+            .map(|_| {
+                let (c, r) = (c.clone(), Arc::clone(&r));
+                tokio::spawn(async move { get(&c, &r, "/work").await })
+            })
+            .collect();
+        let mut reports = Vec::new();
+        for call in calls {
+            let (_, headers, _) = call.await.unwrap();
+            reports.push(headers[LOAD_HEADER].to_str().unwrap().to_owned());
+        }
+        assert!(
+            reports.contains(&"TEXT application_utilization=2.0000".to_owned()),
+            "{reports:?}"
+        );
+        assert_eq!(r.stats().peak_queued, 2);
+        assert_eq!(r.stats().queued, 0);
+        r.set_load_report(LoadReport::Fixed(HeaderValue::from_static("TEXT x")));
+        let (_, headers, _) = get(&c, &r, "/x?ms=0").await;
+        assert_eq!(headers[LOAD_HEADER], "TEXT x");
+        // Faster from now on.
+        r.set_service_time(Duration::ZERO);
+        assert_eq!(r.service_time(), Duration::ZERO);
+        let t0 = Instant::now();
+        get(&c, &r, "/x").await;
+        assert!(t0.elapsed() < Duration::from_millis(90));
+        r.reset_peak();
+        assert_eq!(r.stats().peak_queued, 0);
     }
 
     #[tokio::test]

@@ -65,6 +65,10 @@ pub struct Exchange {
     pub backend_status: u16,
     conn: Option<BackendConn>,
     log: Option<Box<AccessLog>>,
+    /// When the request last went to its backend: a clean end records the latency
+    /// from then for the backend's adaptive limit. `None` for streams and upgrades,
+    /// whose length says nothing of the backend's load.
+    sent_at: Option<Instant>,
 }
 
 impl Exchange {
@@ -76,7 +80,18 @@ impl Exchange {
             backend_status: 0,
             conn: None,
             log,
+            sent_at: None,
         }
+    }
+
+    /// The request goes to its backend now (again after a retry, to another one).
+    pub fn mark_sent(&mut self) {
+        self.sent_at = Some(Instant::now());
+    }
+
+    /// The response is a stream or an upgrade: its length is not a latency.
+    pub fn unmeasured(&mut self) {
+        self.sent_at = None;
     }
 
     pub fn permit(&self) -> Option<&Permit> {
@@ -117,6 +132,17 @@ impl Exchange {
         }
         let elapsed = self.admitted_at.elapsed();
         let failed_backend = failure.is_some_and(Failure::is_backend_failure);
+        if let (Some(sent), Some(_)) = (self.sent_at, upstream.adaptive) {
+            // Clean ends below 5xx, and timeouts (the backend took at least that long);
+            // not connect failures, errors, nor a client that left first.
+            let measured = match failure {
+                None => self.backend_status < 500,
+                Some(f) => f == Failure::UpstreamTimeout,
+            };
+            if measured {
+                backend.adaptive.record(sent.elapsed());
+            }
+        }
         let failed = failed_backend || self.status >= 500;
         upstream.window.record(elapsed, failed);
         upstream.metrics.duration.observe(elapsed.as_secs_f64());

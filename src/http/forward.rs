@@ -274,10 +274,16 @@ async fn handle(
     exchange.status = status;
     exchange.backend_status = status;
     let switching = status == 101;
+    if upstream.reads_load_reports() {
+        if let Some(p) = exchange.permit() {
+            upstream.take_load_report(p.backend_index(), &mut rparts.headers);
+        }
+    }
     strip_hop_by_hop(&mut rparts.headers, switching && upgrade);
     exchange.hold_connection(backend_conn);
 
     if switching && upgrade {
+        exchange.unmeasured();
         let mut backend_resp = Response::from_parts(rparts.clone(), rbody);
         let on_upgrade = hyper::upgrade::on(&mut backend_resp);
         *conn.upgrade.lock() = Some(Tunnel {
@@ -289,6 +295,9 @@ async fn handle(
 
     let t = &server.timeouts;
     let streaming = switching || is_event_stream(&rparts.headers);
+    if streaming {
+        exchange.unmeasured();
+    }
     let (wait, deadline) = if streaming {
         (t.read.max(t.stream_idle), None)
     } else {
@@ -435,6 +444,7 @@ impl Attempt<'_> {
             let Some(request) = req.take() else {
                 return Err(Failure::UpstreamError);
             };
+            exchange.mark_sent();
             match self.send_on(conn, request).await {
                 Ok((resp, conn)) => {
                     let status = resp.status().as_u16();
