@@ -8,14 +8,12 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use levee::demo::load::{self, LoadConfig};
 use levee::demo::replica::Replica;
-use tokio::task::JoinHandle;
 
 const LIMIT: Duration = Duration::from_secs(10);
 /// 2 replicas x 4 workers x 40 ms: about 200 requests/s.
@@ -111,60 +109,6 @@ async fn shadow_at_twice_capacity_sheds_nothing_and_counts_would_sheds() {
     assert_eq!(app["shed_total"], 0, "{app}");
 }
 
-/// Closed-loop clients, each on its own keep-alive connection: send, and after a 503
-/// back off `backoff` before the next. Each stops at `stop`, after `MAX_PER_CLIENT`
-/// requests, or at `LIMIT`, whichever comes first. Any answer but 200 or 503 fails
-/// the test.
-struct Load {
-    stop: Arc<AtomicBool>,
-    clients: Vec<JoinHandle<(u32, u32)>>,
-}
-
-const MAX_PER_CLIENT: u32 = 400;
-
-impl Load {
-    fn start(addr: SocketAddr, clients: usize, backoff: Duration) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let clients = (0..clients)
-            .map(|_| {
-                let stop = stop.clone();
-                tokio::spawn(async move {
-                    let started = Instant::now();
-                    let mut c = Conn::open(addr).await;
-                    let (mut ok, mut shed) = (0, 0);
-                    for _ in 0..MAX_PER_CLIENT {
-                        if stop.load(Ordering::Relaxed) || started.elapsed() > LIMIT {
-                            break;
-                        }
-                        match c.get("/work").await.status {
-                            200 => ok += 1,
-                            503 => {
-                                shed += 1;
-                                tokio::time::sleep(backoff).await;
-                            }
-                            other => panic!("unexpected status {other}"),
-                        }
-                    }
-                    (ok, shed)
-                })
-            })
-            .collect();
-        Load { stop, clients }
-    }
-
-    /// Stops every client; returns (answered 200, answered 503).
-    async fn stop(self) -> (u32, u32) {
-        self.stop.store(true, Ordering::Relaxed);
-        let mut total = (0, 0);
-        for c in self.clients {
-            let (ok, shed) = c.await.expect("client task");
-            total.0 += ok;
-            total.1 += shed;
-        }
-        total
-    }
-}
-
 const CLIENTS: usize = 24;
 
 /// 24 clients on 8 slots in shadow mode: no 503, would-sheds counted. A reload to
@@ -184,7 +128,7 @@ async fn a_reload_from_shadow_to_enforce_starts_shedding() {
     let (addr, admin) = (levee.addr(), levee.admin_addr.expect("admin listener"));
     let shadow = levee.app.snapshot().upstreams[0].clone();
 
-    let load = Load::start(addr, CLIENTS, Duration::from_millis(25));
+    let load = Load::start(addr, CLIENTS, Duration::from_millis(25), LIMIT);
     eventually(LIMIT, "requests past the limits", || {
         shadow.inflight() > shadow.capacity()
     })

@@ -8,13 +8,11 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
 use levee::demo::replica::Replica;
-use tokio::task::JoinHandle;
 
 const LIMIT: Duration = Duration::from_secs(10);
 /// Replica service time: 2 replicas x 4 slots of 40 ms serve about 200 requests/s.
@@ -78,59 +76,6 @@ fn wait_buckets(metrics: &str) -> Vec<(f64, f64)> {
     buckets
 }
 
-/// Closed-loop clients, each on its own keep-alive connection: send, and after a 503
-/// back off `backoff` before the next. Each stops at `stop`, after `MAX_PER_CLIENT`
-/// requests, or at `LIMIT`, whichever comes first.
-struct Load {
-    stop: Arc<AtomicBool>,
-    clients: Vec<JoinHandle<(u32, u32)>>,
-}
-
-const MAX_PER_CLIENT: u32 = 400;
-
-impl Load {
-    async fn start(addr: SocketAddr, clients: usize, backoff: Duration) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let clients = (0..clients)
-            .map(|_| {
-                let stop = stop.clone();
-                tokio::spawn(async move {
-                    let started = Instant::now();
-                    let mut c = Conn::open(addr).await;
-                    let (mut ok, mut shed) = (0, 0);
-                    for _ in 0..MAX_PER_CLIENT {
-                        if stop.load(Ordering::Relaxed) || started.elapsed() > LIMIT {
-                            break;
-                        }
-                        match c.get("/work").await.status {
-                            200 => ok += 1,
-                            503 => {
-                                shed += 1;
-                                tokio::time::sleep(backoff).await;
-                            }
-                            other => panic!("unexpected status {other}"),
-                        }
-                    }
-                    (ok, shed)
-                })
-            })
-            .collect();
-        Load { stop, clients }
-    }
-
-    /// Stops every client; returns (answered 200, answered 503).
-    async fn stop(self) -> (u32, u32) {
-        self.stop.store(true, Ordering::Relaxed);
-        let mut total = (0, 0);
-        for c in self.clients {
-            let (ok, shed) = c.await.expect("client task");
-            total.0 += ok;
-            total.1 += shed;
-        }
-        total
-    }
-}
-
 /// 24 requests at once on an idle upstream of 8 slots: 16 wait (up to two service
 /// times, beyond the target), all within the interval, so the queue never stands and
 /// every one is served.
@@ -177,7 +122,7 @@ async fn under_sustained_overload_admitted_waits_fall_to_the_target() {
     let (addr, admin) = (levee.addr(), levee.admin_addr.expect("admin listener"));
     let up = levee.app.snapshot().upstreams[0].clone();
 
-    let load = Load::start(addr, 24, Duration::from_millis(25)).await;
+    let load = Load::start(addr, 24, Duration::from_millis(25), LIMIT);
     eventually(LIMIT, "the queue stands", || up.queue.is_standing()).await;
     // Let the waits of the burst phase leave the window, then measure a steady phase.
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -268,7 +213,7 @@ async fn a_level_the_queue_raised_holds_while_the_overload_lasts() {
     let (addr, admin) = (levee.addr(), levee.admin_addr.expect("admin listener"));
     let up = levee.app.snapshot().upstreams[0].clone();
 
-    let load = Load::start(addr, 24, Duration::from_millis(25)).await;
+    let load = Load::start(addr, 24, Duration::from_millis(25), LIMIT);
     eventually(LIMIT, "danger", || {
         up.level_state.get() >= levee::admission::level::Level::Danger
     })
@@ -319,7 +264,7 @@ async fn a_reload_keeps_a_standing_queue_and_applies_the_new_target() {
     let (addr, admin) = (levee.addr(), levee.admin_addr.expect("admin listener"));
     let before = levee.app.snapshot().upstreams[0].clone();
 
-    let load = Load::start(addr, 24, Duration::from_millis(25)).await;
+    let load = Load::start(addr, 24, Duration::from_millis(25), LIMIT);
     eventually(LIMIT, "the queue stands", || before.queue.is_standing()).await;
 
     let text = setup

@@ -183,3 +183,58 @@ pub fn all_idle(running: &Running) -> bool {
         .iter()
         .all(|u| u.inflight() == 0 && u.queue.is_empty())
 }
+
+/// Closed-loop clients, each on its own keep-alive connection: send `GET /work`, and
+/// after a 503 back off `backoff` before the next. Each stops at `stop`, after
+/// [`Load::MAX_PER_CLIENT`] requests, or at `limit`, whichever comes first. Any answer
+/// but 200 or 503 fails the test.
+pub struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    clients: Vec<tokio::task::JoinHandle<(u32, u32)>>,
+}
+
+impl Load {
+    pub const MAX_PER_CLIENT: u32 = 400;
+
+    pub fn start(addr: SocketAddr, clients: usize, backoff: Duration, limit: Duration) -> Load {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let clients = (0..clients)
+            .map(|_| {
+                let stop = stop.clone();
+                tokio::spawn(async move {
+                    let started = Instant::now();
+                    let mut c = Conn::open(addr).await;
+                    let (mut ok, mut shed) = (0, 0);
+                    for _ in 0..Load::MAX_PER_CLIENT {
+                        if stop.load(Ordering::Relaxed) || started.elapsed() > limit {
+                            break;
+                        }
+                        match c.get("/work").await.status {
+                            200 => ok += 1,
+                            503 => {
+                                shed += 1;
+                                tokio::time::sleep(backoff).await;
+                            }
+                            other => panic!("unexpected status {other}"),
+                        }
+                    }
+                    (ok, shed)
+                })
+            })
+            .collect();
+        Load { stop, clients }
+    }
+
+    /// Stops every client; returns (answered 200, answered 503).
+    pub async fn stop(self) -> (u32, u32) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut total = (0, 0);
+        for c in self.clients {
+            let (ok, shed) = c.await.expect("client task");
+            total.0 += ok;
+            total.1 += shed;
+        }
+        total
+    }
+}
