@@ -127,12 +127,14 @@ pub struct Half {
 /// One run of the one-replica case.
 #[derive(Debug, Clone)]
 pub struct OneRun {
+    pub rep: usize,
     pub adaptive: bool,
     pub half: Half,
 }
 
 #[derive(Debug, Clone)]
 pub struct RecoverRun {
+    pub rep: usize,
     /// The limit before the replica slowed (median, probes left out).
     pub before: f64,
     /// Lowest while slow.
@@ -148,7 +150,8 @@ pub struct AdaptiveResults {
     pub lengths: Option<Lengths>,
     pub base: Option<Base>,
     pub one: Vec<OneRun>,
-    pub shared: Vec<Half>,
+    /// (repetition, its second half).
+    pub shared: Vec<(usize, Half)>,
     pub recover: Vec<RecoverRun>,
 }
 
@@ -438,7 +441,11 @@ pub async fn section(plan: &Plan, opts: &Opts, tools: &Tools, kinds: &[Kind], re
                 if adaptive { "adaptive" } else { "static 64" }
             );
             print_half(&label, &half, base.capacity);
-            out.one.push(OneRun { adaptive, half });
+            out.one.push(OneRun {
+                rep,
+                adaptive,
+                half,
+            });
         }
 
         // Two reporting replicas, three levee instances.
@@ -476,7 +483,7 @@ pub async fn section(plan: &Plan, opts: &Opts, tools: &Tools, kinds: &[Kind], re
             let secs = (lengths.run / 2).as_secs_f64();
             let half = half_of(&reports, &shared, (&queues, &limits), rate, secs);
             print_half(&format!("rep {rep} shared, 3 instances"), &half, capacity);
-            out.shared.push(half);
+            out.shared.push((rep, half));
         }
         for p in levees {
             p.stop().await;
@@ -496,7 +503,8 @@ pub async fn section(plan: &Plan, opts: &Opts, tools: &Tools, kinds: &[Kind], re
         else {
             return;
         };
-        if let Some(run) = recover(&p, &r, base, lengths).await {
+        if let Some(mut run) = recover(&p, &r, base, lengths).await {
+            run.rep = rep;
             println!(
                 "  rep {rep} recover                limit before {:.0}, lowest while slow {}, back within 10% after {}, at the end {}",
                 run.before,
@@ -573,6 +581,7 @@ async fn recover(p: &Running, r: &Arc<Replica>, base: Base, l: Lengths) -> Optio
     r.set_service_time(SERVICE_TIME);
     let _ = load.await;
     Some(RecoverRun {
+        rep: 0,
         before: if before.is_empty() {
             0.0
         } else {
@@ -664,7 +673,7 @@ impl AdaptiveResults {
             ),
             self.shared
                 .iter()
-                .map(|h| {
+                .map(|(_, h)| {
                     let worst = h.queue_peak.iter().copied().max().unwrap_or(0);
                     (
                         format!("peaks {:?}", h.queue_peak),
@@ -677,7 +686,7 @@ impl AdaptiveResults {
             format!("adaptive shared: goodput >= {:.0}% of C", GOODPUT * 100.0),
             self.shared
                 .iter()
-                .map(|h| {
+                .map(|(_, h)| {
                     let share = h.goodput / capacity;
                     (format!("{:.1}%", share * 100.0), share >= GOODPUT)
                 })
@@ -725,13 +734,13 @@ impl AdaptiveResults {
         let _ = writeln!(s);
         let _ = writeln!(
             s,
-            "| case | offered/s | goodput/s (% of C) | 2xx p50 | 2xx p99 (x unloaded) | 503/s | replica queue: peak | p99 | mean | levee limits in force (median) |"
+            "| rep | case | offered/s | goodput/s (% of C) | 2xx p50 | 2xx p99 (x unloaded) | 503/s | replica queue: peak | p99 | mean | levee limits in force (median) |"
         );
-        let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---|---|---|---|");
-        let row = |s: &mut String, name: &str, h: &Half, capacity: f64| {
+        let _ = writeln!(s, "|---:|---|---:|---:|---:|---:|---:|---|---|---|---|");
+        let row = |s: &mut String, rep: usize, name: &str, h: &Half, capacity: f64| {
             let _ = writeln!(
                 s,
-                "| {name} | {:.0} | {:.0} ({:.1}%) | {} | {} ({:.2}x) | {:.0} | {:?} | {:?} | {} | {:?} |",
+                "| {rep} | {name} | {:.0} | {:.0} ({:.1}%) | {} | {} ({:.2}x) | {:.0} | {:?} | {:?} | {} | {:?} |",
                 h.offered,
                 h.goodput,
                 100.0 * h.goodput / capacity,
@@ -755,11 +764,12 @@ impl AdaptiveResults {
             } else {
                 format!("one replica, {FACTOR}x, static `max_inflight = {MAX_INFLIGHT}`")
             };
-            row(s, &name, &o.half, base.capacity);
+            row(s, o.rep, &name, &o.half, base.capacity);
         }
-        for h in &self.shared {
+        for (rep, h) in &self.shared {
             row(
                 s,
+                *rep,
                 &format!("{SHARED_REPLICAS} reporting replicas, {INSTANCES} levees, {SHARED_FACTOR}x, `load_target = {LOAD_TARGET}`"),
                 h,
                 SHARED_REPLICAS as f64 * base.capacity,
@@ -780,7 +790,8 @@ impl AdaptiveResults {
         for r in &self.recover {
             let _ = writeln!(
                 s,
-                "- limit {:.0} before, {} at its lowest while slow, back within {:.0}% after {}, {} at the end",
+                "- rep {}: limit {:.0} before, {} at its lowest while slow, back within {:.0}% after {}, {} at the end",
+                r.rep,
                 r.before,
                 r.slow_low,
                 (1.0 - RECOVER_SHARE) * 100.0,
@@ -801,10 +812,10 @@ impl AdaptiveResults {
         };
         json!({
             "base": self.base.map(|b| json!({"p50_ms": d(b.p50), "p99_ms": d(b.p99), "capacity_rps": b.capacity})),
-            "one": self.one.iter().map(|o| json!({"adaptive": o.adaptive, "second_half": half(&o.half)})).collect::<Vec<_>>(),
-            "shared": self.shared.iter().map(half).collect::<Vec<_>>(),
+            "one": self.one.iter().map(|o| json!({"rep": o.rep, "adaptive": o.adaptive, "second_half": half(&o.half)})).collect::<Vec<_>>(),
+            "shared": self.shared.iter().map(|(rep, h)| json!({"rep": rep, "second_half": half(h)})).collect::<Vec<_>>(),
             "recover": self.recover.iter().map(|r| json!({
-                "before": r.before, "slow_low": r.slow_low,
+                "rep": r.rep, "before": r.before, "slow_low": r.slow_low,
                 "recovered_after_ms": r.recovered_after.map(d), "after": r.after,
             })).collect::<Vec<_>>(),
         })

@@ -32,7 +32,8 @@
 //! at capacity, more when it queues. [`LoadReport::Fixed`] sends a fixed value instead
 //! (tests of malformed reports). The service time can change at run time
 //! ([`Replica::set_service_time`]), and [`ReplicaStats::queued`] is the replica's own
-//! queue: requests waiting for a worker.
+//! queue: requests waiting for a worker (exact: a worker passed on counts at once, even
+//! before the request it went to runs).
 
 use std::convert::Infallible;
 use std::fmt::Write as _;
@@ -185,8 +186,8 @@ impl Replica {
             service_nanos: AtomicU64::new(
                 u64::try_from(cfg.service_time.as_nanos()).unwrap_or(u64::MAX),
             ),
-            waiting: AtomicUsize::new(0),
-            peak_waiting: AtomicUsize::new(0),
+            demand: AtomicUsize::new(0),
+            peak_demand: AtomicUsize::new(0),
             load_report: std::sync::Mutex::new(LoadReport::Off),
             name: cfg.name,
             zone: cfg.zone,
@@ -212,8 +213,14 @@ impl Replica {
         ReplicaStats {
             inflight: s.inflight.load(Ordering::SeqCst),
             peak_inflight: s.peak.load(Ordering::SeqCst),
-            queued: s.waiting.load(Ordering::SeqCst),
-            peak_queued: s.peak_waiting.load(Ordering::SeqCst),
+            queued: s
+                .demand
+                .load(Ordering::SeqCst)
+                .saturating_sub(s.worker_count),
+            peak_queued: s
+                .peak_demand
+                .load(Ordering::SeqCst)
+                .saturating_sub(s.worker_count),
             served: s.served.load(Ordering::SeqCst),
             requests_seen: s.seen.load(Ordering::SeqCst),
         }
@@ -225,8 +232,8 @@ impl Replica {
     pub fn reset_peak(&self) {
         let now = self.shared.inflight.load(Ordering::SeqCst);
         self.shared.peak.store(now, Ordering::SeqCst);
-        let queued = self.shared.waiting.load(Ordering::SeqCst);
-        self.shared.peak_waiting.store(queued, Ordering::SeqCst);
+        let demand = self.shared.demand.load(Ordering::SeqCst);
+        self.shared.peak_demand.store(demand, Ordering::SeqCst);
     }
 
     /// Changes the service time of requests that get a worker from now on (those
@@ -291,9 +298,12 @@ struct Shared {
     service_nanos: AtomicU64,
     workers: Semaphore,
     worker_count: usize,
-    /// Requests waiting for a worker.
-    waiting: AtomicUsize,
-    peak_waiting: AtomicUsize,
+    /// Requests waiting for a worker or holding one: past `worker_count`, they queue.
+    /// Counted from arrival at the workers to the release of the worker, so the queue
+    /// it gives is exact when a worker passes to the next waiter (which need not have
+    /// run yet).
+    demand: AtomicUsize,
+    peak_demand: AtomicUsize,
     load_report: std::sync::Mutex<LoadReport>,
     inflight: AtomicUsize,
     peak: AtomicUsize,
@@ -342,20 +352,21 @@ impl Drop for InflightGuard {
     }
 }
 
-/// Counts a request waiting for a worker until it gets one or goes away.
-struct WaitingGuard<'a>(&'a Shared);
+/// Counts a request in the workers' demand from its arrival at them until it releases
+/// its worker or goes away.
+struct DemandGuard<'a>(&'a Shared);
 
-impl<'a> WaitingGuard<'a> {
+impl<'a> DemandGuard<'a> {
     fn arrive(shared: &'a Shared) -> Self {
-        let now = shared.waiting.fetch_add(1, Ordering::SeqCst) + 1;
-        shared.peak_waiting.fetch_max(now, Ordering::SeqCst);
-        WaitingGuard(shared)
+        let now = shared.demand.fetch_add(1, Ordering::SeqCst) + 1;
+        shared.peak_demand.fetch_max(now, Ordering::SeqCst);
+        DemandGuard(shared)
     }
 }
 
-impl Drop for WaitingGuard<'_> {
+impl Drop for DemandGuard<'_> {
     fn drop(&mut self) {
-        self.0.waiting.fetch_sub(1, Ordering::SeqCst);
+        self.0.demand.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -367,8 +378,7 @@ impl Shared {
             LoadReport::Off => None,
             LoadReport::Fixed(v) => Some(v),
             LoadReport::Utilization => {
-                let busy = self.worker_count - self.workers.available_permits();
-                let load = busy + self.waiting.load(Ordering::SeqCst);
+                let load = self.demand.load(Ordering::SeqCst);
                 let u = load as f64 / self.worker_count as f64;
                 HeaderValue::try_from(format!("TEXT application_utilization={u:.4}")).ok()
             }
@@ -460,10 +470,9 @@ async fn serve(
         Err(e) => return shared.text(StatusCode::BAD_REQUEST, format!("reading body: {e}")),
     };
     let load = {
-        let waiting = WaitingGuard::arrive(shared);
+        let demand = DemandGuard::arrive(shared);
         // The semaphore is never closed, so `acquire` cannot fail.
-        let _worker = shared.workers.acquire().await.ok();
-        drop(waiting);
+        let worker = shared.workers.acquire().await.ok();
         let service_time = query.ms.map_or_else(
             || Duration::from_nanos(shared.service_nanos.load(Ordering::SeqCst)),
             Duration::from_millis,
@@ -472,7 +481,12 @@ async fn serve(
             tokio::time::sleep(service_time).await;
         }
         // While this request still holds its worker: it counts in the load.
-        shared.load_header()
+        let load = shared.load_header();
+        // Out of the demand first, then the worker to the next waiter: the count never
+        // holds both.
+        drop(demand);
+        drop(worker);
+        load
     };
     let mut json = String::with_capacity(128);
     json.push_str("{\"replica\":");

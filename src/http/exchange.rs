@@ -66,8 +66,9 @@ pub struct Exchange {
     conn: Option<BackendConn>,
     log: Option<Box<AccessLog>>,
     /// When the request last went to its backend: a clean end records the latency
-    /// from then for the backend's adaptive limit. `None` for streams and upgrades,
-    /// whose length says nothing of the backend's load.
+    /// from then for the backend's adaptive limit. `None` without `[upstream.adaptive]`
+    /// (no clock read), and for streams and upgrades, whose length says nothing of the
+    /// backend's load.
     sent_at: Option<Instant>,
 }
 

@@ -444,7 +444,9 @@ impl Attempt<'_> {
             let Some(request) = req.take() else {
                 return Err(Failure::UpstreamError);
             };
-            exchange.mark_sent();
+            if up.adaptive.is_some() {
+                exchange.mark_sent();
+            }
             match self.send_on(conn, request).await {
                 Ok((resp, conn)) => {
                     let status = resp.status().as_u16();
