@@ -129,8 +129,10 @@ async fn event_streams_reach_the_client_event_by_event_and_hold_a_slot() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backends_never_see_more_than_their_cap_under_ten_times_concurrency() {
-    let r1 = replica("r1", "a", 4, 5).await;
-    let r2 = replica("r2", "a", 4, 5).await;
+    // 20 ms of service: long enough that the first burst fills every slot even on a
+    // loaded machine (with 5 ms, a replica could finish before levee sent its 4th).
+    let r1 = replica("r1", "a", 4, 20).await;
+    let r2 = replica("r2", "a", 4, 20).await;
     let levee = Setup::new(&[&r1, &r2])
         .upstream("[upstream.limits]\nmax_inflight = 4\nqueue_depth = 100\nqueue_timeout_ms = 5000")
         .start()
