@@ -190,11 +190,13 @@ pub async fn serve_connection(
 /// `Connection: close` and ends the connection after the response.
 fn h1_builder(settings: &Settings, keep_alive: bool) -> hyper::server::conn::http1::Builder {
     let mut builder = hyper::server::conn::http1::Builder::new();
-    // No hyper timer: its header timeout would arm (and box) a timer for every
-    // request; `busy` bounds heads on its own tick instead ([`HeadWatch`]).
+    // hyper's header timeout stays: without it, under descriptor exhaustion clients
+    // were left unanswered (tests/resources.rs); the busy period's tick
+    // ([`HeadWatch`]) bounds heads as well.
     builder
         .keep_alive(keep_alive)
-        .header_read_timeout(None)
+        .timer(TokioTimer::new())
+        .header_read_timeout(settings.client_header)
         .max_buf_size((settings.max_header_bytes as usize).max(8192))
         .max_header_size(settings.max_header_bytes as usize)
         .max_headers(MAX_HEADER_FIELDS)
