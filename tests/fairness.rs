@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -21,22 +20,6 @@ const LIMIT: Duration = Duration::from_secs(10);
 const FAIR: &str =
     "[upstream.limits]\nmax_inflight = 4\nqueue_depth = 16\nqueue_timeout_ms = 100\n\
                     [upstream.fairness]\nkey = \"header:x-tenant\"";
-
-/// The samples of one metric family, by label text.
-fn samples(metrics: &str, name: &str) -> BTreeMap<String, f64> {
-    metrics
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (series, value) = l.rsplit_once(' ')?;
-            let labels = series.strip_prefix(name)?;
-            if !(labels.is_empty() || labels.starts_with('{')) {
-                return None;
-            }
-            Some((labels.to_string(), value.parse().ok()?))
-        })
-        .collect()
-}
 
 async fn scrape(admin: SocketAddr) -> String {
     let reply = fetch(admin, get("/metrics")).await;

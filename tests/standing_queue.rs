@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,22 +25,6 @@ async fn replicas() -> [Replica; 2] {
         replica("r1", "a", 4, SERVICE_MS).await,
         replica("r2", "a", 4, SERVICE_MS).await,
     ]
-}
-
-/// The scrape's samples of one metric family with every label set, by label text.
-fn samples(metrics: &str, name: &str) -> BTreeMap<String, f64> {
-    metrics
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (series, value) = l.rsplit_once(' ')?;
-            let labels = series.strip_prefix(name)?;
-            if !(labels.is_empty() || labels.starts_with('{')) {
-                return None;
-            }
-            Some((labels.to_string(), value.parse().ok()?))
-        })
-        .collect()
 }
 
 /// One value of a family: the sample whose labels contain every `needle`.

@@ -238,3 +238,20 @@ impl Load {
         total
     }
 }
+
+/// The samples of one metric family in a Prometheus scrape, by label text (`""` for
+/// a series without labels).
+pub fn samples(metrics: &str, name: &str) -> std::collections::BTreeMap<String, f64> {
+    metrics
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let labels = series.strip_prefix(name)?;
+            if !(labels.is_empty() || labels.starts_with('{')) {
+                return None;
+            }
+            Some((labels.to_string(), value.parse().ok()?))
+        })
+        .collect()
+}
