@@ -11,6 +11,7 @@
 
 pub mod admin;
 pub mod admission;
+pub mod alloc;
 pub mod app;
 pub mod balance;
 pub mod config;

@@ -15,26 +15,21 @@
 //! bounded. Sending stops at [`LoadConfig::duration`]; stragglers get until
 //! `duration + timeout`, then are dropped and counted as timeouts.
 //!
-//! Requests go through hyper-util's legacy `Client` (HTTP/1.1, keep-alive pool of
-//! up to `connections` idle connections per host). A hand-made pool of hyper
-//! `http1` connections saves a channel hop per request, but the legacy client
-//! already handles what such a pool gets wrong (a pooled connection the server
-//! closed, a connection whose response was abandoned), and at demo rates the
-//! generator spends its time on the target's sockets, not in the pool.
+//! Requests go through [`super::client`] (HTTP/1.1, a keep-alive pool of up to
+//! `connections` idle connections): the generator shares the machine with what it
+//! measures, so it must cost far less per request than a proxy does.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use hdrhistogram::Histogram;
-use http::{HeaderMap, HeaderName, HeaderValue, Request, StatusCode, Uri};
-use http_body_util::{BodyExt, Empty, Limited};
-use hyper::body::Incoming;
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use http::uri::PathAndQuery;
+use http::{HeaderName, HeaderValue, StatusCode};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::client::Client;
 use tokio::task::{JoinError, JoinSet};
 use tokio::time::Instant;
 
@@ -44,12 +39,8 @@ pub const DEFAULT_CONNECTIONS: usize = 512;
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Distinct error messages kept in [`Report::errors_sample`].
 const ERRORS_SAMPLE_CAP: usize = 8;
-/// Largest `503` body read to find the level; longer ones are ignored.
-const SHED_BODY_LIMIT: usize = 64 * 1024;
 /// Highest latency the histograms resolve, in microseconds (one hour); above it they saturate.
 const HISTOGRAM_MAX_US: u64 = 3_600_000_000;
-
-type LoadClient = Client<HttpConnector, Empty<Bytes>>;
 
 /// What to send, where, and how fast.
 #[derive(Debug, Clone, PartialEq)]
@@ -232,9 +223,7 @@ impl Schedule {
 /// The pool keeps up to `connections` idle connections; open sockets can briefly
 /// exceed that while a connect that lost the race to a freed connection completes.
 struct Sender {
-    client: LoadClient,
-    uri: Uri,
-    headers: HeaderMap,
+    client: Arc<Client>,
     slots: Arc<Semaphore>,
     timeout: Duration,
     tasks: JoinSet<Outcome>,
@@ -248,35 +237,24 @@ impl Sender {
                 cfg.rate
             ));
         }
-        let uri = format!("http://{}{}", cfg.target, cfg.path);
-        let uri = match uri.parse::<Uri>() {
-            Ok(uri) if cfg.path.starts_with('/') => uri,
-            _ => {
-                return Err(format!(
-                    "invalid path {:?}: must be a path and query",
-                    cfg.path
-                ))
-            }
-        };
-        let mut headers = HeaderMap::with_capacity(cfg.headers.len());
+        if !cfg.path.starts_with('/') || PathAndQuery::try_from(cfg.path.as_str()).is_err() {
+            return Err(format!(
+                "invalid path {:?}: must be a path and query",
+                cfg.path
+            ));
+        }
+        let mut headers = Vec::with_capacity(cfg.headers.len());
         for (name, value) in &cfg.headers {
             let bad = |e: &dyn std::fmt::Display| format!("invalid header {name:?}: {e}");
             let name = HeaderName::from_bytes(name.as_bytes()).map_err(|e| bad(&e))?;
-            headers.append(name, HeaderValue::from_str(value).map_err(|e| bad(&e))?);
+            headers.push((name, HeaderValue::from_str(value).map_err(|e| bad(&e))?));
         }
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_max_idle_per_host(cfg.connections.max(1))
-            .pool_timer(TokioTimer::new())
-            .build(connector);
+        let client = Client::new(cfg.target, &cfg.path, &headers, cfg.connections);
         let slots = Arc::new(Semaphore::new(
             cfg.connections.clamp(1, Semaphore::MAX_PERMITS),
         ));
         Ok(Sender {
-            client,
-            uri,
-            headers,
+            client: Arc::new(client),
             slots,
             timeout: cfg.timeout,
             tasks: JoinSet::new(),
@@ -288,12 +266,9 @@ impl Sender {
         let slot = Arc::clone(&self.slots).try_acquire_owned().ok();
         rec.sent(slot.is_some());
         if let Some(slot) = slot {
-            let mut req = Request::new(Empty::new());
-            *req.uri_mut() = self.uri.clone();
-            *req.headers_mut() = self.headers.clone();
             let deadline = at + self.timeout;
             self.tasks
-                .spawn(issue(self.client.clone(), req, at, deadline, slot));
+                .spawn(issue(self.client.clone(), at, deadline, slot));
         }
     }
 
@@ -336,54 +311,28 @@ impl std::fmt::Display for Failure {
 
 /// Sends one request and reads its whole response; the slot is held until the end.
 async fn issue(
-    client: LoadClient,
-    req: Request<Empty<Bytes>>,
+    client: Arc<Client>,
     scheduled: Instant,
     deadline: Instant,
     _slot: OwnedSemaphorePermit,
 ) -> Outcome {
-    let exchange = async {
-        let resp = client.request(req).await.map_err(|e| transport(&e))?;
-        let status = resp.status();
-        let level = if status == StatusCode::SERVICE_UNAVAILABLE {
-            let body = Limited::new(resp.into_body(), SHED_BODY_LIMIT)
-                .collect()
-                .await;
-            body.ok().and_then(|b| parse_level(&b.to_bytes()))
-        } else {
-            drain(resp.into_body()).await.map_err(|e| transport(&e))?;
-            None
-        };
-        Ok::<_, Failure>((status, level))
-    };
-    match tokio::time::timeout_at(deadline, exchange).await {
+    const SHED: u16 = StatusCode::SERVICE_UNAVAILABLE.as_u16();
+    match tokio::time::timeout_at(deadline, client.get(&[SHED])).await {
         Err(_) => Outcome::Failed(Failure::Timeout),
-        Ok(Err(failure)) => Outcome::Failed(failure),
-        Ok(Ok((status, _))) if status.is_success() => Outcome::Ok(scheduled.elapsed()),
-        Ok(Ok((StatusCode::SERVICE_UNAVAILABLE, level))) => {
-            Outcome::Shed(scheduled.elapsed(), level)
-        }
-        Ok(Ok((status, _))) => Outcome::Failed(Failure::Status(status)),
+        Ok(Err(message)) => Outcome::Failed(Failure::Transport(message)),
+        Ok(Ok(answer)) => match StatusCode::from_u16(answer.status) {
+            Ok(status) if status.is_success() => Outcome::Ok(scheduled.elapsed()),
+            Ok(StatusCode::SERVICE_UNAVAILABLE) => Outcome::Shed(
+                scheduled.elapsed(),
+                answer.body.as_deref().and_then(parse_level),
+            ),
+            Ok(status) => Outcome::Failed(Failure::Status(status)),
+            Err(_) => Outcome::Failed(Failure::Transport(format!(
+                "invalid status {}",
+                answer.status
+            ))),
+        },
     }
-}
-
-/// Reads a body to its end without keeping it, so the connection can be reused.
-async fn drain(mut body: Incoming) -> Result<(), hyper::Error> {
-    while let Some(frame) = body.frame().await {
-        frame?;
-    }
-    Ok(())
-}
-
-/// An error with its chain of sources, e.g. `client error (Connect): tcp connect error: …`.
-fn transport(error: &dyn std::error::Error) -> Failure {
-    let mut msg = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let _ = write!(msg, ": {cause}");
-        source = cause.source();
-    }
-    Failure::Transport(msg)
 }
 
 fn joined_outcome(joined: Result<Outcome, JoinError>) -> Outcome {

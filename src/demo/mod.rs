@@ -6,6 +6,7 @@
 //! service time; past capacity they queue without bound, like real servers). The config
 //! is ordinary levee TOML, printed at start and parsed by the same code as `levee run`.
 
+pub mod client;
 pub mod load;
 pub mod replica;
 
