@@ -5,8 +5,10 @@
 //! body at the backend's end of stream (see [`Exchange`]).
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Instant;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -45,13 +47,23 @@ pub struct Conn {
     pub shared: Arc<ConnShared>,
     /// `"http"` or `"https"`, for `X-Forwarded-Proto`.
     pub scheme: &'static str,
+    /// The connection's driver polls each request's future at least every
+    /// [`super::server::IDLE_RELEASE`] while it waits (an HTTP/1 busy period does; an
+    /// HTTP/2 stream runs in a task of its own): the wait for a backend's head is then
+    /// checked on those polls instead of with a timer per request.
+    pub ticked: bool,
     /// Where an accepted upgrade (101) leaves the backend's side of the tunnel for the
     /// connection's driver to splice.
     pub upgrade: parking_lot::Mutex<Option<Tunnel>>,
 }
 
 impl Conn {
-    pub fn new(peer: SocketAddr, shared: Arc<ConnShared>, scheme: &'static str) -> Conn {
+    pub fn new(
+        peer: SocketAddr,
+        shared: Arc<ConnShared>,
+        scheme: &'static str,
+        ticked: bool,
+    ) -> Conn {
         let peer_ip = HeaderValue::try_from(peer.ip().to_string())
             .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
         Conn {
@@ -59,6 +71,7 @@ impl Conn {
             peer_ip,
             shared,
             scheme,
+            ticked,
             upgrade: parking_lot::Mutex::new(None),
         }
     }
@@ -259,6 +272,7 @@ async fn handle(
         key,
         upload: &upload,
         may_stream,
+        ticked: conn.ticked,
     };
     let (resp, backend_conn) = match ctx.send(&mut exchange, parts, body, bodiless).await {
         Ok(r) => r,
@@ -375,6 +389,8 @@ struct Attempt<'a> {
     key: Option<u64>,
     upload: &'a Upload,
     may_stream: bool,
+    /// See [`Conn::ticked`].
+    ticked: bool,
 }
 
 /// How a send failed.
@@ -549,34 +565,56 @@ impl Attempt<'_> {
         let started = Instant::now();
         let sent = conn.tx.try_send_request(req);
         tokio::pin!(sent);
-        loop {
-            // The wait for the head counts from the request's last progress: a slow
-            // upload is bounded by `client_header` per read, not by the backend's
-            // `read`, while a backend that stops reading it is bounded by `read`.
+        // The wait for the head counts from the request's last progress: a slow upload
+        // is bounded by `client_header` per read, not by the backend's `read`, while a
+        // backend that stops reading it is bounded by `read`.
+        let overdue = || {
             let last = self
                 .upload
                 .last_progress()
                 .map_or(started, |p| p.max(started));
-            tokio::select! {
-                biased;
-                r = &mut sent => {
-                    return match r {
-                        Ok(resp) => Ok((resp, conn)),
-                        Err(mut e) => {
-                            let unsent = e.take_message();
-                            let err = e.into_error();
-                            match unsent {
-                                Some(back) if conn.reused => Err(SendError::NotSent(Box::new(back))),
-                                _ => Err(SendError::Failed(classify(&err))),
+            (Instant::now() >= last + read).then_some(last)
+        };
+        let r = if self.ticked {
+            // Checked when the driver polls: on a wake-up, and at least every tick. The
+            // first poll (the request just went out) cannot be overdue.
+            let mut first = true;
+            std::future::poll_fn(|cx| {
+                if let Poll::Ready(r) = sent.as_mut().poll(cx) {
+                    return Poll::Ready(Some(r));
+                }
+                if !std::mem::take(&mut first) && overdue().is_some() {
+                    return Poll::Ready(None);
+                }
+                Poll::Pending
+            })
+            .await
+        } else {
+            let mut last = started;
+            loop {
+                tokio::select! {
+                    biased;
+                    r = &mut sent => break Some(r),
+                    _ = tokio::time::sleep_until((last + read).into()) => {
+                        match overdue() {
+                            Some(_) => break None,
+                            None => {
+                                last = self.upload.last_progress().map_or(started, |p| p.max(started));
                             }
                         }
-                    };
-                }
-                _ = tokio::time::sleep_until((last + read).into()) => {
-                    let now = self.upload.last_progress().map_or(started, |p| p.max(started));
-                    if now <= last {
-                        return Err(SendError::Failed(Failure::UpstreamTimeout));
                     }
+                }
+            }
+        };
+        match r {
+            None => Err(SendError::Failed(Failure::UpstreamTimeout)),
+            Some(Ok(resp)) => Ok((resp, conn)),
+            Some(Err(mut e)) => {
+                let unsent = e.take_message();
+                let err = e.into_error();
+                match unsent {
+                    Some(back) if conn.reused => Err(SendError::NotSent(Box::new(back))),
+                    _ => Err(SendError::Failed(classify(&err))),
                 }
             }
         }

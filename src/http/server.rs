@@ -135,7 +135,12 @@ pub async fn serve_connection(
     };
     let tls = matches!(stream, ClientStream::Tls(_));
     let scheme = if tls { "https" } else { "http" };
-    let conn = Arc::new(Conn::new(peer, Arc::new(ConnShared::default()), scheme));
+    let conn = Arc::new(Conn::new(
+        peer,
+        Arc::new(ConnShared::default()),
+        scheme,
+        !h2,
+    ));
     if h2 {
         return Box::pin(serve_h2(proxy, conn, stream, settings, shutdown)).await;
     }
