@@ -814,24 +814,14 @@ async fn a_client_that_never_reads_is_cut_after_the_write_timeout() {
 /// (no busy-period tick polls it): a hung backend still gets 504 at the read timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http2_request_to_a_hung_backend_gets_504_after_the_read_timeout() {
-    use http_body_util::Empty;
-    use hyper_util::rt::{TokioExecutor, TokioIo};
-
     let hung = FakeBackend::start(Fault::Hang).await;
     let good = replica("good", "a", 8, 0).await;
     let mut setup = Setup::new(&[&good]).server(TIMEOUTS).upstream(UPSTREAM);
     setup.backends = vec![(hung.addr, "a".to_string())];
     let levee = setup.start().await;
-    let tcp = TcpStream::connect(levee.addr()).await.unwrap();
-    let (mut sender, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
-            .await
-            .expect("h2 handshake");
-    tokio::spawn(conn);
+    let mut sender = common::h2_client(levee.addr()).await;
     let started = Instant::now();
-    let req = http::Request::get("http://test/hung")
-        .body(Empty::<bytes::Bytes>::new())
-        .unwrap();
+    let req = get("http://test/hung");
     let resp = tokio::time::timeout(LIMIT, sender.send_request(req))
         .await
         .expect("an answer within every timeout")

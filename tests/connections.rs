@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use common::*;
 use http_body_util::{BodyExt, Full};
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use levee::app::Running;
 use levee::demo::replica::Replica;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -17,12 +16,7 @@ use tokio::net::TcpStream;
 async fn http2_clients_are_served() {
     let r = replica("r1", "a", 4, 0).await;
     let levee = Setup::new(&[&r]).start().await;
-    let tcp = TcpStream::connect(levee.addr()).await.unwrap();
-    let (mut sender, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
-            .await
-            .expect("h2 handshake");
-    tokio::spawn(conn);
+    let mut sender = h2_client(levee.addr()).await;
     for i in 0..3 {
         let req = http::Request::get(format!("http://test/h2/{i}"))
             .body(Full::new(Bytes::new()))

@@ -165,6 +165,19 @@ pub async fn fetch(addr: SocketAddr, req: http::Request<Full<Bytes>>) -> Reply {
     Conn::open(addr).await.request(req).await
 }
 
+/// An HTTP/2 (h2c, prior knowledge) client connection to `addr`, its driver spawned.
+pub async fn h2_client(addr: SocketAddr) -> hyper::client::conn::http2::SendRequest<Full<Bytes>> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .expect("h2 handshake");
+    tokio::spawn(conn);
+    sender
+}
+
 /// Waits (polling, bounded) until `cond` holds; panics with `what` after `limit`.
 pub async fn eventually(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
     let start = Instant::now();
