@@ -1,7 +1,7 @@
 //! levee's own responses (sheds, errors, refusals): status, headers, JSON body.
 
 use bytes::Bytes;
-use http::header::{HeaderValue, CACHE_CONTROL, CONNECTION, CONTENT_TYPE, RETRY_AFTER};
+use http::header::{HeaderMap, HeaderValue, CACHE_CONTROL, CONNECTION, CONTENT_TYPE, RETRY_AFTER};
 use http::{Response, StatusCode};
 
 use super::body::ResBody;
@@ -19,6 +19,8 @@ pub fn json(
 ) -> Response<ResBody> {
     let mut resp = Response::new(ResBody::full(body, active));
     *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+    // Sized once for what follows, rather than grown on the first insert.
+    *resp.headers_mut() = HeaderMap::with_capacity(4);
     let h = resp.headers_mut();
     h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
