@@ -21,6 +21,8 @@ const REPLICAS_PER_ZONE: usize = 2;
 const WORKERS: usize = 8;
 /// Service time of a demo request.
 const SERVICE_TIME: Duration = Duration::from_millis(20);
+/// `target_p95_ms` of `levee demo --adaptive`: twice the service time.
+const ADAPTIVE_TARGET_MS: u64 = 40;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct DemoArgs {
@@ -46,6 +48,11 @@ pub struct DemoArgs {
     /// Write the demo's config to this file too.
     #[arg(long)]
     pub write_config: Option<std::path::PathBuf>,
+    /// Give each replica a ceiling of twice its workers, as an operator who guessed
+    /// too high would, and let `[upstream.adaptive]` find the limit (p95 target 40 ms):
+    /// the status page shows each backend's limit in force beside its ceiling.
+    #[arg(long)]
+    pub adaptive: bool,
 }
 
 /// Requests per second the demo replicas can serve together.
@@ -59,14 +66,36 @@ pub fn config_toml(
     listen: SocketAddr,
     admin: SocketAddr,
     replicas: &[(SocketAddr, &str)],
+    adaptive: bool,
 ) -> String {
+    // With adaptive limits levee sends to all four replicas alike: zone preference
+    // would fill zone a's ceilings first, and a ceiling of twice the workers is a
+    // queue inside each of its replicas until the limits have been found.
+    let zone = if adaptive { "" } else { "zone = \"a\"" };
+    let limits = if adaptive {
+        format!(
+            "max_inflight = {}    # per replica: twice its workers, a guess too high\n\
+             queue_depth = 64\n\
+             queue_timeout_ms = 50\n\n\
+             [upstream.adaptive]\n\
+             target_p95_ms = {ADAPTIVE_TARGET_MS}   # levee finds each replica's limit below the ceiling\n\
+             min_inflight = 2",
+            2 * WORKERS
+        )
+    } else {
+        format!(
+            "max_inflight = {WORKERS}     # per replica: its workers, so it never queues inside\n\
+             queue_depth = 64\n\
+             queue_timeout_ms = 50"
+        )
+    };
     let mut s = format!(
         r#"# levee demo config: {n} replicas in 2 zones, {WORKERS} workers x {ms} ms each
 [server]
 listen = ["{listen}"]
 admin_listen = "{admin}"
 threads = 2
-zone = "a"
+{zone}
 
 [[upstream]]
 name = "demo"
@@ -74,9 +103,7 @@ routes = ["/"]
 balance = "least_inflight"
 
 [upstream.limits]
-max_inflight = {WORKERS}     # per replica: its workers, so it never queues inside
-queue_depth = 64
-queue_timeout_ms = 50
+{limits}
 
 [upstream.levels]
 caution = {{ utilization = 0.9, queue = 8, p95_ms = 60 }}
@@ -102,6 +129,18 @@ class = "low"
     s
 }
 
+/// `limits in force: a1 9/16, a2 10/16, …`: each backend's limit and its ceiling.
+fn limits_in_force(running: &crate::app::Running) -> String {
+    let snapshot = running.app.snapshot();
+    let each: Vec<String> = snapshot
+        .upstreams
+        .iter()
+        .flat_map(|u| u.backends.iter())
+        .map(|b| format!("{} {}/{}", b.label, b.limit(), b.max_inflight()))
+        .collect();
+    format!("limits in force (of the ceiling): {}", each.join(", "))
+}
+
 pub async fn run(args: DemoArgs) -> Result<(), Box<dyn std::error::Error>> {
     let mut replicas = Vec::new();
     for zone in ["a", "b"] {
@@ -117,7 +156,7 @@ pub async fn run(args: DemoArgs) -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     let addrs: Vec<(SocketAddr, &str)> = replicas.iter().map(|(r, z)| (r.addr(), *z)).collect();
-    let text = config_toml(args.listen, args.admin, &addrs);
+    let text = config_toml(args.listen, args.admin, &addrs, args.adaptive);
     if let Some(path) = &args.write_config {
         std::fs::write(path, &text)?;
     }
@@ -170,6 +209,9 @@ pub async fn run(args: DemoArgs) -> Result<(), Box<dyn std::error::Error>> {
                 for factor in [1.0, 2.0, 5.0] {
                     println!("=== {factor}x capacity");
                     println!("{}", load::format_report(&offer(factor * real).await));
+                    if args.adaptive {
+                        println!("{}", limits_in_force(&running));
+                    }
                 }
             }
         }
@@ -186,4 +228,38 @@ pub async fn run(args: DemoArgs) -> Result<(), Box<dyn std::error::Error>> {
     tokio::signal::ctrl_c().await?;
     running.shutdown(Duration::from_secs(1)).await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn replicas() -> Vec<(SocketAddr, &'static str)> {
+        vec![
+            ("127.0.0.1:1001".parse().unwrap(), "a"),
+            ("127.0.0.1:1002".parse().unwrap(), "b"),
+        ]
+    }
+
+    #[test]
+    fn both_demo_configs_are_valid_levee_configs() {
+        let (listen, admin) = (
+            "127.0.0.1:8080".parse().unwrap(),
+            "127.0.0.1:9901".parse().unwrap(),
+        );
+        let plain = crate::config::parse(&config_toml(listen, admin, &replicas(), false))
+            .expect("the demo config parses");
+        let up = &plain.upstreams[0];
+        assert!(up.adaptive.is_none());
+        assert_eq!(up.limits.max_inflight, WORKERS as u32);
+        assert_eq!(plain.server.zone.as_deref(), Some("a"));
+
+        let adaptive = crate::config::parse(&config_toml(listen, admin, &replicas(), true))
+            .expect("the --adaptive demo config parses");
+        let up = &adaptive.upstreams[0];
+        let a = up.adaptive.as_ref().expect("[upstream.adaptive]");
+        assert_eq!(a.target_p95.as_millis(), u128::from(ADAPTIVE_TARGET_MS));
+        assert_eq!(up.limits.max_inflight, 2 * WORKERS as u32);
+        assert_eq!(adaptive.server.zone, None, "no zone preference");
+    }
 }
