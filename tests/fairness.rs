@@ -7,14 +7,11 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
 use levee::admission::ShedReason;
 use levee::config::Class;
-use tokio::task::JoinHandle;
 
 const LIMIT: Duration = Duration::from_secs(10);
 const FAIR: &str =
@@ -27,61 +24,10 @@ async fn scrape(admin: SocketAddr) -> String {
     String::from_utf8(reply.body.to_vec()).expect("utf-8 metrics")
 }
 
-/// Closed-loop clients of one tenant, each on its own keep-alive connection: send,
-/// and after a 503 back off `backoff`. Each stops at `stop`, after `max` requests, or
-/// at `LIMIT`. Any answer but 200 or 503 fails the test.
-struct Tenant {
-    stop: Arc<AtomicBool>,
-    clients: Vec<JoinHandle<(u32, u32)>>,
-}
-
-impl Tenant {
-    fn start(addr: SocketAddr, name: &str, clients: usize, max: u32, backoff: Duration) -> Tenant {
-        let stop = Arc::new(AtomicBool::new(false));
-        let clients = (0..clients)
-            .map(|_| {
-                let (stop, name) = (stop.clone(), name.to_owned());
-                tokio::spawn(async move {
-                    let started = Instant::now();
-                    let mut c = Conn::open(addr).await;
-                    let (mut ok, mut shed) = (0, 0);
-                    for _ in 0..max {
-                        if stop.load(Ordering::Relaxed) || started.elapsed() > LIMIT {
-                            break;
-                        }
-                        match c
-                            .request(get_with("/work", &[("x-tenant", &name)]))
-                            .await
-                            .status
-                        {
-                            200 => ok += 1,
-                            503 => {
-                                shed += 1;
-                                tokio::time::sleep(backoff).await;
-                            }
-                            other => panic!("unexpected status {other}"),
-                        }
-                    }
-                    (ok, shed)
-                })
-            })
-            .collect();
-        Tenant { stop, clients }
-    }
-
-    /// Waits for every client to end (or stops them first); returns (200s, 503s).
-    async fn finish(self, stop: bool) -> (u32, u32) {
-        if stop {
-            self.stop.store(true, Ordering::Relaxed);
-        }
-        let mut total = (0, 0);
-        for c in self.clients {
-            let (ok, shed) = c.await.expect("client task");
-            total.0 += ok;
-            total.1 += shed;
-        }
-        total
-    }
+/// A tenant: `clients` closed-loop clients whose requests carry `x-tenant: name`,
+/// at most `max` requests each.
+fn tenant(addr: SocketAddr, name: &str, clients: usize, max: u32, backoff: Duration) -> Load {
+    Load::start_with(addr, clients, backoff, LIMIT, max, &[("x-tenant", name)])
 }
 
 /// One replica of 4 workers x 20 ms (about 200 requests/s). Tenant a keeps 24
@@ -95,9 +41,9 @@ async fn a_light_tenant_is_served_while_a_heavy_one_is_shed_for_its_share() {
     let (addr, admin) = (levee.addr(), levee.admin_addr.expect("admin listener"));
     let up = levee.app.snapshot().upstreams[0].clone();
 
-    let heavy = Tenant::start(addr, "a", 24, 10_000, Duration::from_millis(10));
+    let heavy = tenant(addr, "a", 24, 10_000, Duration::from_millis(10));
     eventually(LIMIT, "every slot taken", || up.inflight() == 4).await;
-    let light = Tenant::start(addr, "b", 1, 80, Duration::from_millis(10));
+    let light = tenant(addr, "b", 1, 80, Duration::from_millis(10));
     let (b_ok, b_shed) = light.finish(false).await;
     let (a_ok, a_shed) = heavy.finish(true).await;
     eventually(LIMIT, "slots released", || all_idle(&levee)).await;
@@ -190,7 +136,7 @@ async fn a_key_alone_uses_every_slot() {
     let admin = levee.admin_addr.expect("admin listener");
     let up = levee.app.snapshot().upstreams[0].clone();
 
-    let alone = Tenant::start(levee.addr(), "a", 12, 30, Duration::from_millis(10));
+    let alone = tenant(levee.addr(), "a", 12, 30, Duration::from_millis(10));
     eventually(LIMIT, "every slot taken", || up.inflight() == 4).await;
     let (ok, _) = alone.finish(false).await;
     eventually(LIMIT, "slots released", || all_idle(&levee)).await;

@@ -102,12 +102,7 @@ const CLIENTS: usize = 24;
 async fn a_reload_from_shadow_to_enforce_starts_shedding() {
     let [r1, r2] = replicas().await;
     let setup = Setup::new(&[&r1, &r2]).upstream(SHADOW);
-    let dir = tempfile::tempdir().expect("temp dir");
-    let path = dir.path().join("levee.toml");
-    std::fs::write(&path, setup.toml()).expect("write config");
-    let levee = levee::app::start(levee::config::load(&path).expect("valid"))
-        .await
-        .expect("levee starts");
+    let (levee, path, _dir) = setup.start_from_file().await;
     let (addr, admin) = (levee.addr(), levee.admin_addr.expect("admin listener"));
     let shadow = levee.app.snapshot().upstreams[0].clone();
 

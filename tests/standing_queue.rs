@@ -238,12 +238,7 @@ async fn a_level_the_queue_raised_holds_while_the_overload_lasts() {
 async fn a_reload_keeps_a_standing_queue_and_applies_the_new_target() {
     let [r1, r2] = replicas().await;
     let setup = Setup::new(&[&r1, &r2]).upstream(LIMITS);
-    let dir = tempfile::tempdir().expect("temp dir");
-    let path = dir.path().join("levee.toml");
-    std::fs::write(&path, setup.toml()).expect("write config");
-    let levee = levee::app::start(levee::config::load(&path).expect("valid"))
-        .await
-        .expect("levee starts");
+    let (levee, path, _dir) = setup.start_from_file().await;
     let (addr, admin) = (levee.addr(), levee.admin_addr.expect("admin listener"));
     let before = levee.app.snapshot().upstreams[0].clone();
 

@@ -86,6 +86,19 @@ impl Setup {
             .unwrap_or_else(|e| panic!("test config invalid:\n{e}\n---\n{text}"));
         levee::app::start(config).await.expect("levee starts")
     }
+
+    /// Starts levee from this setup written to `levee.toml` in a new temporary
+    /// directory, for tests that rewrite the file and reload it: the running levee, the
+    /// file's path, and the directory (removed when dropped).
+    pub async fn start_from_file(&self) -> (Running, std::path::PathBuf, tempfile::TempDir) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("levee.toml");
+        std::fs::write(&path, self.toml()).expect("write config");
+        let levee = levee::app::start(levee::config::load(&path).expect("valid"))
+            .await
+            .expect("levee starts");
+        (levee, path, dir)
+    }
 }
 
 /// One client connection, kept alive across requests.
@@ -210,20 +223,41 @@ impl Load {
     pub const MAX_PER_CLIENT: u32 = 400;
 
     pub fn start(addr: SocketAddr, clients: usize, backoff: Duration, limit: Duration) -> Load {
+        Load::start_with(addr, clients, backoff, limit, Load::MAX_PER_CLIENT, &[])
+    }
+
+    /// As [`Load::start`], with at most `max` requests per client, each carrying
+    /// `headers`.
+    pub fn start_with(
+        addr: SocketAddr,
+        clients: usize,
+        backoff: Duration,
+        limit: Duration,
+        max: u32,
+        headers: &[(&str, &str)],
+    ) -> Load {
         use std::sync::atomic::Ordering;
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let headers: Vec<(String, String)> = headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         let clients = (0..clients)
             .map(|_| {
-                let stop = stop.clone();
+                let (stop, headers) = (stop.clone(), headers.clone());
                 tokio::spawn(async move {
+                    let headers: Vec<(&str, &str)> = headers
+                        .iter()
+                        .map(|(k, v)| (k.as_str(), v.as_str()))
+                        .collect();
                     let started = Instant::now();
                     let mut c = Conn::open(addr).await;
                     let (mut ok, mut shed) = (0, 0);
-                    for _ in 0..Load::MAX_PER_CLIENT {
+                    for _ in 0..max {
                         if stop.load(Ordering::Relaxed) || started.elapsed() > limit {
                             break;
                         }
-                        match c.get("/work").await.status {
+                        match c.request(get_with("/work", &headers)).await.status {
                             200 => ok += 1,
                             503 => {
                                 shed += 1;
@@ -241,7 +275,15 @@ impl Load {
 
     /// Stops every client; returns (answered 200, answered 503).
     pub async fn stop(self) -> (u32, u32) {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.finish(true).await
+    }
+
+    /// Waits for every client to end (or stops them first); returns (answered 200,
+    /// answered 503).
+    pub async fn finish(self, stop: bool) -> (u32, u32) {
+        if stop {
+            self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         let mut total = (0, 0);
         for c in self.clients {
             let (ok, shed) = c.await.expect("client task");
