@@ -8,7 +8,6 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,7 +16,6 @@ use common::*;
 use http::HeaderValue;
 use levee::demo::replica::LoadReport;
 use levee::state::Upstream;
-use tokio::task::JoinHandle;
 
 const LIMIT: Duration = Duration::from_secs(20);
 
@@ -26,62 +24,27 @@ const LIMIT: Duration = Duration::from_secs(20);
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Closed-loop clients, each on its own keep-alive connection: send, and after a 503
-/// back off 10 ms. Each stops at `stop`, after `MAX_PER_CLIENT` requests, or at
-/// `LIMIT` (plus the time to reconnect), whichever comes first.
-struct Load {
-    stop: Arc<AtomicBool>,
-    clients: Vec<JoinHandle<(u32, u32)>>,
+/// back off 10 ms. Each stops when stopped, after `MAX_PER_CLIENT` requests, or at
+/// `LIMIT` (plus the time to reconnect), whichever comes first. No reply may carry a
+/// backend's load report.
+fn load(addr: SocketAddr, clients: usize) -> Load {
+    Load::start_with(
+        addr,
+        clients,
+        Duration::from_millis(10),
+        LIMIT,
+        MAX_PER_CLIENT,
+        &[],
+        |reply| {
+            assert!(
+                reply.header("endpoint-load-metrics").is_none(),
+                "a load report reached the client"
+            )
+        },
+    )
 }
 
 const MAX_PER_CLIENT: u32 = 2000;
-
-impl Load {
-    fn start(addr: SocketAddr, clients: usize) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let clients = (0..clients)
-            .map(|_| {
-                let stop = stop.clone();
-                tokio::spawn(async move {
-                    let started = Instant::now();
-                    let mut c = Conn::open(addr).await;
-                    let (mut ok, mut shed) = (0, 0);
-                    for _ in 0..MAX_PER_CLIENT {
-                        if stop.load(Ordering::Relaxed) || started.elapsed() > LIMIT {
-                            break;
-                        }
-                        let reply = c.get("/work").await;
-                        match reply.status {
-                            200 => ok += 1,
-                            503 => {
-                                shed += 1;
-                                tokio::time::sleep(Duration::from_millis(10)).await;
-                            }
-                            other => panic!("unexpected status {other}"),
-                        }
-                        assert!(
-                            reply.header("endpoint-load-metrics").is_none(),
-                            "a load report reached the client"
-                        );
-                    }
-                    (ok, shed)
-                })
-            })
-            .collect();
-        Load { stop, clients }
-    }
-
-    /// Stops every client; returns (answered 200, answered 503).
-    async fn stop(self) -> (u32, u32) {
-        self.stop.store(true, Ordering::Relaxed);
-        let mut total = (0, 0);
-        for c in self.clients {
-            let (ok, shed) = c.await.expect("client task");
-            total.0 += ok;
-            total.1 += shed;
-        }
-        total
-    }
-}
 
 fn limit(up: &Upstream) -> u32 {
     up.backends[0].limit()
@@ -105,7 +68,7 @@ async fn the_limit_falls_when_the_replica_slows_and_recovers_when_it_speeds_up()
         .await;
     let up = levee.app.snapshot().upstreams[0].clone();
     assert_eq!(limit(&up), 16, "a fresh levee starts at max_inflight");
-    let load = Load::start(levee.addr(), 24);
+    let load = load(levee.addr(), 24);
 
     // The replica queued inside itself; the limit comes down to about its workers.
     eventually(LIMIT, "the limit falls to the replica's size", || {
@@ -182,7 +145,7 @@ async fn load_reports_lower_and_raise_the_limit_and_bad_ones_are_counted_and_ign
     let decreases = &up.backends[0].metrics.limit_decreases;
 
     report("TEXT application_utilization=lots");
-    let load = Load::start(levee.addr(), 24);
+    let load = load(levee.addr(), 24);
     for (value, result) in [
         ("TEXT application_utilization=lots", 1),
         ("TEXT application_utilization=-1", 2),
@@ -346,7 +309,7 @@ async fn a_reload_keeps_the_learned_limit_of_each_kept_backend() {
     let levee = levee::app::start(levee::config::load(&path).expect("valid"))
         .await
         .expect("levee starts");
-    let load = Load::start(levee.addr(), 24);
+    let load = load(levee.addr(), 24);
     let first = levee.app.snapshot().upstreams[0].clone();
     eventually(LIMIT, "the limit falls", || limit(&first) == 2).await;
     r1.set_load_report(LoadReport::Off);

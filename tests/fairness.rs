@@ -27,7 +27,15 @@ async fn scrape(admin: SocketAddr) -> String {
 /// A tenant: `clients` closed-loop clients whose requests carry `x-tenant: name`,
 /// at most `max` requests each.
 fn tenant(addr: SocketAddr, name: &str, clients: usize, max: u32, backoff: Duration) -> Load {
-    Load::start_with(addr, clients, backoff, LIMIT, max, &[("x-tenant", name)])
+    Load::start_with(
+        addr,
+        clients,
+        backoff,
+        LIMIT,
+        max,
+        &[("x-tenant", name)],
+        |_| {},
+    )
 }
 
 /// One replica of 4 workers x 20 ms (about 200 requests/s). Tenant a keeps 24

@@ -159,10 +159,7 @@ impl Conn {
 }
 
 pub fn get(path: &str) -> http::Request<Full<Bytes>> {
-    http::Request::get(path)
-        .header("host", "test")
-        .body(Full::new(Bytes::new()))
-        .expect("request")
+    get_with(path, &[])
 }
 
 pub fn get_with(path: &str, headers: &[(&str, &str)]) -> http::Request<Full<Bytes>> {
@@ -223,11 +220,19 @@ impl Load {
     pub const MAX_PER_CLIENT: u32 = 400;
 
     pub fn start(addr: SocketAddr, clients: usize, backoff: Duration, limit: Duration) -> Load {
-        Load::start_with(addr, clients, backoff, limit, Load::MAX_PER_CLIENT, &[])
+        Load::start_with(
+            addr,
+            clients,
+            backoff,
+            limit,
+            Load::MAX_PER_CLIENT,
+            &[],
+            |_| {},
+        )
     }
 
     /// As [`Load::start`], with at most `max` requests per client, each carrying
-    /// `headers`.
+    /// `headers`, and `check` run on every reply (it panics to fail the test).
     pub fn start_with(
         addr: SocketAddr,
         clients: usize,
@@ -235,6 +240,7 @@ impl Load {
         limit: Duration,
         max: u32,
         headers: &[(&str, &str)],
+        check: fn(&Reply),
     ) -> Load {
         use std::sync::atomic::Ordering;
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -257,7 +263,9 @@ impl Load {
                         if stop.load(Ordering::Relaxed) || started.elapsed() > limit {
                             break;
                         }
-                        match c.request(get_with("/work", &headers)).await.status {
+                        let reply = c.request(get_with("/work", &headers)).await;
+                        check(&reply);
+                        match reply.status {
                             200 => ok += 1,
                             503 => {
                                 shed += 1;
