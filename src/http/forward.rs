@@ -568,12 +568,12 @@ impl Attempt<'_> {
         // The wait for the head counts from the request's last progress: a slow upload
         // is bounded by `client_header` per read, not by the backend's `read`, while a
         // backend that stops reading it is bounded by `read`.
-        let overdue = || {
+        let deadline = || {
             let last = self
                 .upload
                 .last_progress()
                 .map_or(started, |p| p.max(started));
-            (Instant::now() >= last + read).then_some(last)
+            last + read
         };
         let r = if self.ticked {
             // Checked when the driver polls: on a wake-up, and at least every tick. The
@@ -583,24 +583,22 @@ impl Attempt<'_> {
                 if let Poll::Ready(r) = sent.as_mut().poll(cx) {
                     return Poll::Ready(Some(r));
                 }
-                if !std::mem::take(&mut first) && overdue().is_some() {
+                if !std::mem::take(&mut first) && Instant::now() >= deadline() {
                     return Poll::Ready(None);
                 }
                 Poll::Pending
             })
             .await
         } else {
-            let mut last = started;
+            let mut until = started + read;
             loop {
                 tokio::select! {
                     biased;
                     r = &mut sent => break Some(r),
-                    _ = tokio::time::sleep_until((last + read).into()) => {
-                        match overdue() {
-                            Some(_) => break None,
-                            None => {
-                                last = self.upload.last_progress().map_or(started, |p| p.max(started));
-                            }
+                    _ = tokio::time::sleep_until(until.into()) => {
+                        until = deadline();
+                        if Instant::now() >= until {
+                            break None;
                         }
                     }
                 }
