@@ -76,7 +76,7 @@ fn admission(c: &mut Criterion) {
             b.iter_custom(|iters| {
                 on_threads(threads, iters, |_| {
                     let s = shared.load();
-                    black_box(s.route("/mcp/x"));
+                    black_box(s.route(None, "/mcp/x"));
                 })
             })
         });

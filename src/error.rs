@@ -106,11 +106,12 @@ pub fn is_local_io_failure(e: &std::io::Error) -> bool {
     )
 }
 
-/// The JSON body of a shed: `{"error":"overloaded","upstream":…,"level":…,"reason":…}`.
+/// The JSON body of a shed:
+/// `{"error":"overloaded","upstream":…,"level":…,"reason":…,"retry_after":N,"request_id":…}`.
 /// Written byte by byte rather than with `format!`: a shed is the answer levee gives
 /// most often under a flood, and the formatting machinery was a tenth of its cost.
-pub fn shed_body(upstream: &str, shed: &Shed) -> Bytes {
-    let mut out = Vec::with_capacity(112 + upstream.len());
+pub fn shed_body(upstream: &str, shed: &Shed, request_id: &str) -> Bytes {
+    let mut out = Vec::with_capacity(128 + upstream.len() + request_id.len());
     out.extend_from_slice(b"{\"error\":\"overloaded\",\"upstream\":");
     push_json_string(&mut out, upstream);
     out.extend_from_slice(b",\"level\":\"");
@@ -119,6 +120,8 @@ pub fn shed_body(upstream: &str, shed: &Shed) -> Bytes {
     out.extend_from_slice(shed.reason.as_str().as_bytes());
     out.extend_from_slice(b"\",\"retry_after\":");
     push_decimal(&mut out, shed.retry_after);
+    out.extend_from_slice(b",\"request_id\":");
+    push_json_string(&mut out, request_id);
     out.extend_from_slice(b"}\n");
     Bytes::from(out)
 }
@@ -151,15 +154,20 @@ fn push_decimal(out: &mut Vec<u8>, mut n: u32) {
     out.extend_from_slice(&digits[at..]);
 }
 
-/// The JSON body of an error response levee writes itself.
-pub fn error_body(error: &str, upstream: Option<&str>) -> Bytes {
-    match upstream {
-        Some(u) => Bytes::from(format!(
-            "{{\"error\":\"{error}\",\"upstream\":{}}}\n",
-            json_string(u)
-        )),
-        None => Bytes::from(format!("{{\"error\":\"{error}\"}}\n")),
+/// The JSON body of an error response levee writes itself:
+/// `{"error":…,"upstream":…,"request_id":…}` (`upstream` when one was chosen).
+pub fn error_body(error: &str, upstream: Option<&str>, request_id: &str) -> Bytes {
+    let mut out = Vec::with_capacity(64 + error.len() + request_id.len());
+    out.extend_from_slice(b"{\"error\":");
+    push_json_string(&mut out, error);
+    if let Some(u) = upstream {
+        out.extend_from_slice(b",\"upstream\":");
+        push_json_string(&mut out, u);
     }
+    out.extend_from_slice(b",\"request_id\":");
+    push_json_string(&mut out, request_id);
+    out.extend_from_slice(b"}\n");
+    Bytes::from(out)
 }
 
 /// A JSON string literal (names come from config, which restricts them; escape anyway).
@@ -181,7 +189,8 @@ mod tests {
             class: Class::Normal,
             retry_after: 3,
         };
-        let v: serde_json::Value = serde_json::from_slice(&shed_body("mcp", &shed)).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&shed_body("mcp", &shed, "r-1")).unwrap();
+        assert_eq!(v["request_id"], "r-1");
         assert_eq!(v["error"], "overloaded");
         assert_eq!(v["upstream"], "mcp");
         assert_eq!(v["level"], "danger");
@@ -193,10 +202,25 @@ mod tests {
                 retry_after: secs,
                 ..shed.clone()
             };
-            let v: serde_json::Value = serde_json::from_slice(&shed_body(name, &shed)).unwrap();
+            let v: serde_json::Value =
+                serde_json::from_slice(&shed_body(name, &shed, "a \"quoted\" \\ id")).unwrap();
             assert_eq!(v["retry_after"], secs);
             assert_eq!(v["upstream"], name);
+            assert_eq!(v["request_id"], "a \"quoted\" \\ id");
         }
+    }
+
+    #[test]
+    fn error_bodies_are_json() {
+        let v: serde_json::Value =
+            serde_json::from_slice(&error_body("no_route", None, "id\"1")).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"error": "no_route", "request_id": "id\"1"})
+        );
+        let v: serde_json::Value =
+            serde_json::from_slice(&error_body("upstream_timeout", Some("a"), "x")).unwrap();
+        assert_eq!(v["upstream"], "a");
     }
 
     #[test]

@@ -25,6 +25,8 @@ pub mod http;
 pub mod limits;
 pub mod listen;
 pub mod metrics;
+pub mod proxy_protocol;
+pub mod route;
 pub mod state;
 pub mod tls;
 pub mod workers;

@@ -10,11 +10,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use std::net::SocketAddr;
+
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify};
 
 use crate::http::forward::Proxy;
 use crate::http::server::{serve_connection, Accepted, Settings};
+use crate::proxy_protocol::Source;
 
 /// Open client connections: counts, per-IP counts, and ways to wait for fewer.
 pub struct Connections {
@@ -29,6 +32,9 @@ pub struct Connections {
     refused_no_descriptors: prometheus::IntCounter,
     /// Refusals in progress (each waits briefly for the request before answering).
     refusing: AtomicUsize,
+    /// Connections closed for their PROXY protocol header, by
+    /// [`crate::proxy_protocol::ProxyProtocolError::index`].
+    proxy_protocol_errors: [prometheus::IntCounter; 4],
 }
 
 /// Most refusals that wait for their request at once; past this they are answered
@@ -47,6 +53,7 @@ impl Connections {
             refused_at_max: metrics.connections_refused("max_connections"),
             refused_no_descriptors: metrics.connections_refused("no_descriptors"),
             refusing: AtomicUsize::new(0),
+            proxy_protocol_errors: metrics.proxy_protocol_errors(),
         }
     }
 
@@ -56,18 +63,18 @@ impl Connections {
 
     /// Counts a new connection from `ip`, unless that IP is at `per_ip_cap` (0: none).
     fn admit(self: &Arc<Self>, ip: std::net::IpAddr, per_ip_cap: u32) -> Option<ConnectionGuard> {
-        if per_ip_cap > 0 {
-            let mut n = self.per_ip.entry(ip).or_insert(0);
-            if *n >= per_ip_cap {
-                return None;
-            }
-            *n += 1;
-        }
+        let mut guard = self.count();
+        guard.count_ip(ip, per_ip_cap).then_some(guard)
+    }
+
+    /// Counts a new connection whose client is not known yet (its PROXY header is
+    /// still to be read); [`ConnectionGuard::count_ip`] adds the client once it is.
+    fn count(self: &Arc<Self>) -> ConnectionGuard {
         self.open.fetch_add(1, Ordering::SeqCst);
-        Some(ConnectionGuard {
+        ConnectionGuard {
             connections: self.clone(),
-            ip: (per_ip_cap > 0).then_some(ip),
-        })
+            ip: None,
+        }
     }
 
     /// Resolves once no connection is open.
@@ -86,6 +93,23 @@ struct ConnectionGuard {
     connections: Arc<Connections>,
     /// Set when the connection was counted per IP.
     ip: Option<std::net::IpAddr>,
+}
+
+impl ConnectionGuard {
+    /// Counts this connection against `ip`; false (and not counted) when that IP
+    /// already has `per_ip_cap` open (0: no cap).
+    fn count_ip(&mut self, ip: std::net::IpAddr, per_ip_cap: u32) -> bool {
+        if per_ip_cap == 0 {
+            return true;
+        }
+        let mut n = self.connections.per_ip.entry(ip).or_insert(0);
+        if *n >= per_ip_cap {
+            return false;
+        }
+        *n += 1;
+        self.ip = Some(ip);
+        true
+    }
 }
 
 impl Drop for ConnectionGuard {
@@ -116,13 +140,14 @@ pub async fn serve(
 ) {
     let mut reserve = crate::fds::Reserve::default();
     loop {
-        let (cap, per_ip_cap, settings) = {
+        let (cap, per_ip_cap, settings, proxy_protocol) = {
             let snapshot = proxy.shared.load();
             let s = &snapshot.config.server;
             (
                 crate::fds::max_connections(s.max_connections),
                 s.max_connections_per_ip,
                 Settings::new(&s.timeouts, s.max_header_bytes),
+                s.proxy_protocol,
             )
         };
         let accepted = tokio::select! {
@@ -185,21 +210,75 @@ pub async fn serve(
             }
             continue;
         }
+        let _ = tcp.set_nodelay(true);
+        let watch = shutdown.clone();
+        if proxy_protocol {
+            // The client is known once the header is read: the per-IP cap waits for it.
+            let guard = connections.count();
+            tokio::spawn(serve_proxied(
+                proxy.clone(),
+                tcp,
+                tls.clone(),
+                peer,
+                (settings, per_ip_cap),
+                watch,
+                guard,
+            ));
+            continue;
+        }
         let Some(guard) = connections.admit(peer.ip(), per_ip_cap) else {
             connections.rejected_per_ip.inc();
             tracing::debug!(%peer, "closed: too many connections from this address");
             drop(tcp);
             continue;
         };
-        let _ = tcp.set_nodelay(true);
-        let proxy = proxy.clone();
-        let watch = shutdown.clone();
-        let accepted = match &tls {
-            None => Accepted::Plain(tcp),
-            Some(acceptor) => Accepted::Tls(tcp, acceptor.clone()),
-        };
+        let accepted = to_accepted(tcp, &tls);
         tokio::spawn(serve_connection(
-            proxy, accepted, peer, settings, watch, guard,
+            proxy.clone(),
+            accepted,
+            peer,
+            settings,
+            watch,
+            guard,
         ));
     }
+}
+
+fn to_accepted(tcp: TcpStream, tls: &Option<Arc<crate::tls::Acceptor>>) -> Accepted {
+    match tls {
+        None => Accepted::Plain(tcp),
+        Some(acceptor) => Accepted::Tls(tcp, acceptor.clone()),
+    }
+}
+
+/// Serves a connection that starts with a PROXY protocol header: the header is read
+/// (within `client_header`) and its source address is the connection's peer from then
+/// on, for the per-IP cap and everything after it. A missing, malformed or slow header
+/// closes the connection without a word, before any backend is involved.
+async fn serve_proxied(
+    proxy: Arc<Proxy>,
+    mut tcp: TcpStream,
+    tls: Option<Arc<crate::tls::Acceptor>>,
+    peer: SocketAddr,
+    (settings, per_ip_cap): (Settings, u32),
+    watch: watch::Receiver<bool>,
+    mut guard: ConnectionGuard,
+) {
+    let header = crate::proxy_protocol::read_header(&mut tcp, settings.client_header);
+    let client = match Box::pin(header).await {
+        Ok(Source::Address(client)) => client,
+        Ok(Source::Local) => peer,
+        Err(e) => {
+            guard.connections.proxy_protocol_errors[e.index()].inc();
+            tracing::debug!(%peer, error = %e, "closed: PROXY protocol header refused");
+            return;
+        }
+    };
+    if !guard.count_ip(client.ip(), per_ip_cap) {
+        guard.connections.rejected_per_ip.inc();
+        tracing::debug!(%peer, %client, "closed: too many connections from this address");
+        return;
+    }
+    let accepted = to_accepted(tcp, &tls);
+    serve_connection(proxy, accepted, client, settings, watch, guard).await
 }

@@ -56,6 +56,9 @@ pub struct Metrics {
     pub(crate) ready: IntGauge,
     pub(crate) connections_open: IntGauge,
     connections_refused: IntCounterVec,
+    proxy_protocol_errors: IntCounterVec,
+    /// Requests no upstream serves (unknown host, or no route for the path): 404.
+    pub unrouted: IntCounter,
     tls_handshakes: IntCounterVec,
     /// Certificate reloads that failed (the certificates in force stayed).
     pub tls_reload_errors: IntCounter,
@@ -279,6 +282,19 @@ impl Metrics {
                 "Client connections levee did not serve: closed at once (reason=per_ip), or answered 503 and closed at server.max_connections (reason=max_connections) or when out of file descriptors (reason=no_descriptors).",
                 &["reason"],
             ),
+            proxy_protocol_errors: counter(
+                "levee_proxy_protocol_errors_total",
+                "Connections closed without an answer because their PROXY protocol header was missing, malformed, not complete within client_header_ms (timeout), or cut short (closed).",
+                &["reason"],
+            ),
+            unrouted: {
+                let c = must(IntCounter::new(
+                    "levee_unrouted_total",
+                    "Requests answered 404 because no upstream serves their host and path.",
+                ));
+                must(registry.register(Box::new(c.clone())));
+                c
+            },
             ejections: gauge(
                 "levee_backend_ejected",
                 "1 while the backend is ejected after failed requests.",
@@ -322,6 +338,11 @@ impl Metrics {
         for result in TlsHandshake::ALL {
             metrics.tls_handshakes.with_label_values(&[result.as_str()]);
         }
+        for reason in crate::proxy_protocol::ProxyProtocolError::ALL {
+            metrics
+                .proxy_protocol_errors
+                .with_label_values(&[reason.as_str()]);
+        }
         metrics
     }
 
@@ -334,6 +355,13 @@ impl Metrics {
     /// `no_descriptors`).
     pub fn connections_refused(&self, reason: &str) -> IntCounter {
         self.connections_refused.with_label_values(&[reason])
+    }
+
+    /// The counters of `levee_proxy_protocol_errors_total`, indexed like
+    /// [`crate::proxy_protocol::ProxyProtocolError::ALL`].
+    pub fn proxy_protocol_errors(&self) -> [IntCounter; 4] {
+        crate::proxy_protocol::ProxyProtocolError::ALL
+            .map(|r| self.proxy_protocol_errors.with_label_values(&[r.as_str()]))
     }
 
     pub fn upstream(&self, upstream: &str) -> UpstreamMetrics {

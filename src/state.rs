@@ -613,8 +613,10 @@ impl Upstream {
 pub struct Snapshot {
     pub config: Arc<Config>,
     pub upstreams: Vec<Arc<Upstream>>,
-    /// (prefix, upstream index), longest prefix first.
-    routes: Vec<(String, usize)>,
+    /// Host and path to upstream index.
+    router: crate::route::Router,
+    /// `levee_unrouted_total`: requests no upstream serves.
+    pub unrouted: prometheus::IntCounter,
 }
 
 /// One slot of one backend, held from admission until the response ends. Dropping it
@@ -730,26 +732,31 @@ impl Snapshot {
                 }
             })
             .collect();
-        let mut routes: Vec<(String, usize)> = config
-            .upstreams
-            .iter()
-            .enumerate()
-            .flat_map(|(i, u)| u.routes.iter().map(move |r| (r.clone(), i)))
-            .collect();
-        routes.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then_with(|| a.0.cmp(&b.0)));
+        let router = crate::route::Router::new(
+            config
+                .upstreams
+                .iter()
+                .map(|u| (u.hosts.as_slice(), u.routes.as_slice())),
+        );
         Snapshot {
             config: Arc::new(config),
             upstreams,
-            routes,
+            router,
+            unrouted: metrics.unrouted.clone(),
         }
     }
 
-    /// The upstream whose longest route prefix matches `path`.
-    pub fn route(&self, path: &str) -> Option<&Arc<Upstream>> {
-        self.routes
-            .iter()
-            .find(|(prefix, _)| path.starts_with(prefix.as_str()))
-            .map(|(_, i)| &self.upstreams[*i])
+    /// Whether routing reads the request's host (some upstream names hosts).
+    pub fn routes_by_host(&self) -> bool {
+        self.router.by_host()
+    }
+
+    /// The upstream that serves `path` on `host` (as the request gave it, port and
+    /// case included; `None`: the request named none).
+    pub fn route(&self, host: Option<&[u8]>, path: &str) -> Option<&Arc<Upstream>> {
+        self.router
+            .route(host, path)
+            .and_then(|i| self.upstreams.get(i))
     }
 
     /// The request's class: the first `[[priority]]` rule that matches, else `normal`.

@@ -33,6 +33,8 @@ fn server() -> config::Server {
         max_connections: 0,
         max_connections_per_ip: 0,
         access_log: false,
+        proxy_protocol: false,
+        trusted_proxies: Default::default(),
     }
 }
 
@@ -53,6 +55,7 @@ fn fair(n: usize, per: u32, queue_depth: u32, mode: config::Mode) -> Arc<Upstrea
 fn cfg_of(up: &Upstream, fair: bool) -> config::Upstream {
     config::Upstream {
         name: up.name.clone(),
+        hosts: Vec::new(),
         routes: vec!["/".into()],
         balance: up.balance,
         affinity: None,
@@ -96,6 +99,7 @@ fn upstream_in(
 ) -> Arc<Upstream> {
     let cfg = config::Upstream {
         name: "u".into(),
+        hosts: Vec::new(),
         routes: vec!["/".into()],
         balance: Balance::LeastInflight,
         affinity: None,

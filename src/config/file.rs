@@ -55,6 +55,10 @@ pub struct Server {
     pub max_connections_per_ip: Option<i64>,
     /// One info line per request (target `levee::access`).
     pub access_log: Option<bool>,
+    /// Every listener expects a PROXY protocol (v1 or v2) header first.
+    pub proxy_protocol: Option<bool>,
+    /// CIDRs of peers whose `X-Forwarded-For` and `X-Request-Id` are believed.
+    pub trusted_proxies: Option<Vec<String>>,
     /// `[server.timeouts]`
     pub timeouts: Option<Timeouts>,
     /// `[server.tls]`
@@ -89,6 +93,8 @@ pub struct Timeouts {
 pub struct Upstream {
     /// Required.
     pub name: Option<String>,
+    /// Host names (`api.example.com`, `*.example.com`); none: any host.
+    pub hosts: Option<Vec<String>>,
     /// Path prefixes; required, at least one.
     pub routes: Option<Vec<String>>,
     /// `least_inflight`, `round_robin` or `consistent_hash`.

@@ -189,6 +189,29 @@ pub struct Server {
     pub max_connections_per_ip: u32,
     /// Log one info line per request (target `levee::access`).
     pub access_log: bool,
+    /// Every listener (plain and TLS) expects a PROXY protocol v1 or v2 header before
+    /// anything else, and the source address it carries is the connection's peer.
+    pub proxy_protocol: bool,
+    /// Peers whose `X-Forwarded-For` names the client and whose `X-Request-Id` is kept.
+    pub trusted_proxies: TrustedProxies,
+}
+
+/// `server.trusted_proxies`: the networks of forwarders whose word about the client is
+/// believed. Empty: none is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TrustedProxies(pub Vec<ipnet::IpNet>);
+
+impl TrustedProxies {
+    /// Whether `ip` is in one of the networks. An IPv4-mapped IPv6 address (a dual-stack
+    /// listener's view of an IPv4 peer) is matched as the IPv4 address it is.
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.0.iter().any(|net| net.contains(&ip))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
 }
 
 /// Default `server.max_header_bytes`: 16 KiB, as HAProxy's `tune.bufsize` allows.
@@ -340,7 +363,11 @@ impl fmt::Display for Affinity {
 pub struct Upstream {
     /// `[A-Za-z0-9_.-]+`, unique.
     pub name: String,
-    /// Path prefixes, each starting with `/`. Unique across all upstreams.
+    /// Host names this upstream serves, lower case, without port: exact names
+    /// (`api.example.com`) and wildcards (`*.example.com`: any name under it). Empty:
+    /// any host that no other upstream claims.
+    pub hosts: Vec<String>,
+    /// Path prefixes, each starting with `/`. Unique per host across all upstreams.
     pub routes: Vec<String>,
     /// How requests are spread over the backends.
     pub balance: Balance,
@@ -770,11 +797,35 @@ impl Config {
             Some(admin) => writeln!(out, "admin {admin}")?,
             None => writeln!(out, "admin off")?,
         }
-
-        for u in &self.upstreams {
+        if s.proxy_protocol {
             writeln!(
                 out,
-                "\nupstream {:?}: routes {}",
+                "PROXY protocol (v1 or v2) expected first on every listener"
+            )?;
+        }
+        if !s.trusted_proxies.is_empty() {
+            let nets: Vec<String> = s
+                .trusted_proxies
+                .0
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+            writeln!(
+                out,
+                "trusted proxies {} (their X-Forwarded-For and X-Request-Id are believed)",
+                nets.join(", ")
+            )?;
+        }
+
+        for u in &self.upstreams {
+            let hosts = if u.hosts.is_empty() {
+                String::new()
+            } else {
+                format!("hosts {}; ", u.hosts.join(", "))
+            };
+            writeln!(
+                out,
+                "\nupstream {:?}: {hosts}routes {}",
                 u.name,
                 u.routes.join(", ")
             )?;

@@ -132,10 +132,13 @@ fn full_example_parses_to_typed_values() {
             max_connections: 0,
             max_connections_per_ip: 0,
             access_log: false,
+            proxy_protocol: false,
+            trusted_proxies: Default::default(),
         },
         upstreams: vec![
             Upstream {
                 name: "mcp".into(),
+                hosts: Vec::new(),
                 routes: vec!["/".into(), "/mcp/".into()],
                 balance: Balance::ConsistentHash,
                 affinity: Some(Affinity::Header("mcp-session-id".into())),
@@ -206,6 +209,7 @@ fn full_example_parses_to_typed_values() {
             },
             Upstream {
                 name: "api.v2".into(),
+                hosts: Vec::new(),
                 routes: vec!["/api/".into()],
                 balance: Balance::RoundRobin,
                 affinity: Some(Affinity::Cookie("sid".into())),

@@ -245,7 +245,10 @@ impl Validator {
             0,
             i64::from(u32::MAX),
         );
+        let trusted_proxies = self.trusted_proxies(s.trusted_proxies.as_deref());
         Server {
+            proxy_protocol: s.proxy_protocol.unwrap_or(false),
+            trusted_proxies,
             max_connections: u32::try_from(max_connections).unwrap_or(0),
             max_connections_per_ip: u32::try_from(max_connections_per_ip).unwrap_or(0),
             access_log: s.access_log.unwrap_or(false),
@@ -264,6 +267,35 @@ impl Validator {
             retry_after_max_secs: u64::try_from(retry_after_max_secs)
                 .unwrap_or(DEFAULT_RETRY_AFTER_MAX_SECS),
         }
+    }
+
+    /// `server.trusted_proxies`: CIDRs (`10.0.0.0/8`, `::1/128`) or single addresses.
+    fn trusted_proxies(&mut self, list: Option<&[String]>) -> TrustedProxies {
+        let mut nets: Vec<ipnet::IpNet> = Vec::new();
+        for (i, text) in list.unwrap_or_default().iter().enumerate() {
+            let path = format!("server.trusted_proxies[{i}]");
+            let net = text
+                .parse::<ipnet::IpNet>()
+                .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+            match net {
+                // The network itself, so `10.1.2.3/8` means what it says: 10.0.0.0/8.
+                Ok(net) => {
+                    let net = net.trunc();
+                    if nets.contains(&net) {
+                        self.error(path, format!("duplicate network {net}"));
+                    } else {
+                        nets.push(net);
+                    }
+                }
+                Err(_) => self.error(
+                    path,
+                    format!(
+                        "{text:?} is not an address or CIDR network (e.g. \"10.0.0.0/8\", \"::1/128\")"
+                    ),
+                ),
+            }
+        }
+        TrustedProxies(nets)
     }
 
     fn timeouts(&mut self, t: Option<&file::Timeouts>) -> Timeouts {
@@ -292,8 +324,9 @@ impl Validator {
             self.error("upstream", "required: at least one [[upstream]]");
         }
         let mut names: HashMap<&str, usize> = HashMap::new();
-        // route → (upstream index, route index)
-        let mut routes: HashMap<&str, (usize, usize)> = HashMap::new();
+        // (host, route) → (upstream index, route index); host "" for upstreams that
+        // name no host (they serve every host nobody claims).
+        let mut routes: HashMap<(String, &str), (usize, usize)> = HashMap::new();
         let mut out = Vec::with_capacity(upstreams.len());
         for (i, u) in upstreams.iter().enumerate() {
             let prefix = format!("upstream[{i}]");
@@ -314,34 +347,54 @@ impl Validator {
                     }
                 }
             }
+            let hosts = self.hosts(&prefix, u.hosts.as_deref());
+            let keys: Vec<String> = if hosts.is_empty() {
+                vec![String::new()]
+            } else {
+                hosts.clone()
+            };
             for (j, route) in u.routes.iter().flatten().enumerate() {
                 let path = format!("{prefix}.routes[{j}]");
                 if !self.route(&path, route) {
                     continue;
                 }
-                match routes.get(route.as_str()) {
-                    Some(&(other, k)) if other == i => {
-                        self.error(
-                            path,
-                            format!("duplicate route {route:?} (also routes[{k}])"),
-                        );
-                    }
-                    Some(&(other, _)) => {
-                        let by = upstreams
-                            .get(other)
-                            .and_then(|o| o.name.as_deref())
-                            .map_or_else(|| format!("upstream[{other}]"), |n| format!("{n:?}"));
-                        self.error(
-                            path,
-                            format!("route {route:?} is already served by upstream {by}"),
-                        );
-                    }
-                    None => {
-                        routes.insert(route, (i, j));
+                for host in &keys {
+                    let for_host = if host.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" for host {host:?}")
+                    };
+                    match routes.get(&(host.clone(), route.as_str())) {
+                        Some(&(other, k)) if other == i => {
+                            // Reported once, not once per host.
+                            if host == &keys[0] {
+                                self.error(
+                                    path.clone(),
+                                    format!("duplicate route {route:?} (also routes[{k}])"),
+                                );
+                            }
+                        }
+                        Some(&(other, _)) => {
+                            let by = upstreams
+                                .get(other)
+                                .and_then(|o| o.name.as_deref())
+                                .map_or_else(|| format!("upstream[{other}]"), |n| format!("{n:?}"));
+                            self.error(
+                                path.clone(),
+                                format!(
+                                    "route {route:?}{for_host} is already served by upstream {by}"
+                                ),
+                            );
+                        }
+                        None => {
+                            routes.insert((host.clone(), route.as_str()), (i, j));
+                        }
                     }
                 }
             }
-            out.push(self.upstream(&prefix, u));
+            let mut upstream = self.upstream(&prefix, u);
+            upstream.hosts = hosts;
+            out.push(upstream);
         }
         out
     }
@@ -363,6 +416,44 @@ impl Validator {
         } else {
             true
         }
+    }
+
+    /// `upstream.hosts`: each a host name (letters, digits, '-' and '.'; no port),
+    /// or `*.` and one; lower-cased; no name twice in one upstream.
+    fn hosts(&mut self, prefix: &str, hosts: Option<&[String]>) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        let Some(hosts) = hosts else {
+            return out;
+        };
+        if hosts.is_empty() {
+            self.error(
+                format!("{prefix}.hosts"),
+                "must list at least one host name; leave the key out to serve any host",
+            );
+        }
+        for (i, text) in hosts.iter().enumerate() {
+            let path = format!("{prefix}.hosts[{i}]");
+            let name = text.to_ascii_lowercase();
+            let bare = name.strip_prefix("*.").unwrap_or(&name);
+            if !is_host_name(bare) {
+                self.error(
+                    path,
+                    format!(
+                        "{text:?} is not a host name (letters, digits, '-' and '.', no port; a wildcard is \"*.\" and a name)"
+                    ),
+                );
+                continue;
+            }
+            if let Some(first) = out.iter().position(|h| *h == name) {
+                self.error(
+                    path,
+                    format!("duplicate host {text:?} (also hosts[{first}])"),
+                );
+                continue;
+            }
+            out.push(name);
+        }
+        out
     }
 
     fn upstream(&mut self, prefix: &str, u: &file::Upstream) -> Upstream {
@@ -448,6 +539,7 @@ impl Validator {
             .and_then(|a| self.adaptive(prefix, a, &limits, u.backend.as_deref()));
         Upstream {
             name: u.name.clone().unwrap_or_default(),
+            hosts: Vec::new(),
             routes: u.routes.clone().unwrap_or_default(),
             balance,
             affinity,
@@ -1086,6 +1178,19 @@ impl Validator {
             }
         }
     }
+}
+
+/// A DNS host name as a `Host` header carries it (lower case here): dot-separated
+/// labels of letters, digits and '-', each 1 to 63 bytes, 253 bytes in all. IPv4
+/// literals pass as such names.
+fn is_host_name(s: &str) -> bool {
+    s.len() <= 253
+        && s.split('.').all(|label| {
+            (1..=63).contains(&label.len())
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        })
 }
 
 fn is_name(s: &str) -> bool {

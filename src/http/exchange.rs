@@ -16,7 +16,9 @@ use super::pool::BackendConn;
 
 /// What the access log says of a request (kept only when the log is on).
 pub struct AccessLog {
+    /// The client: the peer, or from a trusted forwarder the address it names.
     pub client: IpAddr,
+    pub request_id: http::HeaderValue,
     pub method: http::Method,
     pub path: String,
     pub class: Class,
@@ -39,6 +41,7 @@ impl AccessLog {
         tracing::info!(
             target: "levee::access",
             client = %self.client,
+            request_id = self.request_id.to_str().unwrap_or("-"),
             method = %self.method,
             path = %self.path,
             status,

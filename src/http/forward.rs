@@ -17,6 +17,7 @@ use hyper::body::Incoming;
 
 use super::body::ResBody;
 use super::exchange::{AccessLog, Exchange};
+use super::identity::{self, X_REQUEST_ID};
 use super::io::{Active, ConnShared};
 use super::pool::{BackendConn, Pools};
 use super::respond;
@@ -83,14 +84,33 @@ pub struct Tunnel {
     pub exchange: Exchange,
 }
 
-/// Serves one request of a client connection.
+/// Serves one request of a client connection. Every answer, the backend's or levee's
+/// own, carries the request's `X-Request-Id`.
 pub async fn serve(
     proxy: Arc<Proxy>,
     conn: Arc<Conn>,
     req: Request<Incoming>,
 ) -> Result<Response<ResBody>, Infallible> {
     let active = Active::new(&conn.shared);
-    Ok(handle(&proxy, &conn, req, active).await)
+    let snapshot = proxy.shared.load_full();
+    let trusted = snapshot
+        .config
+        .server
+        .trusted_proxies
+        .contains(conn.peer.ip());
+    let id = identity::request_id(req.headers(), trusted);
+    let mut resp = handle(&proxy, &conn, snapshot, req, active, &id).await;
+    resp.headers_mut().insert(X_REQUEST_ID.clone(), id);
+    Ok(resp)
+}
+
+/// The host a request is for: the authority of an absolute-form target or of HTTP/2's
+/// `:authority`, else the `Host` header.
+fn request_host(parts: &http::request::Parts) -> Option<&[u8]> {
+    match parts.uri.authority() {
+        Some(a) => Some(a.host().as_bytes()),
+        None => parts.headers.get(header::HOST).map(HeaderValue::as_bytes),
+    }
 }
 
 /// The request's affinity key hash, when its upstream has affinity and the request
@@ -177,15 +197,19 @@ fn log_own(log: Option<&AccessLog>, status: u16, outcome: &str, error: Option<Fa
 async fn handle(
     proxy: &Proxy,
     conn: &Arc<Conn>,
+    snapshot: Arc<Snapshot>,
     req: Request<Incoming>,
     active: Active,
+    id: &HeaderValue,
 ) -> Response<ResBody> {
-    let snapshot = proxy.shared.load_full();
     let server = &snapshot.config.server;
     let (mut parts, body) = req.into_parts();
+    let id_str = id.to_str().unwrap_or("-");
+    let client = identity::client_ip(conn.peer.ip(), &parts.headers, &server.trusted_proxies);
     let log = server.access_log.then(|| {
         Box::new(AccessLog {
-            client: conn.peer.ip(),
+            client,
+            request_id: id.clone(),
             method: parts.method.clone(),
             path: parts.uri.path().to_string(),
             class: Class::Normal,
@@ -205,22 +229,29 @@ async fn handle(
             log_own(log.as_deref(), 400, "bad_request", None);
             return respond::json(
                 400,
-                error_body("bad_request", None),
+                error_body("bad_request", None, id_str),
                 None,
                 true,
                 Some(active),
             );
         }
     };
-    let Some(upstream) = snapshot.route(parts.uri.path()).cloned() else {
+    let host = if snapshot.routes_by_host() {
+        request_host(&parts)
+    } else {
+        None
+    };
+    let Some(upstream) = snapshot.route(host, parts.uri.path()).cloned() else {
+        snapshot.unrouted.inc();
         log_own(log.as_deref(), 404, "no_route", None);
-        return respond::json(404, error_body("no_route", None), None, false, Some(active));
+        let body = error_body("no_route", None, id_str);
+        return respond::json(404, body, None, false, Some(active));
     };
     let limit = server.max_request_body_bytes;
     let declared = head.content_length;
     if limit > 0 && declared.is_some_and(|n| n > limit) {
         log_own(log.as_deref(), 413, "body_too_large", None);
-        let body = error_body("body_too_large", Some(&upstream.name));
+        let body = error_body("body_too_large", Some(&upstream.name), id_str);
         return respond::json(413, body, None, true, Some(active));
     }
     let class = snapshot.classify(parts.uri.path(), &parts.headers);
@@ -239,12 +270,12 @@ async fn handle(
     let client = upstream
         .fairness
         .as_ref()
-        .map(|f| f.key_of(&parts.headers, conn.peer.ip()));
+        .map(|f| f.key_of(&parts.headers, client));
     let permit = match upstream.admit(class, key, client, rand::random()).await {
         Ok(permit) => permit,
         Err(shed) => {
             log_own(log.as_deref(), 503, shed.reason.as_str(), None);
-            return respond::shed(&upstream.name, &shed, Some(active));
+            return respond::shed(&upstream.name, &shed, id_str, Some(active));
         }
     };
     if let (Some(l), Some(reason)) = (log.as_mut(), permit.would_shed) {
@@ -255,6 +286,7 @@ async fn handle(
     let mut exchange = Exchange::new(permit, log);
 
     prepare_head(&mut parts, &head, conn, upgrade);
+    parts.headers.insert(X_REQUEST_ID.clone(), id.clone());
     let upload = Arc::new(Upload::default());
     let body = ForwardBody::client(
         body,
@@ -280,7 +312,7 @@ async fn handle(
             let (status, _) = f.status_and_label();
             exchange.status = status;
             exchange.finish(Some(f));
-            return respond::failure(f, Some(&upstream.name), Some(active));
+            return respond::failure(f, Some(&upstream.name), id_str, Some(active));
         }
     };
     let (mut rparts, rbody) = resp.into_parts();
@@ -333,17 +365,17 @@ async fn handle(
 }
 
 /// Turns the client's head into the backend's: origin-form target, HTTP/1.1, no
-/// hop-by-hop headers, `Host` (from `:authority` for HTTP/2 clients), and the
+/// hop-by-hop headers, `Host` (from the target's authority when it has one), and the
 /// forwarding headers.
 fn prepare_head(parts: &mut http::request::Parts, head: &HeadFacts, conn: &Conn, upgrade: bool) {
-    if parts.version == Version::HTTP_2 && !parts.headers.contains_key(header::HOST) {
-        if let Some(v) = parts
-            .uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        {
-            parts.headers.insert(header::HOST, v);
-        }
+    // The target's authority (absolute form, or HTTP/2's `:authority`) is the host the
+    // request was routed by, so it is the `Host` the backend sees.
+    if let Some(v) = parts
+        .uri
+        .authority()
+        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    {
+        parts.headers.insert(header::HOST, v);
     }
     if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
         let pq = parts

@@ -7,6 +7,7 @@
 pub mod body;
 pub mod exchange;
 pub mod forward;
+pub mod identity;
 pub mod io;
 pub mod pool;
 pub mod respond;

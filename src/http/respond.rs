@@ -20,7 +20,8 @@ pub fn json(
     let mut resp = Response::new(ResBody::full(body, active));
     *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
     // Sized once for what follows, rather than grown on the first insert.
-    *resp.headers_mut() = HeaderMap::with_capacity(4);
+    // (The request id is added by the caller, as on every answer.)
+    *resp.headers_mut() = HeaderMap::with_capacity(5);
     let h = resp.headers_mut();
     h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -34,10 +35,15 @@ pub fn json(
 }
 
 /// The 503 of a shed; the connection stays usable.
-pub fn shed(upstream: &str, shed: &Shed, active: Option<Active>) -> Response<ResBody> {
+pub fn shed(
+    upstream: &str,
+    shed: &Shed,
+    request_id: &str,
+    active: Option<Active>,
+) -> Response<ResBody> {
     json(
         503,
-        shed_body(upstream, shed),
+        shed_body(upstream, shed, request_id),
         Some(shed.retry_after),
         false,
         active,
@@ -46,13 +52,18 @@ pub fn shed(upstream: &str, shed: &Shed, active: Option<Active>) -> Response<Res
 
 /// The answer to a failed exchange: the connection closes after it (how much of the
 /// request is left unread on it is not known). A 503 says when to come back.
-pub fn failure(f: Failure, upstream: Option<&str>, active: Option<Active>) -> Response<ResBody> {
+pub fn failure(
+    f: Failure,
+    upstream: Option<&str>,
+    request_id: &str,
+    active: Option<Active>,
+) -> Response<ResBody> {
     let (status, label) = f.status_and_label();
     let status = if status == 0 { 400 } else { status };
     let retry_after = (status == 503).then_some(1);
     json(
         status,
-        error_body(label, upstream),
+        error_body(label, upstream, request_id),
         retry_after,
         true,
         active,
