@@ -419,12 +419,23 @@ async fn the_access_log_has_one_line_per_request_when_turned_on() {
     let r1 = replica("r1", "a", 8, 0).await;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("levee.toml");
-    let text = config_text(&[&r1], 4, None).replace("[server]\n", "[server]\naccess_log = true\n");
+    // From a trusted forwarder, the client is the address its X-Forwarded-For names
+    // and its request id is kept.
+    let text = config_text(&[&r1], 4, None).replace(
+        "[server]\n",
+        "[server]\naccess_log = true\ntrusted_proxies = [\"127.0.0.0/8\"]\n",
+    );
     write(&path, &text);
     let (mut child, logs) = start_levee(&path, &[]);
     let (proxy, _) = listening(&logs);
     let proxy: std::net::SocketAddr = proxy.parse().unwrap();
-    assert_eq!(fetch(proxy, get("/logged?x=1")).await.status, 200);
+    let forwarded = [
+        ("x-forwarded-for", "192.0.2.44"),
+        ("x-request-id", "edge-7f3a"),
+    ];
+    let reply = fetch(proxy, get_with("/logged?x=1", &forwarded)).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.header("x-request-id"), Some("edge-7f3a"));
     let line = tokio::task::spawn_blocking(move || loop {
         let line = logs.recv_timeout(LIMIT).expect("an access log line");
         if line.contains("levee::access") {
@@ -439,6 +450,8 @@ async fn the_access_log_has_one_line_per_request_when_turned_on() {
     assert_eq!(f["status"], 200);
     assert_eq!(f["upstream"], "app");
     assert_eq!(f["class"], "normal");
+    assert_eq!(f["client"], "192.0.2.44", "{line}");
+    assert_eq!(f["request_id"], "edge-7f3a", "{line}");
     signal(&child, "-INT");
     let _ = tokio::task::spawn_blocking(move || wait_exit(&mut child, LIMIT)).await;
 }

@@ -1069,3 +1069,54 @@ async fn past_max_connections_a_tls_client_is_closed_before_its_handshake() {
     // The first one is served on.
     assert_eq!(first.get("/two").await.0, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxy_header_comes_before_the_tls_handshake() {
+    let pki = Pki::new();
+    let default = pki.leaf("default", &["localhost"]);
+    let r = replica("r1", "a", 4, 0).await;
+    let levee = Setup::new(&[&r])
+        .server(&format!(
+            "proxy_protocol = true\n{}",
+            tls_table(&default, "")
+        ))
+        .start()
+        .await;
+    let tls_addr = levee.tls_addrs[0];
+    let connector = pki.client(&[b"http/1.1"]);
+    // v1, then v2 with a TLV, each written on its own before the ClientHello.
+    let mut v2 = b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x10".to_vec();
+    v2.extend_from_slice(&[198, 51, 100, 9, 10, 0, 0, 1, 0x9c, 0x40, 0x01, 0xbb]);
+    v2.extend_from_slice(&[0x04, 0x00, 0x01, 0x00]); // PP2_TYPE_NOOP, one byte
+    for (header, client) in [
+        (
+            &b"PROXY TCP4 192.0.2.44 10.0.0.1 51234 443\r\n"[..],
+            "192.0.2.44",
+        ),
+        (&v2[..], "198.51.100.9"),
+    ] {
+        let mut tcp = TcpStream::connect(tls_addr).await.unwrap();
+        tcp.write_all(header).await.unwrap();
+        let name = ServerName::try_from("localhost".to_owned()).unwrap();
+        let stream = tokio::time::timeout(LIMIT, connector.connect(name, tcp))
+            .await
+            .expect("handshake in time")
+            .expect("handshake");
+        let mut c = H1::over(stream).await;
+        let (status, body) = c.get("/x?echo=1").await;
+        assert_eq!(status, 200);
+        assert_eq!(body["headers"]["x-forwarded-for"], client, "{body}");
+        assert_eq!(body["headers"]["x-forwarded-proto"], "https", "{body}");
+    }
+    // A TLS client without the header: the ClientHello is no PROXY header, and the
+    // connection is closed before any handshake.
+    assert!(connect(&connector, tls_addr, "localhost").await.is_err());
+    assert_eq!(
+        metric(
+            &levee.app,
+            "levee_proxy_protocol_errors_total{reason=\"missing\"}"
+        ),
+        1.0
+    );
+    assert_eq!(handshakes(&levee.app, "ok"), 2.0);
+}

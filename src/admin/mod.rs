@@ -100,7 +100,8 @@ pub fn status_json(snapshot: &Snapshot, ready: bool) -> serde_json::Value {
     let upstreams: Vec<_> = snapshot
         .upstreams
         .iter()
-        .map(|up| {
+        .zip(&snapshot.config.upstreams)
+        .map(|(up, config)| {
             let backends: Vec<_> = up
                 .backends
                 .iter()
@@ -160,6 +161,8 @@ pub fn status_json(snapshot: &Snapshot, ready: bool) -> serde_json::Value {
             let standing = up.queue.is_standing();
             json!({
                 "name": up.name,
+                "hosts": config.hosts,
+                "routes": config.routes,
                 "level": up.level().as_str(),
                 "queue": up.queue.len(),
                 "queue_depth": up.limits.queue_depth,

@@ -613,6 +613,130 @@ fn a_route_is_served_by_one_upstream() {
 }
 
 #[test]
+fn routes_are_unique_per_host() {
+    let up = |name: &str, hosts: &str, routes: &str, n: u8| {
+        format!(
+            "[[upstream]]\nname = \"{name}\"\n{hosts}\nroutes = {routes}\n[[upstream.backend]]\naddress = \"10.0.0.{n}:80\"\n"
+        )
+    };
+    // The same prefix on different hosts (and on the hostless "api") is fine.
+    let ok = minimal(&format!(
+        "{}{}{}",
+        up(
+            "a",
+            "hosts = [\"api.example.com\", \"*.api.example.com\"]",
+            "[\"/\"]",
+            2
+        ),
+        up(
+            "b",
+            "hosts = [\"WWW.example.com\"]",
+            "[\"/\", \"/static/\"]",
+            3
+        ),
+        up("c", "hosts = [\"api.example.com\"]", "[\"/v2/\"]", 4),
+    ));
+    let config = parse(&ok).unwrap();
+    assert_eq!(
+        config.upstreams[1].hosts,
+        ["api.example.com", "*.api.example.com"]
+    );
+    assert_eq!(
+        config.upstreams[2].hosts,
+        ["www.example.com"],
+        "lower-cased"
+    );
+    assert!(config.upstreams[0].hosts.is_empty());
+    assert!(config
+        .explain()
+        .contains("upstream \"a\": hosts api.example.com, *.api.example.com; routes /"));
+
+    let text = minimal(&format!(
+        "{}{}",
+        up("a", "hosts = [\"api.example.com\"]", "[\"/\"]", 2),
+        up(
+            "b",
+            "hosts = [\"x.test\", \"Api.Example.com\"]",
+            "[\"/\"]",
+            3
+        ),
+    ));
+    assert_error(
+        &text,
+        "upstream[2].routes[0]",
+        "route \"/\" for host \"api.example.com\" is already served by upstream \"a\"",
+    );
+    assert_eq!(errors(&text).len(), 1, "x.test's / is free");
+}
+
+#[test]
+fn hosts_are_host_names() {
+    let text = doc(
+        "",
+        "hosts = [\"ok.test\", \"a.test:80\", \"*.\", \"a..b\", \"*.ok.test\", \"ok.test\", \"a*.b\", \"a_b.test\"]",
+    );
+    assert_error(
+        &text,
+        "upstream[0].hosts[1]",
+        "\"a.test:80\" is not a host name",
+    );
+    assert_error(&text, "upstream[0].hosts[2]", "is not a host name");
+    assert_error(&text, "upstream[0].hosts[3]", "is not a host name");
+    assert_error(
+        &text,
+        "upstream[0].hosts[5]",
+        "duplicate host \"ok.test\" (also hosts[0])",
+    );
+    assert_error(&text, "upstream[0].hosts[6]", "is not a host name");
+    assert_error(&text, "upstream[0].hosts[7]", "is not a host name");
+    assert_eq!(errors(&text).len(), 6, "*.ok.test is fine");
+    assert_error(&doc("", "hosts = []"), "upstream[0].hosts", "at least one");
+}
+
+#[test]
+fn proxy_protocol_and_trusted_proxies() {
+    let config = parse(&doc(
+        "proxy_protocol = true\ntrusted_proxies = [\"10.1.2.3/8\", \"::1/128\", \"192.0.2.7\"]",
+        "",
+    ))
+    .unwrap();
+    let s = &config.server;
+    assert!(s.proxy_protocol);
+    let nets: Vec<String> = s
+        .trusted_proxies
+        .0
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(nets, ["10.0.0.0/8", "::1/128", "192.0.2.7/32"]);
+    assert!(s.trusted_proxies.contains("10.200.0.1".parse().unwrap()));
+    assert!(s
+        .trusted_proxies
+        .contains("::ffff:10.0.0.1".parse().unwrap()));
+    assert!(!s.trusted_proxies.contains("11.0.0.1".parse().unwrap()));
+    let explained = config.explain();
+    assert!(explained.contains("PROXY protocol"), "{explained}");
+    assert!(explained.contains("trusted proxies 10.0.0.0/8, ::1/128, 192.0.2.7/32"));
+
+    let defaults = parse(&doc("", "")).unwrap();
+    assert!(!defaults.server.proxy_protocol);
+    assert!(defaults.server.trusted_proxies.is_empty());
+
+    let text = doc(
+        "trusted_proxies = [\"10.0.0.0/33\", \"lb.internal\", \"10.0.0.0/8\", \"10.9.0.0/8\"]",
+        "",
+    );
+    assert_error(&text, "server.trusted_proxies[0]", "not an address or CIDR");
+    assert_error(&text, "server.trusted_proxies[1]", "not an address or CIDR");
+    assert_error(
+        &text,
+        "server.trusted_proxies[3]",
+        "duplicate network 10.0.0.0/8",
+    );
+    assert_error(&doc("proxy_protocol = 1", ""), "server.proxy_protocol", "");
+}
+
+#[test]
 fn balance_and_affinity() {
     assert_error(
         &doc("", "balance = \"random\""),

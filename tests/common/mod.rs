@@ -126,6 +126,11 @@ impl Reply {
 impl Conn {
     pub async fn open(addr: SocketAddr) -> Conn {
         let tcp = TcpStream::connect(addr).await.expect("connect");
+        Conn::over(tcp).await
+    }
+
+    /// A client on a connection already open (after a PROXY header, say).
+    pub async fn over(tcp: TcpStream) -> Conn {
         let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
             .await
             .expect("handshake");
