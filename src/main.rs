@@ -100,7 +100,8 @@ fn return_free_memory() {
 
 /// Loads the TLS certificate pairs `cfg` names, as `run` would: prints every problem
 /// (config key, file, what is wrong) and returns false if any; prints warnings (an SNI
-/// name its certificate does not cover) and goes on.
+/// name its certificate does not cover, a certificate expired or expiring within 14
+/// days) and goes on.
 fn certificates_load(path: &std::path::Path, cfg: &levee::config::Config) -> bool {
     let Some(tls) = &cfg.server.tls else {
         return true;

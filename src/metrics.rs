@@ -62,6 +62,8 @@ pub struct Metrics {
     tls_handshakes: IntCounterVec,
     /// Certificate reloads that failed (the certificates in force stayed).
     pub tls_reload_errors: IntCounter,
+    /// notAfter of each certificate pair in force, in Unix seconds, by `name`.
+    pub tls_cert_expiry: IntGaugeVec,
 }
 
 /// Handles of one upstream, resolved once per snapshot.
@@ -329,6 +331,11 @@ impl Metrics {
                 must(registry.register(Box::new(c.clone())));
                 c
             },
+            tls_cert_expiry: gauge(
+                "levee_tls_cert_expiry_seconds",
+                "When each certificate in force expires (its notAfter), in Unix seconds; name is default or an SNI entry's names joined with \",\". Alert on levee_tls_cert_expiry_seconds - time().",
+                &["name"],
+            ),
             registry,
         };
         // Both results exist from the start, so `increase()` sees the first failure.

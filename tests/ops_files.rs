@@ -411,7 +411,14 @@ fn unit_directives(unit: &str) -> BTreeMap<String, Vec<String>> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_metric_and_label_in_alerts_and_dashboard_is_exported() {
     let r = replica("r1", "a", 2, 0).await;
+    // With TLS, for the series that exist only with certificates loaded.
+    let tls = format!(
+        "[server.tls]\nlisten = [\"127.0.0.1:0\"]\ncert = \"{}\"\nkey = \"{}\"",
+        repo_path("conf/tls/example.pem").display(),
+        repo_path("conf/tls/example.key").display()
+    );
     let levee = Setup::new(&[&r])
+        .server(&tls)
         .upstream("[upstream.limits]\nmax_inflight = 1\nqueue_depth = 1\nqueue_timeout_ms = 5000")
         .start()
         .await;
@@ -481,6 +488,7 @@ async fn every_metric_and_label_in_alerts_and_dashboard_is_exported() {
         1.0
     );
     assert!(scrape.value("levee_config_last_reload_success_timestamp_seconds", &[]) > 1.6e9);
+    assert!(scrape.value("levee_tls_cert_expiry_seconds", &[("name", "default")]) > 1.6e9);
 
     let mut problems = Vec::new();
 
@@ -610,6 +618,8 @@ fn alert_rules_have_four_tiers_and_the_labels_routing_needs() {
         "LeveeZoneDown",
         "LeveePanicMode",
         "LeveeConfigReloadFailed",
+        "LeveeTlsCertExpiresSoon",
+        "LeveeTlsCertExpiresVerySoon",
         "LeveeDown",
     ] {
         assert!(names.contains(required), "no alert {required}");
@@ -786,6 +796,30 @@ tests:
           - exp_labels: {job: levee, instance: l1, severity: warning, tier: red}
       - eval_time: 15m
         alertname: LeveeCertificateReloadFailed
+  # Certificates (time() starts at 0): default has 14 days and 30 minutes left,
+  # api.test 3 days and 30 minutes, far.test 90 days.
+  - interval: 1m
+    input_series:
+      - series: 'levee_tls_cert_expiry_seconds{job="levee",instance="l1",name="default"}'
+        values: '1211400x180'
+      - series: 'levee_tls_cert_expiry_seconds{job="levee",instance="l1",name="api.test"}'
+        values: '261000x180'
+      - series: 'levee_tls_cert_expiry_seconds{job="levee",instance="l1",name="far.test"}'
+        values: '7776000x180'
+    alert_rule_test:
+      - eval_time: 20m
+        alertname: LeveeTlsCertExpiresSoon
+      - eval_time: 20m
+        alertname: LeveeTlsCertExpiresVerySoon
+      - eval_time: 2h
+        alertname: LeveeTlsCertExpiresSoon
+        exp_alerts:
+          - exp_labels: {job: levee, instance: l1, name: default, severity: warning, tier: red}
+          - exp_labels: {job: levee, instance: l1, name: api.test, severity: warning, tier: red}
+      - eval_time: 2h
+        alertname: LeveeTlsCertExpiresVerySoon
+        exp_alerts:
+          - exp_labels: {job: levee, instance: l1, name: api.test, severity: critical, tier: emergency}
   # One levee of two down; then every levee down.
   - interval: 15s
     input_series:

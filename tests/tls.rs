@@ -5,9 +5,10 @@
 //! SNI picking the certificate; a keep-alive TLS connection released when idle and
 //! serving again; certificates reloaded when their files change and by `reload` (what
 //! SIGHUP runs) and in the running binary; a bad pair keeping the certificates in
-//! force and counted; half-open handshakes closed after `client_header_ms`; garbage and
-//! plain HTTP on the TLS port; `levee check` naming the bad file; a binary upgrade
-//! handing the TLS listener over under HTTPS load.
+//! force and counted; `levee_tls_cert_expiry_seconds` following the certificates in
+//! force; half-open handshakes closed after `client_header_ms`; garbage and plain HTTP
+//! on the TLS port; `levee check` naming the bad file and a certificate near its end;
+//! a binary upgrade handing the TLS listener over under HTTPS load.
 
 mod common;
 
@@ -61,9 +62,17 @@ impl Pki {
 
     /// A certificate for `names` (DNS names or IPs) as `{file}.pem` and `{file}.key`.
     fn leaf(&self, file: &str, names: &[&str]) -> Leaf {
+        self.leaf_until(file, names, None)
+    }
+
+    /// As [`Pki::leaf`], valid until `not_after` (Unix seconds) when given.
+    fn leaf_until(&self, file: &str, names: &[&str], not_after: Option<u64>) -> Leaf {
         let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
         let mut params = CertificateParams::new(names).unwrap();
         params.distinguished_name.push(DnType::CommonName, file);
+        if let Some(t) = not_after {
+            params.not_after = rcgen::date_time_ymd(1970, 1, 1) + Duration::from_secs(t);
+        }
         let key = KeyPair::generate().unwrap();
         let cert = params.signed_by(&key, &self.ca).unwrap();
         let leaf = Leaf {
@@ -487,6 +496,71 @@ async fn a_bad_certificate_reload_keeps_the_one_in_force_and_is_counted() {
     );
 }
 
+/// `levee_tls_cert_expiry_seconds` as the admin listener serves it: value by label text.
+async fn cert_expiry(admin: SocketAddr) -> std::collections::BTreeMap<String, f64> {
+    let reply = fetch(admin, get("/metrics")).await;
+    assert_eq!(reply.status, 200);
+    samples(
+        &String::from_utf8_lossy(&reply.body),
+        "levee_tls_cert_expiry_seconds",
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cert_expiry_follows_the_certificates_in_force() {
+    // 2033-05-18 03:35:23 UTC; 2052-05-22 14:13:27 UTC (past 2049: a GeneralizedTime);
+    // 2036-07-18 13:20:00 UTC.
+    const DEFAULT: u64 = 2_000_000_123;
+    const API: u64 = 2_600_000_007;
+    const RENEWED: u64 = 2_100_000_000;
+    let pki = Pki::new();
+    let live = pki.leaf_until("live", &["localhost"], Some(DEFAULT));
+    let api = pki.leaf_until("api", &["api.test", "*.api.test"], Some(API));
+    let renewed = pki.leaf_until("renewed", &["localhost"], Some(RENEWED));
+    let r = replica("r1", "a", 4, 0).await;
+    let config = |sni: &str| Setup::new(&[&r]).server(&tls_table(&live, sni)).toml();
+    let path = pki.dir.path().join("levee.toml");
+    std::fs::write(&path, config(&sni_entry(&["api.test", "*.api.test"], &api))).unwrap();
+    let levee = levee::app::start(levee::config::load(&path).unwrap())
+        .await
+        .unwrap();
+    let (app, admin) = (levee.app.clone(), levee.admin_addr.expect("admin listener"));
+    let series = |pairs: &[(&str, u64)]| {
+        pairs
+            .iter()
+            .map(|(name, t)| (format!("{{name=\"{name}\"}}"), *t as f64))
+            .collect::<std::collections::BTreeMap<_, _>>()
+    };
+    assert_eq!(
+        cert_expiry(admin).await,
+        series(&[("default", DEFAULT), ("api.test,*.api.test", API)])
+    );
+
+    // The default pair renewed and the SNI entry dropped from the config: one reload
+    // (what SIGHUP runs) and the entry's series is gone, the default's moved.
+    replace(&live.key, &renewed.key);
+    replace(&live.cert, &renewed.cert);
+    std::fs::write(&path, config("")).unwrap();
+    assert!(levee::app::reload(&app, &path).is_ok());
+    assert_eq!(cert_expiry(admin).await, series(&[("default", RENEWED)]));
+    let s = connect(&pki.client(&[b"http/1.1"]), levee.tls_addrs[0], "localhost")
+        .await
+        .expect("handshake");
+    assert!(
+        peer_cert(&s) == renewed.der,
+        "the renewed certificate is served"
+    );
+
+    // A bad file keeps the certificates in force, and the metric with them.
+    std::fs::write(&live.cert, "-----BEGIN CERTIFICATE-----\nnot base64 !\n").unwrap();
+    assert!(matches!(
+        levee::app::reload_certs(&app),
+        Some(levee::tls::Reload::Failed(_))
+    ));
+    assert_eq!(metric(&app, "levee_tls_reload_errors_total"), 1.0);
+    assert_eq!(cert_expiry(admin).await, series(&[("default", RENEWED)]));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn half_open_handshakes_are_closed_after_client_header_ms() {
     let pki = Pki::new();
@@ -720,6 +794,33 @@ fn levee_check_names_the_file_that_is_wrong() {
     assert!(
         err.contains("warning: server.tls.sni[0]: certificate")
             && err.contains("does not cover www.test"),
+        "{err}"
+    );
+
+    // A certificate near its end, or past it, passes with a warning naming its key,
+    // file and date.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let soon = pki.leaf_until("soon", &["localhost"], Some(now + 5 * 86_400 + 3_600));
+    let (code, _, err) = config(&soon.cert, &soon.key, "");
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        err.contains(&format!(
+            "warning: server.tls.cert: {}: the certificate expires on ",
+            soon.cert.display()
+        )) && err.contains("(in 5 days)"),
+        "{err}"
+    );
+    let gone = pki.leaf_until("gone", &["api.test"], Some(1_700_000_000));
+    let (code, _, err) = config(&good.cert, &good.key, &sni_entry(&["api.test"], &gone));
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        err.contains(&format!(
+            "warning: server.tls.sni[0].cert: {}: the certificate expired on 2023-11-14 22:13:20 UTC",
+            gone.cert.display()
+        )),
         "{err}"
     );
 }

@@ -7,6 +7,7 @@ use std::hash::{Hash, Hasher};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
@@ -18,6 +19,11 @@ use crate::config::{CertPair, Tls};
 /// Largest certificate or key file read: a chain of a few certificates is a few KiB;
 /// anything past this is not one, and reading it whole would only cost memory.
 pub const MAX_PEM_BYTES: u64 = 1024 * 1024;
+
+/// A certificate that expires within this long (or has expired) is warned about at
+/// load, on reload and by `levee check`: two weeks leaves time to renew by hand after
+/// a renewal job has failed unnoticed, and matches `LeveeTlsCertExpiresSoon`.
+pub const EXPIRY_WARNING: Duration = Duration::from_secs(14 * 24 * 3600);
 
 /// One problem with one file of a certificate pair.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -37,8 +43,53 @@ pub struct Certs {
     /// `*.example.com` under `example.com`.
     wildcard: HashMap<String, Arc<CertifiedKey>>,
     /// A hash of every file's path and bytes: an unchanged set is not swapped (nor
-    /// logged) again when a reload reads the same files.
+    /// logged as reloaded) again when a reload reads the same files.
     fingerprint: u64,
+    /// One per pair, the default first, in config order.
+    expiry: Vec<Expiry>,
+}
+
+/// When the end-entity certificate of one loaded pair expires.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Expiry {
+    /// The label of `levee_tls_cert_expiry_seconds`: `default`, or an SNI entry's
+    /// names joined with `,`. Unique in a set: names appear once across entries, and
+    /// `default` is no server name (those have at least two labels).
+    pub name: String,
+    /// The config key of the certificate file: `server.tls.cert`,
+    /// `server.tls.sni[1].cert`.
+    pub key: String,
+    pub path: PathBuf,
+    /// notAfter, in Unix seconds.
+    pub not_after: i64,
+}
+
+impl Expiry {
+    /// A warning if the certificate has expired at `now` (Unix seconds) or expires
+    /// within [`EXPIRY_WARNING`], naming its key, file and date.
+    pub fn warning(&self, now: i64) -> Option<String> {
+        let left = self.not_after.saturating_sub(now);
+        let date = utc_date(self.not_after);
+        let (key, path) = (&self.key, self.path.display());
+        let days = |seconds: i64| match seconds / 86_400 {
+            0 => "less than a day".to_owned(),
+            1 => "1 day".to_owned(),
+            n => format!("{n} days"),
+        };
+        if left <= 0 {
+            Some(format!(
+                "{key}: {path}: the certificate expired on {date} ({} ago): clients refuse it",
+                days(-left)
+            ))
+        } else if left < EXPIRY_WARNING.as_secs() as i64 {
+            Some(format!(
+                "{key}: {path}: the certificate expires on {date} (in {}): renew it",
+                days(left)
+            ))
+        } else {
+            None
+        }
+    }
 }
 
 impl std::fmt::Debug for Certs {
@@ -50,8 +101,9 @@ impl std::fmt::Debug for Certs {
     }
 }
 
-/// What loading a set found besides errors: names an SNI entry lists that its
-/// certificate does not cover (clients would refuse it), for the log and `levee check`.
+/// What loading a set found besides errors, for the log and `levee check`: names an
+/// SNI entry lists that its certificate does not cover, and certificates that have
+/// expired or expire within [`EXPIRY_WARNING`] (clients would refuse either).
 pub type Warnings = Vec<String>;
 
 impl Certs {
@@ -62,9 +114,20 @@ impl Certs {
         let mut warnings = Vec::new();
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         let mut loaded = Vec::new();
-        for (key, pair) in tls.pairs() {
+        let mut expiry = Vec::new();
+        let labels = std::iter::once("default".to_owned())
+            .chain(tls.sni.iter().map(|sni| sni.names.join(",")));
+        for ((key, pair), name) in tls.pairs().zip(labels) {
             match load_pair(&key, pair, provider, &mut hasher) {
-                Ok(certified) => loaded.push(Some(Arc::new(certified))),
+                Ok((certified, not_after)) => {
+                    expiry.push(Expiry {
+                        name,
+                        key: format!("{key}.cert"),
+                        path: pair.cert.clone(),
+                        not_after,
+                    });
+                    loaded.push(Some(Arc::new(certified)));
+                }
                 Err(e) => {
                     errors.extend(e);
                     loaded.push(None);
@@ -94,15 +157,26 @@ impl Certs {
                 };
             }
         }
-        Ok((
-            Certs {
-                default,
-                exact,
-                wildcard,
-                fingerprint: hasher.finish(),
-            },
-            warnings,
-        ))
+        let certs = Certs {
+            default,
+            exact,
+            wildcard,
+            fingerprint: hasher.finish(),
+            expiry,
+        };
+        warnings.extend(certs.expiry_warnings(unix_now()));
+        Ok((certs, warnings))
+    }
+
+    /// When each pair's certificate expires, the default first.
+    pub fn expiry(&self) -> &[Expiry] {
+        &self.expiry
+    }
+
+    /// A warning for each certificate expired at `now` (Unix seconds) or expiring
+    /// within [`EXPIRY_WARNING`].
+    pub fn expiry_warnings(&self, now: i64) -> Warnings {
+        self.expiry.iter().filter_map(|e| e.warning(now)).collect()
     }
 
     /// The certificate for a client that asked for `server_name` (rustls hands it
@@ -146,13 +220,14 @@ fn covers(certified: &CertifiedKey, name: &str) -> bool {
         .is_some_and(|ee| ee.verify_is_valid_for_subject_name(&server_name).is_ok())
 }
 
-/// Reads, parses and matches one pair.
+/// Reads, parses and matches one pair; with the end-entity certificate's notAfter
+/// (Unix seconds).
 fn load_pair(
     key: &str,
     pair: &CertPair,
     provider: &CryptoProvider,
     hasher: &mut impl Hasher,
-) -> Result<CertifiedKey, Vec<CertError>> {
+) -> Result<(CertifiedKey, i64), Vec<CertError>> {
     let cert_key = format!("{key}.cert");
     let key_key = format!("{key}.key");
     let error = |k: &str, path: &Path, problem: String| CertError {
@@ -184,8 +259,16 @@ fn load_pair(
     let certified = CertifiedKey::new(chain, signing);
     match certified.keys_match() {
         // `Unknown`: the key type cannot tell its public key; rustls serves it anyway.
+        // The validity is read after the match so that a certificate webpki cannot
+        // parse keeps its error below.
         Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {
-            Ok(certified)
+            let validity = certified
+                .end_entity_cert()
+                .map_err(|e| format!("the first certificate cannot be parsed: {e}"))
+                .and_then(not_after);
+            validity
+                .map(|t| (certified, t))
+                .map_err(|p| vec![error(&cert_key, &pair.cert, p)])
         }
         Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch)) => {
             Err(vec![error(
@@ -203,6 +286,41 @@ fn load_pair(
             format!("the first certificate cannot be parsed: {e}"),
         )]),
     }
+}
+
+/// The notAfter of the certificate `der`, in Unix seconds.
+pub fn not_after(der: &CertificateDer<'_>) -> Result<i64, String> {
+    x509_parser::parse_x509_certificate(der)
+        .map(|(_, cert)| cert.validity().not_after.timestamp())
+        .map_err(|e| format!("the first certificate's validity cannot be read: {e}"))
+}
+
+/// `2025-03-01 12:00:00 UTC`, for warnings: an unambiguous date in every locale.
+fn utc_date(unix: i64) -> String {
+    match x509_parser::time::ASN1Time::from_timestamp(unix) {
+        Ok(t) => {
+            let t = t.to_datetime();
+            format!(
+                "{:04}-{:02}-{:02} {:02}:{:02}:{:02} UTC",
+                t.year(),
+                u8::from(t.month()),
+                t.day(),
+                t.hour(),
+                t.minute(),
+                t.second()
+            )
+        }
+        // Only outside the years -9999..=9999, which no parsed certificate holds.
+        Err(_) => format!("{unix} (Unix time)"),
+    }
+}
+
+/// Seconds since the Unix epoch; 0 on a clock set before 1970 (every certificate
+/// then looks valid, and the metric still says when it expires).
+pub(crate) fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }
 
 /// The whole file, at most [`MAX_PEM_BYTES`].
@@ -244,4 +362,170 @@ fn private_key(pem: &[u8]) -> Result<PrivateKeyDer<'static>, String> {
         }
         e => format!("not a PEM private key: {e}"),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// 2033-05-18 03:35:23 UTC: encoded as UTCTime.
+    const IN_2033: i64 = 2_000_000_123;
+    /// 2052-05-22 14:13:27 UTC: past 2049, encoded as GeneralizedTime.
+    const IN_2052: i64 = 2_600_000_007;
+
+    /// A self-signed certificate for localhost valid until `not_after`, and its key.
+    fn cert_until(not_after: i64) -> (rcgen::Certificate, rcgen::KeyPair) {
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        params.not_after = rcgen::date_time_ymd(1970, 1, 1)
+            + Duration::from_secs(u64::try_from(not_after).unwrap());
+        let key = rcgen::KeyPair::generate().unwrap();
+        (params.self_signed(&key).unwrap(), key)
+    }
+
+    #[test]
+    fn not_after_is_the_leaf_certificates_expiry_in_unix_seconds() {
+        for t in [IN_2033, IN_2052] {
+            let (cert, _) = cert_until(t);
+            assert_eq!(not_after(cert.der()), Ok(t));
+        }
+        let junk = CertificateDer::from(vec![0x30, 0x03, 0x02, 0x01, 0x01]);
+        let e = not_after(&junk).unwrap_err();
+        assert!(e.contains("validity cannot be read"), "{e}");
+    }
+
+    #[test]
+    fn dates_are_written_in_utc() {
+        assert_eq!(utc_date(IN_2033), "2033-05-18 03:35:23 UTC");
+        assert_eq!(utc_date(IN_2052), "2052-05-22 14:13:27 UTC");
+        assert_eq!(utc_date(0), "1970-01-01 00:00:00 UTC");
+    }
+
+    #[test]
+    fn a_certificate_within_two_weeks_of_its_end_is_warned_about() {
+        let expiry = Expiry {
+            name: "default".into(),
+            key: "server.tls.cert".into(),
+            path: "/etc/levee/tls/cert.pem".into(),
+            not_after: IN_2033,
+        };
+        let day = 86_400;
+        let window = EXPIRY_WARNING.as_secs() as i64;
+        assert_eq!(expiry.warning(IN_2033 - window), None);
+        assert_eq!(expiry.warning(IN_2033 - 300 * day), None);
+        assert_eq!(
+            expiry.warning(IN_2033 - window + 1).as_deref(),
+            Some("server.tls.cert: /etc/levee/tls/cert.pem: the certificate expires on 2033-05-18 03:35:23 UTC (in 13 days): renew it")
+        );
+        assert_eq!(
+            expiry.warning(IN_2033 + 2 * day + 5).as_deref(),
+            Some("server.tls.cert: /etc/levee/tls/cert.pem: the certificate expired on 2033-05-18 03:35:23 UTC (2 days ago): clients refuse it")
+        );
+        assert!(expiry
+            .warning(IN_2033)
+            .is_some_and(|w| w.contains("expired on")));
+        assert!(expiry
+            .warning(IN_2033 - day - 1)
+            .is_some_and(|w| w.ends_with("(in 1 day): renew it")));
+        assert!(expiry
+            .warning(IN_2033 - 60)
+            .is_some_and(|w| w.ends_with("(in less than a day): renew it")));
+    }
+
+    /// A pair on disk for `Certs::load`; `mangle` edits the certificate's DER.
+    fn pair_on_disk(
+        dir: &Path,
+        file: &str,
+        not_after: i64,
+        mangle: impl FnOnce(&mut Vec<u8>),
+    ) -> CertPair {
+        let (cert, key) = cert_until(not_after);
+        let mut der = cert.der().to_vec();
+        mangle(&mut der);
+        let pem = format!(
+            "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+            base64_encode(&der)
+        );
+        let pair = CertPair {
+            cert: dir.join(format!("{file}.pem")),
+            key: dir.join(format!("{file}.key")),
+        };
+        std::fs::write(&pair.cert, pem).unwrap();
+        std::fs::write(&pair.key, key.serialize_pem()).unwrap();
+        pair
+    }
+
+    /// Standard base64 with padding, in 64-column lines, as PEM wants.
+    fn base64_encode(bytes: &[u8]) -> String {
+        const ABC: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let mut out = String::new();
+        for chunk in bytes.chunks(3) {
+            let b = [
+                chunk[0],
+                *chunk.get(1).unwrap_or(&0),
+                *chunk.get(2).unwrap_or(&0),
+            ];
+            let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+            for i in 0..4 {
+                if i <= chunk.len() {
+                    out.push(ABC[(n >> (18 - 6 * i) & 63) as usize] as char);
+                } else {
+                    out.push('=');
+                }
+            }
+        }
+        let lines: Vec<&str> = out
+            .as_bytes()
+            .chunks(64)
+            .map(|l| std::str::from_utf8(l).unwrap())
+            .collect();
+        lines.join("\n")
+    }
+
+    #[test]
+    fn a_set_records_each_pairs_expiry_and_an_unreadable_validity_is_a_load_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let default = pair_on_disk(dir.path(), "default", IN_2033, |_| {});
+        let api = pair_on_disk(dir.path(), "api", IN_2052, |_| {});
+        let mut tls = Tls {
+            listen: vec!["127.0.0.1:8443".parse().unwrap()],
+            default,
+            sni: vec![crate::config::SniCert {
+                names: vec!["api.test".into(), "*.api.test".into()],
+                pair: api.clone(),
+            }],
+        };
+        let provider = crate::tls::provider();
+        let (certs, _) = Certs::load(&tls, &provider).unwrap();
+        let got: Vec<(&str, &str, i64)> = certs
+            .expiry()
+            .iter()
+            .map(|e| (e.name.as_str(), e.key.as_str(), e.not_after))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("default", "server.tls.cert", IN_2033),
+                ("api.test,*.api.test", "server.tls.sni[0].cert", IN_2052),
+            ]
+        );
+
+        // notAfter's month made 13: webpki still takes the certificate apart (it reads
+        // the dates only when verifying), but its validity is no date.
+        tls.sni[0].pair = pair_on_disk(dir.path(), "bad", IN_2033, |der| {
+            let at = der
+                .windows(13)
+                .position(|w| w == b"330518033523Z")
+                .expect("notAfter in the DER");
+            der[at + 2..at + 4].copy_from_slice(b"13");
+        });
+        let errors = Certs::load(&tls, &provider).unwrap_err();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].key, "server.tls.sni[0].cert");
+        assert_eq!(errors[0].path, tls.sni[0].pair.cert);
+        assert!(
+            errors[0].problem.contains("validity cannot be read"),
+            "{}",
+            errors[0]
+        );
+    }
 }

@@ -18,7 +18,7 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
 
-pub use certs::{CertError, Certs, Warnings};
+pub use certs::{CertError, Certs, Expiry, Warnings};
 pub use handshake::{Handshake, HandshakeMetrics};
 
 use crate::config::Tls;
@@ -35,7 +35,8 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 }
 
 /// Loads every certificate pair of `tls` as `levee check` and start-up do; `Err`
-/// holds every problem, each naming its config key and file.
+/// holds every problem, each naming its config key and file. The warnings include
+/// certificates expired or expiring within [`certs::EXPIRY_WARNING`].
 pub fn check(tls: &Tls) -> Result<Warnings, Vec<CertError>> {
     Certs::load(tls, &provider()).map(|(_, warnings)| warnings)
 }
@@ -45,6 +46,9 @@ pub struct CertStore {
     current: ArcSwap<Certs>,
     provider: Arc<rustls::crypto::CryptoProvider>,
     reload_errors: prometheus::IntCounter,
+    /// `levee_tls_cert_expiry_seconds`: written only where `current` is stored, so it
+    /// describes the set in force.
+    cert_expiry: prometheus::IntGaugeVec,
 }
 
 impl std::fmt::Debug for CertStore {
@@ -73,21 +77,30 @@ impl CertStore {
         let provider = provider();
         let (certs, warnings) = Certs::load(tls, &provider)?;
         log_warnings(&warnings);
-        Ok(CertStore {
+        let store = CertStore {
             current: ArcSwap::from_pointee(certs),
             provider,
             reload_errors: metrics.tls_reload_errors.clone(),
-        })
+            cert_expiry: metrics.tls_cert_expiry.clone(),
+        };
+        store.publish_expiry(&store.current.load());
+        Ok(store)
     }
 
     /// Re-reads every file of `tls` and swaps the new set in if all of it loads. A
-    /// failure keeps the set in force, logs each problem with its file, and counts
-    /// one reload error.
+    /// failure keeps the set in force (and its `levee_tls_cert_expiry_seconds`), logs
+    /// each problem with its file, and counts one reload error.
     pub fn reload(&self, tls: &Tls) -> Reload {
         match Certs::load(tls, &self.provider) {
-            Ok((certs, _)) if certs.same_files(&self.current.load()) => Reload::Unchanged,
+            Ok((certs, _)) if certs.same_files(&self.current.load()) => {
+                // Time has moved since the set was loaded: a certificate near its end
+                // is worth a line at every reload, even of the same files.
+                log_warnings(&certs.expiry_warnings(certs::unix_now()));
+                Reload::Unchanged
+            }
             Ok((certs, warnings)) => {
                 log_warnings(&warnings);
+                self.publish_expiry(&certs);
                 self.current.store(Arc::new(certs));
                 tracing::info!("TLS certificates reloaded; new connections use them");
                 Reload::Reloaded
@@ -104,6 +117,19 @@ impl CertStore {
                 }
                 Reload::Failed(errors)
             }
+        }
+    }
+
+    /// Replaces every series of `levee_tls_cert_expiry_seconds` with those of
+    /// `certs`, so an SNI entry a reload removed leaves no series behind. A scrape
+    /// between the reset and the sets may miss a series for that instant; reloads are
+    /// rare and one at a time (the app's reload lock), and the next scrape has them.
+    fn publish_expiry(&self, certs: &Certs) {
+        self.cert_expiry.reset();
+        for e in certs.expiry() {
+            self.cert_expiry
+                .with_label_values(&[e.name.as_str()])
+                .set(e.not_after);
         }
     }
 }
