@@ -620,6 +620,7 @@ fn alert_rules_have_four_tiers_and_the_labels_routing_needs() {
         "LeveeConfigReloadFailed",
         "LeveeTlsCertExpiresSoon",
         "LeveeTlsCertExpiresVerySoon",
+        "LeveeProxyProtocolErrors",
         "LeveeDown",
     ] {
         assert!(names.contains(required), "no alert {required}");
@@ -820,6 +821,22 @@ tests:
         alertname: LeveeTlsCertExpiresVerySoon
         exp_alerts:
           - exp_labels: {job: levee, instance: l1, name: api.test, severity: critical, tier: emergency}
+  # PROXY protocol: l1 closes 2 connections/s without a header, l2 a few timeouts.
+  - interval: 1m
+    input_series:
+      - series: 'levee_proxy_protocol_errors_total{job="levee",instance="l1",reason="missing"}'
+        values: '0+120x30'
+      - series: 'levee_proxy_protocol_errors_total{job="levee",instance="l2",reason="timeout"}'
+        values: '0+120x30'
+      - series: 'levee_proxy_protocol_errors_total{job="levee",instance="l2",reason="missing"}'
+        values: '0x30'
+    alert_rule_test:
+      - eval_time: 8m
+        alertname: LeveeProxyProtocolErrors
+      - eval_time: 20m
+        alertname: LeveeProxyProtocolErrors
+        exp_alerts:
+          - exp_labels: {instance: l1, severity: warning, tier: red}
   # One levee of two down; then every levee down.
   - interval: 15s
     input_series:
