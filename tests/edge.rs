@@ -233,9 +233,7 @@ async fn a_proxy_header_names_the_client() {
         assert_eq!(h["x-forwarded-for"], *client, "{h}");
     }
     // Keep-alive after the header: the next requests on the connection are served.
-    let mut tcp = TcpStream::connect(addr).await.unwrap();
-    tcp.write_all(&v1("192.0.2.50", 1)).await.unwrap();
-    let mut c = raw_h1(tcp).await;
+    let mut c = after_header(addr, &v1("192.0.2.50", 1)).await;
     for _ in 0..3 {
         let v = c.request(get("/x?echo=1")).await.json();
         assert_eq!(v["headers"]["x-forwarded-for"], "192.0.2.50");
@@ -244,8 +242,10 @@ async fn a_proxy_header_names_the_client() {
     assert!(errors.values().all(|n| *n == 0.0), "{errors:?}");
 }
 
-/// An HTTP/1.1 client on a connection whose PROXY header was already written.
-async fn raw_h1(tcp: TcpStream) -> Conn {
+/// An HTTP/1.1 client on a new connection to `addr` that begins with `header`.
+async fn after_header(addr: SocketAddr, header: &[u8]) -> Conn {
+    let mut tcp = TcpStream::connect(addr).await.expect("connect");
+    tcp.write_all(header).await.expect("write the PROXY header");
     Conn::over(tcp).await
 }
 
@@ -313,13 +313,8 @@ async fn the_per_ip_cap_counts_the_proxy_source() {
         .start()
         .await;
     let addr = levee.addr();
-    let first = {
-        let mut tcp = TcpStream::connect(addr).await.unwrap();
-        tcp.write_all(&v1("192.0.2.1", 1)).await.unwrap();
-        let mut c = raw_h1(tcp).await;
-        assert_eq!(c.get("/x").await.status, 200);
-        c
-    };
+    let mut first = after_header(addr, &v1("192.0.2.1", 1)).await;
+    assert_eq!(first.get("/x").await.status, 200);
     // Same source behind the same balancer address: over the cap, closed unanswered.
     assert_eq!(exchange(addr, &[&v1("192.0.2.1", 2), ECHO]).await, b"");
     // Another source through the same balancer is its own client.
