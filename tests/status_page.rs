@@ -324,6 +324,8 @@ async fn page_shows_shadow_mode_and_would_sheds() {
     };
     let r1 = replica("r1", "a", 8, 1).await;
     let levee = Setup::new(&[&r1])
+        // (The test client's requests name the host "test".)
+        .upstream("hosts = [\"test\", \"*.example.com\"]")
         .upstream(
             "[upstream.limits]\nmax_inflight = 1\nqueue_depth = 1\nqueue_timeout_ms = 5000\n\
              mode = \"shadow\"",
@@ -351,6 +353,12 @@ async fn page_shows_shadow_mode_and_would_sheds() {
     assert!(would.contains("2 total"), "{would}");
     let shed = field(&dom, "shed");
     assert!(shed.contains("0 total"), "{shed}");
+    // The card's header lists the upstream's hosts.
+    let head = element(&dom, "data-upstream", "app", "</div>");
+    assert!(
+        head.contains(r#"<span class="hosts""#) && head.contains("test, *.example.com"),
+        "{head}"
+    );
 }
 
 /// A scripted stand-in for the admin listener: `/` is the page, and `/status`
