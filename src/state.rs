@@ -147,6 +147,8 @@ impl Backend {
 /// A pool of backends serving some routes, with its queue and load level.
 pub struct Upstream {
     pub name: String,
+    /// What levee speaks to the backends.
+    pub protocol: config::Protocol,
     pub balance: Balance,
     pub affinity: Option<Affinity>,
     pub retry_on_connect_failure: u32,
@@ -273,6 +275,7 @@ impl Upstream {
         Upstream {
             backends,
             name: cfg.name.clone(),
+            protocol: cfg.protocol,
             balance: cfg.balance,
             affinity: cfg.affinity.clone(),
             retry_on_connect_failure: cfg.retry_on_connect_failure,

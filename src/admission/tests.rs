@@ -3,7 +3,7 @@ use std::time::Duration;
 
 use super::level::Level;
 use super::*;
-use crate::config::{self, Balance, Class, Levels, Limits, Thresholds};
+use crate::config::{self, Balance, Class, Levels, Limits, Protocol, Thresholds};
 use crate::metrics::Metrics;
 use crate::state::Upstream;
 
@@ -57,6 +57,7 @@ fn cfg_of(up: &Upstream, fair: bool) -> config::Upstream {
         name: up.name.clone(),
         hosts: Vec::new(),
         routes: vec!["/".into()],
+        protocol: Protocol::H1,
         balance: up.balance,
         affinity: None,
         retry_on_connect_failure: 1,
@@ -101,6 +102,7 @@ fn upstream_in(
         name: "u".into(),
         hosts: Vec::new(),
         routes: vec!["/".into()],
+        protocol: Protocol::H1,
         balance: Balance::LeastInflight,
         affinity: None,
         retry_on_connect_failure: 1,

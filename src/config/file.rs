@@ -97,6 +97,8 @@ pub struct Upstream {
     pub hosts: Option<Vec<String>>,
     /// Path prefixes; required, at least one.
     pub routes: Option<Vec<String>>,
+    /// `h1` or `h2`.
+    pub protocol: Option<String>,
     /// `least_inflight`, `round_robin` or `consistent_hash`.
     pub balance: Option<String>,
     /// `header:NAME` or `cookie:NAME`.

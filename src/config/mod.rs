@@ -301,6 +301,36 @@ impl RuntimeLayout {
     }
 }
 
+/// What levee speaks to an upstream's backends (`upstream.protocol`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Protocol {
+    /// HTTP/1.1, a request per connection at a time (levee's pool).
+    #[default]
+    H1,
+    /// HTTP/2 over cleartext with prior knowledge (h2c): a few connections per
+    /// backend, many streams on each; what gRPC servers speak.
+    H2,
+}
+
+impl Protocol {
+    /// The name used in the config file and in output.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::H1 => "h1",
+            Self::H2 => "h2",
+        }
+    }
+
+    /// Parses a config-file name (exact, lower case).
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "h1" => Some(Self::H1),
+            "h2" => Some(Self::H2),
+            _ => None,
+        }
+    }
+}
+
 /// How an upstream spreads requests over its backends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Balance {
@@ -369,6 +399,8 @@ pub struct Upstream {
     pub hosts: Vec<String>,
     /// Path prefixes, each starting with `/`. Unique per host across all upstreams.
     pub routes: Vec<String>,
+    /// How levee speaks to the backends.
+    pub protocol: Protocol,
     /// How requests are spread over the backends.
     pub balance: Balance,
     /// Required when `balance` is `ConsistentHash`; optional otherwise (ignored).
@@ -656,6 +688,9 @@ pub enum Check {
     Http,
     /// A TCP connect.
     Tcp,
+    /// The standard gRPC health check, `grpc.health.v1.Health/Check` for the whole
+    /// server (service `""`), healthy when it answers `SERVING` (h2 upstreams).
+    Grpc,
 }
 
 impl Health {

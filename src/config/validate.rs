@@ -475,6 +475,16 @@ impl Validator {
                 Balance::LeastInflight
             }),
         };
+        let protocol = match u.protocol.as_deref() {
+            None => Protocol::H1,
+            Some(text) => Protocol::parse(text).unwrap_or_else(|| {
+                self.error(
+                    format!("{prefix}.protocol"),
+                    format!("unknown protocol {text:?} (expected h1 or h2)"),
+                );
+                Protocol::H1
+            }),
+        };
         let affinity = u
             .affinity
             .as_deref()
@@ -531,6 +541,12 @@ impl Validator {
         let limits = self.limits(prefix, u.limits.as_ref());
         let levels = self.levels(prefix, u.levels.as_ref(), &limits);
         let health = self.health(prefix, u.health.as_ref());
+        if health.check == Check::Grpc && protocol != Protocol::H2 {
+            self.error(
+                format!("{prefix}.health.check"),
+                "check = \"grpc\" needs protocol = \"h2\" (gRPC runs over HTTP/2)",
+            );
+        }
         let fairness = u.fairness.as_ref().and_then(|f| self.fairness(prefix, f));
         let backends = self.backends(prefix, u.backend.as_deref(), &limits);
         let adaptive = u
@@ -541,6 +557,7 @@ impl Validator {
             name: u.name.clone().unwrap_or_default(),
             hosts: Vec::new(),
             routes: u.routes.clone().unwrap_or_default(),
+            protocol,
             balance,
             affinity,
             retry_on_connect_failure,
@@ -980,11 +997,12 @@ impl Validator {
                 Check::Http
             }
             Some("tcp") => Check::Tcp,
+            Some("grpc") => Check::Grpc,
             Some("none") => Check::None,
             Some(other) => {
                 self.error(
                     format!("{path}.check"),
-                    format!("unknown check {other:?}: use \"http\", \"tcp\" or \"none\""),
+                    format!("unknown check {other:?}: use \"http\", \"grpc\", \"tcp\" or \"none\""),
                 );
                 Check::None
             }

@@ -19,13 +19,13 @@ use super::body::ResBody;
 use super::exchange::{AccessLog, Exchange};
 use super::identity::{self, X_REQUEST_ID};
 use super::io::{Active, ConnShared};
-use super::pool::{BackendConn, Pools};
+use super::pool::{BackendConn, Pools, Sender, Sent};
 use super::respond;
 use super::upload::{ForwardBody, Upload};
 use super::validate::{self, HeadFacts, HOP_BY_HOP, HOP_BY_HOP_COUNT, X_FORWARDED_FOR};
 use crate::admission::Permit;
-use crate::config::{Affinity, Class};
-use crate::error::{error_body, Failure};
+use crate::config::{Affinity, Class, Protocol};
+use crate::error::Failure;
 use crate::hash::hash_bytes;
 use crate::state::{SharedSnapshot, Snapshot, Upstream};
 
@@ -204,7 +204,6 @@ async fn handle(
 ) -> Response<ResBody> {
     let server = &snapshot.config.server;
     let (mut parts, body) = req.into_parts();
-    let id_str = id.to_str().unwrap_or("-");
     let client = identity::client_ip(conn.peer.ip(), &parts.headers, &server.trusted_proxies);
     let log = server.access_log.then(|| {
         Box::new(AccessLog {
@@ -219,6 +218,11 @@ async fn handle(
         })
     });
 
+    let own = respond::Own {
+        request_id: id.to_str().unwrap_or("-"),
+        grpc: respond::is_grpc(&parts.headers),
+        h2: parts.version == Version::HTTP_2,
+    };
     let framing_broken = conn
         .shared
         .framing_violation
@@ -227,13 +231,7 @@ async fn handle(
         Ok(head) if !framing_broken => head,
         _ => {
             log_own(log.as_deref(), 400, "bad_request", None);
-            return respond::json(
-                400,
-                error_body("bad_request", None, id_str),
-                None,
-                true,
-                Some(active),
-            );
+            return own.error(400, "bad_request", None, true, Some(active));
         }
     };
     let host = if snapshot.routes_by_host() {
@@ -244,22 +242,28 @@ async fn handle(
     let Some(upstream) = snapshot.route(host, parts.uri.path()).cloned() else {
         snapshot.unrouted.inc();
         log_own(log.as_deref(), 404, "no_route", None);
-        let body = error_body("no_route", None, id_str);
-        return respond::json(404, body, None, false, Some(active));
+        return own.error(404, "no_route", None, false, Some(active));
     };
     let limit = server.max_request_body_bytes;
     let declared = head.content_length;
     if limit > 0 && declared.is_some_and(|n| n > limit) {
         log_own(log.as_deref(), 413, "body_too_large", None);
-        let body = error_body("body_too_large", Some(&upstream.name), id_str);
-        return respond::json(413, body, None, true, Some(active));
+        return own.error(
+            413,
+            "body_too_large",
+            Some(&upstream.name),
+            true,
+            Some(active),
+        );
     }
     let class = snapshot.classify(parts.uri.path(), &parts.headers);
     let key = upstream
         .affinity
         .as_ref()
         .and_then(|a| affinity_key(&parts.headers, a));
-    let upgrade = parts.version < Version::HTTP_2 && head.upgrade;
+    // An HTTP/2 upstream takes no HTTP/1 upgrade: the request goes as a plain one.
+    let upgrade =
+        parts.version < Version::HTTP_2 && head.upgrade && upstream.protocol == Protocol::H1;
     let may_stream = upgrade || head.accepts_event_stream;
     let mut log = log;
     if let Some(l) = log.as_mut() {
@@ -275,7 +279,7 @@ async fn handle(
         Ok(permit) => permit,
         Err(shed) => {
             log_own(log.as_deref(), 503, shed.reason.as_str(), None);
-            return respond::shed(&upstream.name, &shed, id_str, Some(active));
+            return own.shed(&upstream.name, &shed, Some(active));
         }
     };
     if let (Some(l), Some(reason)) = (log.as_mut(), permit.would_shed) {
@@ -286,6 +290,9 @@ async fn handle(
     let mut exchange = Exchange::new(permit, log);
 
     prepare_head(&mut parts, &head, conn, upgrade);
+    if upstream.protocol == Protocol::H2 {
+        for_h2(&mut parts, own.grpc);
+    }
     parts.headers.insert(X_REQUEST_ID.clone(), id.clone());
     let upload = Arc::new(Upload::default());
     let body = ForwardBody::client(
@@ -312,7 +319,7 @@ async fn handle(
             let (status, _) = f.status_and_label();
             exchange.status = status;
             exchange.finish(Some(f));
-            return respond::failure(f, Some(&upstream.name), id_str, Some(active));
+            return own.failure(f, Some(&upstream.name), Some(active));
         }
     };
     let (mut rparts, rbody) = resp.into_parts();
@@ -344,6 +351,10 @@ async fn handle(
     if streaming {
         exchange.unmeasured();
     }
+    // A gRPC call's answer may stream for as long as the call lasts (its deadline is
+    // the client's `grpc-timeout`): each read is bounded, the whole is not. A unary
+    // call's latency still counts for the backend's limit and the level.
+    let streaming = streaming || own.grpc;
     let (wait, deadline) = if streaming {
         (t.read.max(t.stream_idle), None)
     } else {
@@ -412,6 +423,34 @@ fn prepare_head(parts: &mut http::request::Parts, head: &HeadFacts, conn: &Conn,
     );
 }
 
+/// Turns a prepared HTTP/1.1 head into an HTTP/2 one for an h2 upstream: the target
+/// carries the scheme and authority (`:scheme`, `:authority`, from `Host`), and a gRPC
+/// call keeps `TE: trailers`, which gRPC servers ask for and HTTP/2 allows.
+fn for_h2(parts: &mut http::request::Parts, grpc: bool) {
+    let authority = parts
+        .headers
+        .get(header::HOST)
+        .and_then(|h| http::uri::Authority::try_from(h.as_bytes()).ok());
+    // A request without a host (HTTP/1.0) still needs an `:authority`.
+    let authority = authority.unwrap_or(http::uri::Authority::from_static("localhost"));
+    {
+        let mut uri = std::mem::take(&mut parts.uri).into_parts();
+        uri.scheme = Some(http::uri::Scheme::HTTP);
+        uri.authority = Some(authority);
+        if uri.path_and_query.is_none() {
+            uri.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+        }
+        parts.uri = Uri::from_parts(uri).unwrap_or_else(|_| Uri::from_static("/"));
+    }
+    parts.headers.remove(header::HOST);
+    parts.version = Version::HTTP_2;
+    if grpc {
+        parts
+            .headers
+            .insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
 /// What sending one request needs.
 struct Attempt<'a> {
     snapshot: &'a Snapshot,
@@ -462,7 +501,7 @@ impl Attempt<'_> {
             };
             let index = permit.backend_index();
             let backend = permit.backend().clone();
-            let pool = self.pools.get(backend.address);
+            let pool = self.pools.get(backend.address, up.protocol);
             let conn = match pool
                 .checkout(t.connect, t.upstream_idle, backend.max_inflight())
                 .await
@@ -588,6 +627,30 @@ impl Attempt<'_> {
         mut conn: BackendConn,
         req: Request<ForwardBody>,
     ) -> Result<(Response<Incoming>, BackendConn), SendError> {
+        let r = match &mut conn.tx {
+            Sender::H1(tx) => self.head(tx.try_send_request(req)).await,
+            Sender::H2(tx) => self.head(tx.try_send_request(req)).await,
+        };
+        match r {
+            None => Err(SendError::Failed(Failure::UpstreamTimeout)),
+            Some(Ok(resp)) => Ok((resp, conn)),
+            Some(Err(mut e)) => {
+                let unsent = e.take_message();
+                let err = e.into_error();
+                match unsent {
+                    Some(back) if conn.reused => Err(SendError::NotSent(Box::new(back))),
+                    _ => Err(SendError::Failed(classify(&err))),
+                }
+            }
+        }
+    }
+}
+
+impl Attempt<'_> {
+    /// Waits for the response head of a request being sent (`sent`), at most `read`
+    /// after its last progress; `None` when that passed. Generic over each protocol's
+    /// send future, so neither is boxed.
+    async fn head<F: Future<Output = Sent>>(&self, sent: F) -> Option<Sent> {
         let t = &self.snapshot.config.server.timeouts;
         let read = if self.may_stream {
             t.read.max(t.stream_idle)
@@ -595,7 +658,6 @@ impl Attempt<'_> {
             t.read
         };
         let started = Instant::now();
-        let sent = conn.tx.try_send_request(req);
         tokio::pin!(sent);
         // The wait for the head counts from the request's last progress: a slow upload
         // is bounded by `client_header` per read, not by the backend's `read`, while a
@@ -607,7 +669,7 @@ impl Attempt<'_> {
                 .map_or(started, |p| p.max(started));
             last + read
         };
-        let r = if self.ticked {
+        if self.ticked {
             // Checked when the driver polls: on a wake-up, and at least every tick. The
             // first poll (the request just went out) cannot be overdue.
             let mut first = true;
@@ -633,18 +695,6 @@ impl Attempt<'_> {
                             break None;
                         }
                     }
-                }
-            }
-        };
-        match r {
-            None => Err(SendError::Failed(Failure::UpstreamTimeout)),
-            Some(Ok(resp)) => Ok((resp, conn)),
-            Some(Err(mut e)) => {
-                let unsent = e.take_message();
-                let err = e.into_error();
-                match unsent {
-                    Some(back) if conn.reused => Err(SendError::NotSent(Box::new(back))),
-                    _ => Err(SendError::Failed(classify(&err))),
                 }
             }
         }

@@ -1,4 +1,13 @@
-//! levee's own pool of HTTP/1.1 connections to each backend.
+//! levee's own pool of connections to each backend: HTTP/1.1, one request at a time
+//! per connection, or HTTP/2 (h2c with prior knowledge), many streams per connection.
+//!
+//! HTTP/2 connections are shared: each request takes a stream on the least busy open
+//! connection, and a new connection is opened only when every one carries
+//! [`H2_STREAMS`] streams (levee's slots, not the connection, bound how many streams a
+//! backend gets; a backend's own `SETTINGS_MAX_CONCURRENT_STREAMS` below that makes
+//! further streams wait in the connection until one ends). A connection the backend
+//! sent GOAWAY on is seen closing and not chosen again; a request it had not started
+//! comes back unsent and goes on another connection.
 //!
 //! Requests hold a backend slot (their `Permit`) while they use a connection, so the
 //! connections in use never exceed the backend's limit in force; idle ones are kept up
@@ -19,12 +28,46 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
-use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2, TrySendError};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
 use super::upload::ForwardBody;
+use crate::config::Protocol;
 use crate::error::Failure;
+
+/// Streams an HTTP/2 backend connection carries before another is opened.
+pub const H2_STREAMS: u32 = 100;
+
+/// Most HTTP/2 connections to one backend.
+pub const H2_MAX_CONNECTIONS: usize = 16;
+
+/// The sending half of a backend connection.
+pub enum Sender {
+    H1(http1::SendRequest<ForwardBody>),
+    H2(http2::SendRequest<ForwardBody>),
+}
+
+impl Sender {
+    pub fn is_closed(&self) -> bool {
+        match self {
+            Sender::H1(tx) => tx.is_closed(),
+            Sender::H2(tx) => tx.is_closed(),
+        }
+    }
+
+    fn is_ready(&self) -> bool {
+        match self {
+            Sender::H1(tx) => tx.is_ready(),
+            Sender::H2(tx) => tx.is_ready(),
+        }
+    }
+}
+
+/// What sending a request on a connection gives: the response head, or the error with
+/// the request when it never left.
+pub type Sent = Result<hyper::Response<Incoming>, TrySendError<hyper::Request<ForwardBody>>>;
 
 /// Idle connections kept beyond a backend's `max_inflight`, so a burst that ends and
 /// starts again does not reconnect.
@@ -40,17 +83,17 @@ const SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// the connections of backends it keeps.
 #[derive(Default)]
 pub struct Pools {
-    by_addr: DashMap<SocketAddr, Arc<Pool>>,
+    by_addr: DashMap<(SocketAddr, Protocol), Arc<Pool>>,
 }
 
 impl Pools {
-    pub fn get(&self, addr: SocketAddr) -> Arc<Pool> {
-        if let Some(p) = self.by_addr.get(&addr) {
+    pub fn get(&self, addr: SocketAddr, protocol: Protocol) -> Arc<Pool> {
+        if let Some(p) = self.by_addr.get(&(addr, protocol)) {
             return p.clone();
         }
         self.by_addr
-            .entry(addr)
-            .or_insert_with(|| Arc::new(Pool::new(addr)))
+            .entry((addr, protocol))
+            .or_insert_with(|| Arc::new(Pool::new(addr, protocol)))
             .clone()
     }
 
@@ -74,17 +117,22 @@ impl Pools {
         })
     }
 
-    /// Open connections to `addr` (in use and idle).
+    /// Open connections to `addr` (in use and idle), of either protocol.
     pub fn open(&self, addr: SocketAddr) -> u32 {
-        self.by_addr
-            .get(&addr)
-            .map_or(0, |p| p.open.load(Ordering::Relaxed))
+        [Protocol::H1, Protocol::H2]
+            .iter()
+            .filter_map(|p| self.by_addr.get(&(addr, *p)))
+            .map(|p| p.open.load(Ordering::Relaxed))
+            .sum()
     }
 }
 
 /// The connections to one backend.
 pub struct Pool {
     addr: SocketAddr,
+    protocol: Protocol,
+    /// HTTP/2: the shared connections.
+    h2: parking_lot::Mutex<Vec<H2Conn>>,
     /// By worker slot ([`slot`]); oldest first, taken from the back (the most
     /// recently used is the warmest).
     idle: [parking_lot::Mutex<Vec<Idle>>; SLOTS],
@@ -99,6 +147,26 @@ struct Idle {
     since: Instant,
 }
 
+/// One shared HTTP/2 connection.
+struct H2Conn {
+    tx: http2::SendRequest<ForwardBody>,
+    /// Streams taken on it now (one per [`BackendConn`] checked out).
+    streams: Arc<AtomicU32>,
+    /// Counts the connection open while the pool holds it.
+    _open: Arc<Open>,
+    /// When its last stream ended (for `upstream_idle`).
+    since: Instant,
+}
+
+/// A stream's hold on its HTTP/2 connection, released on drop.
+struct Stream(Arc<AtomicU32>);
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Counts one open connection until dropped.
 struct Open(Arc<Pool>);
 
@@ -108,15 +176,19 @@ impl Drop for Open {
     }
 }
 
-/// A connection to a backend, checked out for one request.
+/// A connection to a backend, checked out for one request (on HTTP/2, one stream of
+/// a shared connection).
 pub struct BackendConn {
-    pub tx: SendRequest<ForwardBody>,
+    pub tx: Sender,
     /// Taken from the pool rather than made for this request.
     pub reused: bool,
     /// The worker slot whose runtime drives the connection.
     home: usize,
-    /// Its pool, counting it open until it drops.
-    open: Open,
+    /// Its pool, counting it open until it drops (HTTP/2: while the pool or any of
+    /// its streams holds it).
+    open: Arc<Open>,
+    /// HTTP/2: the stream's count on its connection.
+    _stream: Option<Stream>,
 }
 
 impl BackendConn {
@@ -127,9 +199,11 @@ impl BackendConn {
 }
 
 impl Pool {
-    fn new(addr: SocketAddr) -> Pool {
+    fn new(addr: SocketAddr, protocol: Protocol) -> Pool {
         Pool {
             addr,
+            protocol,
+            h2: parking_lot::Mutex::new(Vec::new()),
             idle: std::array::from_fn(|_| parking_lot::Mutex::new(Vec::new())),
             open: AtomicU32::new(0),
             idle_count: AtomicU32::new(0),
@@ -144,6 +218,9 @@ impl Pool {
         max_idle: Duration,
         cap: u32,
     ) -> Result<BackendConn, Failure> {
+        if self.protocol == Protocol::H2 {
+            return self.checkout_h2(connect, cap).await;
+        }
         if let Some(c) = self.take_idle(max_idle) {
             return Ok(c);
         }
@@ -184,8 +261,70 @@ impl Pool {
         })
     }
 
-    /// Returns a connection whose exchange ended cleanly.
+    /// A stream on the least busy open HTTP/2 connection, or on a new one when each
+    /// carries [`H2_STREAMS`] (and fewer than the connections `cap` streams need are
+    /// open).
+    async fn checkout_h2(
+        self: &Arc<Self>,
+        connect: Duration,
+        cap: u32,
+    ) -> Result<BackendConn, Failure> {
+        let wanted = (cap.div_ceil(H2_STREAMS) as usize).clamp(1, H2_MAX_CONNECTIONS);
+        if let Some(c) = self.take_stream(wanted) {
+            return Ok(c);
+        }
+        let conn = self.connect(connect).await?;
+        let Sender::H2(tx) = &conn.tx else {
+            return Ok(conn);
+        };
+        let streams = Arc::new(AtomicU32::new(1));
+        self.h2.lock().push(H2Conn {
+            tx: tx.clone(),
+            streams: streams.clone(),
+            _open: conn.open.clone(),
+            since: Instant::now(),
+        });
+        Ok(BackendConn {
+            _stream: Some(Stream(streams)),
+            ..conn
+        })
+    }
+
+    /// A stream on an open connection: the least busy one, unless it is full and fewer
+    /// than `wanted` are open (then `None`: open another).
+    fn take_stream(&self, wanted: usize) -> Option<BackendConn> {
+        let mut conns = self.h2.lock();
+        conns.retain(|c| !c.tx.is_closed());
+        let best = conns
+            .iter()
+            .min_by_key(|c| c.streams.load(Ordering::Relaxed))?;
+        if best.streams.load(Ordering::Relaxed) >= H2_STREAMS && conns.len() < wanted {
+            return None;
+        }
+        best.streams.fetch_add(1, Ordering::Relaxed);
+        Some(BackendConn {
+            tx: Sender::H2(best.tx.clone()),
+            reused: true,
+            home: slot(),
+            open: best._open.clone(),
+            _stream: Some(Stream(best.streams.clone())),
+        })
+    }
+
+    /// Returns a connection whose exchange ended cleanly (HTTP/2: the stream ends; the
+    /// connection stays in the pool).
     pub fn checkin(&self, conn: BackendConn, cap: u32) {
+        if let Sender::H2(_) = conn.tx {
+            if let Some(c) = self
+                .h2
+                .lock()
+                .iter_mut()
+                .find(|c| Arc::ptr_eq(&c._open, &conn.open))
+            {
+                c.since = Instant::now();
+            }
+            return;
+        }
         if conn.tx.is_closed() || self.open.load(Ordering::Relaxed) > cap + IDLE_ALLOWANCE {
             return;
         }
@@ -197,6 +336,12 @@ impl Pool {
     }
 
     fn prune(&self, max_idle: Duration) {
+        // HTTP/2: connections without streams for `max_idle` close (the pool's handle
+        // is the last one left).
+        self.h2.lock().retain(|c| {
+            !c.tx.is_closed()
+                && (c.streams.load(Ordering::Relaxed) > 0 || c.since.elapsed() < max_idle)
+        });
         for idle in &self.idle {
             let mut idle = idle.lock();
             let before = idle.len();
@@ -214,21 +359,40 @@ impl Pool {
         };
         let _ = tcp.set_nodelay(true);
         self.open.fetch_add(1, Ordering::Relaxed);
-        let open = Open(self.clone());
-        let (tx, conn) = hyper::client::conn::http1::Builder::new()
-            .handshake(TokioIo::new(tcp))
-            .await
-            .map_err(|_| Failure::ConnectError)?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.with_upgrades().await {
-                tracing::trace!(error = %e, "backend connection ended");
+        let open = Arc::new(Open(self.clone()));
+        let tx = match self.protocol {
+            Protocol::H1 => {
+                let (tx, conn) = http1::Builder::new()
+                    .handshake(TokioIo::new(tcp))
+                    .await
+                    .map_err(|_| Failure::ConnectError)?;
+                tokio::spawn(async move {
+                    if let Err(e) = conn.with_upgrades().await {
+                        tracing::trace!(error = %e, "backend connection ended");
+                    }
+                });
+                Sender::H1(tx)
             }
-        });
+            Protocol::H2 => {
+                let (tx, conn) = http2::Builder::new(TokioExecutor::new())
+                    .timer(TokioTimer::new())
+                    .handshake(TokioIo::new(tcp))
+                    .await
+                    .map_err(|_| Failure::ConnectError)?;
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::trace!(error = %e, "backend h2 connection ended");
+                    }
+                });
+                Sender::H2(tx)
+            }
+        };
         Ok(BackendConn {
             tx,
             reused: false,
             home: slot(),
             open,
+            _stream: None,
         })
     }
 }
