@@ -298,3 +298,62 @@ async fn a_backend_going_away_under_load_fails_no_call() {
     );
     drop(b);
 }
+
+/// An HTTP/2 server that refuses every stream (RST_STREAM REFUSED_STREAM), as a
+/// server at its stream limit or going away does.
+async fn refusing_server() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut conn) = h2::server::handshake(socket).await else {
+                    return;
+                };
+                while let Some(Ok((_req, mut respond))) = conn.accept().await {
+                    respond.send_reset(h2::Reason::REFUSED_STREAM);
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_stream_goes_to_another_backend() {
+    let refusing = refusing_server().await;
+    let good = GrpcServer::start().await;
+    let levee = levee(
+        &[refusing, good.addr],
+        "balance = \"round_robin\"\nretry_on_connect_failure = 1\n\
+         [upstream.health]\neject_after_failures = 0",
+    )
+    .await;
+    for i in 0..10 {
+        // Bodiless requests, whatever their method: the refused ones were not processed.
+        let method = if i % 2 == 0 { "GET" } else { "DELETE" };
+        let req = http::Request::builder()
+            .method(method)
+            .uri("/x")
+            .header("host", "t")
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap();
+        let reply = fetch(levee.addr(), req).await;
+        assert_eq!(reply.status, 200, "{method}: {:?}", reply.body);
+        assert_eq!(
+            reply.header("grpc-status"),
+            Some("12"),
+            "served by the tonic server"
+        );
+    }
+    let metrics =
+        String::from_utf8_lossy(&fetch(levee.admin_addr.unwrap(), get("/metrics")).await.body)
+            .into_owned();
+    let retries = samples(&metrics, "levee_retries_total");
+    let connect: f64 = retries
+        .iter()
+        .filter(|(k, _)| k.contains("kind=\"connect\""))
+        .map(|(_, v)| v)
+        .sum();
+    assert!(connect >= 5.0, "{retries:?}");
+}

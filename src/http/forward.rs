@@ -468,8 +468,16 @@ struct Attempt<'a> {
 enum SendError {
     /// The connection was closed before the request went out: the request is back.
     NotSent(Box<Request<ForwardBody>>),
+    /// An HTTP/2 backend refused the stream (REFUSED_STREAM): it did not process the
+    /// request, but the request's body is gone with it.
+    Refused,
     Failed(Failure),
 }
+
+/// Most times one request goes back unsent (a pooled connection closed, an HTTP/2
+/// connection going away) before it fails: each is a connection levee will not use
+/// again, so this is only reached when connections keep closing under it.
+const MAX_UNSENT: u32 = 4;
 
 impl Attempt<'_> {
     /// Connects (retrying a failed connect on another backend), sends, and waits for
@@ -493,7 +501,10 @@ impl Attempt<'_> {
                 .as_ref()
                 .is_some_and(|h| parts.headers.contains_key(h));
         let replayable = bodiless && idempotent && up.backends.len() > 1;
-        let spare = replayable.then(|| parts.clone());
+        // An HTTP/2 backend may refuse a stream it did not process; a bodiless request
+        // can then go elsewhere as after a failed connect, whatever its method.
+        let spare = (replayable || bodiless && up.protocol == Protocol::H2).then(|| parts.clone());
+        let mut unsent = 0u32;
         let mut req = Some(Request::from_parts(parts, body));
         loop {
             let Some(permit) = exchange.permit() else {
@@ -538,7 +549,7 @@ impl Attempt<'_> {
                 Ok((resp, conn)) => {
                     let status = resp.status().as_u16();
                     let retry = up.retry_on_status.contains(&status)
-                        && self.may_replay(replays, spare.is_some(), tried.len());
+                        && self.may_replay(replays, replayable, tried.len());
                     if !retry {
                         return Ok((resp, conn));
                     }
@@ -566,14 +577,35 @@ impl Attempt<'_> {
                 Err(SendError::NotSent(back)) => {
                     // A pooled connection closed under us: not the backend's fault;
                     // the same request goes on a fresh connection.
+                    unsent += 1;
+                    if unsent > MAX_UNSENT {
+                        return Err(Failure::UpstreamError);
+                    }
                     req = Some(*back);
+                }
+                Err(SendError::Refused) => {
+                    // Nothing was processed: like a failed connect, another backend
+                    // (the request is rebuilt from its head; it had no body).
+                    tried.push(index);
+                    connect_retries += 1;
+                    let head = spare.clone();
+                    let retry = connect_retries <= up.retry_on_connect_failure
+                        && up.backends.len() > tried.len()
+                        && head.is_some();
+                    let Some(head) = head.filter(|_| retry) else {
+                        return Err(Failure::UpstreamError);
+                    };
+                    up.record_outcome(index, true);
+                    up.metrics.connect_retries.inc();
+                    self.move_to_another(exchange, &tried)?;
+                    req = Some(Request::from_parts(head, ForwardBody::Empty));
                 }
                 Err(SendError::Failed(f)) => {
                     if let Some(client) = self.upload.failure.get() {
                         return Err(*client);
                     }
                     let retry = f.is_backend_failure()
-                        && self.may_replay(replays, spare.is_some(), tried.len())
+                        && self.may_replay(replays, replayable, tried.len())
                         && up.retry_budget.try_withdraw();
                     if !retry {
                         return Err(f);
@@ -637,8 +669,14 @@ impl Attempt<'_> {
             Some(Err(mut e)) => {
                 let unsent = e.take_message();
                 let err = e.into_error();
+                if unsent.is_some() && matches!(conn.tx, Sender::H2(_)) {
+                    // That connection takes no new stream (GOAWAY, or it broke): no
+                    // request is given to it again.
+                    conn.pool().clone().forget(&conn);
+                }
                 match unsent {
                     Some(back) if conn.reused => Err(SendError::NotSent(Box::new(back))),
+                    _ if refused_stream(&err) => Err(SendError::Refused),
                     _ => Err(SendError::Failed(classify(&err))),
                 }
             }
@@ -699,6 +737,19 @@ impl Attempt<'_> {
             }
         }
     }
+}
+
+/// Whether an HTTP/2 backend refused the stream (`REFUSED_STREAM`): it promises the
+/// request was not processed (RFC 9113 §8.7).
+fn refused_stream(e: &hyper::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if let Some(h2) = err.downcast_ref::<h2::Error>() {
+            return h2.reason() == Some(h2::Reason::REFUSED_STREAM);
+        }
+        source = err.source();
+    }
+    false
 }
 
 /// The failure a hyper client error is.

@@ -311,6 +311,14 @@ impl Pool {
         })
     }
 
+    /// Takes an HTTP/2 connection out of the pool: a request on it failed or came back
+    /// unsent (GOAWAY), so no new stream goes to it; its streams in progress finish.
+    pub fn forget(&self, conn: &BackendConn) {
+        self.h2
+            .lock()
+            .retain(|c| !Arc::ptr_eq(&c._open, &conn.open));
+    }
+
     /// Returns a connection whose exchange ended cleanly (HTTP/2: the stream ends; the
     /// connection stays in the pool).
     pub fn checkin(&self, conn: BackendConn, cap: u32) {
