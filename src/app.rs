@@ -36,6 +36,13 @@ pub struct App {
     /// The TLS listeners' settings and certificates, when the config at start had
     /// `[server.tls]`.
     pub tls: Option<Arc<crate::tls::Acceptor>>,
+    /// The config in force as written, backend names unexpanded; the snapshot's config
+    /// is this with every name expanded by discovery's answers.
+    base: parking_lot::Mutex<Arc<Config>>,
+    /// Backend names and what they resolve to.
+    pub discovery: Arc<crate::discovery::Discovery>,
+    /// Wakes the discovery loop to look up names a reload added.
+    names_added: tokio::sync::Notify,
 }
 
 impl App {
@@ -47,7 +54,9 @@ impl App {
             Some(tls) => Some(Arc::new(crate::tls::Acceptor::new(tls, &metrics)?)),
             None => None,
         };
-        let snapshot = Snapshot::build(config, &metrics);
+        let discovery = Arc::new(crate::discovery::Discovery::new(&metrics));
+        // Names have no address until their first lookup (at start, before serving).
+        let snapshot = Snapshot::build(discovery.expand(&config), &metrics);
         let shared: SharedSnapshot = Arc::new(ArcSwap::from_pointee(snapshot));
         metrics.config_reloads.with_label_values(&["success"]).inc();
         metrics.config_last_reload_success.set(unix_now());
@@ -64,7 +73,54 @@ impl App {
             ready: AtomicBool::new(true),
             reload_lock: parking_lot::Mutex::new(()),
             tls,
+            base: parking_lot::Mutex::new(Arc::new(config)),
+            discovery,
+            names_added: tokio::sync::Notify::new(),
         }))
+    }
+
+    /// Looks up the backend names of the config in force (only names never looked up
+    /// when `new_only`) and publishes a new snapshot if an answer changed. Names that
+    /// appear keep a backend's state where its address stays (see
+    /// [`crate::discovery`]).
+    pub async fn refresh_names(&self, new_only: bool) {
+        let base = self.base.lock().clone();
+        if base.backend_names().is_empty() {
+            return;
+        }
+        if self.discovery.refresh(&base, new_only).await {
+            let _one_at_a_time = self.reload_lock.lock();
+            // The config may have been reloaded during the lookups: expand the latest.
+            let base = self.base.lock().clone();
+            self.publish(self.discovery.expand(&base));
+        }
+    }
+
+    /// The first lookup of every backend name, before levee serves: its addresses are
+    /// backends from the first request, at full capacity (no slow start at start).
+    async fn resolve_at_start(&self) {
+        let base = self.base.lock().clone();
+        if base.backend_names().is_empty() {
+            return;
+        }
+        self.discovery.refresh(&base, false).await;
+        let _one_at_a_time = self.reload_lock.lock();
+        let snapshot = Snapshot::build(self.discovery.expand(&base), &self.metrics);
+        self.shared.store(Arc::new(snapshot));
+    }
+
+    /// Builds and publishes the snapshot of `config` (names expanded), keeping the
+    /// state of unchanged upstreams and backends, and starts the probes of every
+    /// upstream version that is new. The caller holds `reload_lock`.
+    fn publish(&self, config: Config) {
+        let previous = self.shared.load_full();
+        let next = Arc::new(Snapshot::build_from(config, Some(&previous), &self.metrics));
+        self.shared.store(next.clone());
+        for up in &next.upstreams {
+            if !previous.upstreams.iter().any(|p| Arc::ptr_eq(p, up)) {
+                crate::health::probe::spawn_probes(up, &self.shared);
+            }
+        }
     }
 
     /// Waits until every backend with active checks had its first probe (bounded by the
@@ -283,6 +339,7 @@ pub async fn start_inheriting(config: Config, inherited: Option<Fds>) -> std::io
             lines.join("\n  ")
         ))
     })?;
+    app.resolve_at_start().await;
     // The first probe round before the listeners serve: backends found healthy take
     // their full share from the first request (no slow start at process start), and
     // none is routed to before it was seen up.
@@ -291,6 +348,18 @@ pub async fn start_inheriting(config: Config, inherited: Option<Fds>) -> std::io
     }
     app.wait_for_first_probes().await;
     start_with(app, listeners, tls_listeners, admin)
+}
+
+/// Looks up backend names every `server.dns.refresh_ms` of the config in force, and at
+/// once when a reload added names, until aborted.
+async fn discover(app: Arc<App>) {
+    loop {
+        let refresh = app.base.lock().server.dns.refresh;
+        tokio::select! {
+            _ = tokio::time::sleep(refresh) => app.refresh_names(false).await,
+            _ = app.names_added.notified() => app.refresh_names(true).await,
+        }
+    }
 }
 
 /// Accepts on one listening socket, registered with the runtime it runs on.
@@ -325,7 +394,10 @@ pub fn start_with(
     };
     let mut addrs = Vec::new();
     let mut handover = Vec::new();
-    let mut tasks = vec![spawn_level_ticker(app.shared.clone())];
+    let mut tasks = vec![
+        spawn_level_ticker(app.shared.clone()),
+        tokio::spawn(discover(app.clone())),
+    ];
     let shared = app.shared.clone();
     tasks.push(
         app.proxy
@@ -413,14 +485,11 @@ pub fn reload(app: &App, path: &std::path::Path) -> Result<(), crate::config::Co
     let _one_at_a_time = app.reload_lock.lock();
     let result = match crate::config::load(path) {
         Ok(config) => {
-            let previous = app.shared.load_full();
-            let next = Arc::new(Snapshot::build_from(config, Some(&previous), &app.metrics));
-            app.shared.store(next.clone());
-            for up in &next.upstreams {
-                if !previous.upstreams.iter().any(|p| Arc::ptr_eq(p, up)) {
-                    crate::health::probe::spawn_probes(up, &app.shared);
-                }
-            }
+            let expanded = app.discovery.expand(&config);
+            *app.base.lock() = Arc::new(config);
+            app.publish(expanded);
+            // Names this config adds are looked up at once, not at the next refresh.
+            app.names_added.notify_one();
             app.metrics
                 .config_reloads
                 .with_label_values(&["success"])

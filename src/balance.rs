@@ -234,6 +234,7 @@ mod tests {
                     address: format!("127.0.0.1:{}", 1000 + i).parse().unwrap(),
                     zone: "a".into(),
                     max_inflight: limit,
+                    from: None,
                 };
                 Arc::new(Backend::new(
                     &cfg,

@@ -16,6 +16,7 @@ pub mod app;
 pub mod balance;
 pub mod config;
 pub mod demo;
+pub mod discovery;
 pub mod error;
 pub mod fds;
 pub mod handover;

@@ -127,6 +127,22 @@ fn certificates_load(path: &std::path::Path, cfg: &levee::config::Config) -> boo
     }
 }
 
+/// Looks up the backend names `cfg` gives, as `run` would at start, and prints a
+/// warning for each that does not resolve now (not an error: its entries stay empty
+/// until it does).
+fn names_resolve(cfg: &levee::config::Config) {
+    if cfg.backend_names().is_empty() {
+        return;
+    }
+    let warnings = match runtime(RuntimeLayout::PerThread, 1) {
+        Ok(rt) => rt.block_on(levee::discovery::check(cfg)),
+        Err(e) => vec![format!("cannot look backend names up: {e}")],
+    };
+    for w in warnings {
+        eprintln!("warning: {w}");
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     levee::workers::set_idle_hook(return_free_memory);
@@ -142,6 +158,7 @@ fn main() -> ExitCode {
                 if !certificates_load(&config, &cfg) {
                     return ExitCode::FAILURE;
                 }
+                names_resolve(&cfg);
                 println!("ok");
                 print!("{}", cfg.explain());
                 ExitCode::SUCCESS

@@ -57,6 +57,8 @@ pub struct Metrics {
     pub(crate) connections_open: IntGauge,
     connections_refused: IntCounterVec,
     proxy_protocol_errors: IntCounterVec,
+    /// `levee_dns_lookups_total{upstream,result}`.
+    pub dns_lookups: IntCounterVec,
     /// Requests no upstream serves (unknown host, or no route for the path): 404.
     pub unrouted: IntCounter,
     tls_handshakes: IntCounterVec,
@@ -288,6 +290,11 @@ impl Metrics {
                 "levee_proxy_protocol_errors_total",
                 "Connections closed without an answer because their PROXY protocol header was missing, malformed, not complete within client_header_ms (timeout), or cut short (closed).",
                 &["reason"],
+            ),
+            dns_lookups: counter(
+                "levee_dns_lookups_total",
+                "Lookups of backend names (address = \"name:port\") by upstream and result: ok, nxdomain, no_records, servfail, timeout, error. A failed lookup keeps the name's last addresses.",
+                &["upstream", "result"],
             ),
             unrouted: {
                 let c = must(IntCounter::new(

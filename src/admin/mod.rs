@@ -162,6 +162,16 @@ pub fn status_json(snapshot: &Snapshot, ready: bool) -> serde_json::Value {
             json!({
                 "name": up.name,
                 "hosts": config.hosts,
+                "names": config.named.iter().map(|n| {
+                    let label = n.label();
+                    let addresses: Vec<String> = config
+                        .backends
+                        .iter()
+                        .filter(|b| b.from.as_deref() == Some(label.as_str()))
+                        .map(|b| b.address.to_string())
+                        .collect();
+                    json!({ "name": label, "zone": n.zone, "addresses": addresses })
+                }).collect::<Vec<_>>(),
                 "routes": config.routes,
                 "level": up.level().as_str(),
                 "queue": up.queue.len(),

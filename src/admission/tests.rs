@@ -35,6 +35,7 @@ fn server() -> config::Server {
         access_log: false,
         proxy_protocol: false,
         trusted_proxies: Default::default(),
+        dns: Default::default(),
     }
 }
 
@@ -71,6 +72,7 @@ fn cfg_of(up: &Upstream, fair: bool) -> config::Upstream {
             key: config::ClientKey::Header("x-tenant".into()),
         }),
         adaptive: None,
+        named: Vec::new(),
         backends: up
             .backends
             .iter()
@@ -78,6 +80,7 @@ fn cfg_of(up: &Upstream, fair: bool) -> config::Upstream {
                 address: b.address,
                 zone: b.zone.clone(),
                 max_inflight: b.max_inflight(),
+                from: None,
             })
             .collect(),
     }
@@ -143,11 +146,13 @@ fn upstream_in(
         },
         fairness: None,
         adaptive: None,
+        named: Vec::new(),
         backends: (0..n)
             .map(|i| config::Backend {
                 address: format!("127.0.0.1:{}", 2000 + i).parse().unwrap(),
                 zone: "a".into(),
                 max_inflight: per,
+                from: None,
             })
             .collect(),
     };

@@ -63,6 +63,20 @@ pub struct Server {
     pub timeouts: Option<Timeouts>,
     /// `[server.tls]`
     pub tls: Option<Tls>,
+    /// `[server.dns]`
+    pub dns: Option<Dns>,
+}
+
+/// `[server.dns]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Dns {
+    /// `IP:port` of the nameservers; none: the system's (resolv.conf).
+    pub nameservers: Option<Vec<String>>,
+    /// How often names are looked up again.
+    pub refresh_ms: Option<i64>,
+    /// Longest wait for one lookup.
+    pub timeout_ms: Option<i64>,
 }
 
 /// `[server.timeouts]`

@@ -194,6 +194,35 @@ pub struct Server {
     pub proxy_protocol: bool,
     /// Peers whose `X-Forwarded-For` names the client and whose `X-Request-Id` is kept.
     pub trusted_proxies: TrustedProxies,
+    /// `[server.dns]`: how backends given by name are looked up.
+    pub dns: Dns,
+}
+
+/// `[server.dns]`: the resolver of backends given by name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dns {
+    /// Nameservers to ask (UDP, then TCP for long answers); empty: the system's
+    /// (`/etc/resolv.conf`, with its search domains and options, and `/etc/hosts`).
+    pub nameservers: Vec<SocketAddr>,
+    /// How often every name is looked up again.
+    pub refresh: Duration,
+    /// Longest wait for one lookup (each nameserver is tried in turn within it).
+    pub timeout: Duration,
+}
+
+/// Default `server.dns.refresh_ms`.
+pub const DEFAULT_DNS_REFRESH: Duration = Duration::from_millis(5_000);
+/// Default `server.dns.timeout_ms`.
+pub const DEFAULT_DNS_TIMEOUT: Duration = Duration::from_millis(2_000);
+
+impl Default for Dns {
+    fn default() -> Self {
+        Dns {
+            nameservers: Vec::new(),
+            refresh: DEFAULT_DNS_REFRESH,
+            timeout: DEFAULT_DNS_TIMEOUT,
+        }
+    }
 }
 
 /// `server.trusted_proxies`: the networks of forwarders whose word about the client is
@@ -428,8 +457,30 @@ pub struct Upstream {
     /// `[upstream.adaptive]`: each backend's limit in force moves between
     /// `min_inflight` and its `max_inflight`. `None`: the limit is `max_inflight`.
     pub adaptive: Option<Adaptive>,
-    /// At least one; addresses unique within the upstream.
+    /// Backends by address, unique within the upstream; with `named`, at least one
+    /// entry. A running snapshot's config also holds here every address the names of
+    /// `named` resolved to (see [`Config::expand`]).
     pub backends: Vec<Backend>,
+    /// Backends given by name (`name:port`): every address the name resolves to is a
+    /// backend with the entry's zone and limit.
+    pub named: Vec<NamedBackend>,
+}
+
+/// A `[[upstream.backend]]` whose address is `name:port`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct NamedBackend {
+    /// The host name, lower case, without a trailing dot.
+    pub host: String,
+    pub port: u16,
+    pub zone: String,
+    pub max_inflight: u32,
+}
+
+impl NamedBackend {
+    /// `name:port`, as written.
+    pub fn label(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
 }
 
 impl Upstream {
@@ -722,12 +773,15 @@ impl Default for Health {
 /// One `[[upstream.backend]]`: a replica.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Backend {
-    /// A literal IP and a non-zero port; host names are not resolved.
+    /// A literal IP and a non-zero port.
     pub address: SocketAddr,
     /// Failure domain, `[A-Za-z0-9_.-]+`; [`DEFAULT_ZONE`] when not given.
     pub zone: String,
     /// Per-backend cap: the override, or the upstream's `limits.max_inflight`.
     pub max_inflight: u32,
+    /// The `name:port` entry this address was resolved from; `None`: written as an
+    /// address.
+    pub from: Option<String>,
 }
 
 /// A request's priority; the order is `Low < Normal < High < Critical`.
@@ -797,6 +851,43 @@ pub struct PriorityRule {
 }
 
 impl Config {
+    /// Every host name a backend entry gives, once each.
+    pub fn backend_names(&self) -> std::collections::BTreeSet<&str> {
+        self.upstreams
+            .iter()
+            .flat_map(|u| u.named.iter().map(|n| n.host.as_str()))
+            .collect()
+    }
+
+    /// This config with every named backend replaced by the addresses its name resolves
+    /// to now (`resolved`; a name without an entry there has none yet), each with the
+    /// entry's zone and limit. An address an upstream already lists is not added twice.
+    /// Addresses come in a stable order, so an unchanged answer builds an equal config.
+    pub fn expand(&self, resolved: &dyn Fn(&str) -> Vec<std::net::IpAddr>) -> Config {
+        let mut out = self.clone();
+        for up in &mut out.upstreams {
+            up.backends.retain(|b| b.from.is_none());
+            for named in &up.named {
+                let mut ips = resolved(&named.host);
+                ips.sort_unstable();
+                ips.dedup();
+                for ip in ips {
+                    let address = SocketAddr::new(ip, named.port);
+                    if up.backends.iter().any(|b| b.address == address) {
+                        continue;
+                    }
+                    up.backends.push(Backend {
+                        address,
+                        zone: named.zone.clone(),
+                        max_inflight: named.max_inflight,
+                        from: Some(named.label()),
+                    });
+                }
+            }
+        }
+        out
+    }
+
     /// A short human summary of what this config does, for `levee check`: listeners,
     /// each upstream with its routes, balance, limits, level thresholds and backends by
     /// zone, the priority rules, and the total capacity. Ends with a newline.
@@ -864,7 +955,12 @@ impl Config {
                 u.name,
                 u.routes.join(", ")
             )?;
-            write!(out, "  balance {}", u.balance)?;
+            if u.protocol == Protocol::H2 {
+                write!(out, "  h2c to backends, ")?;
+            } else {
+                write!(out, "  ")?;
+            }
+            write!(out, "balance {}", u.balance)?;
             if let (Balance::ConsistentHash, Some(affinity)) = (u.balance, &u.affinity) {
                 write!(out, " on {affinity}")?;
             }
@@ -973,6 +1069,16 @@ impl Config {
                     "  zone {zone}: {}, {capacity} in flight: {}",
                     count(backends.len(), "backend"),
                     addresses.join(", ")
+                )?;
+            }
+            for n in &u.named {
+                writeln!(
+                    out,
+                    "  name {} (zone {}, {} in flight each): every address it resolves to, looked up every {}",
+                    n.label(),
+                    n.zone,
+                    n.max_inflight,
+                    human_duration(self.server.dns.refresh)
                 )?;
             }
             writeln!(

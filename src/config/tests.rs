@@ -134,6 +134,7 @@ fn full_example_parses_to_typed_values() {
             access_log: false,
             proxy_protocol: false,
             trusted_proxies: Default::default(),
+            dns: Default::default(),
         },
         upstreams: vec![
             Upstream {
@@ -195,16 +196,19 @@ fn full_example_parses_to_typed_values() {
                     min_inflight: 4,
                     load_target: Some(0.9),
                 }),
+                named: Vec::new(),
                 backends: vec![
                     Backend {
                         address: addr("10.0.1.1:3000"),
                         zone: "a".into(),
                         max_inflight: 100,
+                        from: None,
                     },
                     Backend {
                         address: addr("10.0.2.1:3000"),
                         zone: "b".into(),
                         max_inflight: 150,
+                        from: None,
                     },
                 ],
             },
@@ -231,10 +235,12 @@ fn full_example_parses_to_typed_values() {
                 health: Health::DEFAULT,
                 fairness: None,
                 adaptive: None,
+                named: Vec::new(),
                 backends: vec![Backend {
                     address: addr("[fd00::1]:80"),
                     zone: DEFAULT_ZONE.into(),
                     max_inflight: 100,
+                    from: None,
                 }],
             },
         ],
@@ -378,6 +384,7 @@ fn defaults_fill_every_absent_key() {
             address: addr("10.0.0.1:80"),
             zone: "default".into(),
             max_inflight: 100,
+            from: None,
         }]
     );
     assert!(config.priorities.is_empty());
@@ -1142,18 +1149,22 @@ fn an_upstream_needs_backends() {
 }
 
 #[test]
-fn backend_addresses_are_literal_distinct_and_required() {
+fn backend_addresses_are_ip_or_name_distinct_and_required() {
     let text = minimal(
-        "[[upstream.backend]]\naddress = \"localhost:3000\"\n\
+        "[[upstream.backend]]\naddress = \"local host:3000\"\n\
          [[upstream.backend]]\naddress = \"10.0.0.1:80\"\n\
          [[upstream.backend]]\naddress = \"10.0.0.2:0\"\n\
          [[upstream.backend]]\nzone = \"a\"\n\
-         [[upstream.backend]]\naddress = \"10.0.0.3\"",
+         [[upstream.backend]]\naddress = \"10.0.0.3\"\n\
+         [[upstream.backend]]\naddress = \"App.Svc.Cluster.Local.:8080\"\n\
+         [[upstream.backend]]\naddress = \"app.svc.cluster.local:8080\"\n\
+         [[upstream.backend]]\naddress = \"app.svc:0\"\n\
+         [[upstream.backend]]\naddress = \"app.svc:http\"",
     );
     assert_error(
         &text,
         "upstream[0].backend[1].address",
-        "\"localhost:3000\" is not a literal IP:port (host names are not resolved)",
+        "\"local host:3000\" is neither IP:port nor name:port",
     );
     assert_error(
         &text,
@@ -1165,9 +1176,91 @@ fn backend_addresses_are_literal_distinct_and_required() {
     assert_error(
         &text,
         "upstream[0].backend[5].address",
-        "\"10.0.0.3\" is not a literal IP:port",
+        "\"10.0.0.3\" is neither IP:port nor name:port",
     );
-    assert_eq!(errors(&text).len(), 5);
+    assert_error(
+        &text,
+        "upstream[0].backend[7].address",
+        "duplicate backend name app.svc.cluster.local:8080 (also backend[6])",
+    );
+    assert_error(&text, "upstream[0].backend[8].address", "port 0");
+    assert_error(&text, "upstream[0].backend[9].address", "neither");
+    assert_eq!(errors(&text).len(), 8);
+}
+
+#[test]
+fn backends_by_name_and_the_resolver() {
+    let config = parse(
+        &doc(
+            "[server.dns]\nnameservers = [\"10.0.0.2:53\"]\nrefresh_ms = 1000",
+            "",
+        )
+        .replace(
+            "address = \"10.0.0.1:80\"",
+            "address = \"app.default.svc.cluster.local:8080\"\nzone = \"b\"\nmax_inflight = 7",
+        ),
+    )
+    .unwrap();
+    let up = &config.upstreams[0];
+    assert!(up.backends.is_empty());
+    assert_eq!(
+        up.named,
+        [NamedBackend {
+            host: "app.default.svc.cluster.local".into(),
+            port: 8080,
+            zone: "b".into(),
+            max_inflight: 7,
+        }]
+    );
+    assert_eq!(config.server.dns.nameservers, [addr("10.0.0.2:53")]);
+    assert_eq!(config.server.dns.refresh, ms(1000));
+    assert_eq!(config.server.dns.timeout, ms(1000), "at most the refresh");
+    let explained = config.explain();
+    assert!(
+        explained.contains("name app.default.svc.cluster.local:8080"),
+        "{explained}"
+    );
+    // Expanded: every address, in order, once, with the entry's zone and limit.
+    let expanded = config.expand(&|host| {
+        assert_eq!(host, "app.default.svc.cluster.local");
+        vec![
+            "10.1.0.9".parse().unwrap(),
+            "10.1.0.3".parse().unwrap(),
+            "10.1.0.9".parse().unwrap(),
+        ]
+    });
+    let got: Vec<(SocketAddr, &str, u32, Option<&str>)> = expanded.upstreams[0]
+        .backends
+        .iter()
+        .map(|b| {
+            (
+                b.address,
+                b.zone.as_str(),
+                b.max_inflight,
+                b.from.as_deref(),
+            )
+        })
+        .collect();
+    let from = Some("app.default.svc.cluster.local:8080");
+    assert_eq!(
+        got,
+        [
+            (addr("10.1.0.3:8080"), "b", 7, from),
+            (addr("10.1.0.9:8080"), "b", 7, from)
+        ]
+    );
+    // Expanding again replaces, never accumulates.
+    assert_eq!(expanded.expand(&|_| Vec::new()).upstreams[0].backends, []);
+
+    let defaults = parse(&doc("", "")).unwrap().server.dns;
+    assert_eq!(defaults, Dns::default());
+    let text = doc(
+        "[server.dns]\nnameservers = [\"ns1:53\", \"10.0.0.2:53\", \"10.0.0.2:53\"]\nrefresh_ms = 50\ntimeout_ms = 9000",
+        "",
+    );
+    assert_error(&text, "server.dns.nameservers[0]", "not a literal IP:port");
+    assert_error(&text, "server.dns.nameservers[2]", "duplicate nameserver");
+    assert_error(&text, "server.dns.refresh_ms", "at least 100");
 }
 
 #[test]

@@ -246,7 +246,9 @@ impl Validator {
             i64::from(u32::MAX),
         );
         let trusted_proxies = self.trusted_proxies(s.trusted_proxies.as_deref());
+        let dns = self.dns(s.dns.as_ref());
         Server {
+            dns,
             proxy_protocol: s.proxy_protocol.unwrap_or(false),
             trusted_proxies,
             max_connections: u32::try_from(max_connections).unwrap_or(0),
@@ -266,6 +268,52 @@ impl Validator {
             max_header_bytes: usize::try_from(max_header_bytes).unwrap_or(DEFAULT_MAX_HEADER_BYTES),
             retry_after_max_secs: u64::try_from(retry_after_max_secs)
                 .unwrap_or(DEFAULT_RETRY_AFTER_MAX_SECS),
+        }
+    }
+
+    /// `[server.dns]`.
+    fn dns(&mut self, d: Option<&file::Dns>) -> Dns {
+        let default = file::Dns::default();
+        let d = d.unwrap_or(&default);
+        let mut nameservers = Vec::new();
+        for (i, text) in d.nameservers.iter().flatten().enumerate() {
+            let path = format!("server.dns.nameservers[{i}]");
+            let Some(addr) = self.socket_addr(&path, text) else {
+                continue;
+            };
+            if nameservers.contains(&addr) {
+                self.error(path, format!("duplicate nameserver {addr}"));
+            } else {
+                nameservers.push(addr);
+            }
+        }
+        let refresh = self.millis(
+            "server.dns.refresh_ms",
+            d.refresh_ms,
+            DEFAULT_DNS_REFRESH,
+            100,
+        );
+        let mut timeout = self.millis(
+            "server.dns.timeout_ms",
+            d.timeout_ms,
+            DEFAULT_DNS_TIMEOUT.min(refresh),
+            1,
+        );
+        if timeout > refresh {
+            self.error(
+                "server.dns.timeout_ms",
+                format!(
+                    "must be at most refresh_ms ({}), got {}",
+                    millis_of(refresh),
+                    millis_of(timeout)
+                ),
+            );
+            timeout = refresh;
+        }
+        Dns {
+            nameservers,
+            refresh,
+            timeout,
         }
     }
 
@@ -548,7 +596,7 @@ impl Validator {
             );
         }
         let fairness = u.fairness.as_ref().and_then(|f| self.fairness(prefix, f));
-        let backends = self.backends(prefix, u.backend.as_deref(), &limits);
+        let (backends, named) = self.backends(prefix, u.backend.as_deref(), &limits);
         let adaptive = u
             .adaptive
             .as_ref()
@@ -570,6 +618,7 @@ impl Validator {
             fairness,
             adaptive,
             backends,
+            named,
         }
     }
 
@@ -1073,7 +1122,7 @@ impl Validator {
         prefix: &str,
         backends: Option<&[file::Backend]>,
         limits: &Limits,
-    ) -> Vec<Backend> {
+    ) -> (Vec<Backend>, Vec<NamedBackend>) {
         let backends = backends.unwrap_or_default();
         if backends.is_empty() {
             self.error(
@@ -1081,33 +1130,32 @@ impl Validator {
                 "required: at least one [[upstream.backend]]",
             );
         }
-        let mut seen: HashMap<SocketAddr, usize> = HashMap::new();
+        let mut seen: HashMap<String, usize> = HashMap::new();
         let mut out = Vec::with_capacity(backends.len());
+        let mut named = Vec::new();
         for (i, b) in backends.iter().enumerate() {
             let path = format!("{prefix}.backend[{i}]");
             let address = match b.address.as_deref() {
                 None => {
-                    self.error(format!("{path}.address"), "required: IP:port");
+                    self.error(format!("{path}.address"), "required: IP:port or name:port");
                     None
                 }
-                Some(text) => self.socket_addr(&format!("{path}.address"), text),
+                Some(text) => self.backend_address(&format!("{path}.address"), text),
             };
             let address = address.filter(|addr| {
-                if addr.port() == 0 {
+                let key = match addr {
+                    Ok(a) => a.to_string(),
+                    Err((host, port)) => format!("{host}:{port}"),
+                };
+                if let Some(first) = seen.get(&key) {
+                    let what = if addr.is_ok() { "address" } else { "name" };
                     self.error(
                         format!("{path}.address"),
-                        format!("{addr}: port 0 is not a port"),
+                        format!("duplicate backend {what} {key} (also backend[{first}])"),
                     );
                     return false;
                 }
-                if let Some(first) = seen.get(addr) {
-                    self.error(
-                        format!("{path}.address"),
-                        format!("duplicate backend address {addr} (also backend[{first}])"),
-                    );
-                    return false;
-                }
-                seen.insert(*addr, i);
+                seen.insert(key, i);
                 true
             });
             let zone = match b.zone.as_deref() {
@@ -1120,15 +1168,65 @@ impl Validator {
                 limits.max_inflight,
                 1,
             );
-            if let Some(address) = address {
-                out.push(Backend {
+            match address {
+                Some(Ok(address)) => out.push(Backend {
                     address,
                     zone,
                     max_inflight,
-                });
+                    from: None,
+                }),
+                Some(Err((host, port))) => named.push(NamedBackend {
+                    host,
+                    port,
+                    zone,
+                    max_inflight,
+                }),
+                None => {}
             }
         }
-        out
+        (out, named)
+    }
+
+    /// A backend's address: a literal `IP:port`, or `name:port` (a host name to look
+    /// up, lower-cased, without a trailing dot). The port is never 0.
+    #[allow(clippy::type_complexity)]
+    fn backend_address(
+        &mut self,
+        path: &str,
+        text: &str,
+    ) -> Option<Result<SocketAddr, (String, u16)>> {
+        if let Ok(addr) = text.parse::<SocketAddr>() {
+            if addr.port() == 0 {
+                self.error(path, format!("{addr}: port 0 is not a port"));
+                return None;
+            }
+            return Some(Ok(addr));
+        }
+        let named = text.rsplit_once(':').and_then(|(host, port)| {
+            let host = host.to_ascii_lowercase();
+            let host = host.strip_suffix('.').unwrap_or(&host).to_owned();
+            let port = port.parse::<u16>().ok()?;
+            // A bare IPv6 address without brackets, or an IP with a bad port, is no name.
+            let is_ip = host.parse::<std::net::IpAddr>().is_ok() || host.contains(':');
+            (is_host_name(&host) && !is_ip && host.contains(|c: char| c.is_ascii_alphabetic()))
+                .then_some((host, port))
+        });
+        match named {
+            Some((_, 0)) => {
+                self.error(path, format!("{text}: port 0 is not a port"));
+                None
+            }
+            Some((host, port)) => Some(Err((host, port))),
+            None => {
+                self.error(
+                    path,
+                    format!(
+                        "{text:?} is neither IP:port nor name:port (e.g. \"10.0.1.1:3000\", \"[2001:db8::1]:3000\", \"app.default.svc.cluster.local:8080\")"
+                    ),
+                );
+                None
+            }
+        }
     }
 
     fn priorities(&mut self, rules: Option<&[file::Priority]>) -> Vec<PriorityRule> {
