@@ -109,6 +109,17 @@ impl Discovery {
         }
     }
 
+    /// Makes every `levee_dns_lookups_total` series of the upstreams of `config` that
+    /// have names exist (at 0), so the first failure is an increase a rule can see.
+    pub fn register(&self, config: &Config) {
+        for up in config.upstreams.iter().filter(|u| !u.named.is_empty()) {
+            for outcome in Outcome::ALL {
+                self.lookups
+                    .with_label_values(&[up.name.as_str(), outcome.as_str()]);
+            }
+        }
+    }
+
     /// The addresses `host` resolved to last (empty: none yet).
     pub fn addresses(&self, host: &str) -> Vec<IpAddr> {
         self.names
@@ -141,6 +152,7 @@ impl Discovery {
     /// all at once; returns whether any name's addresses changed. Names the config no
     /// longer has are forgotten.
     pub async fn refresh(&self, config: &Config, new_only: bool) -> bool {
+        self.register(config);
         let hosts: Vec<String> = config
             .backend_names()
             .into_iter()

@@ -417,9 +417,11 @@ async fn every_metric_and_label_in_alerts_and_dashboard_is_exported() {
         repo_path("conf/tls/example.pem").display(),
         repo_path("conf/tls/example.key").display()
     );
+    // And a backend given by name, for the DNS discovery series.
     let levee = Setup::new(&[&r])
         .server(&tls)
         .upstream("[upstream.limits]\nmax_inflight = 1\nqueue_depth = 1\nqueue_timeout_ms = 5000")
+        .tail("[[upstream]]\nname = \"named\"\nroutes = [\"/named/\"]\n[[upstream.backend]]\naddress = \"localhost:1\"")
         .start()
         .await;
     let addr = levee.addr();
@@ -621,6 +623,7 @@ fn alert_rules_have_four_tiers_and_the_labels_routing_needs() {
         "LeveeTlsCertExpiresSoon",
         "LeveeTlsCertExpiresVerySoon",
         "LeveeProxyProtocolErrors",
+        "LeveeDnsLookupsFailing",
         "LeveeDown",
     ] {
         assert!(names.contains(required), "no alert {required}");
@@ -837,6 +840,24 @@ tests:
         alertname: LeveeProxyProtocolErrors
         exp_alerts:
           - exp_labels: {instance: l1, severity: warning, tier: red}
+  # DNS: l1's lookups all fail; l2's fail now and then but also succeed.
+  - interval: 1m
+    input_series:
+      - series: 'levee_dns_lookups_total{job="levee",instance="l1",upstream="app",result="timeout"}'
+        values: '0+12x30'
+      - series: 'levee_dns_lookups_total{job="levee",instance="l1",upstream="app",result="ok"}'
+        values: '5x30'
+      - series: 'levee_dns_lookups_total{job="levee",instance="l2",upstream="app",result="servfail"}'
+        values: '0+1x30'
+      - series: 'levee_dns_lookups_total{job="levee",instance="l2",upstream="app",result="ok"}'
+        values: '0+11x30'
+    alert_rule_test:
+      - eval_time: 3m
+        alertname: LeveeDnsLookupsFailing
+      - eval_time: 15m
+        alertname: LeveeDnsLookupsFailing
+        exp_alerts:
+          - exp_labels: {instance: l1, upstream: app, severity: warning, tier: red}
   # One levee of two down; then every levee down.
   - interval: 15s
     input_series:
