@@ -1295,12 +1295,14 @@ fn case_counts() -> (usize, usize) {
     }
 }
 
-/// Runs `levee check -c FILE` on `text`: exit status and stderr.
+/// Runs `levee check --offline -c FILE` on `text`: exit status and stderr. Offline:
+/// generated backend names (`localhost:80`) are not looked up, so no test traffic
+/// leaves loopback.
 fn levee_check(text: &str) -> (bool, String) {
     let mut file = tempfile::NamedTempFile::new().expect("temp file");
     std::io::Write::write_all(&mut file, text.as_bytes()).expect("write config");
     let out = Command::new(env!("CARGO_BIN_EXE_levee"))
-        .args(["check", "-c"])
+        .args(["check", "--offline", "-c"])
         .arg(file.path())
         .env("LEVEE_LOG", "off")
         .output()
