@@ -121,6 +121,15 @@ impl App {
                 crate::health::probe::spawn_probes(up, &self.shared);
             }
         }
+        // Backends that left: their counter series go with them.
+        for old in &previous.upstreams {
+            let kept = next.upstreams.iter().find(|u| u.name == old.name);
+            for b in &old.backends {
+                if !kept.is_some_and(|u| u.backends.iter().any(|n| n.label == b.label)) {
+                    self.metrics.forget_backend(&old.name, &b.label);
+                }
+            }
+        }
     }
 
     /// Waits until every backend with active checks had its first probe (bounded by the

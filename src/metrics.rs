@@ -23,6 +23,9 @@ const WAIT_BUCKETS: &[f64] = &[
     0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
 ];
 
+/// `code` labels of `levee_responses_total`, in [`BackendMetrics::responses`] order.
+const RESPONSE_CODES: [&str; 7] = ["error", "1xx", "2xx", "3xx", "4xx", "5xx", "aborted"];
+
 pub const CLASSES: [Class; 4] = [Class::Low, Class::Normal, Class::High, Class::Critical];
 
 pub struct Metrics {
@@ -408,6 +411,33 @@ impl Metrics {
         }
     }
 
+    /// Removes the counter series of a backend that left its upstream (a reload
+    /// dropped it, or its name no longer resolves to it), so that backends coming and
+    /// going (pods rescheduled under one name) do not grow `/metrics` without bound.
+    /// Requests still in flight on it count into handles no longer exported.
+    pub fn forget_backend(&self, upstream: &str, backend: &str) {
+        for c in CLASSES {
+            let _ = self
+                .requests
+                .remove_label_values(&[upstream, backend, c.as_str()]);
+        }
+        for code in RESPONSE_CODES {
+            let _ = self
+                .responses
+                .remove_label_values(&[upstream, backend, code]);
+        }
+        for kind in ["connect", "timeout"] {
+            let _ = self
+                .upstream_errors
+                .remove_label_values(&[upstream, backend, kind]);
+        }
+        for s in crate::limits::adaptive::Signal::ALL {
+            let _ = self
+                .limit_decreases
+                .remove_label_values(&[upstream, backend, s.as_str()]);
+        }
+    }
+
     pub fn backend(&self, upstream: &str, backend: &str) -> BackendMetrics {
         let code = |c: &str| self.responses.with_label_values(&[upstream, backend, c]);
         let err = |k: &str| {
@@ -419,15 +449,7 @@ impl Metrics {
                 self.requests
                     .with_label_values(&[upstream, backend, c.as_str()])
             }),
-            responses: [
-                code("error"),
-                code("1xx"),
-                code("2xx"),
-                code("3xx"),
-                code("4xx"),
-                code("5xx"),
-                code("aborted"),
-            ],
+            responses: RESPONSE_CODES.map(code),
             connect_errors: err("connect"),
             timeouts: err("timeout"),
             limit_decreases: crate::limits::adaptive::Signal::ALL.map(|s| {
