@@ -294,7 +294,13 @@ async fn handle(
         for_h2(&mut parts, own.grpc);
     }
     parts.headers.insert(X_REQUEST_ID.clone(), id.clone());
-    let upload = Arc::new(Upload::default());
+    // A small body to an HTTP/2 upstream is kept, to be sent again if the backend
+    // refuses the stream unprocessed.
+    let upload = Arc::new(if upstream.protocol == Protocol::H2 {
+        Upload::replayable()
+    } else {
+        Upload::default()
+    });
     let body = ForwardBody::client(
         body,
         limit,
@@ -468,8 +474,8 @@ struct Attempt<'a> {
 enum SendError {
     /// The connection was closed before the request went out: the request is back.
     NotSent(Box<Request<ForwardBody>>),
-    /// An HTTP/2 backend refused the stream (REFUSED_STREAM): it did not process the
-    /// request, but the request's body is gone with it.
+    /// An HTTP/2 backend refused the stream (REFUSED_STREAM, or above a GOAWAY's last
+    /// stream): it did not process the request, but the request went with it.
     Refused,
     Failed(Failure),
 }
@@ -501,9 +507,9 @@ impl Attempt<'_> {
                 .as_ref()
                 .is_some_and(|h| parts.headers.contains_key(h));
         let replayable = bodiless && idempotent && up.backends.len() > 1;
-        // An HTTP/2 backend may refuse a stream it did not process; a bodiless request
-        // can then go elsewhere as after a failed connect, whatever its method.
-        let spare = (replayable || bodiless && up.protocol == Protocol::H2).then(|| parts.clone());
+        // An HTTP/2 backend may refuse a stream it did not process; the request can
+        // then go again, whatever its method, so its head is kept.
+        let spare = (replayable || up.protocol == Protocol::H2).then(|| parts.clone());
         let mut unsent = 0u32;
         let mut req = Some(Request::from_parts(parts, body));
         loop {
@@ -584,21 +590,31 @@ impl Attempt<'_> {
                     req = Some(*back);
                 }
                 Err(SendError::Refused) => {
-                    // Nothing was processed: like a failed connect, another backend
-                    // (the request is rebuilt from its head; it had no body).
-                    tried.push(index);
-                    connect_retries += 1;
-                    let head = spare.clone();
-                    let retry = connect_retries <= up.retry_on_connect_failure
-                        && up.backends.len() > tried.len()
-                        && head.is_some();
-                    let Some(head) = head.filter(|_| retry) else {
+                    // Nothing was processed: the request goes again (its head kept by
+                    // the sender, its body from the kept copy), on another backend
+                    // like after a failed connect, or on this one when it is the only
+                    // one left (a GOAWAY refuses streams of a backend still up).
+                    let body = if bodiless {
+                        Some(ForwardBody::Empty)
+                    } else {
+                        ForwardBody::replay(self.upload)
+                    };
+                    unsent += 1;
+                    let (Some(head), Some(body)) = (spare.clone(), body) else {
                         return Err(Failure::UpstreamError);
                     };
-                    up.record_outcome(index, true);
-                    up.metrics.connect_retries.inc();
-                    self.move_to_another(exchange, &tried)?;
-                    req = Some(Request::from_parts(head, ForwardBody::Empty));
+                    if unsent > MAX_UNSENT {
+                        return Err(Failure::UpstreamError);
+                    }
+                    if connect_retries < up.retry_on_connect_failure
+                        && up.backends.len() > tried.len() + 1
+                    {
+                        tried.push(index);
+                        connect_retries += 1;
+                        up.metrics.connect_retries.inc();
+                        self.move_to_another(exchange, &tried)?;
+                    }
+                    req = Some(Request::from_parts(head, body));
                 }
                 Err(SendError::Failed(f)) => {
                     if let Some(client) = self.upload.failure.get() {
@@ -739,13 +755,15 @@ impl Attempt<'_> {
     }
 }
 
-/// Whether an HTTP/2 backend refused the stream (`REFUSED_STREAM`): it promises the
-/// request was not processed (RFC 9113 §8.7).
+/// Whether an HTTP/2 backend dropped the stream unprocessed: `REFUSED_STREAM`
+/// (RFC 9113 §8.7), or a GOAWAY whose last stream is below it (§6.8); either way the
+/// request may go again.
 fn refused_stream(e: &hyper::Error) -> bool {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = source {
         if let Some(h2) = err.downcast_ref::<h2::Error>() {
-            return h2.reason() == Some(h2::Reason::REFUSED_STREAM);
+            return h2.reason() == Some(h2::Reason::REFUSED_STREAM)
+                || (h2.is_go_away() && h2.is_remote());
         }
         source = err.source();
     }

@@ -133,6 +133,8 @@ pub struct Pool {
     protocol: Protocol,
     /// HTTP/2: the shared connections.
     h2: parking_lot::Mutex<Vec<H2Conn>>,
+    /// HTTP/2: held while a connection is being opened; the last failed connect.
+    h2_connect: tokio::sync::Mutex<Option<(Instant, Failure)>>,
     /// By worker slot ([`slot`]); oldest first, taken from the back (the most
     /// recently used is the warmest).
     idle: [parking_lot::Mutex<Vec<Idle>>; SLOTS],
@@ -204,6 +206,7 @@ impl Pool {
             addr,
             protocol,
             h2: parking_lot::Mutex::new(Vec::new()),
+            h2_connect: tokio::sync::Mutex::new(None),
             idle: std::array::from_fn(|_| parking_lot::Mutex::new(Vec::new())),
             open: AtomicU32::new(0),
             idle_count: AtomicU32::new(0),
@@ -273,7 +276,27 @@ impl Pool {
         if let Some(c) = self.take_stream(wanted) {
             return Ok(c);
         }
-        let conn = self.connect(connect).await?;
+        // One connect at a time per backend: a burst at start shares the connection
+        // the first request opens instead of opening one each. Requests that waited
+        // behind a connect that failed fail with it, rather than each trying in turn.
+        let asked = Instant::now();
+        let mut last_failure = self.h2_connect.lock().await;
+        if let Some((at, f)) = *last_failure {
+            if at >= asked {
+                return Err(f);
+            }
+        }
+        if let Some(c) = self.take_stream(wanted) {
+            return Ok(c);
+        }
+        let conn = match self.connect(connect).await {
+            Ok(c) => c,
+            Err(f) => {
+                *last_failure = Some((Instant::now(), f));
+                return Err(f);
+            }
+        };
+        drop(last_failure);
         let Sender::H2(tx) = &conn.tx else {
             return Ok(conn);
         };

@@ -3,6 +3,11 @@
 //! for the client by `client_header`, notes when the upload ended (the response
 //! deadline counts from there), and refuses to end a body whose raw framing broke a
 //! rule.
+//!
+//! For an HTTP/2 upstream it also keeps a copy of a small body (at most
+//! [`REPLAY_MAX`] bytes) as it goes: a stream the backend refused or dropped unprocessed
+//! (REFUSED_STREAM, or above a GOAWAY's last stream) can then be sent again, from
+//! [`ForwardBody::replay`], once the client's whole body was read.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -23,6 +28,43 @@ use crate::health::epoch;
 /// The error type of both bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// Largest request body kept for sending again (HTTP/2 upstreams): gRPC unary calls
+/// and small API requests; a larger body streams through without a copy.
+pub const REPLAY_MAX: usize = 64 * 1024;
+
+/// The copy of a body kept for sending again.
+#[derive(Debug, Default)]
+pub struct Replay {
+    data: Vec<Bytes>,
+    trailers: Option<http::HeaderMap>,
+    size: usize,
+    /// The client's whole body is here.
+    complete: bool,
+    /// The body outgrew [`REPLAY_MAX`]: nothing is kept.
+    overflow: bool,
+}
+
+impl Replay {
+    fn keep(&mut self, frame: &Frame<Bytes>) {
+        if self.overflow {
+            return;
+        }
+        if let Some(data) = frame.data_ref() {
+            self.size += data.len();
+            if self.size > REPLAY_MAX {
+                *self = Replay {
+                    overflow: true,
+                    ..Replay::default()
+                };
+                return;
+            }
+            self.data.push(data.clone());
+        } else if let Some(t) = frame.trailers_ref() {
+            self.trailers = Some(t.clone());
+        }
+    }
+}
+
 /// How a client's upload went, read by the request's forwarder.
 #[derive(Debug, Default)]
 pub struct Upload {
@@ -32,9 +74,31 @@ pub struct Upload {
     pub failure: std::sync::OnceLock<Failure>,
     /// When a body frame last went on, in microseconds after [`epoch`] (0: never).
     progress_us: std::sync::atomic::AtomicU64,
+    /// The body's copy, when one is kept (see [`ForwardBody::client`]).
+    replay: Option<parking_lot::Mutex<Replay>>,
 }
 
 impl Upload {
+    /// An upload whose body (up to [`REPLAY_MAX`]) is kept for sending again.
+    pub fn replayable() -> Upload {
+        Upload {
+            replay: Some(parking_lot::Mutex::new(Replay::default())),
+            ..Upload::default()
+        }
+    }
+
+    fn keep(&self, frame: &Frame<Bytes>) {
+        if let Some(r) = &self.replay {
+            r.lock().keep(frame);
+        }
+    }
+
+    fn kept_all(&self) {
+        if let Some(r) = &self.replay {
+            r.lock().complete = true;
+        }
+    }
+
     fn progressed(&self) {
         let us = epoch().elapsed().as_micros() as u64;
         self.progress_us.store(us.max(1), Ordering::Relaxed);
@@ -53,6 +117,8 @@ impl Upload {
 pub enum ForwardBody {
     Empty,
     Client(Box<ClientBody>),
+    /// A kept body sent again: its data in order, then its trailers.
+    Replay(std::collections::VecDeque<Bytes>, Option<http::HeaderMap>),
 }
 
 pub struct ClientBody {
@@ -91,6 +157,20 @@ impl ForwardBody {
     }
 }
 
+impl ForwardBody {
+    /// The client's whole body again, when `upload` kept all of it.
+    pub fn replay(upload: &Upload) -> Option<ForwardBody> {
+        let r = upload.replay.as_ref()?.lock();
+        if !r.complete || r.overflow {
+            return None;
+        }
+        Some(ForwardBody::Replay(
+            r.data.iter().cloned().collect(),
+            r.trailers.clone(),
+        ))
+    }
+}
+
 impl ClientBody {
     fn fail(&mut self, f: Failure) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let _ = self.upload.failure.set(f);
@@ -101,6 +181,7 @@ impl ClientBody {
         if self.conn.framing_violation.load(Ordering::Acquire) {
             return Some(Failure::BadRequest);
         }
+        self.upload.kept_all();
         let _ = self.upload.done.set(Instant::now());
         self.upload.progressed();
         // The body is in: bytes read from here on belong to the next request, so the
@@ -121,6 +202,16 @@ impl Body for ForwardBody {
         let this = match self.get_mut() {
             ForwardBody::Empty => return Poll::Ready(None),
             ForwardBody::Client(b) => b,
+            ForwardBody::Replay(data, trailers) => {
+                let frame = match data.pop_front() {
+                    Some(d) => Frame::data(d),
+                    None => match trailers.take() {
+                        Some(t) => Frame::trailers(t),
+                        None => return Poll::Ready(None),
+                    },
+                };
+                return Poll::Ready(Some(Ok(frame)));
+            }
         };
         match Pin::new(&mut this.incoming).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
@@ -132,6 +223,7 @@ impl Body for ForwardBody {
                         return this.fail(Failure::BodyTooLarge);
                     }
                 }
+                this.upload.keep(&frame);
                 if this.incoming.is_end_stream() {
                     if let Some(f) = this.ended() {
                         return this.fail(f);
@@ -167,6 +259,7 @@ impl Body for ForwardBody {
         match self {
             ForwardBody::Empty => true,
             ForwardBody::Client(b) => b.incoming.is_end_stream(),
+            ForwardBody::Replay(data, trailers) => data.is_empty() && trailers.is_none(),
         }
     }
 
@@ -174,6 +267,9 @@ impl Body for ForwardBody {
         match self {
             ForwardBody::Empty => SizeHint::with_exact(0),
             ForwardBody::Client(b) => b.incoming.size_hint(),
+            ForwardBody::Replay(data, _) => {
+                SizeHint::with_exact(data.iter().map(|d| d.len() as u64).sum())
+            }
         }
     }
 }
