@@ -9,7 +9,7 @@
 //!
 //! Options (after `--`): `--quick`, `--reps N`,
 //! `--only levee,levee-mt,levee-before,haproxy,nginx,hyper-floor,direct`,
-//! `--sections raw,overload,memory,shed,fresh,zonefail,tls,shadow,fairness,adaptive`,
+//! `--sections raw,overload,memory,shed,fresh,zonefail,tls,shadow,fairness,adaptive,edge`,
 //! `--json PATH`, `--ticks`.
 //!
 //! Before and after: `LEVEE_BEFORE` names an older levee binary (same CLI and config
@@ -60,12 +60,17 @@
 //!   30`): the replica's own queue, goodput and admitted p99 in the second half; two
 //!   replicas reporting their load behind three levee instances at 1.9x; and how fast
 //!   the limit recovers after the replica was slow for a while.
+//! - edge (levee and levee-before): levee's CPU per request with 10 upstreams routed
+//!   by host and the PROXY protocol on, beside one upstream (levee and levee-before),
+//!   through HAProxy as a TCP relay that sends the PROXY header (see `load/edge.rs`).
 //!
 //! Everything runs on 127.0.0.1; every loop is bounded in count and time; proxies
 //! run one at a time, with the same thread count ([`THREADS`]).
 
 #[path = "load/adaptive.rs"]
 mod adaptive;
+#[path = "load/edge.rs"]
+mod edge;
 #[path = "load/flood.rs"]
 mod flood;
 #[path = "load/idle.rs"]
@@ -189,9 +194,9 @@ const TENANT_HEADER: &str = "x-tenant";
 const FLOOD_RATE: f64 = 10_000.0;
 const FLOOD_CONNECTIONS: u64 = 256;
 /// The sections of a run without `--sections`, in the order they run.
-const SECTIONS: [&str; 10] = [
+const SECTIONS: [&str; 11] = [
     "raw", "overload", "memory", "shed", "fresh", "zonefail", "tls", "shadow", "fairness",
-    "adaptive",
+    "adaptive", "edge",
 ];
 
 #[derive(Debug, Clone)]
@@ -259,7 +264,7 @@ impl Opts {
     }
 }
 
-const USAGE: &str = "[LEVEE_BEFORE=OLDER_LEVEE_BINARY] cargo bench --bench load -- [--quick] [--reps N] [--only levee,levee-mt,levee-before,haproxy,nginx,hyper-floor,direct] [--sections raw,overload,memory,shed,fresh,zonefail,tls,shadow,fairness,adaptive] [--json PATH] [--ticks]";
+const USAGE: &str = "[LEVEE_BEFORE=OLDER_LEVEE_BINARY] cargo bench --bench load -- [--quick] [--reps N] [--only levee,levee-mt,levee-before,haproxy,nginx,hyper-floor,direct] [--sections raw,overload,memory,shed,fresh,zonefail,tls,shadow,fairness,adaptive,edge] [--json PATH] [--ticks]";
 
 /// How long each measurement lasts.
 #[derive(Debug, Clone, Copy)]
@@ -437,6 +442,9 @@ async fn run(opts: Opts) -> Results {
     }
     if opts.has("adaptive") {
         adaptive::section(&plan, &opts, &tools, &kinds, &mut res).await;
+    }
+    if opts.has("edge") {
+        edge::section(&plan, &opts, &tools, &kinds, &mut res).await;
     }
     res.elapsed = start.elapsed();
     res

@@ -6,6 +6,14 @@
 #
 #   scripts/callgrind.sh                 # 1 and 16 connections
 #   CONNS="16" LEVEE_BEFORE=/path/to/old/levee scripts/callgrind.sh
+#   EDGE=1 CONNS="16" LEVEE_BEFORE=/path/to/old/levee scripts/callgrind.sh
+#   OUT=/tmp/cg scripts/callgrind.sh     # keep the callgrind files there
+#
+# EDGE=1 (issue 18) measures the edge load bench section's rows instead: levee (and
+# levee-before) with one upstream, and levee with 10 upstreams routed by host
+# (site0..site8.example.com and *.example.com) and the PROXY protocol, all through
+# HAProxy in TCP mode as a relay (`send-proxy-v2` for the PROXY rows), every request
+# with `Host: www.example.com` (the wildcard) or, in the last row, site4.example.com.
 #
 # Each target runs alone (one worker) under `valgrind --tool=callgrind` behind an nginx
 # backend that answers at once; wrk warms it for 3 s, the counters are zeroed, wrk runs
@@ -14,7 +22,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-for tool in valgrind callgrind_control callgrind_annotate nginx wrk curl; do
+tools="valgrind callgrind_control callgrind_annotate nginx wrk curl"
+[ -n "${EDGE:-}" ] && tools="$tools haproxy"
+for tool in $tools; do
   command -v "$tool" >/dev/null || [ -x "/usr/sbin/$tool" ] || {
     echo "callgrind.sh: $tool not installed" >&2
     exit 1
@@ -62,20 +72,30 @@ wait_up() {
 }
 wait_up "$backend"
 
+# wrk's extra arguments (EDGE: the Host header), and the port wrk and the readiness
+# check go to instead of the target's own (EDGE: the relay in front of it).
+WRK_ARGS=()
+VIA=
+
 # measure NAME CONNS PORT COMMAND...
 measure() {
   local name=$1 conns=$2 port=$3
   shift 3
+  local to=${VIA:-$port}
   valgrind --tool=callgrind --callgrind-out-file="$dir/$name.%p" "$@" >"$dir/$name.log" 2>&1 &
   local pid=$!
-  wait_up "$port"
-  wrk -t1 -c"$conns" -d3 "http://127.0.0.1:$port/" >/dev/null
+  wait_up "$to"
+  wrk "${WRK_ARGS[@]}" -t1 -c"$conns" -d3 "http://127.0.0.1:$to/" >/dev/null
   callgrind_control -z "$pid" >/dev/null 2>&1
   local out
-  out=$(wrk -t1 -c"$conns" -d10 "http://127.0.0.1:$port/")
+  out=$(wrk "${WRK_ARGS[@]}" -t1 -c"$conns" -d10 "http://127.0.0.1:$to/")
   callgrind_control -d "$pid" >/dev/null 2>&1
   kill "$pid"
   wait "$pid" 2>/dev/null || true
+  if [ -n "${OUT:-}" ]; then
+    mkdir -p "$OUT"
+    cp "$(ls -t "$dir/$name".*.1 | head -1)" "$OUT/$name-c$conns.callgrind"
+  fi
   local n ir file
   n=$(awk '/requests in/{print $1}' <<<"$out")
   file=$(ls -t "$dir/$name".*.1 | head -1)
@@ -83,24 +103,80 @@ measure() {
   printf '| %s | %s | %s | %s |\n' "$name" "$conns" "$n" "$((ir / n))"
 }
 
+# levee_conf PORT [hosts] [proxy]: one upstream, or with `hosts` 10 by host; `proxy`:
+# server.proxy_protocol = true.
 levee_conf() {
-  cat >"$dir/levee-$1.toml" <<EOF
-[server]
-listen = ["127.0.0.1:$1"]
-threads = 1
-
-[[upstream]]
-name = "bench"
-routes = ["/"]
-
-[upstream.limits]
-max_inflight = 100000
-
-[[upstream.backend]]
-address = "127.0.0.1:$backend"
-EOF
-  echo "$dir/levee-$1.toml"
+  local port=$1 hosts=${2:-} proxy=${3:-}
+  {
+    printf '[server]\nlisten = ["127.0.0.1:%s"]\nthreads = 1\n' "$port"
+    [ "$proxy" = proxy ] && echo "proxy_protocol = true"
+    if [ "$hosts" = hosts ]; then
+      for i in 0 1 2 3 4 5 6 7 8 wildcard; do
+        local host="site$i.example.com"
+        [ "$i" = wildcard ] && host="*.example.com"
+        printf '\n[[upstream]]\nname = "u%s"\nhosts = ["%s"]\nroutes = ["/"]\n' "$i" "$host"
+        printf '\n[upstream.limits]\nmax_inflight = 100000\n'
+        printf '\n[[upstream.backend]]\naddress = "127.0.0.1:%s"\n' "$backend"
+      done
+    else
+      printf '\n[[upstream]]\nname = "bench"\nroutes = ["/"]\n'
+      printf '\n[upstream.limits]\nmax_inflight = 100000\n'
+      printf '\n[[upstream.backend]]\naddress = "127.0.0.1:%s"\n' "$backend"
+    fi
+  } >"$dir/levee-$port.toml"
+  echo "$dir/levee-$port.toml"
 }
+
+# relay PORT TARGET [send-proxy-v2]: HAProxy in TCP mode, one thread, in front of
+# TARGET; it runs until the script ends.
+relay() {
+  cat >"$dir/relay-$1.cfg" <<EOF
+global
+    nbthread 1
+    maxconn 4096
+defaults
+    mode tcp
+    timeout connect 1s
+    timeout client 60s
+    timeout server 60s
+frontend fe
+    bind 127.0.0.1:$1
+    default_backend be
+backend be
+    server s 127.0.0.1:$2 ${3:-}
+EOF
+  haproxy -db -f "$dir/relay-$1.cfg" >"$dir/relay-$1.log" 2>&1 &
+  pids+=($!)
+}
+
+# edge_row NAME CONNS HOST BINARY [hosts] [proxy]: BINARY with levee_conf's config,
+# behind a relay (sending PROXY v2 with `proxy`), wrk with `Host: HOST`.
+edge_row() {
+  local name=$1 conns=$2 host=$3 binary=$4 hosts=${5:-} proxy=${6:-}
+  local port via send=
+  port=$(free_port)
+  via=$(free_port)
+  [ "$proxy" = proxy ] && send=send-proxy-v2
+  relay "$via" "$port" "$send"
+  WRK_ARGS=(-H "Host: $host")
+  VIA=$via measure "$name" "$conns" "$port" "$binary" run --config "$(levee_conf "$port" "$hosts" "$proxy")"
+}
+
+if [ -n "${EDGE:-}" ]; then
+  echo "| target (via a HAProxy TCP relay) | connections | requests | user instructions per request |"
+  echo "|---|---:|---:|---:|"
+  for conns in ${CONNS:-1 16}; do
+    if [ -n "${LEVEE_BEFORE:-}" ]; then
+      edge_row levee-before-relay "$conns" www.example.com "$LEVEE_BEFORE"
+    fi
+    edge_row levee-relay "$conns" www.example.com target/release/levee
+    edge_row levee-proxy-only "$conns" www.example.com target/release/levee "" proxy
+    edge_row levee-hosts-only "$conns" www.example.com target/release/levee hosts
+    edge_row levee-edge "$conns" www.example.com target/release/levee hosts proxy
+    edge_row levee-edge-exact "$conns" site4.example.com target/release/levee hosts proxy
+  done
+  exit 0
+fi
 
 echo "| target | connections | requests | user instructions per request |"
 echo "|---|---:|---:|---:|"

@@ -335,45 +335,65 @@ impl Running {
             (Some(files), Some(tls_addr)) => with_tls(kind, text, tls_addr, files)?,
             _ => text,
         };
-        let conf = d.join(conf_name);
-        std::fs::write(&conf, text).map_err(|e| format!("write {}: {e}", conf.display()))?;
-        let log = std::fs::File::create(d.join("stderr.log")).map_err(|e| format!("log: {e}"))?;
-        let started = Instant::now();
-        let mut cmd = Command::new(binary);
-        match kind {
-            Kind::Levee | Kind::LeveeMulti | Kind::LeveeBefore => {
-                cmd.arg("run").arg("--config").arg(&conf)
-            }
-            Kind::Haproxy => cmd.arg("-db").arg("-f").arg(&conf),
-            Kind::Nginx => cmd
-                .arg("-p")
-                .arg(d)
-                .arg("-e")
-                .arg(d.join("error.log"))
-                .arg("-c")
-                .arg(&conf),
-            Kind::HyperFloor => cmd.arg(addr.to_string()).arg(setup.backends[0].to_string()),
-            Kind::Direct => unreachable!(),
+        let args = match kind {
+            Kind::HyperFloor => vec![addr.to_string(), setup.backends[0].to_string()],
+            _ => Vec::new(),
         };
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .map_err(|e| format!("spawn {}: {e}", binary.display()))?;
-        let mut running = Running {
+        let spawned = Spawn {
             kind,
+            binary,
+            dir,
             addr,
             tls_addr,
             admin,
-            started,
-            ready_after: Duration::ZERO,
-            child: Some(child),
-            dir: Some(dir),
+            conf_name,
+            text,
+            args,
         };
-        running.wait_ready().await?;
-        running.ready_after = started.elapsed();
-        Ok(running)
+        spawned.run(&ReadyCheck::default()).await
+    }
+
+    /// Starts `kind` (levee, levee-before or HAProxy) with the config `config` writes
+    /// for its listen address and, for levee, its admin address, and returns once
+    /// `ready` answered 2xx: for processes the bench configures beyond [`Setup`] (the
+    /// edge section's levee with virtual hosts and the PROXY protocol, and HAProxy as a
+    /// TCP relay in front of it).
+    pub async fn start_custom(
+        kind: Kind,
+        tools: &Tools,
+        config: impl FnOnce(SocketAddr, Option<SocketAddr>) -> String,
+        ready: &ReadyCheck,
+    ) -> Result<Running, String> {
+        let conf_name = match kind {
+            Kind::Levee | Kind::LeveeMulti | Kind::LeveeBefore => "levee.toml",
+            Kind::Haproxy => "haproxy.cfg",
+            other => return Err(format!("no custom config for {}", other.name())),
+        };
+        let binary = tools
+            .binary(kind)?
+            .ok_or_else(|| format!("{} has no binary", kind.name()))?;
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("levee-bench-{}-", kind.name()))
+            .tempdir()
+            .map_err(|e| format!("temp dir: {e}"))?;
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?));
+        let admin = if kind.is_levee() {
+            Some(SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?)))
+        } else {
+            None
+        };
+        let spawned = Spawn {
+            kind,
+            binary,
+            dir,
+            addr,
+            tls_addr: None,
+            admin,
+            conf_name,
+            text: config(addr, admin),
+            args: Vec::new(),
+        };
+        spawned.run(ready).await
     }
 
     /// The proxy's main process id.
@@ -394,14 +414,23 @@ impl Running {
     /// requests served is the proxy's CPU cost per request, a figure that noise from
     /// other processes on the machine disturbs far less than requests/s.
     pub fn cpu_time(&self) -> Option<Duration> {
+        let (user, system) = self.cpu_split()?;
+        Some(user + system)
+    }
+
+    /// [`Running::cpu_time`] as user and system time apart: a change to the proxy's
+    /// own code shows in the first, while the kernel's part of a request (loopback TCP
+    /// on both sides) stays the same.
+    pub fn cpu_split(&self) -> Option<(Duration, Duration)> {
         let pid = self.pid()?;
-        let mut ticks = 0u64;
+        let (mut user, mut system) = (0u64, 0u64);
         for p in std::iter::once(pid).chain(children(pid)) {
-            ticks += cpu_ticks(p)?;
+            let (u, s) = cpu_ticks(p)?;
+            user += u;
+            system += s;
         }
-        Some(Duration::from_secs_f64(
-            ticks as f64 / clock_ticks_per_second(),
-        ))
+        let secs = |ticks: u64| Duration::from_secs_f64(ticks as f64 / clock_ticks_per_second());
+        Some((secs(user), secs(system)))
     }
 
     /// levee's `levee_shed_total` by reason, summed over upstreams and classes, from
@@ -455,7 +484,7 @@ impl Running {
         out
     }
 
-    async fn wait_ready(&mut self) -> Result<(), String> {
+    async fn wait_ready(&mut self, ready: &ReadyCheck) -> Result<(), String> {
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             if let Some(child) = self.child.as_mut() {
@@ -468,7 +497,7 @@ impl Running {
                 }
             }
             if let Ok(Ok(status)) =
-                tokio::time::timeout(Duration::from_secs(1), probe(self.addr)).await
+                tokio::time::timeout(Duration::from_secs(1), probe(self.addr, ready)).await
             {
                 if (200..300).contains(&status) {
                     return Ok(());
@@ -501,6 +530,66 @@ impl Running {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         kill_now(&mut child, &kids);
+    }
+}
+
+/// A proxy's process, configured and about to start.
+struct Spawn<'a> {
+    kind: Kind,
+    binary: &'a Path,
+    dir: tempfile::TempDir,
+    addr: SocketAddr,
+    tls_addr: Option<SocketAddr>,
+    admin: Option<SocketAddr>,
+    conf_name: &'a str,
+    text: String,
+    /// hyper-floor's arguments (it has no config file).
+    args: Vec<String>,
+}
+
+impl Spawn<'_> {
+    /// Writes the config, spawns the process and waits until `ready` answers 2xx.
+    async fn run(self, ready: &ReadyCheck) -> Result<Running, String> {
+        let d = self.dir.path();
+        let conf = d.join(self.conf_name);
+        std::fs::write(&conf, &self.text).map_err(|e| format!("write {}: {e}", conf.display()))?;
+        let log = std::fs::File::create(d.join("stderr.log")).map_err(|e| format!("log: {e}"))?;
+        let started = Instant::now();
+        let mut cmd = Command::new(self.binary);
+        match self.kind {
+            Kind::Levee | Kind::LeveeMulti | Kind::LeveeBefore => {
+                cmd.arg("run").arg("--config").arg(&conf)
+            }
+            Kind::Haproxy => cmd.arg("-db").arg("-f").arg(&conf),
+            Kind::Nginx => cmd
+                .arg("-p")
+                .arg(d)
+                .arg("-e")
+                .arg(d.join("error.log"))
+                .arg("-c")
+                .arg(&conf),
+            Kind::HyperFloor => cmd.args(&self.args),
+            Kind::Direct => unreachable!("direct has no binary"),
+        };
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("spawn {}: {e}", self.binary.display()))?;
+        let mut running = Running {
+            kind: self.kind,
+            addr: self.addr,
+            tls_addr: self.tls_addr,
+            admin: self.admin,
+            started,
+            ready_after: Duration::ZERO,
+            child: Some(child),
+            dir: Some(self.dir),
+        };
+        running.wait_ready(ready).await?;
+        running.ready_after = started.elapsed();
+        Ok(running)
     }
 }
 
@@ -554,14 +643,14 @@ fn children(pid: u32) -> Vec<u32> {
         .collect()
 }
 
-/// utime + stime of one process (all its threads), in clock ticks.
-fn cpu_ticks(pid: u32) -> Option<u64> {
+/// utime and stime of one process (all its threads), in clock ticks.
+fn cpu_ticks(pid: u32) -> Option<(u64, u64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let rest = &stat[stat.rfind(')')? + 2..];
     let mut fields = rest.split_whitespace().skip(11);
     let utime: u64 = fields.next()?.parse().ok()?;
     let stime: u64 = fields.next()?.parse().ok()?;
-    Some(utime + stime)
+    Some((utime, stime))
 }
 
 /// `getconf CLK_TCK` (100 on Linux almost everywhere), read once.
@@ -615,12 +704,45 @@ async fn get(addr: SocketAddr, path: &str) -> std::io::Result<String> {
     Ok(String::from_utf8_lossy(&buf).into_owned())
 }
 
-/// One `GET /ready` on a fresh connection; the response's status.
-async fn probe(addr: SocketAddr) -> std::io::Result<u16> {
+/// How [`Running::start`] tells a proxy is up: one `GET /ready` with this `host`,
+/// after a PROXY v1 header when `proxy_protocol` (a listener that expects one closes a
+/// connection without it).
+#[derive(Debug, Clone)]
+pub struct ReadyCheck {
+    pub host: String,
+    pub proxy_protocol: bool,
+}
+
+impl Default for ReadyCheck {
+    fn default() -> ReadyCheck {
+        ReadyCheck {
+            host: "bench".into(),
+            proxy_protocol: false,
+        }
+    }
+}
+
+/// One `GET /ready` on a fresh connection, as `check` says; the response's status.
+async fn probe(addr: SocketAddr, check: &ReadyCheck) -> std::io::Result<u16> {
     let mut stream = TcpStream::connect(addr).await?;
-    stream
-        .write_all(b"GET /ready HTTP/1.1\r\nhost: bench\r\nconnection: close\r\n\r\n")
-        .await?;
+    let mut req = String::new();
+    if check.proxy_protocol {
+        let local = stream.local_addr()?;
+        let _ = write!(
+            req,
+            "PROXY TCP4 {} {} {} {}\r\n",
+            local.ip(),
+            addr.ip(),
+            local.port(),
+            addr.port()
+        );
+    }
+    let _ = write!(
+        req,
+        "GET /ready HTTP/1.1\r\nhost: {}\r\nconnection: close\r\n\r\n",
+        check.host
+    );
+    stream.write_all(req.as_bytes()).await?;
     let mut buf = Vec::with_capacity(512);
     stream.read_to_end(&mut buf).await?;
     let head = String::from_utf8_lossy(&buf[..buf.len().min(12)]).into_owned();

@@ -375,6 +375,8 @@ pub struct Results {
     pub flood: Vec<FloodRow>,
     /// The adaptive section (levee only).
     pub adaptive: Option<crate::adaptive::AdaptiveResults>,
+    /// The edge section (levee and levee-before).
+    pub edge: Option<crate::edge::EdgeResults>,
     pub notes: Vec<String>,
 }
 
@@ -746,6 +748,9 @@ impl Results {
         self.fairness_targets(&mut out);
         if let Some(a) = &self.adaptive {
             out.extend(a.targets());
+        }
+        if let Some(e) = &self.edge {
+            out.extend(e.targets());
         }
         out
     }
@@ -1187,6 +1192,9 @@ impl Results {
         self.render_fairness(&mut s);
         if let Some(a) = &self.adaptive {
             a.render(&mut s);
+        }
+        if let Some(e) = &self.edge {
+            e.render(&mut s);
         }
 
         let before = self.before_comparison();
@@ -1643,6 +1651,7 @@ impl Results {
                 "rss_after_kib": f.rss_after_kib, "growth_mib": f.growth_mib(), "verdict": f.verdict().as_str(),
             })).collect::<Vec<_>>(),
             "adaptive": self.adaptive.as_ref().map(|a| a.to_json()),
+            "edge": self.edge.as_ref().map(|e| e.to_json()),
             "levee_vs_before": self.before_comparison().iter().map(|c| json!({
                 "measure": c.measure, "levee": c.levee, "levee_before": c.before, "vs": c.vs,
             })).collect::<Vec<_>>(),
