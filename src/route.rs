@@ -14,13 +14,56 @@ const MAX_HOST: usize = 253;
 /// Routes of one host group: (prefix, upstream index), longest prefix first.
 type Routes = Vec<(String, usize)>;
 
+/// Host names (lower case, bytes) to their group. A few are looked up by a scan that
+/// compares lengths first (cheaper than hashing the name); many, in a hash map.
+#[derive(Debug, Default)]
+struct Names {
+    small: Vec<(Box<[u8]>, usize)>,
+    map: HashMap<Box<[u8]>, usize>,
+}
+
+/// Up to this many names are scanned rather than hashed.
+const SCAN_MAX: usize = 32;
+
+impl Names {
+    fn get(&self, name: &[u8]) -> Option<usize> {
+        if self.map.is_empty() {
+            self.small
+                .iter()
+                .find(|(k, _)| k.len() == name.len() && **k == *name)
+                .map(|(_, g)| *g)
+        } else {
+            self.map.get(name).copied()
+        }
+    }
+
+    fn insert(&mut self, name: &[u8], group: usize) {
+        self.small.push((name.into(), group));
+        if self.small.len() > SCAN_MAX {
+            self.map.extend(self.small.iter().cloned());
+        } else {
+            self.map.clear();
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.small.is_empty()
+    }
+
+    fn len(&self) -> usize {
+        self.small.len()
+    }
+}
+
 /// Host and path to upstream index.
 #[derive(Debug, Default)]
 pub struct Router {
-    /// Exact names (lower case) to their group.
-    exact: HashMap<String, usize>,
+    /// Exact names to their group.
+    exact: Names,
     /// Wildcards by the suffix they match (`*.example.com` as `.example.com`).
-    wildcard: HashMap<String, usize>,
+    wildcard: Names,
+    /// The same suffixes, longest first: a scan's first match is the longest.
+    suffixes: Vec<(Box<[u8]>, usize)>,
     /// The group of the upstreams without hosts.
     any: Option<usize>,
     groups: Vec<Routes>,
@@ -39,15 +82,15 @@ impl Router {
             }
             for host in hosts {
                 let host = host.to_ascii_lowercase();
-                let (map, key) = match host.strip_prefix('*') {
-                    Some(suffix) => (&mut r.wildcard, suffix.to_owned()),
-                    None => (&mut r.exact, host),
+                let (names, key) = match host.strip_prefix('*') {
+                    Some(suffix) => (&mut r.wildcard, suffix.as_bytes()),
+                    None => (&mut r.exact, host.as_bytes()),
                 };
-                let g = match map.get(&key) {
-                    Some(&g) => g,
+                let g = match names.get(key) {
+                    Some(g) => g,
                     None => {
                         let g = new_group(&mut r.groups);
-                        map.insert(key, g);
+                        names.insert(key, g);
                         g
                     }
                 };
@@ -58,6 +101,8 @@ impl Router {
             g.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then_with(|| a.0.cmp(&b.0)));
             g.dedup_by(|later, first| later.0 == first.0);
         }
+        r.suffixes = r.wildcard.small.clone();
+        r.suffixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
         r
     }
 
@@ -91,17 +136,22 @@ impl Router {
         let lower = &mut buf[..name.len()];
         lower.copy_from_slice(name);
         lower.make_ascii_lowercase();
-        let lower = std::str::from_utf8(lower).ok()?;
-        if let Some(&g) = self.exact.get(lower) {
+        let lower = &*lower;
+        if let Some(g) = self.exact.get(lower) {
             return Some(g);
         }
-        if self.wildcard.is_empty() {
-            return None;
+        if self.wildcard.len() <= SCAN_MAX {
+            // Longest first; a suffix matches at a label boundary (it starts with '.').
+            return self
+                .suffixes
+                .iter()
+                .find(|(suffix, _)| suffix.len() < lower.len() && lower.ends_with(suffix))
+                .map(|(_, g)| *g);
         }
         // `a.b.example.com`: `.b.example.com`, then `.example.com`, then `.com`.
-        lower
-            .match_indices('.')
-            .find_map(|(at, _)| self.wildcard.get(&lower[at..]).copied())
+        (0..lower.len())
+            .filter(|&at| lower[at] == b'.')
+            .find_map(|at| self.wildcard.get(&lower[at..]))
     }
 }
 
@@ -115,14 +165,15 @@ fn add(group: &mut Routes, routes: &[String], upstream: usize) {
 }
 
 /// `host` without its port: `example.com:8080` → `example.com`, `[::1]:443` → `[::1]`.
+/// (Host names are short: a plain scan from the end beats a search call.)
 fn strip_port(host: &[u8]) -> &[u8] {
     if host.first() == Some(&b'[') {
-        return match memchr::memchr(b']', host) {
+        return match host.iter().position(|&b| b == b']') {
             Some(end) => &host[..=end],
             None => host,
         };
     }
-    match memchr::memrchr(b':', host) {
+    match host.iter().rposition(|&b| b == b':') {
         Some(colon) => &host[..colon],
         None => host,
     }
@@ -180,6 +231,27 @@ mod tests {
         assert_eq!(r.route(Some(b"b.test"), "/"), None);
         assert_eq!(r.route(None, "/"), None);
         assert_eq!(r.route(Some("x".repeat(300).as_bytes()), "/"), None);
+    }
+
+    #[test]
+    fn many_names_are_hashed_with_the_same_answers() {
+        let owned: Vec<(Vec<String>, Vec<String>)> = (0..40)
+            .map(|i| {
+                (
+                    vec![format!("site{i}.test"), format!("*.w{i}.test")],
+                    vec!["/".to_string()],
+                )
+            })
+            .collect();
+        let r = Router::new(owned.iter().map(|(h, r)| (h.as_slice(), r.as_slice())));
+        assert!(r.exact.len() > SCAN_MAX && !r.exact.map.is_empty());
+        for i in 0..40 {
+            let site = format!("SITE{i}.test:80");
+            assert_eq!(r.route(Some(site.as_bytes()), "/"), Some(i));
+            let under = format!("a.b.w{i}.test");
+            assert_eq!(r.route(Some(under.as_bytes()), "/"), Some(i));
+        }
+        assert_eq!(r.route(Some(b"w1.test"), "/"), None);
     }
 
     #[test]

@@ -102,11 +102,12 @@ pub fn new_request_id() -> HeaderValue {
     HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static("-"))
 }
 
-fn hex(mut v: u64, out: &mut [u8]) {
+/// `v` as 16 lower-case hex digits into `out`, two digits per byte from a table.
+fn hex(v: u64, out: &mut [u8]) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for slot in out.iter_mut().rev() {
-        *slot = DIGITS[(v & 0xf) as usize];
-        v >>= 4;
+    for (pair, byte) in out.chunks_exact_mut(2).zip(v.to_be_bytes()) {
+        pair[0] = DIGITS[usize::from(byte >> 4)];
+        pair[1] = DIGITS[usize::from(byte & 0xf)];
     }
 }
 
