@@ -102,7 +102,7 @@ impl Router {
             g.dedup_by(|later, first| later.0 == first.0);
         }
         r.suffixes = r.wildcard.small.clone();
-        r.suffixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        r.suffixes.sort_by_key(|s| std::cmp::Reverse(s.0.len()));
         r
     }
 
