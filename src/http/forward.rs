@@ -480,10 +480,11 @@ enum SendError {
     Failed(Failure),
 }
 
-/// Most times one request goes back unsent (a pooled connection closed, an HTTP/2
-/// connection going away) before it fails: each is a connection levee will not use
-/// again, so this is only reached when connections keep closing under it.
-const MAX_UNSENT: u32 = 4;
+/// Most times one request is sent again after a backend dropped its stream
+/// unprocessed: a backend that refuses every stream must not hold it forever. (A
+/// request given back unsent needs no bound: each time, the connection that gave it
+/// back leaves the pool, and a new connection never gives one back.)
+const MAX_REFUSED: u32 = 4;
 
 impl Attempt<'_> {
     /// Connects (retrying a failed connect on another backend), sends, and waits for
@@ -510,7 +511,7 @@ impl Attempt<'_> {
         // An HTTP/2 backend may refuse a stream it did not process; the request can
         // then go again, whatever its method, so its head is kept.
         let spare = (replayable || up.protocol == Protocol::H2).then(|| parts.clone());
-        let mut unsent = 0u32;
+        let mut refused = 0u32;
         let mut req = Some(Request::from_parts(parts, body));
         loop {
             let Some(permit) = exchange.permit() else {
@@ -583,10 +584,6 @@ impl Attempt<'_> {
                 Err(SendError::NotSent(back)) => {
                     // A pooled connection closed under us: not the backend's fault;
                     // the same request goes on a fresh connection.
-                    unsent += 1;
-                    if unsent > MAX_UNSENT {
-                        return Err(Failure::UpstreamError);
-                    }
                     req = Some(*back);
                 }
                 Err(SendError::Refused) => {
@@ -599,11 +596,11 @@ impl Attempt<'_> {
                     } else {
                         ForwardBody::replay(self.upload)
                     };
-                    unsent += 1;
+                    refused += 1;
                     let (Some(head), Some(body)) = (spare.clone(), body) else {
                         return Err(Failure::UpstreamError);
                     };
-                    if unsent > MAX_UNSENT {
+                    if refused > MAX_REFUSED {
                         return Err(Failure::UpstreamError);
                     }
                     if connect_retries < up.retry_on_connect_failure
