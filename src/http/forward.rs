@@ -672,9 +672,11 @@ impl Attempt<'_> {
         mut conn: BackendConn,
         req: Request<ForwardBody>,
     ) -> Result<(Response<Incoming>, BackendConn), SendError> {
+        // The HTTP/2 wait is boxed so that the HTTP/1 request's future (moved into its
+        // parent's state at each await) does not carry HTTP/2's larger one.
         let r = match &mut conn.tx {
             Sender::H1(tx) => self.head(tx.try_send_request(req)).await,
-            Sender::H2(tx) => self.head(tx.try_send_request(req)).await,
+            Sender::H2(tx) => Box::pin(self.head(tx.try_send_request(req))).await,
         };
         match r {
             None => Err(SendError::Failed(Failure::UpstreamTimeout)),

@@ -222,7 +222,8 @@ impl Pool {
         cap: u32,
     ) -> Result<BackendConn, Failure> {
         if self.protocol == Protocol::H2 {
-            return self.checkout_h2(connect, cap).await;
+            // Boxed: HTTP/1's checkout future stays as small as it was.
+            return Box::pin(self.checkout_h2(connect, cap)).await;
         }
         if let Some(c) = self.take_idle(max_idle) {
             return Ok(c);

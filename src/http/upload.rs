@@ -117,8 +117,9 @@ impl Upload {
 pub enum ForwardBody {
     Empty,
     Client(Box<ClientBody>),
-    /// A kept body sent again: its data in order, then its trailers.
-    Replay(std::collections::VecDeque<Bytes>, Option<http::HeaderMap>),
+    /// A kept body sent again: its data in order, then its trailers (boxed: the
+    /// request moves through hyper by value, and this is rare).
+    Replay(Box<(std::collections::VecDeque<Bytes>, Option<http::HeaderMap>)>),
 }
 
 pub struct ClientBody {
@@ -164,10 +165,10 @@ impl ForwardBody {
         if !r.complete || r.overflow {
             return None;
         }
-        Some(ForwardBody::Replay(
+        Some(ForwardBody::Replay(Box::new((
             r.data.iter().cloned().collect(),
             r.trailers.clone(),
-        ))
+        ))))
     }
 }
 
@@ -202,7 +203,8 @@ impl Body for ForwardBody {
         let this = match self.get_mut() {
             ForwardBody::Empty => return Poll::Ready(None),
             ForwardBody::Client(b) => b,
-            ForwardBody::Replay(data, trailers) => {
+            ForwardBody::Replay(kept) => {
+                let (data, trailers) = &mut **kept;
                 let frame = match data.pop_front() {
                     Some(d) => Frame::data(d),
                     None => match trailers.take() {
@@ -259,7 +261,7 @@ impl Body for ForwardBody {
         match self {
             ForwardBody::Empty => true,
             ForwardBody::Client(b) => b.incoming.is_end_stream(),
-            ForwardBody::Replay(data, trailers) => data.is_empty() && trailers.is_none(),
+            ForwardBody::Replay(kept) => kept.0.is_empty() && kept.1.is_none(),
         }
     }
 
@@ -267,8 +269,8 @@ impl Body for ForwardBody {
         match self {
             ForwardBody::Empty => SizeHint::with_exact(0),
             ForwardBody::Client(b) => b.incoming.size_hint(),
-            ForwardBody::Replay(data, _) => {
-                SizeHint::with_exact(data.iter().map(|d| d.len() as u64).sum())
+            ForwardBody::Replay(kept) => {
+                SizeHint::with_exact(kept.0.iter().map(|d| d.len() as u64).sum())
             }
         }
     }
