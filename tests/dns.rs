@@ -262,8 +262,14 @@ async fn backends_follow_the_name_under_load_and_survive_the_nameserver() {
     }
     // The removed address's counters left /metrics with it; the kept ones' stayed.
     let requests = samples(&metrics, "levee_requests_total");
-    assert!(!requests.keys().any(|k| k.contains(&at(2).to_string())), "{requests:?}");
-    assert!(requests.keys().any(|k| k.contains(&at(3).to_string())), "{requests:?}");
+    assert!(
+        !requests.keys().any(|k| k.contains(&at(2).to_string())),
+        "{requests:?}"
+    );
+    assert!(
+        requests.keys().any(|k| k.contains(&at(3).to_string())),
+        "{requests:?}"
+    );
     // /status shows the name and its addresses.
     let status = fetch(levee.admin_addr.unwrap(), get("/status"))
         .await
