@@ -375,6 +375,9 @@ pub struct Results {
     pub flood: Vec<FloodRow>,
     /// The adaptive section (levee only).
     pub adaptive: Option<crate::adaptive::AdaptiveResults>,
+    /// The grpc section's rows, and its client and backend in words.
+    pub grpc: Vec<crate::grpc::GrpcRow>,
+    pub grpc_shape: String,
     pub notes: Vec<String>,
 }
 
@@ -726,6 +729,7 @@ impl Results {
         }
         self.fresh_targets(&mut out);
         crate::tls::targets(self, &mut out);
+        crate::grpc::targets(self, &mut out);
         let name = format!("shadow {SHADOW}x C: 0 levee 503s, would-sheds counted");
         if self.shadow.is_empty() {
             out.push(skip(name));
@@ -1188,6 +1192,7 @@ impl Results {
         if let Some(a) = &self.adaptive {
             a.render(&mut s);
         }
+        crate::grpc::render(self, &mut s);
 
         let before = self.before_comparison();
         if !before.is_empty() {
@@ -1643,6 +1648,7 @@ impl Results {
                 "rss_after_kib": f.rss_after_kib, "growth_mib": f.growth_mib(), "verdict": f.verdict().as_str(),
             })).collect::<Vec<_>>(),
             "adaptive": self.adaptive.as_ref().map(|a| a.to_json()),
+            "grpc": crate::grpc::to_json(self),
             "levee_vs_before": self.before_comparison().iter().map(|c| json!({
                 "measure": c.measure, "levee": c.levee, "levee_before": c.before, "vs": c.vs,
             })).collect::<Vec<_>>(),
