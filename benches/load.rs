@@ -9,7 +9,7 @@
 //!
 //! Options (after `--`): `--quick`, `--reps N`,
 //! `--only levee,levee-mt,levee-before,haproxy,nginx,hyper-floor,direct`,
-//! `--sections raw,overload,memory,shed,fresh,zonefail,tls,shadow,fairness,adaptive,edge`,
+//! `--sections raw,overload,memory,shed,fresh,zonefail,tls,shadow,fairness,adaptive,edge,grpc`,
 //! `--json PATH`, `--ticks`.
 //!
 //! Before and after: `LEVEE_BEFORE` names an older levee binary (same CLI and config
@@ -63,6 +63,9 @@
 //! - edge (levee and levee-before): levee's CPU per request with 10 upstreams routed
 //!   by host and the PROXY protocol on, beside one upstream (levee and levee-before),
 //!   through HAProxy as a TCP relay that sends the PROXY header (see `load/edge.rs`).
+//! - grpc: gRPC unary calls per second (h2load, `grpc.health.v1.Health/Check`) through
+//!   levee (`protocol = "h2"`), nginx (`grpc_pass`) and straight to the backend
+//!   (`examples/grpc_backend`, tonic), with CPU per call (see `load/grpc.rs`).
 //!
 //! Everything runs on 127.0.0.1; every loop is bounded in count and time; proxies
 //! run one at a time, with the same thread count ([`THREADS`]).
@@ -73,6 +76,8 @@ mod adaptive;
 mod edge;
 #[path = "load/flood.rs"]
 mod flood;
+#[path = "load/grpc.rs"]
+mod grpc;
 #[path = "load/idle.rs"]
 mod idle;
 #[path = "load/probe.rs"]
@@ -194,9 +199,9 @@ const TENANT_HEADER: &str = "x-tenant";
 const FLOOD_RATE: f64 = 10_000.0;
 const FLOOD_CONNECTIONS: u64 = 256;
 /// The sections of a run without `--sections`, in the order they run.
-const SECTIONS: [&str; 11] = [
+const SECTIONS: [&str; 12] = [
     "raw", "overload", "memory", "shed", "fresh", "zonefail", "tls", "shadow", "fairness",
-    "adaptive", "edge",
+    "adaptive", "edge", "grpc",
 ];
 
 #[derive(Debug, Clone)]
@@ -264,7 +269,7 @@ impl Opts {
     }
 }
 
-const USAGE: &str = "[LEVEE_BEFORE=OLDER_LEVEE_BINARY] cargo bench --bench load -- [--quick] [--reps N] [--only levee,levee-mt,levee-before,haproxy,nginx,hyper-floor,direct] [--sections raw,overload,memory,shed,fresh,zonefail,tls,shadow,fairness,adaptive,edge] [--json PATH] [--ticks]";
+const USAGE: &str = "[LEVEE_BEFORE=OLDER_LEVEE_BINARY] cargo bench --bench load -- [--quick] [--reps N] [--only levee,levee-mt,levee-before,haproxy,nginx,hyper-floor,direct] [--sections raw,overload,memory,shed,fresh,zonefail,tls,shadow,fairness,adaptive,edge,grpc] [--json PATH] [--ticks]";
 
 /// How long each measurement lasts.
 #[derive(Debug, Clone, Copy)]
@@ -289,6 +294,9 @@ struct Plan {
     /// One run of the two tenants, and the key flood.
     tenants: Duration,
     flood: Duration,
+    /// One measured h2load run of the grpc section, and the warm-up run before it.
+    grpc: Duration,
+    grpc_warm: Duration,
 }
 
 impl Plan {
@@ -309,6 +317,8 @@ impl Plan {
                 shadow: Duration::from_secs(1),
                 tenants: Duration::from_secs(2),
                 flood: Duration::from_secs(2),
+                grpc: Duration::from_secs(2),
+                grpc_warm: Duration::from_secs(1),
             }
         } else {
             Plan {
@@ -326,6 +336,8 @@ impl Plan {
                 shadow: Duration::from_secs(3),
                 tenants: Duration::from_secs(10),
                 flood: Duration::from_secs(10),
+                grpc: Duration::from_secs(10),
+                grpc_warm: Duration::from_secs(1),
             }
         }
     }
@@ -446,6 +458,9 @@ async fn run(opts: Opts) -> Results {
     if opts.has("edge") {
         edge::section(&plan, &opts, &tools, &kinds, &mut res).await;
     }
+    if opts.has("grpc") {
+        grpc::section(&plan, &opts, &tools, &kinds, &mut res).await;
+    }
     res.elapsed = start.elapsed();
     res
 }
@@ -514,6 +529,7 @@ fn machine(tools: &Tools) -> report::Machine {
         ("haproxy", &tools.haproxy, "-v"),
         ("nginx", &tools.nginx, "-v"),
         ("wrk", &tools.wrk, "-v"),
+        ("h2load", &tools.h2load, "--version"),
     ] {
         if let Some(p) = path {
             versions.push((name.to_owned(), output(p, arg)));
@@ -628,6 +644,7 @@ fn fast_setup(backend: SocketAddr, threads: usize, max_clients: u32) -> Setup {
         tls: None,
         levee_extra: String::new(),
         levee_upstream: String::new(),
+        grpc: false,
     }
 }
 
@@ -898,6 +915,7 @@ async fn overload_section(
         tls: None,
         levee_extra: String::new(),
         levee_upstream: String::new(),
+        grpc: false,
     };
     let fast = replica("fast", FAST_WORKERS, Duration::ZERO).await;
     let mut runs: BTreeMap<(Kind, usize), Vec<StepRun>> = BTreeMap::new();
@@ -1350,6 +1368,7 @@ fn zone_setup(replicas: &[Replica], retry_5xx: bool) -> Setup {
         tls: None,
         levee_extra: String::new(),
         levee_upstream: String::new(),
+        grpc: false,
     }
 }
 
@@ -1865,6 +1884,7 @@ fn solo_setup(replica: &Replica, levee_extra: &str) -> Setup {
         tls: None,
         levee_extra: levee_extra.to_owned(),
         levee_upstream: String::new(),
+        grpc: false,
     }
 }
 

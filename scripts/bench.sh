@@ -8,10 +8,11 @@
 #   scripts/bench.sh --quick      # CI smoke, under 2 minutes
 #   scripts/bench.sh --only levee,haproxy --sections raw
 #   scripts/bench.sh --sections fresh,zonefail --only levee,haproxy,nginx
+#   scripts/bench.sh --sections grpc --only levee,nginx,direct
 #
 # The results are printed as Markdown tables and written as JSON to
-# target/bench-load.json. haproxy, nginx and wrk come from Debian
-# (scripts/setup.sh --all installs them); a missing one is skipped with a message.
+# target/bench-load.json. haproxy, nginx, wrk and h2load (nghttp2-client) come from
+# Debian (scripts/setup.sh --all installs them); a missing one is skipped with a message.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,13 +26,14 @@ if [ "$(ulimit -n)" != "unlimited" ] && [ "$(ulimit -n)" -lt 11024 ]; then
   echo "bench.sh: open-files limit $(ulimit -n) < 11024: the memory section will be skipped" >&2
 fi
 
-for tool in haproxy nginx wrk; do
+for tool in haproxy nginx wrk h2load; do
   command -v "$tool" >/dev/null || [ -x "/usr/sbin/$tool" ] ||
     echo "bench.sh: $tool not installed (scripts/setup.sh --all): its part is skipped" >&2
 done
 
 mkdir -p target
 # `cargo bench` builds levee's binary in release (the bench profile) before the bench;
-# the "hyper-floor" target (examples/hyper_floor.rs) is built here.
-cargo build --release --example hyper_floor
+# the "hyper-floor" target (examples/hyper_floor.rs) and the grpc section's backend
+# (examples/grpc_backend.rs) are built here.
+cargo build --release --example hyper_floor --example grpc_backend
 exec cargo bench --bench load -- --json target/bench-load.json "$@"

@@ -180,6 +180,7 @@ fn setup(backends: &[&Replica], max: u32, adaptive: Option<String>) -> Setup {
         tls: None,
         levee_extra: String::new(),
         levee_upstream: adaptive.unwrap_or_default(),
+        grpc: false,
     }
 }
 

@@ -481,6 +481,7 @@ async fn start_case(
     let ready = ReadyCheck {
         host: case.host().to_owned(),
         proxy_protocol: case.proxy_protocol(),
+        grpc: false,
     };
     let levee = Running::start_custom(
         case.kind(),
@@ -495,6 +496,7 @@ async fn start_case(
     let through = ReadyCheck {
         host: case.host().to_owned(),
         proxy_protocol: false,
+        grpc: false,
     };
     let target = levee.addr;
     match Running::start_custom(

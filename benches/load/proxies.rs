@@ -114,7 +114,13 @@ pub struct Tools {
     pub nginx: Option<PathBuf>,
     /// `examples/hyper_floor` next to levee's binary (scripts/bench.sh builds it).
     pub hyper_floor: Option<PathBuf>,
+    /// `examples/grpc_backend` next to levee's binary (scripts/bench.sh builds it): the
+    /// grpc section's backend.
+    pub grpc_backend: Option<PathBuf>,
     pub wrk: Option<PathBuf>,
+    /// nghttp2's HTTP/2 load generator (Debian's nghttp2-client): the grpc section's
+    /// client.
+    pub h2load: Option<PathBuf>,
 }
 
 impl Tools {
@@ -129,18 +135,22 @@ impl Tools {
             .as_ref()
             .and_then(|v| std::fs::canonicalize(v).ok())
             .filter(|p| is_executable(p));
-        let hyper_floor = levee
-            .parent()
-            .map(|d| d.join("examples").join("hyper_floor"))
-            .filter(|p| is_executable(p));
+        let example = |name: &str| {
+            levee
+                .parent()
+                .map(|d| d.join("examples").join(name))
+                .filter(|p| is_executable(p))
+        };
         Tools {
-            hyper_floor,
+            hyper_floor: example("hyper_floor"),
+            grpc_backend: example("grpc_backend"),
             levee: is_executable(&levee).then_some(levee),
             levee_before,
             levee_before_var,
             haproxy: which("haproxy"),
             nginx: which("nginx"),
             wrk: which("wrk"),
+            h2load: which("h2load"),
         }
     }
 
@@ -244,6 +254,11 @@ pub struct Setup {
     /// levee only: more TOML for the upstream's table (e.g. `[upstream.adaptive]`);
     /// HAProxy and nginx have no such thing. Empty: none.
     pub levee_upstream: String,
+    /// The backends speak gRPC over h2c and so do the clients: levee `protocol =
+    /// "h2"`, nginx `grpc_pass` in a server listening with `http2` (h2c only: it then
+    /// takes no HTTP/1.1); readiness is a gRPC health check. HAProxy and hyper-floor are
+    /// not set up for it.
+    pub grpc: bool,
 }
 
 /// A certificate and its key (PEM) for the TLS listeners.
@@ -283,6 +298,9 @@ pub struct Running {
 impl Running {
     /// Starts `kind` per `setup` on a free port and returns once it answered a request.
     pub async fn start(kind: Kind, setup: &Setup, tools: &Tools) -> Result<Running, String> {
+        if setup.grpc && matches!(kind, Kind::Haproxy | Kind::HyperFloor) {
+            return Err(format!("{} is not set up for gRPC; skipped", kind.name()));
+        }
         if kind == Kind::HyperFloor && (setup.backends.len() != 1 || setup.max_conns.is_some()) {
             return Err(format!(
                 "{} has no limits and one backend: raw and memory sections only; skipped",
@@ -350,7 +368,11 @@ impl Running {
             text,
             args,
         };
-        spawned.run(&ReadyCheck::default()).await
+        let ready = ReadyCheck {
+            grpc: setup.grpc,
+            ..ReadyCheck::default()
+        };
+        spawned.run(&ready).await
     }
 
     /// Starts `kind` (levee, levee-before or HAProxy) with the config `config` writes
@@ -484,7 +506,10 @@ impl Running {
         out
     }
 
+    /// Waits for a 2xx to `ready`'s request or, with `ready.grpc`, for a gRPC health
+    /// check answered SERVING.
     async fn wait_ready(&mut self, ready: &ReadyCheck) -> Result<(), String> {
+        let grpc = ready.grpc;
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             if let Some(child) = self.child.as_mut() {
@@ -496,17 +521,23 @@ impl Running {
                     ));
                 }
             }
-            if let Ok(Ok(status)) =
-                tokio::time::timeout(Duration::from_secs(1), probe(self.addr, ready)).await
-            {
-                if (200..300).contains(&status) {
-                    return Ok(());
-                }
+            let answered = if grpc {
+                tokio::time::timeout(Duration::from_secs(1), crate::grpc::check(self.addr))
+                    .await
+                    .is_ok_and(|r| r.is_ok())
+            } else {
+                tokio::time::timeout(Duration::from_secs(1), probe(self.addr, ready))
+                    .await
+                    .is_ok_and(|r| r.is_ok_and(|status| (200..300).contains(&status)))
+            };
+            if answered {
+                return Ok(());
             }
             if Instant::now() > deadline {
                 return Err(format!(
-                    "{} did not answer 2xx on {} within {START_TIMEOUT:?}:\n{}",
+                    "{} did not answer {} on {} within {START_TIMEOUT:?}:\n{}",
                     self.kind.name(),
+                    if grpc { "a gRPC health check" } else { "2xx" },
                     self.addr,
                     self.log_tail()
                 ));
@@ -643,6 +674,14 @@ fn children(pid: u32) -> Vec<u32> {
         .collect()
 }
 
+/// utime + stime of one process (all its threads), without its children.
+pub fn process_cpu(pid: u32) -> Option<Duration> {
+    let (user, system) = cpu_ticks(pid)?;
+    Some(Duration::from_secs_f64(
+        (user + system) as f64 / clock_ticks_per_second(),
+    ))
+}
+
 /// utime and stime of one process (all its threads), in clock ticks.
 fn cpu_ticks(pid: u32) -> Option<(u64, u64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -711,6 +750,8 @@ async fn get(addr: SocketAddr, path: &str) -> std::io::Result<String> {
 pub struct ReadyCheck {
     pub host: String,
     pub proxy_protocol: bool,
+    /// Ready once a gRPC health check answers SERVING (the grpc section's proxies).
+    pub grpc: bool,
 }
 
 impl Default for ReadyCheck {
@@ -718,6 +759,7 @@ impl Default for ReadyCheck {
         ReadyCheck {
             host: "bench".into(),
             proxy_protocol: false,
+            grpc: false,
         }
     }
 }
@@ -793,11 +835,15 @@ fn levee_config(addr: SocketAddr, admin: Option<SocketAddr>, s: &Setup, extra: &
         .zones
         .first()
         .map_or(String::new(), |z| format!("zone = \"{z}\"\n"));
-    let retry = if s.retry_5xx {
+    let mut retry = if s.retry_5xx {
         "retry_on_status = [500, 502, 503, 504]\n"
     } else {
         ""
-    };
+    }
+    .to_owned();
+    if s.grpc {
+        retry.push_str("protocol = \"h2\"\n");
+    }
     let mut t = format!(
         r#"[server]
 listen = ["{addr}"]
@@ -958,6 +1004,20 @@ fn nginx_config(addr: SocketAddr, s: &Setup, dir: &Path) -> String {
             "            proxy_next_upstream error timeout http_500 http_502 http_503 http_504;\n",
         );
     }
+    // gRPC: h2c in front (`listen … http2`), `grpc_pass` behind. nginx's grpc module
+    // carries one call per upstream connection at a time (no multiplexing), so it
+    // keeps as many idle connections as calls can be in flight (the bench's client
+    // keeps at most 16 x 10); with `keepalive 64` it would open and close connections
+    // to the backend under load.
+    let (listen, pass, keepalive) = if s.grpc {
+        ("http2 backlog=4096", "grpc_pass grpc://be;", 512)
+    } else {
+        (
+            "backlog=4096",
+            "proxy_pass http://be;\n            proxy_http_version 1.1;\n            proxy_set_header Connection \"\";",
+            64,
+        )
+    };
     format!(
         r#"daemon off;
 worker_processes {threads};
@@ -982,16 +1042,14 @@ http {{
     upstream be {{
         zone be 256k;
         least_conn;
-{servers}        keepalive 64;
+{servers}        keepalive {keepalive};
         keepalive_requests 1000000;
     }}
 
     server {{
-        listen {addr} backlog=4096;
+        listen {addr} {listen};
         location / {{
-            proxy_pass http://be;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
+            {pass}
 {location}        }}
         location @shed {{
             default_type application/json;

@@ -377,6 +377,9 @@ pub struct Results {
     pub adaptive: Option<crate::adaptive::AdaptiveResults>,
     /// The edge section (levee and levee-before).
     pub edge: Option<crate::edge::EdgeResults>,
+    /// The grpc section's rows, and its client and backend in words.
+    pub grpc: Vec<crate::grpc::GrpcRow>,
+    pub grpc_shape: String,
     pub notes: Vec<String>,
 }
 
@@ -728,6 +731,7 @@ impl Results {
         }
         self.fresh_targets(&mut out);
         crate::tls::targets(self, &mut out);
+        crate::grpc::targets(self, &mut out);
         let name = format!("shadow {SHADOW}x C: 0 levee 503s, would-sheds counted");
         if self.shadow.is_empty() {
             out.push(skip(name));
@@ -1196,6 +1200,7 @@ impl Results {
         if let Some(e) = &self.edge {
             e.render(&mut s);
         }
+        crate::grpc::render(self, &mut s);
 
         let before = self.before_comparison();
         if !before.is_empty() {
@@ -1652,6 +1657,7 @@ impl Results {
             })).collect::<Vec<_>>(),
             "adaptive": self.adaptive.as_ref().map(|a| a.to_json()),
             "edge": self.edge.as_ref().map(|e| e.to_json()),
+            "grpc": crate::grpc::to_json(self),
             "levee_vs_before": self.before_comparison().iter().map(|c| json!({
                 "measure": c.measure, "levee": c.levee, "levee_before": c.before, "vs": c.vs,
             })).collect::<Vec<_>>(),

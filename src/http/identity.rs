@@ -66,15 +66,18 @@ pub fn well_formed(id: &[u8]) -> bool {
 
 /// The request's id: the incoming `X-Request-Id` when `trusted` and well-formed, else a
 /// new one.
+///
+/// The value is marked sensitive: HTTP/2's HPACK then sends it as a literal that is
+/// never indexed, so a value seen once does not push reusable fields out of the
+/// connection's header table (measured on gRPC calls through an h2 upstream).
 pub fn request_id(headers: &HeaderMap, trusted: bool) -> HeaderValue {
-    if trusted {
-        if let Some(v) = headers.get(&X_REQUEST_ID) {
-            if well_formed(v.as_bytes()) {
-                return v.clone();
-            }
-        }
-    }
-    new_request_id()
+    let mut id = headers
+        .get(&X_REQUEST_ID)
+        .filter(|v| trusted && well_formed(v.as_bytes()))
+        .cloned()
+        .unwrap_or_else(new_request_id);
+    id.set_sensitive(true);
+    id
 }
 
 thread_local! {
