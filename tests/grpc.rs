@@ -4,70 +4,25 @@
 //! goes away (GOAWAY) under load.
 
 mod common;
+#[path = "common/grpc.rs"]
+mod grpc_server;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::*;
+use grpc_server::{levee_h2, GrpcServer};
 use levee::app::Running;
-use tokio::sync::oneshot;
-use tonic::transport::server::TcpIncoming;
 use tonic::transport::Channel;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
-use tonic_health::server::HealthReporter;
 
 const LIMIT: Duration = Duration::from_secs(10);
 
-/// A tonic server with the standard health service on `127.0.0.1:0`.
-struct GrpcServer {
-    addr: SocketAddr,
-    reporter: HealthReporter,
-    stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl GrpcServer {
-    async fn start() -> GrpcServer {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (reporter, service) = tonic_health::server::health_reporter();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            let _ = tonic::transport::Server::builder()
-                .add_service(service)
-                .serve_with_incoming_shutdown(TcpIncoming::from(listener), async {
-                    let _ = stopped.await;
-                })
-                .await;
-        });
-        GrpcServer {
-            addr,
-            reporter,
-            stop: Some(stop),
-            task,
-        }
-    }
-
-    /// Stops gracefully: GOAWAY on every connection, calls in progress finish.
-    async fn shut_down(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        let _ = tokio::time::timeout(LIMIT, &mut self.task).await;
-    }
-}
-
 /// levee with one h2 upstream over `backends` and `extra` in the upstream table.
 async fn levee(backends: &[SocketAddr], extra: &str) -> Running {
-    let setup = Setup {
-        upstream: format!("protocol = \"h2\"\n{extra}\n"),
-        backends: backends.iter().map(|a| (*a, "a".to_string())).collect(),
-        server: String::new(),
-        tail: String::new(),
-    };
-    setup.start().await
+    levee_h2(backends, extra).await
 }
 
 async fn client(addr: SocketAddr) -> HealthClient<Channel> {
@@ -282,7 +237,7 @@ async fn a_backend_going_away_under_load_fails_no_call() {
             .map(|c| up.backends[i].metrics.requests(*c).get())
             .sum()
     };
-    a.shut_down().await;
+    a.shut_down(LIMIT).await;
     let b_then = requests(1);
     let mut ok = 0;
     let mut failed = Vec::new();

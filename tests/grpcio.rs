@@ -6,6 +6,8 @@
 //! installs them) the tests print `skipped: …` and pass.
 
 mod common;
+#[path = "common/grpc.rs"]
+mod grpc_server;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -13,53 +15,16 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use common::*;
+use grpc_server::{levee_h2, GrpcServer};
 use levee::app::Running;
-use tokio::sync::oneshot;
-use tonic::transport::server::TcpIncoming;
 
 const LIMIT: Duration = Duration::from_secs(10);
 /// Longest the script may run (its every call has a 10 s deadline).
 const SCRIPT_LIMIT: Duration = Duration::from_secs(60);
 
-/// A tonic server with the standard health service on `127.0.0.1:0`; stops when
-/// dropped.
-struct GrpcServer {
-    addr: SocketAddr,
-    _reporter: tonic_health::server::HealthReporter,
-    _stop: oneshot::Sender<()>,
-}
-
-impl GrpcServer {
-    async fn start() -> GrpcServer {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (reporter, service) = tonic_health::server::health_reporter();
-        let (stop, stopped) = oneshot::channel::<()>();
-        tokio::spawn(async move {
-            let _ = tonic::transport::Server::builder()
-                .add_service(service)
-                .serve_with_incoming_shutdown(TcpIncoming::from(listener), async {
-                    let _ = stopped.await;
-                })
-                .await;
-        });
-        GrpcServer {
-            addr,
-            _reporter: reporter,
-            _stop: stop,
-        }
-    }
-}
-
 /// levee with one h2 upstream over `backend` and `extra` in the upstream table.
 async fn levee(backend: SocketAddr, extra: &str) -> Running {
-    let setup = Setup {
-        upstream: format!("protocol = \"h2\"\n{extra}\n"),
-        backends: vec![(backend, "a".to_string())],
-        server: String::new(),
-        tail: String::new(),
-    };
-    setup.start().await
+    levee_h2(&[backend], extra).await
 }
 
 /// Whether python3 can import grpcio and the health stubs; prints `skipped: …` when
