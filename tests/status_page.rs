@@ -407,7 +407,7 @@ async fn page_survives_odd_status_and_shows_connection_lost() {
     // Wrong types and missing fields (an older or broken levee) must not stop the
     // loop; fields of a newer levee (health `state`, `ejected`) are shown.
     let odd = r#"{"ready":"maybe","upstreams":[null,5,{"name":7,"level":"overload","queue":"x","backends":[null,{"address":9},{"zone":{}}]},{"backends":"none"}]}"#;
-    let newer = r#"{"ready":false,"version":"9.9.9","upstreams":[{"name":"api","level":"critical","queue":100,"queue_depth":100,"requests_total":50,"shed_total":10,"panic":true,"queue_standing":true,"queue_allowed_wait_ms":5,"future_field":{"x":1},"backends":[
+    let newer = r#"{"ready":false,"version":"9.9.9","upstreams":[{"name":"api","level":"critical","queue":100,"queue_depth":100,"requests_total":50,"shed_total":10,"panic":true,"queue_standing":true,"queue_allowed_wait_ms":5,"future_field":{"x":1},"names":[{"name":"api.svc:80","zone":"a","addresses":["10.0.0.1:80","10.0.0.3:80"]},{"name":"gone.svc:80","addresses":[]},7],"backends":[
         {"address":"10.0.0.1:80","zone":"a","local":true,"healthy":false,"routable":false,"state":"probation","inflight":1,"limit":2,"max_inflight":8,"requests":3,"adaptive":{"limit":2,"p95_ms":24.5,"load":1.125,"queue":null,"probing":false}},
         {"address":"10.0.0.2:80","zone":"b","healthy":false,"routable":false,"ejected":true,"ejections":2,"failures":5,"state":"ejected"},
         {"address":"10.0.0.4:80","zone":"b","healthy":false,"routable":true,"state":"unhealthy"},
@@ -439,6 +439,10 @@ async fn page_survives_odd_status_and_shows_connection_lost() {
         element(&dom, "data-upstream", "api", "</div>").contains("panic mode"),
         "panic mode shown when /status has it"
     );
+    // Backends by name: each name with how many addresses it has now.
+    let head = element(&dom, "data-upstream", "api", "</div>");
+    assert!(head.contains("api.svc:80: 2 addresses"), "{head}");
+    assert!(head.contains("no address</span>"), "{head}");
     let probation = must_tag(&dom, "data-backend", "10.0.0.1:80");
     assert_eq!(attr(probation, "data-state"), Some("probation"));
     assert_eq!(attr(probation, "data-healthy"), Some("false"));
