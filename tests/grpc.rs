@@ -325,3 +325,23 @@ async fn a_refused_stream_goes_to_another_backend() {
         .sum();
     assert!(connect >= 6.0, "{retries:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_health_probes_go_over_h2c() {
+    let good = GrpcServer::start().await;
+    let refusing = refusing_server().await;
+    let levee = levee(
+        &[good.addr, refusing],
+        "[upstream.health]\npath = \"/health\"\ninterval_ms = 50\ntimeout_ms = 50\nrise = 1\nfall = 1",
+    )
+    .await;
+    let up = levee.app.snapshot().upstreams[0].clone();
+    // The tonic server answers any path over h2c with 200 (a gRPC status inside); the
+    // other resets every stream, which no probe passes.
+    eventually(LIMIT, "one probed up, one down", || {
+        up.backends[0].health.state() == levee::health::State::Healthy
+            && up.backends[1].health.probed()
+            && up.backends[1].health.state() != levee::health::State::Healthy
+    })
+    .await;
+}
