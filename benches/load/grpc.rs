@@ -33,7 +33,7 @@ use serde_json::{json, Value};
 use tokio::io::AsyncBufReadExt;
 
 use crate::proxies::{process_cpu, Kind, Running, Tools};
-use crate::report::{median, median_d, ms, us_opt, Results, Target, Verdict};
+use crate::report::{median, median_d, ms, ratio, us_opt, Results, Target, Verdict};
 use crate::{cpu_per_request, fast_setup, start, Opts, Plan, THREADS};
 
 /// h2load's connections, calls in flight per connection, and threads.
@@ -182,35 +182,16 @@ async fn h2load(
     duration: Duration,
 ) -> Result<H2load, String> {
     let secs = duration.as_secs().max(1);
-    let child = tokio::process::Command::new(bin)
-        .arg(format!("-c{CONNECTIONS}"))
+    let mut cmd = tokio::process::Command::new(bin);
+    cmd.arg(format!("-c{CONNECTIONS}"))
         .arg(format!("-m{STREAMS}"))
         .arg(format!("-t{H2LOAD_THREADS}"))
         .arg(format!("-D{secs}"))
         .args(["-H", "content-type: application/grpc", "-H", "te: trailers"])
         .arg("-d")
         .arg(body)
-        .arg(format!("http://{addr}{METHOD}"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| format!("spawn h2load: {e}"))?;
-    let limit = Duration::from_secs(secs + 15);
-    let out = tokio::time::timeout(limit, child.wait_with_output())
-        .await
-        .map_err(|_| format!("h2load ran past {limit:?}"))?
-        .map_err(|e| format!("h2load: {e}"))?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    if !out.status.success() {
-        return Err(format!(
-            "h2load failed ({}): {}{}",
-            out.status,
-            text.trim(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
+        .arg(format!("http://{addr}{METHOD}"));
+    let text = crate::wrk::run_tool("h2load", cmd, Duration::from_secs(secs + 15)).await?;
     parse(&text).ok_or_else(|| format!("cannot parse h2load output:\n{text}"))
 }
 
@@ -560,17 +541,8 @@ pub fn render(res: &Results, s: &mut String) {
         );
     }
     if let (Some(l), Some(n)) = (row(res, Kind::Levee), row(res, Kind::Nginx)) {
-        let x = |a: f64, b: f64| {
-            if b > 0.0 {
-                format!("{:.2}x", a / b)
-            } else {
-                "-".into()
-            }
-        };
-        let xo = |a: Option<f64>, b: Option<f64>| match (a, b) {
-            (Some(a), Some(b)) => x(a, b),
-            _ => "-".into(),
-        };
+        let x = |a: f64, b: f64| ratio(Some(a), Some(b));
+        let xo = ratio;
         let _ = writeln!(
             s,
             "| levee / nginx | {} | {} | | | | {} | {} | |",

@@ -439,12 +439,16 @@ fn compare(
         measure: measure.into(),
         levee: fmt(l),
         before: fmt(b),
-        vs: if b > 0.0 {
-            format!("{:.2}x", l / b)
-        } else {
-            "-".into()
-        },
+        vs: ratio(Some(l), Some(b)),
     })
+}
+
+/// `a / b` as `1.23x`; `-` when either is missing or `b` is not positive.
+pub fn ratio(a: Option<f64>, b: Option<f64>) -> String {
+    match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => format!("{:.2}x", a / b),
+        _ => "-".into(),
+    }
 }
 
 /// Goodput share of C, admitted p99 ratio, 503 p99 of one row.

@@ -21,7 +21,7 @@ use serde_json::{json, Value};
 use tokio::net::TcpStream;
 
 use crate::proxies::{Kind, TlsFiles, Tools};
-use crate::report::{median, median_d, ms, us_opt, Results, Target, Verdict};
+use crate::report::{median, median_d, ms, ratio, us_opt, Results, Target, Verdict};
 use crate::{
     cpu_per_request, fast_setup, idle, replica, start, warm_up, wrk, Opts, Plan, FAST_WORKERS,
     THREADS, WRK_CONNECTIONS, WRK_THREADS,
@@ -491,17 +491,8 @@ pub fn render(res: &Results, s: &mut String) {
         let _ = writeln!(s, "{}", line(r.kind.name(), r));
     }
     if let (Some(l), Some(n)) = (row(res, Kind::Levee), row(res, Kind::Nginx)) {
-        let x = |a: f64, b: f64| {
-            if b > 0.0 {
-                format!("{:.2}x", a / b)
-            } else {
-                "-".into()
-            }
-        };
-        let xo = |a: Option<f64>, b: Option<f64>| match (a, b) {
-            (Some(a), Some(b)) => x(a, b),
-            _ => "-".into(),
-        };
+        let x = |a: f64, b: f64| ratio(Some(a), Some(b));
+        let xo = ratio;
         let _ = writeln!(
             s,
             "| levee / nginx | {} | | {} | | {} | | {} | | {} | {} |",

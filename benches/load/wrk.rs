@@ -42,34 +42,45 @@ pub async fn run_with(
     headers: &[&str],
 ) -> Result<WrkResult, String> {
     let secs = duration.as_secs().max(1);
-    let child = tokio::process::Command::new(wrk)
-        .args(headers.iter().flat_map(|h| ["-H", h]))
+    let mut cmd = tokio::process::Command::new(wrk);
+    cmd.args(headers.iter().flat_map(|h| ["-H", h]))
         .arg(format!("-t{threads}"))
         .arg(format!("-c{connections}"))
         .arg(format!("-d{secs}s"))
         .arg("--latency")
-        .arg(url)
+        .arg(url);
+    let text = run_tool("wrk", cmd, Duration::from_secs(secs + 15)).await?;
+    parse(&text).ok_or_else(|| format!("cannot parse wrk output:\n{text}"))
+}
+
+/// Runs a load tool's command to its end (killed past `limit`) and returns what it
+/// printed on stdout; a failed run is an error with both of its outputs.
+pub async fn run_tool(
+    name: &str,
+    mut cmd: tokio::process::Command,
+    limit: Duration,
+) -> Result<String, String> {
+    let child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
-        .map_err(|e| format!("spawn wrk: {e}"))?;
-    let limit = Duration::from_secs(secs + 15);
+        .map_err(|e| format!("spawn {name}: {e}"))?;
     let out = tokio::time::timeout(limit, child.wait_with_output())
         .await
-        .map_err(|_| format!("wrk ran past {limit:?}"))?
-        .map_err(|e| format!("wrk: {e}"))?;
-    let text = String::from_utf8_lossy(&out.stdout);
+        .map_err(|_| format!("{name} ran past {limit:?}"))?
+        .map_err(|e| format!("{name}: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
     if !out.status.success() {
         return Err(format!(
-            "wrk failed ({}): {}{}",
+            "{name} failed ({}): {}{}",
             out.status,
             text.trim(),
             String::from_utf8_lossy(&out.stderr).trim()
         ));
     }
-    parse(&text).ok_or_else(|| format!("cannot parse wrk output:\n{text}"))
+    Ok(text)
 }
 
 /// Parses wrk's text summary.
