@@ -39,10 +39,13 @@ impl Names {
 
     fn insert(&mut self, name: &[u8], group: usize) {
         self.small.push((name.into(), group));
-        if self.small.len() > SCAN_MAX {
-            self.map.extend(self.small.iter().cloned());
-        } else {
-            self.map.clear();
+        match self.small.len() {
+            n if n <= SCAN_MAX => {}
+            // Past the scan's size: the map takes every name from now on.
+            n if n == SCAN_MAX + 1 => self.map.extend(self.small.iter().cloned()),
+            _ => {
+                self.map.insert(name.into(), group);
+            }
         }
     }
 
@@ -60,10 +63,9 @@ impl Names {
 pub struct Router {
     /// Exact names to their group.
     exact: Names,
-    /// Wildcards by the suffix they match (`*.example.com` as `.example.com`).
+    /// Wildcards by the suffix they match (`*.example.com` as `.example.com`); their
+    /// scan list is longest first, so a scan's first match is the longest.
     wildcard: Names,
-    /// The same suffixes, longest first: a scan's first match is the longest.
-    suffixes: Vec<(Box<[u8]>, usize)>,
     /// The group of the upstreams without hosts.
     any: Option<usize>,
     groups: Vec<Routes>,
@@ -101,8 +103,9 @@ impl Router {
             g.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then_with(|| a.0.cmp(&b.0)));
             g.dedup_by(|later, first| later.0 == first.0);
         }
-        r.suffixes = r.wildcard.small.clone();
-        r.suffixes.sort_by_key(|s| std::cmp::Reverse(s.0.len()));
+        r.wildcard
+            .small
+            .sort_by_key(|s| std::cmp::Reverse(s.0.len()));
         r
     }
 
@@ -143,7 +146,8 @@ impl Router {
         if self.wildcard.len() <= SCAN_MAX {
             // Longest first; a suffix matches at a label boundary (it starts with '.').
             return self
-                .suffixes
+                .wildcard
+                .small
                 .iter()
                 .find(|(suffix, _)| suffix.len() < lower.len() && lower.ends_with(suffix))
                 .map(|(_, g)| *g);

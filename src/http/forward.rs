@@ -99,7 +99,7 @@ pub async fn serve(
         .trusted_proxies
         .contains(conn.peer.ip());
     let id = identity::request_id(req.headers(), trusted);
-    let mut resp = handle(&proxy, &conn, snapshot, req, active, &id).await;
+    let mut resp = handle(&proxy, &conn, snapshot, req, active, &id, trusted).await;
     resp.headers_mut().insert(X_REQUEST_ID.clone(), id);
     Ok(resp)
 }
@@ -201,13 +201,18 @@ async fn handle(
     req: Request<Incoming>,
     active: Active,
     id: &HeaderValue,
+    peer_trusted: bool,
 ) -> Response<ResBody> {
     let server = &snapshot.config.server;
     let (mut parts, body) = req.into_parts();
-    let client = identity::client_ip(conn.peer.ip(), &parts.headers, &server.trusted_proxies);
+    let client_ip = if peer_trusted {
+        identity::client_behind(conn.peer.ip(), &parts.headers, &server.trusted_proxies)
+    } else {
+        conn.peer.ip()
+    };
     let log = server.access_log.then(|| {
         Box::new(AccessLog {
-            client,
+            client: client_ip,
             request_id: id.clone(),
             method: parts.method.clone(),
             path: parts.uri.path().to_string(),
@@ -219,7 +224,7 @@ async fn handle(
     });
 
     let own = respond::Own {
-        request_id: id.to_str().unwrap_or("-"),
+        request_id: id,
         grpc: respond::is_grpc(&parts.headers),
         h2: parts.version == Version::HTTP_2,
     };
@@ -274,7 +279,7 @@ async fn handle(
     let client = upstream
         .fairness
         .as_ref()
-        .map(|f| f.key_of(&parts.headers, client));
+        .map(|f| f.key_of(&parts.headers, client_ip));
     let permit = match upstream.admit(class, key, client, rand::random()).await {
         Ok(permit) => permit,
         Err(shed) => {
@@ -587,8 +592,8 @@ impl Attempt<'_> {
                     req = Some(*back);
                 }
                 Err(SendError::Refused) => {
-                    // Nothing was processed: the request goes again (its head kept by
-                    // the sender, its body from the kept copy), on another backend
+                    // Nothing was processed: the request goes again (its head from
+                    // `spare`, its body from the upload's kept copy), on another backend
                     // like after a failed connect, or on this one when it is the only
                     // one left (a GOAWAY refuses streams of a backend still up).
                     let body = if bodiless {

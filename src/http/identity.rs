@@ -25,6 +25,12 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &TrustedProxies) ->
     if trusted.is_empty() || !trusted.contains(peer) {
         return peer;
     }
+    client_behind(peer, headers, trusted)
+}
+
+/// [`client_ip`] for a `peer` already known to be trusted (the request path checks
+/// that once, for the request id as well).
+pub fn client_behind(peer: IpAddr, headers: &HeaderMap, trusted: &TrustedProxies) -> IpAddr {
     let mut client = peer;
     // Header lines right to left, each line's entries right to left.
     for line in headers

@@ -65,7 +65,7 @@ pub fn is_grpc(headers: &HeaderMap) -> bool {
 #[derive(Debug, Clone, Copy)]
 pub struct Own<'a> {
     /// The request's id, for the JSON body (the header is added to every answer).
-    pub request_id: &'a str,
+    pub request_id: &'a HeaderValue,
     /// A gRPC call: a trailers-only gRPC answer instead of a JSON one.
     pub grpc: bool,
     /// An HTTP/2 request: a stream ends, never the connection, and HTTP/2 has no
@@ -74,6 +74,11 @@ pub struct Own<'a> {
 }
 
 impl Own<'_> {
+    /// The id as the JSON bodies write it (made only for an answer that has a body).
+    fn id(&self) -> &str {
+        self.request_id.to_str().unwrap_or("-")
+    }
+
     /// A small JSON answer (or its gRPC form). `close`: an HTTP/1 connection ends after
     /// it, and says so.
     pub fn json(
@@ -123,7 +128,7 @@ impl Own<'_> {
         let body = if self.grpc {
             Bytes::new()
         } else {
-            error_body(label, upstream, self.request_id)
+            error_body(label, upstream, self.id())
         };
         self.json(status, label, body, None, close, active)
     }
@@ -147,7 +152,7 @@ impl Own<'_> {
         self.json(
             503,
             "overloaded",
-            shed_body(upstream, shed, self.request_id),
+            shed_body(upstream, shed, self.id()),
             Some(shed.retry_after),
             false,
             active,
@@ -168,7 +173,7 @@ impl Own<'_> {
         let body = if self.grpc {
             Bytes::new()
         } else {
-            error_body(label, upstream, self.request_id)
+            error_body(label, upstream, self.id())
         };
         self.json(status, label, body, retry_after, true, active)
     }
@@ -239,7 +244,7 @@ mod tests {
     #[test]
     fn a_grpc_answer_is_trailers_only() {
         let own = Own {
-            request_id: "r",
+            request_id: &HeaderValue::from_static("r"),
             grpc: true,
             h2: true,
         };
