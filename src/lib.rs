@@ -23,6 +23,7 @@ pub mod handover;
 pub mod hash;
 pub mod health;
 pub mod http;
+pub mod http1;
 pub mod limits;
 pub mod listen;
 pub mod metrics;

@@ -30,8 +30,43 @@ enum Kind {
     Backend(Box<BackendBody>),
 }
 
+/// A backend's response body: levee's HTTP/1.1 codec's, or hyper's HTTP/2 stream.
+pub enum BackendIncoming {
+    H1(crate::http1::client::Body),
+    H2(Incoming),
+}
+
+impl Body for BackendIncoming {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            BackendIncoming::H1(b) => Pin::new(b).poll_frame(cx),
+            BackendIncoming::H2(b) => Pin::new(b).poll_frame(cx).map_err(|e| e.into()),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            BackendIncoming::H1(b) => b.is_end_stream(),
+            BackendIncoming::H2(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            BackendIncoming::H1(b) => b.size_hint(),
+            BackendIncoming::H2(b) => b.size_hint(),
+        }
+    }
+}
+
 struct BackendBody {
-    incoming: Incoming,
+    incoming: BackendIncoming,
     exchange: Exchange,
     /// Longest wait for the next frame.
     wait: Duration,
@@ -54,7 +89,7 @@ impl ResBody {
 
     /// The backend's body. An empty one ends the exchange at once.
     pub fn backend(
-        incoming: Incoming,
+        incoming: BackendIncoming,
         mut exchange: Exchange,
         wait: Duration,
         deadline: Option<Instant>,

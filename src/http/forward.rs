@@ -13,15 +13,16 @@ use std::time::Instant;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, Uri, Version};
-use hyper::body::Incoming;
 
-use super::body::ResBody;
+use crate::http1::client as h1_client;
+
+use super::body::{BackendIncoming, ResBody};
 use super::exchange::{AccessLog, Exchange};
 use super::identity::{self, X_REQUEST_ID};
 use super::io::{Active, ConnShared};
-use super::pool::{BackendConn, Pools, Sender, Sent};
+use super::pool::{BackendConn, Pools, Sender};
 use super::respond;
-use super::upload::{ForwardBody, Upload};
+use super::upload::{ClientIncoming, ForwardBody, Upload};
 use super::validate::{self, HeadFacts, HOP_BY_HOP, HOP_BY_HOP_COUNT, X_FORWARDED_FOR};
 use crate::admission::Permit;
 use crate::config::{Affinity, Class, Protocol};
@@ -49,7 +50,7 @@ pub struct Conn {
     /// `"http"` or `"https"`, for `X-Forwarded-Proto`.
     pub scheme: &'static str,
     /// The connection's driver polls each request's future at least every
-    /// [`super::server::IDLE_RELEASE`] while it waits (an HTTP/1 busy period does; an
+    /// [`crate::http1::conn::TICK`] while it waits (levee's HTTP/1 driver does; an
     /// HTTP/2 stream runs in a task of its own): the wait for a backend's head is then
     /// checked on those polls instead of with a timer per request.
     pub ticked: bool,
@@ -80,7 +81,7 @@ impl Conn {
 
 /// The backend's side of an upgraded connection and the slot it holds.
 pub struct Tunnel {
-    pub backend: hyper::upgrade::OnUpgrade,
+    pub backend: crate::http1::client::Upgraded,
     pub exchange: Exchange,
 }
 
@@ -89,7 +90,7 @@ pub struct Tunnel {
 pub async fn serve(
     proxy: Arc<Proxy>,
     conn: Arc<Conn>,
-    req: Request<Incoming>,
+    req: Request<ClientIncoming>,
 ) -> Result<Response<ResBody>, Infallible> {
     let active = Active::new(&conn.shared);
     let snapshot = proxy.shared.load_full();
@@ -198,7 +199,7 @@ async fn handle(
     proxy: &Proxy,
     conn: &Arc<Conn>,
     snapshot: Arc<Snapshot>,
-    req: Request<Incoming>,
+    req: Request<ClientIncoming>,
     active: Active,
     id: &HeaderValue,
     peer_trusted: bool,
@@ -344,16 +345,29 @@ async fn handle(
         }
     }
     strip_hop_by_hop(&mut rparts.headers, switching && upgrade);
-    exchange.hold_connection(backend_conn);
+    if let Some(c) = backend_conn {
+        exchange.hold_connection(c);
+    }
 
     if switching && upgrade {
         exchange.unmeasured();
-        let mut backend_resp = Response::from_parts(rparts.clone(), rbody);
-        let on_upgrade = hyper::upgrade::on(&mut backend_resp);
-        *conn.upgrade.lock() = Some(Tunnel {
-            backend: on_upgrade,
-            exchange,
-        });
+        let BackendIncoming::H1(body) = rbody else {
+            exchange.finish(Some(Failure::UpstreamBadResponse));
+            return own.failure(
+                Failure::UpstreamBadResponse,
+                Some(&upstream.name),
+                Some(active),
+            );
+        };
+        let Some(backend) = body.into_upgraded() else {
+            exchange.finish(Some(Failure::UpstreamBadResponse));
+            return own.failure(
+                Failure::UpstreamBadResponse,
+                Some(&upstream.name),
+                Some(active),
+            );
+        };
+        *conn.upgrade.lock() = Some(Tunnel { backend, exchange });
         return Response::from_parts(rparts, ResBody::empty(Some(active)));
     }
 
@@ -501,7 +515,7 @@ impl Attempt<'_> {
         parts: http::request::Parts,
         body: ForwardBody,
         bodiless: bool,
-    ) -> Result<(Response<Incoming>, BackendConn), Failure> {
+    ) -> Result<(Response<BackendIncoming>, Option<BackendConn>), Failure> {
         let t = &self.snapshot.config.server.timeouts;
         let up = self.upstream;
         let mut tried: Vec<usize> = Vec::new();
@@ -557,7 +571,7 @@ impl Attempt<'_> {
             if up.adaptive.is_some() {
                 exchange.mark_sent();
             }
-            match self.send_on(conn, request).await {
+            match self.send_on(conn, request, backend.max_inflight()).await {
                 Ok((resp, conn)) => {
                     let status = resp.status().as_u16();
                     let retry = up.retry_on_status.contains(&status)
@@ -676,16 +690,24 @@ impl Attempt<'_> {
         &self,
         mut conn: BackendConn,
         req: Request<ForwardBody>,
-    ) -> Result<(Response<Incoming>, BackendConn), SendError> {
+        cap: u32,
+    ) -> Result<(Response<BackendIncoming>, Option<BackendConn>), SendError> {
         // The HTTP/2 wait is boxed so that the HTTP/1 request's future (moved into its
         // parent's state at each await) does not carry HTTP/2's larger one.
         let r = match &mut conn.tx {
-            Sender::H1(tx) => self.head(tx.try_send_request(req)).await,
+            Sender::H1(_) => {
+                return match self.head(h1_client::send(conn, req, cap)).await {
+                    None => Err(SendError::Failed(Failure::UpstreamTimeout)),
+                    Some(Ok(resp)) => Ok((resp.map(BackendIncoming::H1), None)),
+                    Some(Err(h1_client::SendError::NotSent(back))) => Err(SendError::NotSent(back)),
+                    Some(Err(h1_client::SendError::Failed(f))) => Err(SendError::Failed(f)),
+                };
+            }
             Sender::H2(tx) => Box::pin(self.head(tx.try_send_request(req))).await,
         };
         match r {
             None => Err(SendError::Failed(Failure::UpstreamTimeout)),
-            Some(Ok(resp)) => Ok((resp, conn)),
+            Some(Ok(resp)) => Ok((resp.map(BackendIncoming::H2), Some(conn))),
             Some(Err(mut e)) => {
                 let unsent = e.take_message();
                 let err = e.into_error();
@@ -708,7 +730,7 @@ impl Attempt<'_> {
     /// Waits for the response head of a request being sent (`sent`), at most `read`
     /// after its last progress; `None` when that passed. Generic over each protocol's
     /// send future, so neither is boxed.
-    async fn head<F: Future<Output = Sent>>(&self, sent: F) -> Option<Sent> {
+    async fn head<T, F: Future<Output = T>>(&self, sent: F) -> Option<T> {
         let t = &self.snapshot.config.server.timeouts;
         let read = if self.may_stream {
             t.read.max(t.stream_idle)
