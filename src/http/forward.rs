@@ -15,6 +15,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, Uri, Version};
 
 use crate::http1::client as h1_client;
+use crate::http1::rewrite;
 
 use super::body::{BackendIncoming, ResBody};
 use super::exchange::{AccessLog, Exchange};
@@ -33,7 +34,7 @@ use crate::state::{SharedSnapshot, Snapshot, Upstream};
 /// Most retries of one idempotent request that may have reached a backend.
 const MAX_REPLAYS: u32 = 2;
 
-static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+use super::validate::X_FORWARDED_PROTO;
 
 /// What every request of the process shares: the live snapshot and the backend pools.
 pub struct Proxy {
@@ -56,7 +57,7 @@ pub struct Conn {
     pub ticked: bool,
     /// Where an accepted upgrade (101) leaves the backend's side of the tunnel for the
     /// connection's driver to splice.
-    pub upgrade: parking_lot::Mutex<Option<Tunnel>>,
+    pub upgrade: parking_lot::Mutex<Option<Box<Tunnel>>>,
 }
 
 impl Conn {
@@ -92,6 +93,19 @@ pub async fn serve(
     conn: Arc<Conn>,
     req: Request<ClientIncoming>,
 ) -> Result<Response<ResBody>, Infallible> {
+    let (mut resp, id) = serve_with_id(proxy, conn, req).await;
+    resp.headers_mut().insert(X_REQUEST_ID.clone(), id);
+    Ok(resp)
+}
+
+/// Serves one request and gives its answer and its request id apart: levee's HTTP/1.1
+/// codec writes the id straight into the answer's head (the answer's own
+/// `X-Request-Id`, a backend's, is not written).
+pub async fn serve_with_id(
+    proxy: Arc<Proxy>,
+    conn: Arc<Conn>,
+    req: Request<ClientIncoming>,
+) -> (Response<ResBody>, HeaderValue) {
     let active = Active::new(&conn.shared);
     let snapshot = proxy.shared.load_full();
     let trusted = snapshot
@@ -100,9 +114,8 @@ pub async fn serve(
         .trusted_proxies
         .contains(conn.peer.ip());
     let id = identity::request_id(req.headers(), trusted);
-    let mut resp = handle(&proxy, &conn, snapshot, req, active, &id, trusted).await;
-    resp.headers_mut().insert(X_REQUEST_ID.clone(), id);
-    Ok(resp)
+    let resp = handle(&proxy, &conn, snapshot, req, active, &id, trusted).await;
+    (resp, id)
 }
 
 /// The host a request is for: the authority of an absolute-form target or of HTTP/2's
@@ -205,7 +218,12 @@ async fn handle(
     peer_trusted: bool,
 ) -> Response<ResBody> {
     let server = &snapshot.config.server;
-    let (mut parts, body) = req.into_parts();
+    let (mut parts, mut body) = req.into_parts();
+    // An HTTP/1.1 client's head as it came, to go to an HTTP/1.1 backend as bytes.
+    let raw_head = match &mut body {
+        ClientIncoming::H1(b) => b.take_raw_head(),
+        ClientIncoming::H2(_) => None,
+    };
     let client_ip = if peer_trusted {
         identity::client_behind(conn.peer.ip(), &parts.headers, &server.trusted_proxies)
     } else {
@@ -295,11 +313,25 @@ async fn handle(
     upstream.retry_budget.deposit();
     let mut exchange = Exchange::new(permit, log);
 
-    prepare_head(&mut parts, &head, conn, upgrade);
-    if upstream.protocol == Protocol::H2 {
-        for_h2(&mut parts, own.grpc);
-    }
-    parts.headers.insert(X_REQUEST_ID.clone(), id.clone());
+    let wire = match raw_head {
+        Some(raw) if upstream.protocol == Protocol::H1 => {
+            let added = rewrite::Added {
+                peer: conn.peer_ip.as_bytes(),
+                proto: conn.scheme,
+                request_id: id.as_bytes(),
+                upgrade,
+            };
+            Some(rewrite::request_head(&raw, &parts, &head, &added))
+        }
+        _ => {
+            prepare_head(&mut parts, &head, conn, upgrade);
+            if upstream.protocol == Protocol::H2 {
+                for_h2(&mut parts, own.grpc);
+            }
+            parts.headers.insert(X_REQUEST_ID.clone(), id.clone());
+            None
+        }
+    };
     // A small body to an HTTP/2 upstream is kept, to be sent again if the backend
     // refuses the stream unprocessed.
     let upload = Arc::new(if upstream.protocol == Protocol::H2 {
@@ -324,6 +356,7 @@ async fn handle(
         upload: &upload,
         may_stream,
         ticked: conn.ticked,
+        wire: wire.as_ref(),
     };
     let (resp, backend_conn) = match ctx.send(&mut exchange, parts, body, bodiless).await {
         Ok(r) => r,
@@ -367,7 +400,7 @@ async fn handle(
                 Some(active),
             );
         };
-        *conn.upgrade.lock() = Some(Tunnel { backend, exchange });
+        *conn.upgrade.lock() = Some(Box::new(Tunnel { backend, exchange }));
         return Response::from_parts(rparts, ResBody::empty(Some(active)));
     }
 
@@ -487,6 +520,8 @@ struct Attempt<'a> {
     may_stream: bool,
     /// See [`Conn::ticked`].
     ticked: bool,
+    /// The request's head as bytes for an HTTP/1.1 backend (see [`rewrite`]).
+    wire: Option<&'a bytes::Bytes>,
 }
 
 /// How a send failed.
@@ -696,7 +731,7 @@ impl Attempt<'_> {
         // parent's state at each await) does not carry HTTP/2's larger one.
         let r = match &mut conn.tx {
             Sender::H1(_) => {
-                return match self.head(h1_client::send(conn, req, cap)).await {
+                return match self.head(h1_client::send(conn, req, cap, self.wire)).await {
                     None => Err(SendError::Failed(Failure::UpstreamTimeout)),
                     Some(Ok(resp)) => Ok((resp.map(BackendIncoming::H1), None)),
                     Some(Err(h1_client::SendError::NotSent(back))) => Err(SendError::NotSent(back)),

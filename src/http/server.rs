@@ -136,12 +136,12 @@ pub async fn serve_connection(
 
 /// Copies between the client and the backend's upgraded connection until either ends;
 /// the slot is held until then.
-pub async fn splice(mut client: ClientIo, tunnel: Tunnel) {
+pub async fn splice(mut client: ClientIo, tunnel: Box<Tunnel>) {
     use tokio::io::AsyncWriteExt;
     let Tunnel {
         mut backend,
         mut exchange,
-    } = tunnel;
+    } = *tunnel;
     let Some((tcp, read_ahead)) = backend.io() else {
         exchange.finish(Some(crate::error::Failure::UpstreamError));
         return;

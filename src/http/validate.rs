@@ -55,6 +55,9 @@ pub struct HeadFacts {
     pub hop_by_hop: bool,
     pub expect: bool,
     pub forwarded_for: bool,
+    /// A field levee writes itself (`X-Forwarded-For`, `X-Forwarded-Proto`,
+    /// `X-Request-Id`): a head forwarded as bytes drops the client's.
+    pub replaced: bool,
 }
 
 /// Checks a parsed request head against levee's framing rules, in one pass over its
@@ -85,6 +88,9 @@ pub fn check_head(req: &Parts) -> Result<HeadFacts, Invalid> {
             facts.expect = true;
         } else if *name == X_FORWARDED_FOR {
             facts.forwarded_for = true;
+            facts.replaced = true;
+        } else if *name == X_FORWARDED_PROTO || *name == super::identity::X_REQUEST_ID {
+            facts.replaced = true;
         } else if *name == CONNECTION || HOP_BY_HOP.contains(name) {
             facts.hop_by_hop = true;
         }
@@ -109,7 +115,12 @@ pub fn check_head(req: &Parts) -> Result<HeadFacts, Invalid> {
     if req.version < Version::HTTP_2 && !origin_form(req) {
         return Err(Invalid::Target);
     }
-    facts.content_length = cl.and_then(|v| v.to_str().ok()?.parse().ok());
+    facts.content_length = match cl {
+        Some(v) => {
+            Some(crate::http1::parse::parse_length(v.as_bytes()).ok_or(Invalid::ContentLength)?)
+        }
+        None => None,
+    };
     Ok(facts)
 }
 
@@ -127,6 +138,8 @@ pub static HOP_BY_HOP: [HeaderName; HOP_BY_HOP_COUNT] = [
 ];
 
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+
+pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
 /// Is the target origin-form (`/path?query`), `*` for OPTIONS, or absolute-form naming
 /// the Host the request carries, without userinfo?

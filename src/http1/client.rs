@@ -162,6 +162,25 @@ pub fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
     }
 }
 
+/// Writes `bytes[*at..]` to the socket.
+fn poll_write_slice(
+    tcp: &TcpStream,
+    cx: &mut Context<'_>,
+    bytes: &[u8],
+    at: &mut usize,
+) -> Poll<io::Result<()>> {
+    while *at < bytes.len() {
+        ready!(tcp.poll_write_ready(cx))?;
+        match tcp.try_write(&bytes[*at..]) {
+            Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+            Ok(n) => *at += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Poll::Ready(Err(e)),
+        }
+    }
+    Poll::Ready(Ok(()))
+}
+
 /// Writes `out` to the socket until it is empty.
 fn poll_write_out(
     tcp: &TcpStream,
@@ -261,20 +280,34 @@ impl Outgoing {
 }
 
 /// Sends `req` on `conn` (an HTTP/1.1 connection) and waits for the response head.
-/// The response's body owns the connection; `cap` is the backend's `max_inflight`, for
-/// the check-in at its end.
+/// `wire`: the head as bytes, already rewritten from the client's (else it is encoded
+/// from `req`'s parts). The response's body owns the connection; `cap` is the
+/// backend's `max_inflight`, for the check-in at its end.
 pub async fn send(
     mut conn: BackendConn,
     req: Request<ForwardBody>,
     cap: u32,
+    wire: Option<&Bytes>,
 ) -> Result<Response<Body>, SendError> {
     let reused = conn.reused;
     let (parts, body) = req.into_parts();
     let head_request = parts.method == Method::HEAD;
     let upgrade = parts.headers.contains_key(http::header::UPGRADE);
-    let mut out = BytesMut::with_capacity(512);
-    let chunked = encode_head(&parts, &body, &mut out);
     let bodiless = matches!(body, ForwardBody::Empty);
+    let mut out = BytesMut::new();
+    let chunked = match wire {
+        Some(_) => {
+            let chunked = parts.headers.contains_key(TRANSFER_ENCODING);
+            if bodiless && chunked {
+                out.put_slice(framing::LAST_CHUNK);
+            }
+            chunked
+        }
+        None => {
+            out.reserve(512);
+            encode_head(&parts, &body, &mut out)
+        }
+    };
     let mut outgoing = (!bodiless).then(|| Outgoing {
         body,
         chunked,
@@ -285,7 +318,13 @@ pub async fn send(
     c.buf.clear();
     // The head first, alone: a reused connection the backend closed fails here or on
     // the first read, and the request (not yet consumed) can go again.
-    let wrote = std::future::poll_fn(|cx| poll_write_out(&c.tcp, cx, &mut out)).await;
+    let head: &[u8] = wire.map_or(&[][..], |w| &w[..]);
+    let mut at = 0;
+    let wrote = std::future::poll_fn(|cx| {
+        ready!(poll_write_slice(&c.tcp, cx, head, &mut at))?;
+        poll_write_out(&c.tcp, cx, &mut out)
+    })
+    .await;
     let not_sent = |parts: http::request::Parts, outgoing: Option<Outgoing>| {
         let body = outgoing.map_or(ForwardBody::Empty, |o| o.body);
         SendError::NotSent(Box::new(Request::from_parts(parts, body)))

@@ -40,6 +40,7 @@ use super::framing::{self, Decoded, Decoder};
 use super::parse::{self, HeadError};
 use crate::http::body::ResBody;
 use crate::http::forward::{self, Conn, Proxy};
+use crate::http::identity::X_REQUEST_ID;
 use crate::http::io::{ClientIo, ClientStream};
 use crate::http::server::Settings;
 use crate::http::upload::BoxError;
@@ -115,10 +116,19 @@ fn poll_read_in(
 
 /// The request body, read from the client's connection as the backend's side asks.
 pub struct RequestBody {
+    /// The request's head as it came, until the forwarding path takes it.
+    raw_head: Option<Bytes>,
     socket: Shared,
     conn: Arc<Conn>,
     /// The connection's read buffer broke framing: the body fails.
     done: bool,
+}
+
+impl RequestBody {
+    /// The request's head as it came (once).
+    pub fn take_raw_head(&mut self) -> Option<Bytes> {
+        self.raw_head.take()
+    }
 }
 
 impl hyper::body::Body for RequestBody {
@@ -210,52 +220,55 @@ fn gone() -> BoxError {
     Box::new(io::Error::from(io::ErrorKind::UnexpectedEof))
 }
 
-/// How a request's body is framed, by the rules levee enforces (the forwarding
-/// path's check refuses the same heads with its JSON answer).
-enum BodyFraming {
-    Decoder(Decoder),
-    /// Ambiguous framing: answered 400 here, and the connection closes.
-    Refused,
+/// What the driver needs of a request's head, read in one pass over its fields: how
+/// its body is framed (by the rules levee enforces; the forwarding path's check
+/// refuses the same heads with its JSON answer), whether the client keeps the
+/// connection, and whether it waits for `100 Continue`.
+struct ClientAsks {
+    /// `None`: ambiguous framing, answered 400 here, and the connection closes.
+    body: Option<Decoder>,
+    keep_alive: bool,
+    expect: bool,
 }
 
-fn request_framing(parts: &http::request::Parts) -> BodyFraming {
-    let mut lengths = parts.headers.get_all(CONTENT_LENGTH).iter();
-    let mut codings = parts.headers.get_all(TRANSFER_ENCODING).iter();
-    let (cl, te) = (lengths.next(), codings.next());
-    if lengths.next().is_some() || codings.next().is_some() {
-        return BodyFraming::Refused;
-    }
-    match (cl, te) {
-        (None, None) => BodyFraming::Decoder(Decoder::Done),
-        (Some(v), None) => match parse::parse_length(v.as_bytes()) {
-            Some(n) => BodyFraming::Decoder(Decoder::length(n)),
-            None => BodyFraming::Refused,
-        },
-        (None, Some(v))
-            if parts.version == Version::HTTP_11
-                && v.as_bytes().eq_ignore_ascii_case(b"chunked") =>
-        {
-            BodyFraming::Decoder(Decoder::chunked())
-        }
-        _ => BodyFraming::Refused,
-    }
-}
-
-/// Does the client want the connection kept after this request?
-fn wants_keep_alive(parts: &http::request::Parts) -> bool {
-    let mut keep = parts.version == Version::HTTP_11;
-    for v in parts.headers.get_all(CONNECTION) {
-        for t in v.as_bytes().split(|&b| b == b',') {
-            let t = t.trim_ascii();
-            if t.eq_ignore_ascii_case(b"close") {
-                return false;
+fn read_head(parts: &http::request::Parts) -> ClientAsks {
+    let v11 = parts.version == Version::HTTP_11;
+    let (mut lengths, mut codings) = (0u32, 0u32);
+    let (mut cl, mut te) = (None, None);
+    let mut keep_alive = v11;
+    let mut close = false;
+    let mut expect = false;
+    for (name, value) in &parts.headers {
+        if *name == CONTENT_LENGTH {
+            lengths += 1;
+            cl = Some(value);
+        } else if *name == TRANSFER_ENCODING {
+            codings += 1;
+            te = Some(value);
+        } else if *name == CONNECTION {
+            for t in value.as_bytes().split(|&b| b == b',') {
+                let t = t.trim_ascii();
+                close |= t.eq_ignore_ascii_case(b"close");
+                keep_alive |= t.eq_ignore_ascii_case(b"keep-alive");
             }
-            if t.eq_ignore_ascii_case(b"keep-alive") {
-                keep = true;
-            }
+        } else if *name == EXPECT {
+            expect = v11 && value.as_bytes().eq_ignore_ascii_case(b"100-continue");
         }
     }
-    keep
+    let body = match (cl, te) {
+        _ if lengths > 1 || codings > 1 => None,
+        (None, None) => Some(Decoder::Done),
+        (Some(v), None) => parse::parse_length(v.as_bytes()).map(Decoder::length),
+        (None, Some(v)) if v11 && v.as_bytes().eq_ignore_ascii_case(b"chunked") => {
+            Some(Decoder::chunked())
+        }
+        _ => None,
+    };
+    ClientAsks {
+        body,
+        keep_alive: keep_alive && !close,
+        expect,
+    }
 }
 
 /// Pre-encoded answers for heads levee cannot read (no request id: there is no
@@ -356,6 +369,7 @@ impl Driver {
                     return Next::Close;
                 }
                 self.socket.lock().buf = BytesMut::new();
+                self.out = BytesMut::new();
                 let changed = shutdown.changed();
                 tokio::pin!(changed);
                 self.wait_head(&mut begun, idle_end, Some(changed)).await
@@ -439,44 +453,44 @@ impl Driver {
     /// One request: its body's framing, the forwarding path, the answer. `Ok(true)`
     /// when the connection may carry another request.
     async fn exchange(&mut self, head: parse::RequestHead, stop: bool) -> io::Result<bool> {
-        let parse::RequestHead { parts, raw: _ } = head;
+        let parse::RequestHead { parts, raw } = head;
         let head_request = parts.method == Method::HEAD;
         let version = parts.version;
-        let mut keep = wants_keep_alive(&parts) && !stop;
-        let decoder = match request_framing(&parts) {
-            BodyFraming::Decoder(d) => d,
-            BodyFraming::Refused => {
-                self.write_raw(BAD_FRAMING).await?;
-                return Ok(false);
-            }
+        let facts = read_head(&parts);
+        let mut keep = facts.keep_alive && !stop;
+        let Some(decoder) = facts.body else {
+            self.write_raw(BAD_FRAMING).await?;
+            return Ok(false);
         };
         let bodiless = decoder.is_done();
-        let expect = !bodiless
-            && version == Version::HTTP_11
-            && parts
-                .headers
-                .get(EXPECT)
-                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+        let expect = !bodiless && facts.expect;
         {
             let mut s = self.socket.lock();
             s.body = decoder;
             s.expect = expect;
         }
         let body = RequestBody {
+            raw_head: Some(raw),
             socket: self.socket.clone(),
             conn: self.conn.clone(),
             done: bodiless,
         };
         let req = Request::from_parts(parts, crate::http::upload::ClientIncoming::H1(body));
-        let serve = forward::serve(self.proxy.clone(), self.conn.clone(), req);
-        let Ok(resp) = ticked(&mut self.tick, serve).await;
+        let serve = forward::serve_with_id(self.proxy.clone(), self.conn.clone(), req);
+        let (resp, id) = ticked(&mut self.tick, serve).await;
         let (rparts, rbody) = resp.into_parts();
         let upgrade = rparts.status == http::StatusCode::SWITCHING_PROTOCOLS
             && self.conn.upgrade.lock().is_some();
         if !upgrade && has_token(&rparts.headers, b"close") {
             keep = false;
         }
-        self.write_response(rparts, rbody, head_request, version, &mut keep, upgrade)
+        let answer = Answer {
+            head_request,
+            version,
+            upgrade,
+            request_id: id.as_bytes(),
+        };
+        self.write_response(rparts, rbody, &answer, &mut keep)
             .await?;
         if upgrade {
             return Ok(true);
@@ -515,11 +529,11 @@ impl Driver {
         &mut self,
         parts: http::response::Parts,
         mut body: ResBody,
-        head_request: bool,
-        version: Version,
+        answer: &Answer<'_>,
         keep: &mut bool,
-        upgrade: bool,
     ) -> io::Result<()> {
+        let (head_request, version, upgrade) =
+            (answer.head_request, answer.version, answer.upgrade);
         let status = parts.status.as_u16();
         let bodiless =
             head_request || status == 204 || status == 304 || (100..200).contains(&status);
@@ -544,9 +558,12 @@ impl Driver {
                 continue;
             } else if *name == DATE {
                 date = true;
+            } else if *name == X_REQUEST_ID {
+                continue;
             }
             put_field(out, name.as_str().as_bytes(), value.as_bytes());
         }
+        put_field(out, b"x-request-id", answer.request_id);
         if !date {
             put_date(out);
         }
@@ -708,6 +725,17 @@ impl Driver {
         })
         .await
     }
+}
+
+/// What the head of an answer depends on beyond the answer itself.
+struct Answer<'a> {
+    /// The request was HEAD: no body is written.
+    head_request: bool,
+    /// The request's version (an HTTP/1.0 client gets no chunked body).
+    version: Version,
+    /// An accepted upgrade: `Connection` and `Upgrade` go as the backend sent them.
+    upgrade: bool,
+    request_id: &'a [u8],
 }
 
 /// How waiting for a head ended.

@@ -5,3 +5,4 @@ pub mod client;
 pub mod conn;
 pub mod framing;
 pub mod parse;
+pub mod rewrite;

@@ -10,6 +10,8 @@
 //! than `chunked`) are [`crate::http::validate::check_head`]'s for requests and
 //! [`response_framing`]'s for responses.
 
+use std::mem::MaybeUninit;
+
 use bytes::{Bytes, BytesMut};
 use http::header::{HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderMap, Method, StatusCode, Uri, Version};
@@ -49,16 +51,22 @@ pub struct RequestHead {
     pub raw: Bytes,
 }
 
-/// Offsets of a field inside the head's bytes.
+/// Offsets of a field inside the head's bytes (a head is at most a few hundred KiB).
 #[derive(Clone, Copy, Default)]
 struct Field {
-    name: (usize, usize),
-    value: (usize, usize),
+    name: (u32, u32),
+    value: (u32, u32),
 }
 
-fn span(base: &[u8], part: &[u8]) -> (usize, usize) {
+fn span(base: &[u8], part: &[u8]) -> (u32, u32) {
     let start = part.as_ptr() as usize - base.as_ptr() as usize;
-    (start, start + part.len())
+    (start as u32, (start + part.len()) as u32)
+}
+
+/// httparse's field slots, left uninitialised: it writes the ones it fills, and
+/// zeroing a hundred of them per head cost more than parsing the head.
+fn slots<'b>() -> [MaybeUninit<httparse::Header<'b>>; MAX_HEADER_FIELDS] {
+    [const { MaybeUninit::uninit() }; MAX_HEADER_FIELDS]
 }
 
 /// Reads a request head from the front of `buf`: `Ok(None)` while it is incomplete
@@ -72,9 +80,9 @@ pub fn request(buf: &mut BytesMut, max_bytes: usize) -> Result<Option<RequestHea
     if skip > 0 {
         let _ = buf.split_to(skip);
     }
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADER_FIELDS];
-    let mut req = httparse::Request::new(&mut headers);
-    let len = match req.parse(buf) {
+    let mut headers = slots();
+    let mut req = httparse::Request::new(&mut []);
+    let len = match req.parse_with_uninit_headers(buf, &mut headers) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => {
             return if buf.len() > max_bytes {
@@ -85,11 +93,12 @@ pub fn request(buf: &mut BytesMut, max_bytes: usize) -> Result<Option<RequestHea
         }
         Err(e) => return Err(e.into()),
     };
-    if len > max_bytes {
+    if len > max_bytes || len > u32::MAX as usize {
         return Err(HeadError::TooLarge);
     }
     let method = req.method.unwrap_or_default();
     let target = span(buf, req.path.unwrap_or_default().as_bytes());
+    let target = (target.0 as usize, target.1 as usize);
     let version = if req.version == Some(1) {
         Version::HTTP_11
     } else {
@@ -117,10 +126,11 @@ pub fn request(buf: &mut BytesMut, max_bytes: usize) -> Result<Option<RequestHea
 fn header_map(raw: &Bytes, fields: &[Field]) -> Result<HeaderMap, HeadError> {
     let mut map = HeaderMap::with_capacity(fields.len());
     for f in fields {
-        let name = HeaderName::from_bytes(&raw[f.name.0..f.name.1])
+        let name = HeaderName::from_bytes(&raw[f.name.0 as usize..f.name.1 as usize])
             .map_err(|_| HeadError::Syntax("header name"))?;
-        let value = HeaderValue::from_maybe_shared(raw.slice(f.value.0..f.value.1))
-            .map_err(|_| HeadError::Syntax("header value"))?;
+        let value =
+            HeaderValue::from_maybe_shared(raw.slice(f.value.0 as usize..f.value.1 as usize))
+                .map_err(|_| HeadError::Syntax("header value"))?;
         map.append(name, value);
     }
     Ok(map)
@@ -133,9 +143,13 @@ pub struct ResponseHead {
 
 /// Reads a response head from the front of `buf`: `Ok(None)` while it is incomplete.
 pub fn response(buf: &mut BytesMut, max_bytes: usize) -> Result<Option<ResponseHead>, HeadError> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADER_FIELDS];
-    let mut res = httparse::Response::new(&mut headers);
-    let len = match res.parse(buf) {
+    let mut headers = slots();
+    let mut res = httparse::Response::new(&mut []);
+    let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut res,
+        buf,
+        &mut headers,
+    ) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => {
             return if buf.len() > max_bytes {
