@@ -563,6 +563,17 @@ impl Driver {
             }
             put_field(out, name.as_str().as_bytes(), value.as_bytes());
         }
+        if let Some(own) = body.prebuilt_fields() {
+            out.put_slice(own.fields);
+            if let Some(secs) = own.retry_after {
+                out.put_slice(b"retry-after: ");
+                out.put_slice(itoa(u64::from(secs), &mut [0; 20]));
+                out.put_slice(b"\r\n");
+            }
+            if own.close {
+                *keep = false;
+            }
+        }
         put_field(out, b"x-request-id", answer.request_id);
         if !date {
             put_date(out);
