@@ -614,6 +614,14 @@ fn response_properties(input: &[u8], head_request: bool) -> Result<(), TestCaseE
         // A known deviation: see `http10_response_with_transfer_encoding_is_refused`.
         return Ok(());
     }
+    if parts.headers.get_all(TRANSFER_ENCODING).iter().any(|v| {
+        v.as_bytes()
+            .split(|&b| b == b',')
+            .any(|e| e.trim_ascii().is_empty())
+    }) {
+        // A known deviation: see `a_response_transfer_encoding_list_skips_empty_elements`.
+        return Ok(());
+    }
     let levee = match decoder {
         Decoder::Done => Framing::None,
         Decoder::Length(n) => Framing::Length(n),
@@ -824,5 +832,92 @@ proptest! {
         if !out.ended {
             prop_assert_eq!(out.eof, Some(Err(FramingError::Incomplete)));
         }
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Known deviations the properties found, each with the test that passes once fixed
+// (the properties above leave these inputs out).
+
+/// `parse::request` skips every CR and LF before a request line; a bare CR there is
+/// not an empty line (RFC 9112 §2.2 allows CRLF, and LF alone), and hyper refuses it.
+#[test]
+#[ignore = "known bug: a bare CR before a request line is skipped"]
+fn a_bare_cr_before_a_request_line_is_refused() {
+    for input in [
+        &b"\rGET / HTTP/1.1\r\nHost: x\r\n\r\n"[..],
+        b"\r\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"\n\rGET / HTTP/1.1\r\nHost: x\r\n\r\n",
+    ] {
+        let mut buf = BytesMut::from(input);
+        assert!(
+            parse::request(&mut buf, 8192).is_err(),
+            "{:?} accepted",
+            input.escape_ascii().to_string()
+        );
+    }
+    // Empty lines proper are still skipped, and a CR at the end waits for its LF.
+    let mut buf = BytesMut::from(&b"\r\n\nGET / HTTP/1.1\r\nHost: x\r\n\r\n"[..]);
+    assert!(parse::request(&mut buf, 8192).unwrap().is_some());
+    let mut buf = BytesMut::from(&b"\r"[..]);
+    assert!(parse::request(&mut buf, 8192).unwrap().is_none());
+}
+
+/// The trailer section is read by `httparse::parse_headers`, which takes a bare LF for
+/// a line's end; RFC 9112 §7.1 ends every line of a chunked body in CRLF, and hyper
+/// refuses such a body.
+#[test]
+#[ignore = "known bug: a bare LF in a trailer section is accepted"]
+fn a_bare_lf_in_a_trailer_section_is_refused() {
+    for input in [
+        &b"0\r\nX: 1\nY: 2\r\n\r\n"[..],
+        b"5\r\nhello\r\n0\r\nX: 1\n\r\n",
+    ] {
+        let out = decode_pieces(Decoder::chunked(), &[input]);
+        assert!(
+            out.error.is_some(),
+            "{:?} read as {out:?}",
+            input.escape_ascii().to_string()
+        );
+    }
+}
+
+/// RFC 9112 §6.1: an HTTP/1.0 message with Transfer-Encoding has faulty framing;
+/// `response_framing` reads such a response as chunked (or to the close).
+#[test]
+#[ignore = "known deviation: an HTTP/1.0 response's Transfer-Encoding is used"]
+fn http10_response_with_transfer_encoding_is_refused() {
+    for input in [
+        &b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"[..],
+        b"HTTP/1.0 200 OK\r\nTransfer-Encoding: identity\r\n\r\n",
+    ] {
+        let mut buf = BytesMut::from(input);
+        let head = parse::response(&mut buf, 8192).unwrap().unwrap();
+        assert!(
+            parse::response_framing(&head.parts, false).is_err(),
+            "{:?} accepted",
+            input.escape_ascii().to_string()
+        );
+    }
+}
+
+/// RFC 9110 §5.6.1: empty list elements are ignored, so `Transfer-Encoding: chunked,`
+/// ends in chunked; `response_framing` reads the last element as empty and the body as
+/// close-delimited (the client then gets the chunk framing as data).
+#[test]
+#[ignore = "known deviation: empty elements of a response's Transfer-Encoding count"]
+fn a_response_transfer_encoding_list_skips_empty_elements() {
+    for input in [
+        &b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked,\r\n\r\n"[..],
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked, \r\n\r\n",
+    ] {
+        let mut buf = BytesMut::from(input);
+        let head = parse::response(&mut buf, 8192).unwrap().unwrap();
+        assert_eq!(
+            parse::response_framing(&head.parts, false),
+            Ok((Decoder::chunked(), true)),
+            "{:?}",
+            input.escape_ascii().to_string()
+        );
     }
 }
