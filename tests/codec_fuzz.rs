@@ -30,7 +30,7 @@ use proptest::test_runner::Config;
 use rfc9112::Framing;
 
 /// Cases per property (each case is a few parses or decodes of at most a few KB).
-const CASES: u32 = 1500;
+const CASES: u32 = 1000;
 
 fn config(cases: u32) -> Config {
     let cases = std::env::var("PROPTEST_CASES")
