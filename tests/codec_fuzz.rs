@@ -607,21 +607,6 @@ fn response_properties(input: &[u8], head_request: bool) -> Result<(), TestCaseE
     let Ok((decoder, _keep)) = parse::response_framing(parts, head_request) else {
         return Ok(());
     };
-    if rfc == Framing::Invalid
-        && parts.version == Version::HTTP_10
-        && parts.headers.contains_key(TRANSFER_ENCODING)
-    {
-        // A known deviation: see `http10_response_with_transfer_encoding_is_refused`.
-        return Ok(());
-    }
-    if parts.headers.get_all(TRANSFER_ENCODING).iter().any(|v| {
-        v.as_bytes()
-            .split(|&b| b == b',')
-            .any(|e| e.trim_ascii().is_empty())
-    }) {
-        // A known deviation: see `a_response_transfer_encoding_list_skips_empty_elements`.
-        return Ok(());
-    }
     let levee = match decoder {
         Decoder::Done => Framing::None,
         Decoder::Length(n) => Framing::Length(n),
@@ -836,13 +821,11 @@ proptest! {
 }
 
 // ---------------------------------------------------------------------------------
-// Known deviations the properties found, each with the test that passes once fixed
-// (the properties above leave these inputs out).
+// Deviations the properties once found, each kept as a test.
 
 /// `parse::request` skips every CR and LF before a request line; a bare CR there is
 /// not an empty line (RFC 9112 §2.2 allows CRLF, and LF alone), and hyper refuses it.
 #[test]
-#[ignore = "known bug: a bare CR before a request line is skipped"]
 fn a_bare_cr_before_a_request_line_is_refused() {
     for input in [
         &b"\rGET / HTTP/1.1\r\nHost: x\r\n\r\n"[..],
@@ -867,7 +850,6 @@ fn a_bare_cr_before_a_request_line_is_refused() {
 /// a line's end; RFC 9112 §7.1 ends every line of a chunked body in CRLF, and hyper
 /// refuses such a body.
 #[test]
-#[ignore = "known bug: a bare LF in a trailer section is accepted"]
 fn a_bare_lf_in_a_trailer_section_is_refused() {
     for input in [
         &b"0\r\nX: 1\nY: 2\r\n\r\n"[..],
@@ -885,7 +867,6 @@ fn a_bare_lf_in_a_trailer_section_is_refused() {
 /// RFC 9112 §6.1: an HTTP/1.0 message with Transfer-Encoding has faulty framing;
 /// `response_framing` reads such a response as chunked (or to the close).
 #[test]
-#[ignore = "known deviation: an HTTP/1.0 response's Transfer-Encoding is used"]
 fn http10_response_with_transfer_encoding_is_refused() {
     for input in [
         &b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"[..],
@@ -905,7 +886,6 @@ fn http10_response_with_transfer_encoding_is_refused() {
 /// ends in chunked; `response_framing` reads the last element as empty and the body as
 /// close-delimited (the client then gets the chunk framing as data).
 #[test]
-#[ignore = "known deviation: empty elements of a response's Transfer-Encoding count"]
 fn a_response_transfer_encoding_list_skips_empty_elements() {
     for input in [
         &b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked,\r\n\r\n"[..],

@@ -270,6 +270,10 @@ fn trailers(buf: &mut BytesMut) -> Result<Decoded, FramingError> {
     if len > MAX_TRAILERS {
         return Err(FramingError::Trailers);
     }
+    // Every line ends in CRLF (httparse would take a bare LF for a line's end).
+    if memchr::memchr_iter(b'\n', &buf[..len]).any(|i| i == 0 || buf[i - 1] != b'\r') {
+        return Err(FramingError::Trailers);
+    }
     let mut fields = [httparse::EMPTY_HEADER; MAX_TRAILER_FIELDS];
     let parsed = match httparse::parse_headers(&buf[..len], &mut fields) {
         Ok(httparse::Status::Complete((n, fields))) if n == len => fields,

@@ -73,10 +73,16 @@ fn slots<'b>() -> [MaybeUninit<httparse::Header<'b>>; MAX_HEADER_FIELDS] {
 /// (and no larger than `max_bytes`). Empty lines before the request line are skipped
 /// (RFC 9112 §2.2).
 pub fn request(buf: &mut BytesMut, max_bytes: usize) -> Result<Option<RequestHead>, HeadError> {
-    let skip = buf
-        .iter()
-        .take_while(|&&b| b == b'\r' || b == b'\n')
-        .count();
+    // Empty lines are CRLF or a bare LF; a bare CR is not one (and what follows it
+    // would be read differently by different servers).
+    let mut skip = 0;
+    loop {
+        match &buf[skip..] {
+            [b'\n', ..] => skip += 1,
+            [b'\r', b'\n', ..] => skip += 2,
+            _ => break,
+        }
+    }
     if skip > 0 {
         let _ = buf.split_to(skip);
     }
@@ -205,11 +211,13 @@ pub fn response_framing(
             }
         } else if *name == TRANSFER_ENCODING {
             coded = true;
+            // The last element that is not empty (RFC 9110 §5.6.1).
             chunked = value
                 .as_bytes()
                 .rsplit(|&b| b == b',')
-                .next()
-                .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+                .map(<[u8]>::trim_ascii)
+                .find(|e| !e.is_empty())
+                .is_some_and(|last| last.eq_ignore_ascii_case(b"chunked"));
         } else if *name == CONNECTION {
             for t in value.as_bytes().split(|&b| b == b',') {
                 let t = t.trim_ascii();
@@ -229,6 +237,10 @@ pub fn response_framing(
     if coded {
         if length.is_some() {
             return Err(HeadError::Syntax("content-length with transfer-encoding"));
+        }
+        if parts.version == Version::HTTP_10 {
+            // RFC 9112 §6.1: faulty framing.
+            return Err(HeadError::Syntax("transfer-encoding on HTTP/1.0"));
         }
         if chunked {
             return Ok((Decoder::chunked(), keep_alive));
