@@ -164,7 +164,7 @@ async fn serve_h2(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let shared = conn.shared.clone();
-    let io = ClientIo::new(stream, settings.write, shared.clone());
+    let io = ClientIo::new(stream, settings.write);
     let svc = {
         let conn = conn.clone();
         service_fn(move |req: hyper::Request<hyper::body::Incoming>| {

@@ -221,9 +221,6 @@ impl ClientBody {
         self.upload.kept_all();
         let _ = self.upload.done.set(Instant::now());
         self.upload.progressed();
-        // The body is in: bytes read from here on belong to the next request, so the
-        // connection may be taken back from hyper once idle (as after a bodiless one).
-        self.conn.read_since_request.store(false, Ordering::Relaxed);
         None
     }
 }

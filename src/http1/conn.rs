@@ -370,6 +370,7 @@ impl Driver {
                 }
                 self.socket.lock().buf = BytesMut::new();
                 self.out = BytesMut::new();
+                self.tick = Alarm::default();
                 let changed = shutdown.changed();
                 tokio::pin!(changed);
                 self.wait_head(&mut begun, idle_end, Some(changed)).await
@@ -397,7 +398,6 @@ impl Driver {
         let s = self.settings;
         let socket = &self.socket;
         let alarm = &mut self.alarm;
-        let shared = &self.conn.shared;
         std::future::poll_fn(|cx| {
             let mut guard = socket.lock();
             let sock = &mut *guard;
@@ -405,7 +405,6 @@ impl Driver {
                 if !sock.buf.is_empty() {
                     if begun.is_none() {
                         *begun = Some(Instant::now());
-                        shared.read_since_request.store(true, Ordering::Relaxed);
                     }
                     match parse::request(&mut sock.buf, s.max_header_bytes as usize) {
                         Ok(Some(head)) => return Poll::Ready(Wait::Head(head)),
@@ -516,7 +515,7 @@ impl Driver {
             return;
         };
         let socket = socket.into_inner();
-        let mut io = ClientIo::new(socket.stream, self.settings.write, self.conn.shared.clone());
+        let mut io = ClientIo::new(socket.stream, self.settings.write);
         io.unread(socket.buf.freeze());
         crate::http::server::splice(io, tunnel).await;
     }
@@ -697,10 +696,8 @@ impl Driver {
         let socket = &self.socket;
         let alarm = &mut self.alarm;
         let limit = self.settings.write;
-        let shared = &self.conn.shared;
         let mut at = 0;
         let mut stalled: Option<Instant> = None;
-        shared.unflushed.store(true, Ordering::Relaxed);
         std::future::poll_fn(|cx| {
             let mut s = socket.lock();
             loop {
@@ -709,7 +706,6 @@ impl Driver {
                 } else {
                     match Pin::new(&mut s.stream).poll_flush(cx) {
                         Poll::Ready(Ok(())) => {
-                            shared.unflushed.store(false, Ordering::Relaxed);
                             return Poll::Ready(Ok(()));
                         }
                         Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
