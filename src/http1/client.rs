@@ -34,9 +34,6 @@ pub const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 /// Read buffer growth step.
 const READ_CHUNK: usize = 8 * 1024;
 
-/// An idle connection keeps its read buffer only up to this capacity.
-const KEEP_BUFFER: usize = 16 * 1024;
-
 /// One open HTTP/1.1 connection to a backend.
 pub struct Connection {
     tcp: TcpStream,
@@ -432,10 +429,11 @@ impl Body {
         };
         let clean = self.keep_alive && self.outgoing.is_none() && {
             let c = connection(&mut conn);
-            if c.buf.capacity() > KEEP_BUFFER {
-                c.buf = BytesMut::new();
-            }
-            c.buf.is_empty()
+            // An idle connection holds no buffer: a backend may have as many idle
+            // connections as its limit allows.
+            let empty = c.buf.is_empty();
+            c.buf = BytesMut::new();
+            empty
         };
         if clean {
             let pool = conn.pool().clone();

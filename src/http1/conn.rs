@@ -339,7 +339,11 @@ pub async fn serve(
         };
         first = false;
         let stop = *shutdown.borrow();
-        match d.exchange(head, stop).await {
+        // Boxed, one allocation a request: a request's future is kilobytes (the
+        // forwarding path, the backend's exchange, the answer's writing), and inline it
+        // would be part of every connection's future for as long as the connection
+        // lives, idle or not.
+        match Box::pin(d.exchange(head, stop)).await {
             Ok(true) if !*shutdown.borrow() => {}
             Ok(_) | Err(_) => return,
         }
