@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use crate::config::{Levels, Thresholds};
+use crate::config::{Class, Levels, Thresholds};
 
 /// How loaded an upstream is; ordered, so `level >= Level::Danger` reads naturally.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -90,7 +90,8 @@ struct Slot {
     errors: AtomicU64,
     latency: [AtomicU32; BUCKETS],
     waited: AtomicU64,
-    wait: [AtomicU32; BUCKETS],
+    /// Indexed `[Class as usize][bucket]`.
+    wait: [[AtomicU32; BUCKETS]; 4],
 }
 
 impl Slot {
@@ -100,7 +101,7 @@ impl Slot {
             errors: AtomicU64::new(0),
             latency: std::array::from_fn(|_| AtomicU32::new(0)),
             waited: AtomicU64::new(0),
-            wait: std::array::from_fn(|_| AtomicU32::new(0)),
+            wait: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU32::new(0))),
         }
     }
 
@@ -108,7 +109,7 @@ impl Slot {
         self.done.store(0, Relaxed);
         self.errors.store(0, Relaxed);
         self.waited.store(0, Relaxed);
-        for b in self.latency.iter().chain(self.wait.iter()) {
+        for b in self.latency.iter().chain(self.wait.iter().flatten()) {
             b.store(0, Relaxed);
         }
     }
@@ -135,6 +136,10 @@ pub struct WindowStats {
     pub p95: Option<Duration>,
     pub waited: u64,
     pub wait_p95: Option<Duration>,
+    /// Admitted requests that waited, by `Class as usize`.
+    pub waited_by_class: [u64; 4],
+    /// 95th percentile of their waits, by `Class as usize`.
+    pub wait_p95_by_class: [Option<Duration>; 4],
     /// Requests finished per second over the window: the queue's drain rate.
     pub drain_per_sec: f64,
 }
@@ -166,11 +171,11 @@ impl Window {
         slot.latency[bucket_of(latency.as_micros() as u64)].fetch_add(1, Relaxed);
     }
 
-    /// Records the time one admitted request spent in the queue.
-    pub fn record_wait(&self, wait: Duration) {
+    /// Records the time one admitted request of `class` spent in the queue.
+    pub fn record_wait(&self, wait: Duration, class: Class) {
         let slot = self.slot();
         slot.waited.fetch_add(1, Relaxed);
-        slot.wait[bucket_of(wait.as_micros() as u64)].fetch_add(1, Relaxed);
+        slot.wait[class as usize][bucket_of(wait.as_micros() as u64)].fetch_add(1, Relaxed);
     }
 
     /// Moves the window on by one slot, clearing the oldest. Only the ticker calls this.
@@ -182,7 +187,7 @@ impl Window {
 
     pub fn stats(&self) -> WindowStats {
         let mut latency = [0u64; BUCKETS];
-        let mut wait = [0u64; BUCKETS];
+        let mut wait = [[0u64; BUCKETS]; 4];
         let mut s = WindowStats::default();
         for slot in self.slots.iter() {
             s.done += slot.done.load(Relaxed);
@@ -190,12 +195,19 @@ impl Window {
             s.waited += slot.waited.load(Relaxed);
             for i in 0..BUCKETS {
                 latency[i] += u64::from(slot.latency[i].load(Relaxed));
-                wait[i] += u64::from(slot.wait[i].load(Relaxed));
+                for (c, class) in wait.iter_mut().enumerate() {
+                    class[i] += u64::from(slot.wait[c][i].load(Relaxed));
+                }
             }
         }
         s.p50 = quantile(&latency, 0.5);
         s.p95 = quantile(&latency, 0.95);
-        s.wait_p95 = quantile(&wait, 0.95);
+        let all: [u64; BUCKETS] = std::array::from_fn(|i| wait.iter().map(|c| c[i]).sum());
+        s.wait_p95 = quantile(&all, 0.95);
+        for (c, class) in wait.iter().enumerate() {
+            s.waited_by_class[c] = class.iter().sum();
+            s.wait_p95_by_class[c] = quantile(class, 0.95);
+        }
         // The current slot is partly filled: count it as half a slot on average.
         let span = self.slot_len.as_secs_f64() * (WINDOW_SLOTS as f64 - 0.5);
         s.drain_per_sec = if span > 0.0 {
