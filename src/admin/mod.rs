@@ -158,6 +158,7 @@ pub fn status_json(snapshot: &Snapshot, ready: bool) -> serde_json::Value {
                 .flat_map(|b| crate::metrics::CLASSES.map(|c| b.metrics.requests(c).get()))
                 .sum();
             let window = up.window.stats();
+            let class_waits = up.window.waits_by_class();
             let standing = up.queue.is_standing();
             json!({
                 "name": up.name,
@@ -189,8 +190,8 @@ pub fn status_json(snapshot: &Snapshot, ready: bool) -> serde_json::Value {
                         "waiting": up.queue.len_of(*c),
                         "standing": standing,
                         "allowed_wait_ms": up.allowed_wait(standing).as_secs_f64() * 1000.0,
-                        "waited": window.waited_by_class[*c as usize],
-                        "wait_p95_ms": window.wait_p95_by_class[*c as usize]
+                        "waited": class_waits[*c as usize].0,
+                        "wait_p95_ms": class_waits[*c as usize].1
                             .map(|d| d.as_secs_f64() * 1000.0),
                     })
                 }).collect::<Vec<_>>(),

@@ -90,8 +90,10 @@ struct Slot {
     errors: AtomicU64,
     latency: [AtomicU32; BUCKETS],
     waited: AtomicU64,
-    /// Indexed `[Class as usize][bucket]`.
-    wait: [[AtomicU32; BUCKETS]; 4],
+    wait: [AtomicU32; BUCKETS],
+    /// `wait` by class, indexed `[Class as usize][bucket]`: read only for the status
+    /// page, so the ticker's reading of the window stays what it was.
+    class_wait: [[AtomicU32; BUCKETS]; 4],
 }
 
 impl Slot {
@@ -101,7 +103,8 @@ impl Slot {
             errors: AtomicU64::new(0),
             latency: std::array::from_fn(|_| AtomicU32::new(0)),
             waited: AtomicU64::new(0),
-            wait: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU32::new(0))),
+            wait: std::array::from_fn(|_| AtomicU32::new(0)),
+            class_wait: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU32::new(0))),
         }
     }
 
@@ -109,7 +112,8 @@ impl Slot {
         self.done.store(0, Relaxed);
         self.errors.store(0, Relaxed);
         self.waited.store(0, Relaxed);
-        for b in self.latency.iter().chain(self.wait.iter().flatten()) {
+        let waits = self.wait.iter().chain(self.class_wait.iter().flatten());
+        for b in self.latency.iter().chain(waits) {
             b.store(0, Relaxed);
         }
     }
@@ -136,10 +140,6 @@ pub struct WindowStats {
     pub p95: Option<Duration>,
     pub waited: u64,
     pub wait_p95: Option<Duration>,
-    /// Admitted requests that waited, by `Class as usize`.
-    pub waited_by_class: [u64; 4],
-    /// 95th percentile of their waits, by `Class as usize`.
-    pub wait_p95_by_class: [Option<Duration>; 4],
     /// Requests finished per second over the window: the queue's drain rate.
     pub drain_per_sec: f64,
 }
@@ -174,8 +174,24 @@ impl Window {
     /// Records the time one admitted request of `class` spent in the queue.
     pub fn record_wait(&self, wait: Duration, class: Class) {
         let slot = self.slot();
+        let bucket = bucket_of(wait.as_micros() as u64);
         slot.waited.fetch_add(1, Relaxed);
-        slot.wait[class as usize][bucket_of(wait.as_micros() as u64)].fetch_add(1, Relaxed);
+        slot.wait[bucket].fetch_add(1, Relaxed);
+        slot.class_wait[class as usize][bucket].fetch_add(1, Relaxed);
+    }
+
+    /// Admitted requests that waited over the window, and the 95th percentile of
+    /// their waits, by `Class as usize` (for the status page).
+    pub fn waits_by_class(&self) -> [(u64, Option<Duration>); 4] {
+        std::array::from_fn(|c| {
+            let mut wait = [0u64; BUCKETS];
+            for slot in self.slots.iter() {
+                for (i, n) in wait.iter_mut().enumerate() {
+                    *n += u64::from(slot.class_wait[c][i].load(Relaxed));
+                }
+            }
+            (wait.iter().sum(), quantile(&wait, 0.95))
+        })
     }
 
     /// Moves the window on by one slot, clearing the oldest. Only the ticker calls this.
@@ -187,7 +203,7 @@ impl Window {
 
     pub fn stats(&self) -> WindowStats {
         let mut latency = [0u64; BUCKETS];
-        let mut wait = [[0u64; BUCKETS]; 4];
+        let mut wait = [0u64; BUCKETS];
         let mut s = WindowStats::default();
         for slot in self.slots.iter() {
             s.done += slot.done.load(Relaxed);
@@ -195,19 +211,12 @@ impl Window {
             s.waited += slot.waited.load(Relaxed);
             for i in 0..BUCKETS {
                 latency[i] += u64::from(slot.latency[i].load(Relaxed));
-                for (c, class) in wait.iter_mut().enumerate() {
-                    class[i] += u64::from(slot.wait[c][i].load(Relaxed));
-                }
+                wait[i] += u64::from(slot.wait[i].load(Relaxed));
             }
         }
         s.p50 = quantile(&latency, 0.5);
         s.p95 = quantile(&latency, 0.95);
-        let all: [u64; BUCKETS] = std::array::from_fn(|i| wait.iter().map(|c| c[i]).sum());
-        s.wait_p95 = quantile(&all, 0.95);
-        for (c, class) in wait.iter().enumerate() {
-            s.waited_by_class[c] = class.iter().sum();
-            s.wait_p95_by_class[c] = quantile(class, 0.95);
-        }
+        s.wait_p95 = quantile(&wait, 0.95);
         // The current slot is partly filled: count it as half a slot on average.
         let span = self.slot_len.as_secs_f64() * (WINDOW_SLOTS as f64 - 0.5);
         s.drain_per_sec = if span > 0.0 {
@@ -478,6 +487,29 @@ mod tests {
             w.rotate();
         }
         assert_eq!(w.stats().done, 0, "a full turn forgets everything");
+    }
+
+    #[test]
+    fn window_keeps_waits_by_class_beside_the_total() {
+        let w = Window::new(Duration::from_secs(5));
+        for _ in 0..10 {
+            w.record_wait(Duration::from_millis(1), Class::Critical);
+            w.record_wait(Duration::from_millis(40), Class::Normal);
+        }
+        let s = w.stats();
+        assert_eq!(s.waited, 20);
+        let by = w.waits_by_class();
+        assert_eq!(by[Class::Low as usize], (0, None));
+        assert_eq!(by[Class::Critical as usize].0, 10);
+        assert_eq!(by[Class::Normal as usize].0, 10);
+        let p95 = |c: Class| by[c as usize].1.unwrap();
+        assert!(p95(Class::Critical) < Duration::from_millis(2));
+        assert!(p95(Class::Normal) >= Duration::from_millis(40));
+        assert_eq!(s.wait_p95, Some(p95(Class::Normal)));
+        for _ in 0..WINDOW_SLOTS {
+            w.rotate();
+        }
+        assert_eq!(w.waits_by_class()[Class::Normal as usize], (0, None));
     }
 
     #[test]
