@@ -306,6 +306,22 @@ impl Upstream {
             Admit::Shed(s) => return Err(s),
             Admit::Wait { level, target } => (level, target),
         };
+        self.wait_in_queue(class, level, target, charge, random)
+            .await
+    }
+
+    /// The rest of [`Self::admit`] for a request that found no free slot and may
+    /// wait at `level`: join the queue (or be shed at once), then wait for a grant.
+    /// Its own function, so that a request that takes a free slot runs only the
+    /// decision.
+    async fn wait_in_queue(
+        self: &Arc<Self>,
+        class: Class,
+        level: Level,
+        target: Option<usize>,
+        charge: Option<Charge>,
+        random: u64,
+    ) -> Result<Permit, Shed> {
         let now = clock();
         // A standing queue that has drained absorbs this request as a burst again.
         self.settle_queue(now);

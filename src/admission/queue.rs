@@ -289,9 +289,9 @@ impl<U, P> WaitQueue<U, P> {
         let drained = |c: &Class| {
             self.is_standing_for(*c)
                 && self.len_of(*c) == 0
-                && !self
+                && self
                     .last_pressure(*c)
-                    .is_some_and(|t| now.saturating_duration_since(t) < params.interval)
+                    .is_none_or(|t| now.saturating_duration_since(t) >= params.interval)
         };
         if !self.is_standing() || !Class::ALL.iter().any(drained) {
             return Changes::default();

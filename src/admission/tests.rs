@@ -835,7 +835,9 @@ async fn a_freed_slot_goes_to_the_first_waiter_that_may_use_it() {
         let pushed = u
             .queue
             .push(&u, Class::Critical, Some(0), 100, clock(), None);
-        let (ticket, _) = pushed.ok().expect("joins");
+        let Ok((ticket, _)) = pushed else {
+            panic!("joins");
+        };
         ticket.rx.await.ok()
     });
     until_queued(&up, 1).await;
