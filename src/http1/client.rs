@@ -196,23 +196,18 @@ fn poll_write_out(
     Poll::Ready(Ok(()))
 }
 
-/// Reads what the socket has into `buf`; `Ok(0)` at the backend's close.
+/// Reads what the socket has into `buf`; `Ok(0)` at the backend's close. Through
+/// `AsyncRead`, whose short read marks the socket drained: the next look at it (the
+/// pool's check of an idle connection) then costs no `recv` that would find nothing.
 fn poll_read_in(
-    tcp: &TcpStream,
+    tcp: &mut TcpStream,
     cx: &mut Context<'_>,
     buf: &mut BytesMut,
 ) -> Poll<io::Result<usize>> {
-    loop {
-        ready!(tcp.poll_read_ready(cx))?;
-        if buf.capacity() - buf.len() < 1024 {
-            buf.reserve(READ_CHUNK);
-        }
-        match tcp.try_read_buf(buf) {
-            Ok(n) => return Poll::Ready(Ok(n)),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) => return Poll::Ready(Err(e)),
-        }
+    if buf.capacity() - buf.len() < 1024 {
+        buf.reserve(READ_CHUNK);
     }
+    tokio_util::io::poll_read_buf(Pin::new(tcp), cx, buf)
 }
 
 /// The request body on its way out, framed.
@@ -357,7 +352,7 @@ pub async fn send(
                 Ok(None) => {}
                 Err(_) => return Poll::Ready(Err(Failure::UpstreamBadResponse)),
             }
-            match ready!(poll_read_in(&c.tcp, cx, &mut c.buf)) {
+            match ready!(poll_read_in(&mut c.tcp, cx, &mut c.buf)) {
                 Ok(0) | Err(_) if c.buf.is_empty() => {
                     return Poll::Ready(Err(Failure::UpstreamError));
                 }
@@ -502,7 +497,7 @@ impl hyper::body::Body for Body {
                 Ok(Decoded::NeedMore) => {}
                 Err(e) => return this.fail(e),
             }
-            match ready!(poll_read_in(&c.tcp, cx, &mut c.buf)) {
+            match ready!(poll_read_in(&mut c.tcp, cx, &mut c.buf)) {
                 Ok(0) => match this.decoder.eof() {
                     Ok(_) => {
                         this.conn = None;
