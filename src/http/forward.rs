@@ -28,6 +28,7 @@ use crate::config::{Affinity, Class, Protocol};
 use crate::error::Failure;
 use crate::hash::hash_bytes;
 use crate::state::{SharedSnapshot, Snapshot, Upstream};
+use crate::trace::{Span, Tracer, TRACEPARENT_NAME};
 
 /// Most retries of one idempotent request that may have reached a backend.
 const MAX_REPLAYS: u32 = 2;
@@ -38,6 +39,8 @@ static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-prot
 pub struct Proxy {
     pub shared: SharedSnapshot,
     pub pools: Arc<Pools>,
+    /// Starts the spans of sampled requests and takes them when they end.
+    pub tracer: Tracer,
 }
 
 /// What the requests of one client connection share.
@@ -99,7 +102,21 @@ pub async fn serve(
         .trusted_proxies
         .contains(conn.peer.ip());
     let id = identity::request_id(req.headers(), trusted);
-    let mut resp = handle(&proxy, &conn, snapshot, req, active, &id, trusted).await;
+    let mut span = proxy.tracer.start(
+        snapshot.config.server.tracing.as_ref(),
+        req.headers(),
+        req.method().as_str(),
+        req.uri().path(),
+    );
+    let mut resp = handle(
+        &proxy, &conn, snapshot, req, active, &id, trusted, &mut span,
+    )
+    .await;
+    // Still here: levee answered itself (an admitted request's span went with its
+    // exchange and ends at the backend's end of stream).
+    if let Some(span) = span {
+        span.end(resp.status().as_u16());
+    }
     resp.headers_mut().insert(X_REQUEST_ID.clone(), id);
     Ok(resp)
 }
@@ -194,6 +211,7 @@ fn log_own(log: Option<&AccessLog>, status: u16, outcome: &str, error: Option<Fa
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn handle(
     proxy: &Proxy,
     conn: &Arc<Conn>,
@@ -202,6 +220,7 @@ async fn handle(
     active: Active,
     id: &HeaderValue,
     peer_trusted: bool,
+    span: &mut Option<Span>,
 ) -> Response<ResBody> {
     let server = &snapshot.config.server;
     let (mut parts, body) = req.into_parts();
@@ -275,6 +294,9 @@ async fn handle(
         l.class = class;
         l.upstream = Some(upstream.name.clone());
     }
+    if let Some(s) = span.as_mut() {
+        s.routed(&upstream.name, class.as_str());
+    }
 
     let client = upstream
         .fairness
@@ -283,6 +305,9 @@ async fn handle(
     let permit = match upstream.admit(class, key, client, rand::random()).await {
         Ok(permit) => permit,
         Err(shed) => {
+            if let Some(s) = span.as_mut() {
+                s.shed(shed.reason.as_str(), shed.level.as_str());
+            }
             log_own(log.as_deref(), 503, shed.reason.as_str(), None);
             return own.shed(&upstream.name, &shed, Some(active));
         }
@@ -299,6 +324,13 @@ async fn handle(
         for_h2(&mut parts, own.grpc);
     }
     parts.headers.insert(X_REQUEST_ID.clone(), id.clone());
+    if let Some(s) = span.take() {
+        // The backend's parent is levee's span; the span ends with the exchange.
+        parts
+            .headers
+            .insert(TRACEPARENT_NAME.clone(), s.traceparent_value());
+        exchange.trace(s);
+    }
     // A small body to an HTTP/2 upstream is kept, to be sent again if the backend
     // refuses the stream unprocessed.
     let upload = Arc::new(if upstream.protocol == Protocol::H2 {

@@ -1,0 +1,152 @@
+//! levee's SERVER span of one sampled request: started from the request's trace
+//! context, filled in as the request goes (upstream and class, then a shed or the
+//! backend that served it), and handed to the exporter when it ends.
+//!
+//! A [`Span`] exists only for a sampled request: the request path holds an
+//! `Option<Span>` (one pointer), so an unsampled request pays one branch at each site.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use http::header::HeaderValue;
+
+use super::context::{Encoded, TraceParent};
+use super::export::Tracer;
+
+/// What the exporter turns into one OTLP span: everything levee knows of the request.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SpanRecord {
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+    /// The caller's span; `None` for a trace levee started.
+    pub parent_span_id: Option<[u8; 8]>,
+    /// The caller's `tracestate`, as it came.
+    pub trace_state: Option<String>,
+    pub method: String,
+    pub path: String,
+    /// The status the client was sent (0: none, the client left first).
+    pub status: u16,
+    pub upstream: Option<String>,
+    pub backend: Option<String>,
+    pub class: Option<&'static str>,
+    pub level: Option<&'static str>,
+    /// Time spent waiting in the upstream's queue (admitted requests).
+    pub queue_wait: Option<Duration>,
+    /// Times the request went to another backend.
+    pub retries: u32,
+    pub shed_reason: Option<&'static str>,
+    pub start_unix_nanos: u64,
+    pub end_unix_nanos: u64,
+}
+
+/// One sampled request's span, in progress. Ending it ([`Span::end`]) hands it to the
+/// exporter; a span dropped without ending is not exported.
+pub struct Span(Box<Open>);
+
+struct Open {
+    record: SpanRecord,
+    tracer: Tracer,
+}
+
+fn unix_nanos() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+/// A random id of `N` bytes, never all zero (W3C: all-zero ids are invalid).
+fn random_id<const N: usize>() -> [u8; N] {
+    loop {
+        let mut id = [0u8; N];
+        rand::fill(&mut id[..]);
+        if id != [0u8; N] {
+            return id;
+        }
+    }
+}
+
+impl Span {
+    /// A span continuing `parent` (same trace, the caller's span as parent) or starting
+    /// a new trace. Only called for a sampled request.
+    pub(super) fn start(
+        tracer: &Tracer,
+        parent: Option<TraceParent>,
+        state: Option<&[u8]>,
+        method: &str,
+        path: &str,
+    ) -> Span {
+        let record = SpanRecord {
+            trace_id: parent.map_or_else(random_id, |p| p.trace_id),
+            span_id: random_id(),
+            parent_span_id: parent.map(|p| p.span_id),
+            trace_state: state.map(|s| String::from_utf8_lossy(s).into_owned()),
+            method: method.to_string(),
+            path: path.to_string(),
+            start_unix_nanos: unix_nanos(),
+            ..SpanRecord::default()
+        };
+        Span(Box::new(Open {
+            record,
+            tracer: tracer.clone(),
+        }))
+    }
+
+    /// The `traceparent` the backend gets: this trace, levee's span as parent, sampled.
+    pub fn traceparent(&self) -> Encoded {
+        TraceParent {
+            trace_id: self.0.record.trace_id,
+            span_id: self.0.record.span_id,
+            flags: 0x01,
+        }
+        .encode()
+    }
+
+    /// [`Span::traceparent`] as a header value.
+    pub fn traceparent_value(&self) -> HeaderValue {
+        HeaderValue::from_bytes(self.traceparent().as_bytes())
+            .unwrap_or_else(|_| HeaderValue::from_static(""))
+    }
+
+    /// The request was routed to `upstream` with priority `class`.
+    pub fn routed(&mut self, upstream: &str, class: &'static str) {
+        let r = &mut self.0.record;
+        r.upstream = Some(upstream.to_string());
+        r.class = Some(class);
+    }
+
+    /// The request was shed for `reason` at `level`.
+    pub fn shed(&mut self, reason: &'static str, level: &'static str) {
+        let r = &mut self.0.record;
+        r.shed_reason = Some(reason);
+        r.level = Some(level);
+    }
+
+    /// The request was admitted and served by `backend` (the last one, after
+    /// `retries` moves), after waiting `queued`; the upstream was at `level`.
+    pub fn served(&mut self, backend: &str, queued: Duration, retries: u32, level: &'static str) {
+        let r = &mut self.0.record;
+        r.backend = Some(backend.to_string());
+        r.queue_wait = Some(queued);
+        r.retries = retries;
+        r.level = Some(level);
+    }
+
+    /// Ends the span with the status the client was sent and hands it to the exporter
+    /// (never waiting: a full queue drops it and counts the drop).
+    pub fn end(self, status: u16) {
+        let Open { mut record, tracer } = *self.0;
+        record.status = status;
+        record.end_unix_nanos = unix_nanos().max(record.start_unix_nanos);
+        tracer.submit(record);
+    }
+
+    /// What the span holds so far (tests).
+    pub fn record(&self) -> &SpanRecord {
+        &self.0.record
+    }
+}
+
+impl std::fmt::Debug for Span {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Span").field(&self.0.record).finish()
+    }
+}
