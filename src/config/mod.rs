@@ -1059,6 +1059,15 @@ impl Config {
                 nets.join(", ")
             )?;
         }
+        if let Some(t) = &s.tracing {
+            writeln!(
+                out,
+                "tracing: spans of {}% of new traces (a caller's traceparent decides for its own) to {} as service {}",
+                percent(t.sample_ratio),
+                t.otlp_endpoint,
+                t.service_name
+            )?;
+        }
 
         for u in &self.upstreams {
             let hosts = if u.hosts.is_empty() {
@@ -1128,6 +1137,11 @@ impl Config {
                     None => writeln!(out, " or it queues; up while below and busy")?,
                 }
             }
+            writeln!(
+                out,
+                "  desired backends sized for {}% of each backend's capacity",
+                percent(u.scaling.target_utilization)
+            )?;
             writeln!(out, "  caution at {}", human_thresholds(&u.levels.caution))?;
             writeln!(out, "  danger  at {}", human_thresholds(&u.levels.danger))?;
             if l.queue_depth > 0 {

@@ -1744,6 +1744,18 @@ fn tracing_is_off_by_default_and_its_keys_are_checked() {
     assert_eq!(on.otlp_endpoint.port, 4318);
     assert_eq!(on.otlp_endpoint.authority, "collector.local:4318");
     assert_eq!(on.otlp_endpoint.path, "/v1/traces");
+    let explained = parse(&doc(
+        "[server.tracing]\notlp_endpoint = \"http://collector.local:4318\"",
+        "[upstream.scaling]\ntarget_utilization = 0.7",
+    ))
+    .unwrap()
+    .explain();
+    for needle in [
+        "tracing: spans of 1% of new traces (a caller's traceparent decides for its own) to http://collector.local:4318/v1/traces as service levee",
+        "desired backends sized for 70% of each backend's capacity",
+    ] {
+        assert!(explained.contains(needle), "{needle:?} not in:\n{explained}");
+    }
 
     let text = doc(
         "[server.tracing]\notlp_endpoint = \"https://c:4318\"\nsample_ratio = 1.5\nservice_name = \"\"",

@@ -102,12 +102,9 @@ pub async fn serve(
         .trusted_proxies
         .contains(conn.peer.ip());
     let id = identity::request_id(req.headers(), trusted);
-    let mut span = proxy.tracer.start(
-        snapshot.config.server.tracing.as_ref(),
-        req.headers(),
-        req.method().as_str(),
-        req.uri().path(),
-    );
+    let mut span = proxy
+        .tracer
+        .start(snapshot.config.server.tracing.as_ref(), &req);
     let mut resp = handle(
         &proxy, &conn, snapshot, req, active, &id, trusted, &mut span,
     )

@@ -9,8 +9,10 @@ use http::header::{HeaderMap, HeaderName};
 pub const TRACEPARENT: &str = "traceparent";
 /// The header that carries vendors' trace state; levee forwards it untouched.
 pub const TRACESTATE: &str = "tracestate";
-/// [`TRACEPARENT`] as a header name, for inserting levee's value.
+/// [`TRACEPARENT`] as a header name (a lookup by it neither parses nor lowercases).
 pub static TRACEPARENT_NAME: HeaderName = HeaderName::from_static(TRACEPARENT);
+/// [`TRACESTATE`] as a header name.
+pub static TRACESTATE_NAME: HeaderName = HeaderName::from_static(TRACESTATE);
 
 /// Length of a version-00 `traceparent` value: `00-` 32 hex `-` 16 hex `-` 2 hex.
 pub const TRACEPARENT_LEN: usize = 55;
@@ -152,12 +154,12 @@ impl<'a> Incoming<'a> {
 
     /// [`Incoming::from_fields`] for a [`HeaderMap`] (two lookups by name).
     pub fn from_headers(headers: &'a HeaderMap) -> Incoming<'a> {
-        let mut all = headers.get_all(TRACEPARENT).iter();
+        let mut all = headers.get_all(&TRACEPARENT_NAME).iter();
         let parent = match (all.next(), all.next()) {
             (Some(v), None) => TraceParent::parse(v.as_bytes()),
             _ => None,
         };
-        let state = headers.get(TRACESTATE).map(|v| v.as_bytes());
+        let state = headers.get(&TRACESTATE_NAME).map(|v| v.as_bytes());
         Incoming::of(parent, state)
     }
 

@@ -4,7 +4,7 @@
 //! `{otlp_endpoint}/v1/traces`.
 //!
 //! Bounds: at most [`QUEUE_CAPACITY`] spans wait and one batch of at most [`MAX_BATCH`]
-//! is in flight, so memory stays under about 1 MiB whatever the collector does. A full
+//! (gathered for [`BATCH_DELAY`] after its first span) is in flight, so memory stays under about 1 MiB whatever the collector does. A full
 //! queue drops the new span; a batch the collector refuses, or does not accept within
 //! [`EXPORT_TIMEOUT`] (down, slow, unreachable), is dropped whole. Both count in
 //! `levee_trace_spans_dropped_total`; nothing is retried, so a collector that is down
@@ -15,7 +15,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::HeaderMap;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
@@ -36,8 +35,10 @@ use crate::config::{OtlpEndpoint, Tracing};
 pub const QUEUE_CAPACITY: usize = 2048;
 /// Most spans in one export request.
 pub const MAX_BATCH: usize = 512;
-/// Longest a span waits for its batch to fill before the batch goes anyway.
-pub const BATCH_DELAY: Duration = Duration::from_secs(1);
+/// How long the exporter gathers spans after the first of a batch (unless a whole
+/// batch is already queued). At most [`QUEUE_CAPACITY`] spans arrive meanwhile, so
+/// up to about 10,000 sampled requests a second are exported without a drop.
+pub const BATCH_DELAY: Duration = Duration::from_millis(200);
 /// Longest one export (connect, send, answer) may take; past it the batch is dropped.
 pub const EXPORT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Largest answer body read from the collector (its content is not needed).
@@ -79,18 +80,18 @@ impl Tracer {
         )
     }
 
-    /// The span of a request with these headers, when tracing is on (`settings`) and
-    /// the request is sampled; `None` otherwise. With tracing off this is one branch.
+    /// The span of a request, when tracing is on (`settings`) and the request is
+    /// sampled; `None` otherwise. With tracing off this is one branch: nothing of the
+    /// request is read.
     #[inline]
-    pub fn start(
-        &self,
-        settings: Option<&Tracing>,
-        headers: &HeaderMap,
-        method: &str,
-        path: &str,
-    ) -> Option<Span> {
+    pub fn start<B>(&self, settings: Option<&Tracing>, req: &http::Request<B>) -> Option<Span> {
         let settings = settings?;
-        self.start_from(settings, Incoming::from_headers(headers), method, path)
+        self.start_from(
+            settings,
+            Incoming::from_headers(req.headers()),
+            req.method().as_str(),
+            req.uri().path(),
+        )
     }
 
     /// [`Tracer::start`] from a trace context already read (see
@@ -117,6 +118,24 @@ impl Tracer {
     }
 }
 
+impl Queue {
+    /// Moves queued spans into `batch`, up to [`MAX_BATCH`], never waiting.
+    fn drain_into(&mut self, batch: &mut Vec<SpanRecord>) {
+        while batch.len() < MAX_BATCH {
+            match self.rx.try_recv() {
+                Ok(span) => batch.push(span),
+                Err(_) => return,
+            }
+        }
+    }
+
+    /// The next finished span, if one is waiting (unit tests).
+    #[cfg(test)]
+    pub(crate) fn try_recv_for_tests(&mut self) -> Option<SpanRecord> {
+        self.rx.try_recv().ok()
+    }
+}
+
 /// Runs the exporter until every [`Tracer`] is gone or the task is aborted.
 /// `settings` gives the tracing config in force at each batch (a reload may change the
 /// endpoint or the service name, or turn tracing off: the spans already finished are
@@ -139,15 +158,14 @@ where
             return;
         };
         batch.push(first);
-        let until = tokio::time::Instant::now() + BATCH_DELAY;
-        while batch.len() < MAX_BATCH {
-            tokio::select! {
-                next = queue.rx.recv() => match next {
-                    Some(span) => batch.push(span),
-                    None => break,
-                },
-                _ = tokio::time::sleep_until(until) => break,
-            }
+        // Whatever else is queued, then, unless that filled a batch, what comes within
+        // BATCH_DELAY: taken after a sleep rather than span by span, so a request's
+        // span costs its sender no wake-up of this task (only the first of a batch
+        // does).
+        queue.drain_into(&mut batch);
+        if batch.len() < MAX_BATCH {
+            tokio::time::sleep(BATCH_DELAY).await;
+            queue.drain_into(&mut batch);
         }
         let n = batch.len() as u64;
         let Some(settings) = settings() else {
@@ -155,7 +173,7 @@ where
             batch.clear();
             continue;
         };
-        let body = encode(&batch, &settings.service_name).encode_to_vec();
+        let body = super::wire::encode(&batch, &settings.service_name);
         batch.clear();
         let sent = tokio::time::timeout(
             EXPORT_TIMEOUT,
@@ -348,7 +366,9 @@ pub fn otlp_span(r: &SpanRecord) -> OtlpSpan {
     }
 }
 
-/// One export request for `records`, as service `service_name`.
+/// One export request for `records`, as service `service_name`, as the official prost
+/// messages. The exporter writes the same bytes directly ([`super::wire::encode`]);
+/// this is their reference.
 pub fn encode(records: &[SpanRecord], service_name: &str) -> ExportTraceServiceRequest {
     let version = env!("CARGO_PKG_VERSION");
     ExportTraceServiceRequest {

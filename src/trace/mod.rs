@@ -20,7 +20,10 @@
 pub mod context;
 pub mod export;
 pub mod span;
+pub mod wire;
 
-pub use context::{Incoming, Sampler, TraceParent, TRACEPARENT, TRACEPARENT_NAME, TRACESTATE};
+pub use context::{
+    Incoming, Sampler, TraceParent, TRACEPARENT, TRACEPARENT_NAME, TRACESTATE, TRACESTATE_NAME,
+};
 pub use export::{Queue, Tracer};
 pub use span::{Span, SpanRecord};

@@ -39,8 +39,9 @@ pub struct SpanRecord {
 }
 
 /// One sampled request's span, in progress. Ending it ([`Span::end`]) hands it to the
-/// exporter; a span dropped without ending is not exported.
-pub struct Span(Box<Open>);
+/// exporter. A span dropped without ending (the client left while its request waited
+/// in the queue, say) is exported too, without a status.
+pub struct Span(Option<Box<Open>>);
 
 struct Open {
     record: SpanRecord,
@@ -84,17 +85,22 @@ impl Span {
             start_unix_nanos: unix_nanos(),
             ..SpanRecord::default()
         };
-        Span(Box::new(Open {
+        Span(Some(Box::new(Open {
             record,
             tracer: tracer.clone(),
-        }))
+        })))
+    }
+
+    fn open(&mut self) -> Option<&mut SpanRecord> {
+        self.0.as_mut().map(|o| &mut o.record)
     }
 
     /// The `traceparent` the backend gets: this trace, levee's span as parent, sampled.
     pub fn traceparent(&self) -> Encoded {
+        let r = self.record();
         TraceParent {
-            trace_id: self.0.record.trace_id,
-            span_id: self.0.record.span_id,
+            trace_id: r.trace_id,
+            span_id: r.span_id,
             flags: 0x01,
         }
         .encode()
@@ -108,14 +114,14 @@ impl Span {
 
     /// The request was routed to `upstream` with priority `class`.
     pub fn routed(&mut self, upstream: &str, class: &'static str) {
-        let r = &mut self.0.record;
+        let Some(r) = self.open() else { return };
         r.upstream = Some(upstream.to_string());
         r.class = Some(class);
     }
 
     /// The request was shed for `reason` at `level`.
     pub fn shed(&mut self, reason: &'static str, level: &'static str) {
-        let r = &mut self.0.record;
+        let Some(r) = self.open() else { return };
         r.shed_reason = Some(reason);
         r.level = Some(level);
     }
@@ -123,7 +129,7 @@ impl Span {
     /// The request was admitted and served by `backend` (the last one, after
     /// `retries` moves), after waiting `queued`; the upstream was at `level`.
     pub fn served(&mut self, backend: &str, queued: Duration, retries: u32, level: &'static str) {
-        let r = &mut self.0.record;
+        let Some(r) = self.open() else { return };
         r.backend = Some(backend.to_string());
         r.queue_wait = Some(queued);
         r.retries = retries;
@@ -132,21 +138,103 @@ impl Span {
 
     /// Ends the span with the status the client was sent and hands it to the exporter
     /// (never waiting: a full queue drops it and counts the drop).
-    pub fn end(self, status: u16) {
-        let Open { mut record, tracer } = *self.0;
+    pub fn end(mut self, status: u16) {
+        self.finish(status);
+    }
+
+    fn finish(&mut self, status: u16) {
+        let Some(open) = self.0.take() else { return };
+        let Open { mut record, tracer } = *open;
         record.status = status;
         record.end_unix_nanos = unix_nanos().max(record.start_unix_nanos);
         tracer.submit(record);
     }
 
-    /// What the span holds so far (tests).
+    /// What the span holds so far.
     pub fn record(&self) -> &SpanRecord {
-        &self.0.record
+        static ENDED: SpanRecord = SpanRecord {
+            trace_id: [0; 16],
+            span_id: [0; 8],
+            parent_span_id: None,
+            trace_state: None,
+            method: String::new(),
+            path: String::new(),
+            status: 0,
+            upstream: None,
+            backend: None,
+            class: None,
+            level: None,
+            queue_wait: None,
+            retries: 0,
+            shed_reason: None,
+            start_unix_nanos: 0,
+            end_unix_nanos: 0,
+        };
+        self.0.as_ref().map_or(&ENDED, |o| &o.record)
+    }
+}
+
+impl Drop for Span {
+    fn drop(&mut self) {
+        // Not ended: the request's future was dropped (the client left first).
+        self.finish(0);
     }
 }
 
 impl std::fmt::Debug for Span {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_tuple("Span").field(&self.0.record).finish()
+        f.debug_tuple("Span").field(self.record()).finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::trace::context::hex;
+    use prometheus::IntCounter;
+
+    fn tracer() -> (Tracer, crate::trace::Queue, IntCounter) {
+        let dropped = IntCounter::new("d", "d").unwrap();
+        let (t, q) = Tracer::new(dropped.clone(), IntCounter::new("e", "e").unwrap());
+        (t, q, dropped)
+    }
+
+    #[test]
+    fn a_span_continues_its_parent_and_names_itself_to_the_backend() {
+        let (t, mut q, _) = tracer();
+        let parent =
+            TraceParent::parse(b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").unwrap();
+        let mut s = Span::start(&t, Some(parent), Some(b"a=b"), "GET", "/x");
+        let tp = s.traceparent();
+        let r = s.record();
+        assert_eq!(
+            tp.as_str(),
+            format!("00-4bf92f3577b34da6a3ce929d0e0e4736-{}-01", hex(&r.span_id))
+        );
+        assert_ne!(r.span_id, parent.span_id);
+        assert_eq!(s.traceparent_value().as_bytes(), tp.as_bytes());
+        s.routed("app", "high");
+        s.served("10.0.0.1:80", Duration::from_millis(3), 1, "caution");
+        s.end(200);
+        let got = q.try_recv_for_tests().expect("queued");
+        assert_eq!(got.parent_span_id, Some(parent.span_id));
+        assert_eq!(got.trace_state.as_deref(), Some("a=b"));
+        assert_eq!(got.status, 200);
+        assert_eq!(got.class, Some("high"));
+        assert_eq!(got.retries, 1);
+        assert!(got.end_unix_nanos >= got.start_unix_nanos);
+        assert!(q.try_recv_for_tests().is_none(), "ended once");
+    }
+
+    #[test]
+    fn a_span_dropped_unended_is_exported_without_a_status() {
+        let (t, mut q, dropped) = tracer();
+        let s = Span::start(&t, None, None, "POST", "/y");
+        assert_eq!(s.record().parent_span_id, None);
+        drop(s);
+        let got = q.try_recv_for_tests().expect("queued");
+        assert_eq!(got.status, 0);
+        assert_eq!(got.method, "POST");
+        assert_eq!(dropped.get(), 0);
     }
 }
