@@ -153,7 +153,8 @@ impl State {
 /// `target_utilization`: at least 1.
 pub fn desired(demand: f64, per_backend: f64, target_utilization: f64) -> u32 {
     let each = per_backend * target_utilization;
-    if !(each > 0.0) || !demand.is_finite() {
+    // NaN fails both comparisons.
+    if each.is_nan() || each <= 0.0 || !demand.is_finite() {
         return 1;
     }
     // A hair under a whole number stays there (2.0000001 from float noise is 2).

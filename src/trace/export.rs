@@ -24,7 +24,6 @@ use opentelemetry_proto::tonic::trace::v1::{
     span::SpanKind, status::StatusCode, ResourceSpans, ScopeSpans, Span as OtlpSpan, Status,
 };
 use prometheus::IntCounter;
-use prost::Message;
 use tokio::sync::mpsc;
 
 use super::context::{Incoming, Sampler};
@@ -105,7 +104,7 @@ impl Tracer {
     ) -> Option<Span> {
         let sampled = match &incoming.parent {
             Some(p) => p.sampled(),
-            None => Sampler::new(settings.sample_ratio).sample(None, rand::random()),
+            None => Sampler::new(settings.sample_ratio).sample(None, super::context::random_u64()),
         };
         sampled.then(|| Span::start(self, incoming.parent, incoming.state, method, path))
     }
@@ -222,41 +221,66 @@ struct Client {
 }
 
 impl Client {
+    /// Posts `body`, on the kept connection if there is one. A kept connection the
+    /// collector closed meanwhile (an idle timeout) fails before any answer: the
+    /// batch then goes once more, on a new connection.
     async fn post(&mut self, to: &OtlpEndpoint, body: Bytes) -> Result<(), ExportError> {
-        let reusable = matches!(&self.conn, Some((a, s)) if *a == to.authority && !s.is_closed());
-        if !reusable {
-            let tcp = tokio::net::TcpStream::connect((to.host.as_str(), to.port))
-                .await
-                .map_err(ExportError::Connect)?;
-            let _ = tcp.set_nodelay(true);
-            let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
-            tokio::spawn(async move {
-                let _ = conn.await;
-            });
-            self.conn = Some((to.authority.clone(), sender));
+        let kept = matches!(&self.conn, Some((a, s)) if *a == to.authority && !s.is_closed());
+        if kept {
+            match self.send(to, body.clone()).await {
+                Err(ExportError::Http(_)) => {}
+                done => return done,
+            }
         }
+        let tcp = tokio::net::TcpStream::connect((to.host.as_str(), to.port))
+            .await
+            .map_err(ExportError::Connect)?;
+        let _ = tcp.set_nodelay(true);
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        self.conn = Some((to.authority.clone(), sender));
+        self.send(to, body).await
+    }
+
+    /// One POST on the kept connection, its answer read (bounded) so the connection
+    /// can carry the next one.
+    async fn send(&mut self, to: &OtlpEndpoint, body: Bytes) -> Result<(), ExportError> {
         let Some((_, sender)) = self.conn.as_mut() else {
             return Err(ExportError::Timeout);
         };
-        sender.ready().await?;
-        let req = http::Request::post(to.path.as_str())
-            .header(http::header::HOST, to.authority.as_str())
-            .header(http::header::CONTENT_TYPE, "application/x-protobuf")
-            .body(Full::new(body))
-            .map_err(|_| ExportError::Status(0))?;
-        let resp = sender.send_request(req).await?;
-        let status = resp.status().as_u16();
-        // Read (a bounded part of) the answer so the connection can carry the next one.
-        let mut body = resp.into_body();
-        let mut read = 0usize;
-        while let Some(frame) = body.frame().await {
-            if let Ok(data) = frame?.into_data() {
-                read += data.len();
-                if read > MAX_ANSWER {
-                    self.conn = None;
-                    break;
+        let sent = async {
+            sender.ready().await?;
+            let req = http::Request::post(to.path.as_str())
+                .header(http::header::HOST, to.authority.as_str())
+                .header(http::header::CONTENT_TYPE, "application/x-protobuf")
+                .body(Full::new(body))
+                .map_err(|_| ExportError::Status(0))?;
+            let resp = sender.send_request(req).await?;
+            let status = resp.status().as_u16();
+            let mut body = resp.into_body();
+            let mut read = 0usize;
+            while let Some(frame) = body.frame().await {
+                if let Ok(data) = frame?.into_data() {
+                    read += data.len();
+                    if read > MAX_ANSWER {
+                        return Ok((status, false));
+                    }
                 }
             }
+            Ok::<_, ExportError>((status, true))
+        }
+        .await;
+        let (status, reusable) = match sent {
+            Ok(r) => r,
+            Err(e) => {
+                self.conn = None;
+                return Err(e);
+            }
+        };
+        if !reusable {
+            self.conn = None;
         }
         if (200..300).contains(&status) {
             Ok(())
@@ -397,6 +421,7 @@ pub fn encode(records: &[SpanRecord], service_name: &str) -> ExportTraceServiceR
 #[cfg(test)]
 mod tests {
     use super::*;
+    use prost::Message;
 
     fn record() -> SpanRecord {
         SpanRecord {

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::header::HeaderValue;
 
-use super::context::{Encoded, TraceParent};
+use super::context::{random_u64, Encoded, TraceParent};
 use super::export::Tracer;
 
 /// What the exporter turns into one OTLP span: everything levee knows of the request.
@@ -54,11 +54,15 @@ fn unix_nanos() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
-/// A random id of `N` bytes, never all zero (W3C: all-zero ids are invalid).
+/// A random id of `N` bytes (8 or 16), never all zero (W3C: all-zero ids are
+/// invalid).
 fn random_id<const N: usize>() -> [u8; N] {
     loop {
         let mut id = [0u8; N];
-        rand::fill(&mut id[..]);
+        for chunk in id.chunks_mut(8) {
+            let r = random_u64().to_be_bytes();
+            chunk.copy_from_slice(&r[..chunk.len()]);
+        }
         if id != [0u8; N] {
             return id;
         }
