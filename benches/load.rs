@@ -9,7 +9,7 @@
 //!
 //! Options (after `--`): `--quick`, `--reps N`,
 //! `--only levee,levee-mt,levee-before,haproxy,nginx,hyper-floor,direct`,
-//! `--sections raw,overload,memory,shed,fresh,zonefail,tls,shadow,fairness,adaptive,edge,grpc`,
+//! `--sections raw,overload,memory,shed,fresh,zonefail,tls,shadow,fairness,adaptive,edge,grpc,priority`,
 //! `--json PATH`, `--ticks`.
 //!
 //! Before and after: `LEVEE_BEFORE` names an older levee binary (same CLI and config
@@ -66,6 +66,10 @@
 //! - grpc: gRPC unary calls per second (h2load, `grpc.health.v1.Health/Check`) through
 //!   levee (`protocol = "h2"`), nginx (`grpc_pass`) and straight to the backend
 //!   (`examples/grpc_backend`, tonic), with CPU per call (see `load/grpc.rs`).
+//! - priority (levee and levee-before): one replica of 16 workers x 20 ms; `normal` at
+//!   5x its capacity with a trickle of `critical`, then all four classes at 5x in equal
+//!   shares: the share of each class served, critical's p99, goodput (see
+//!   `load/priority.rs`).
 //!
 //! Everything runs on 127.0.0.1; every loop is bounded in count and time; proxies
 //! run one at a time, with the same thread count ([`THREADS`]).
@@ -80,6 +84,8 @@ mod flood;
 mod grpc;
 #[path = "load/idle.rs"]
 mod idle;
+#[path = "load/priority.rs"]
+mod priority;
 #[path = "load/probe.rs"]
 mod probe;
 #[path = "load/proxies.rs"]
@@ -199,9 +205,9 @@ const TENANT_HEADER: &str = "x-tenant";
 const FLOOD_RATE: f64 = 10_000.0;
 const FLOOD_CONNECTIONS: u64 = 256;
 /// The sections of a run without `--sections`, in the order they run.
-const SECTIONS: [&str; 12] = [
+const SECTIONS: [&str; 13] = [
     "raw", "overload", "memory", "shed", "fresh", "zonefail", "tls", "shadow", "fairness",
-    "adaptive", "edge", "grpc",
+    "adaptive", "edge", "grpc", "priority",
 ];
 
 #[derive(Debug, Clone)]
@@ -269,7 +275,7 @@ impl Opts {
     }
 }
 
-const USAGE: &str = "[LEVEE_BEFORE=OLDER_LEVEE_BINARY] cargo bench --bench load -- [--quick] [--reps N] [--only levee,levee-mt,levee-before,haproxy,nginx,hyper-floor,direct] [--sections raw,overload,memory,shed,fresh,zonefail,tls,shadow,fairness,adaptive,edge,grpc] [--json PATH] [--ticks]";
+const USAGE: &str = "[LEVEE_BEFORE=OLDER_LEVEE_BINARY] cargo bench --bench load -- [--quick] [--reps N] [--only levee,levee-mt,levee-before,haproxy,nginx,hyper-floor,direct] [--sections raw,overload,memory,shed,fresh,zonefail,tls,shadow,fairness,adaptive,edge,grpc,priority] [--json PATH] [--ticks]";
 
 /// How long each measurement lasts.
 #[derive(Debug, Clone, Copy)]
@@ -460,6 +466,9 @@ async fn run(opts: Opts) -> Results {
     }
     if opts.has("grpc") {
         grpc::section(&plan, &opts, &tools, &kinds, &mut res).await;
+    }
+    if opts.has("priority") {
+        priority::section(&plan, &opts, &tools, &kinds, &mut res).await;
     }
     res.elapsed = start.elapsed();
     res

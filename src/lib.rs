@@ -1,6 +1,7 @@
 //! levee: a connection-limiting, load-shedding HTTP reverse proxy.
 //!
-//! A connection is accepted by [`listen`] and served on hyper by [`http::server`]; each
+//! A connection is accepted by [`listen`] and served by [`http::server`] (HTTP/1.1 on
+//! levee's own codec, [`http1`]; HTTP/2 on hyper); each
 //! request passes through [`http::forward`]: it is routed and classified against the
 //! current [`state::Snapshot`], admitted by [`admission`] (a backend slot, a bounded
 //! wait, or a 503), sent to the backend [`balance`] picked over a pooled connection,
@@ -23,6 +24,7 @@ pub mod handover;
 pub mod hash;
 pub mod health;
 pub mod http;
+pub mod http1;
 pub mod limits;
 pub mod listen;
 pub mod metrics;

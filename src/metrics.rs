@@ -86,7 +86,8 @@ pub struct UpstreamMetrics {
     /// Indexed `[ShedReason as usize]`: decisions to shed in shadow mode.
     would_shed: Vec<IntCounter>,
     pub duration: Histogram,
-    pub queue_wait: Histogram,
+    /// Indexed by `Class as usize`.
+    pub queue_wait: [Histogram; 4],
     /// Times the queue began standing.
     pub queue_standing_started: IntCounter,
     pub level_changes: IntCounter,
@@ -350,11 +351,20 @@ impl Metrics {
                 "Time from admission to the end of the response, admitted requests only.",
                 DURATION_BUCKETS,
             ),
-            queue_wait: histogram(
-                "levee_queue_wait_seconds",
-                "Time admitted requests spent waiting in the queue.",
-                WAIT_BUCKETS,
-            ),
+            queue_wait: {
+                // By class too: waiters are served in class order, so each class waits
+                // differently (four values, bounded).
+                let h = must(HistogramVec::new(
+                    HistogramOpts::new(
+                        "levee_queue_wait_seconds",
+                        "Time admitted requests spent waiting in the queue, by class (waiters are served in class order).",
+                    )
+                    .buckets(WAIT_BUCKETS.to_vec()),
+                    &["upstream", "class"],
+                ));
+                must(registry.register(Box::new(h.clone())));
+                h
+            },
             config_reloads: counter(
                 "levee_config_reloads_total",
                 "Config loads by result (success, failure).",
@@ -453,7 +463,7 @@ impl Metrics {
             shed,
             would_shed,
             duration: self.duration.with_label_values(&[upstream]),
-            queue_wait: self.queue_wait.with_label_values(&[upstream]),
+            queue_wait: CLASSES.map(|c| self.queue_wait.with_label_values(&[upstream, c.as_str()])),
             queue_standing_started: self.queue_standing_started.with_label_values(&[upstream]),
             level_changes: self.level_changes.with_label_values(&[upstream]),
             spill: self.spill.with_label_values(&[upstream]),

@@ -16,7 +16,7 @@ use bytes::Bytes;
 use common::*;
 use http_body_util::Full;
 use levee::http::pool::IDLE_ALLOWANCE;
-use levee::http::server::IDLE_RELEASE;
+use levee::http1::conn::TICK as IDLE_RELEASE;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -317,7 +317,7 @@ async fn expect_continue_uploads_arrive_whole() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_idle_connection_taken_back_from_hyper_keeps_serving() {
+async fn an_idle_connection_that_released_its_buffer_keeps_serving() {
     let r = replica("r1", "a", 4, 0).await;
     let levee = Setup::new(&[&r]).start().await;
     let mut conn = Conn::open(levee.addr()).await;

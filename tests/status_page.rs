@@ -270,6 +270,18 @@ async fn page_shows_upstream_level_and_backends_and_follows_health() {
         Some("false"),
         "an idle queue does not stand"
     );
+    // Waits by class, in the order waiters are served.
+    let waits = element(&dom, "data-field", "waits", "served in class order");
+    let at = |class: &str| waits.find(&format!(r#"data-class="{class}""#));
+    let order = ["critical", "high", "normal", "low"].map(at);
+    assert!(
+        order.iter().all(Option::is_some) && order.windows(2).all(|w| w[0] < w[1]),
+        "{waits}"
+    );
+    assert_eq!(
+        attr(must_tag(&dom, "data-class", "critical"), "data-standing"),
+        Some("false")
+    );
     let card = element(&dom, "data-upstream", "app", "</svg>");
     assert!(
         card.contains(r#"data-level="safe">safe</span>"#),

@@ -361,7 +361,7 @@ async fn an_idle_tls_connection_is_released_and_serves_again() {
         // Idle past the release (the time itself is what is tested): levee takes the
         // session back from hyper and waits on the socket; the next request gets a
         // new hyper connection over the same session.
-        tokio::time::sleep(levee::http::server::IDLE_RELEASE * 3).await;
+        tokio::time::sleep(levee::http1::conn::TICK * 3).await;
     }
     assert_eq!(c.get("/after").await.0, 200);
     assert_eq!(handshakes(&levee.app, "ok"), 1.0, "one session throughout");

@@ -380,6 +380,8 @@ pub struct Results {
     /// The grpc section's rows, and its client and backend in words.
     pub grpc: Vec<crate::grpc::GrpcRow>,
     pub grpc_shape: String,
+    /// The priority section (levee and levee-before).
+    pub priority: Option<crate::priority::PriorityResults>,
     pub notes: Vec<String>,
 }
 
@@ -759,6 +761,9 @@ impl Results {
         }
         if let Some(e) = &self.edge {
             out.extend(e.targets());
+        }
+        if let Some(p) = &self.priority {
+            out.extend(p.targets());
         }
         out
     }
@@ -1205,6 +1210,9 @@ impl Results {
             e.render(&mut s);
         }
         crate::grpc::render(self, &mut s);
+        if let Some(p) = &self.priority {
+            p.render(&mut s);
+        }
 
         let before = self.before_comparison();
         if !before.is_empty() {
@@ -1662,6 +1670,7 @@ impl Results {
             "adaptive": self.adaptive.as_ref().map(|a| a.to_json()),
             "edge": self.edge.as_ref().map(|e| e.to_json()),
             "grpc": crate::grpc::to_json(self),
+            "priority": self.priority.as_ref().map(|p| p.to_json()),
             "levee_vs_before": self.before_comparison().iter().map(|c| json!({
                 "measure": c.measure, "levee": c.levee, "levee_before": c.before, "vs": c.vs,
             })).collect::<Vec<_>>(),

@@ -158,6 +158,7 @@ pub fn status_json(snapshot: &Snapshot, ready: bool) -> serde_json::Value {
                 .flat_map(|b| crate::metrics::CLASSES.map(|c| b.metrics.requests(c).get()))
                 .sum();
             let window = up.window.stats();
+            let class_waits = up.window.waits_by_class();
             let standing = up.queue.is_standing();
             let signal = up.scaling.reading();
             json!({
@@ -182,6 +183,19 @@ pub fn status_json(snapshot: &Snapshot, ready: bool) -> serde_json::Value {
                 "queue_timeout_ms": up.limits.queue_timeout.as_secs_f64() * 1000.0,
                 "queue_target_ms": up.limits.queue_target.as_secs_f64() * 1000.0,
                 "queue_standing_started_total": up.metrics.queue_standing_started.get(),
+                // Waiters are served in class order: each class's queue, highest first.
+                "queue_classes": crate::metrics::CLASSES.iter().rev().map(|c| {
+                    let standing = up.queue.is_standing_for(*c);
+                    json!({
+                        "class": c.as_str(),
+                        "waiting": up.queue.len_of(*c),
+                        "standing": standing,
+                        "allowed_wait_ms": up.allowed_wait(standing).as_secs_f64() * 1000.0,
+                        "waited": class_waits[*c as usize].0,
+                        "wait_p95_ms": class_waits[*c as usize].1
+                            .map(|d| d.as_secs_f64() * 1000.0),
+                    })
+                }).collect::<Vec<_>>(),
                 "inflight": up.inflight(),
                 "capacity": up.capacity(),
                 "requests_total": requests,

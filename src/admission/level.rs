@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use crate::config::{Levels, Thresholds};
+use crate::config::{Class, Levels, Thresholds};
 
 /// How loaded an upstream is; ordered, so `level >= Level::Danger` reads naturally.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -91,6 +91,9 @@ struct Slot {
     latency: [AtomicU32; BUCKETS],
     waited: AtomicU64,
     wait: [AtomicU32; BUCKETS],
+    /// `wait` by class, indexed `[Class as usize][bucket]`: read only for the status
+    /// page, so the ticker's reading of the window stays what it was.
+    class_wait: [[AtomicU32; BUCKETS]; 4],
 }
 
 impl Slot {
@@ -101,6 +104,7 @@ impl Slot {
             latency: std::array::from_fn(|_| AtomicU32::new(0)),
             waited: AtomicU64::new(0),
             wait: std::array::from_fn(|_| AtomicU32::new(0)),
+            class_wait: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU32::new(0))),
         }
     }
 
@@ -108,7 +112,8 @@ impl Slot {
         self.done.store(0, Relaxed);
         self.errors.store(0, Relaxed);
         self.waited.store(0, Relaxed);
-        for b in self.latency.iter().chain(self.wait.iter()) {
+        let waits = self.wait.iter().chain(self.class_wait.iter().flatten());
+        for b in self.latency.iter().chain(waits) {
             b.store(0, Relaxed);
         }
     }
@@ -166,11 +171,27 @@ impl Window {
         slot.latency[bucket_of(latency.as_micros() as u64)].fetch_add(1, Relaxed);
     }
 
-    /// Records the time one admitted request spent in the queue.
-    pub fn record_wait(&self, wait: Duration) {
+    /// Records the time one admitted request of `class` spent in the queue.
+    pub fn record_wait(&self, wait: Duration, class: Class) {
         let slot = self.slot();
+        let bucket = bucket_of(wait.as_micros() as u64);
         slot.waited.fetch_add(1, Relaxed);
-        slot.wait[bucket_of(wait.as_micros() as u64)].fetch_add(1, Relaxed);
+        slot.wait[bucket].fetch_add(1, Relaxed);
+        slot.class_wait[class as usize][bucket].fetch_add(1, Relaxed);
+    }
+
+    /// Admitted requests that waited over the window, and the 95th percentile of
+    /// their waits, by `Class as usize` (for the status page).
+    pub fn waits_by_class(&self) -> [(u64, Option<Duration>); 4] {
+        std::array::from_fn(|c| {
+            let mut wait = [0u64; BUCKETS];
+            for slot in self.slots.iter() {
+                for (i, n) in wait.iter_mut().enumerate() {
+                    *n += u64::from(slot.class_wait[c][i].load(Relaxed));
+                }
+            }
+            (wait.iter().sum(), quantile(&wait, 0.95))
+        })
     }
 
     /// Moves the window on by one slot, clearing the oldest. Only the ticker calls this.
@@ -466,6 +487,29 @@ mod tests {
             w.rotate();
         }
         assert_eq!(w.stats().done, 0, "a full turn forgets everything");
+    }
+
+    #[test]
+    fn window_keeps_waits_by_class_beside_the_total() {
+        let w = Window::new(Duration::from_secs(5));
+        for _ in 0..10 {
+            w.record_wait(Duration::from_millis(1), Class::Critical);
+            w.record_wait(Duration::from_millis(40), Class::Normal);
+        }
+        let s = w.stats();
+        assert_eq!(s.waited, 20);
+        let by = w.waits_by_class();
+        assert_eq!(by[Class::Low as usize], (0, None));
+        assert_eq!(by[Class::Critical as usize].0, 10);
+        assert_eq!(by[Class::Normal as usize].0, 10);
+        let p95 = |c: Class| by[c as usize].1.unwrap();
+        assert!(p95(Class::Critical) < Duration::from_millis(2));
+        assert!(p95(Class::Normal) >= Duration::from_millis(40));
+        assert_eq!(s.wait_p95, Some(p95(Class::Normal)));
+        for _ in 0..WINDOW_SLOTS {
+            w.rotate();
+        }
+        assert_eq!(w.waits_by_class()[Class::Normal as usize], (0, None));
     }
 
     #[test]

@@ -15,11 +15,15 @@
 //! 503. Admission is work-conserving: only `low` at caution and above is shed while a
 //! slot is free. A slot is held by a [`Permit`] and released when it drops, exactly once.
 //!
-//! How long a request may wait is the queue's *allowed wait*: `queue_timeout` while
-//! the queue absorbs a burst, `queue_target` once it stands ([`codel`]). A request
-//! that would not be served within it, at the rate the backends finish requests, is
-//! shed at once; one whose wait passes it is shed then, also when the queue begins
-//! standing while it waits.
+//! Waiters are served in class order (`critical`, `high`, `normal`, `low`; oldest
+//! first within a class): a freed slot goes to the first waiter in that order that
+//! may use it ([`queue`]). How long a request may wait is its class's *allowed wait*:
+//! `queue_timeout` while the queue absorbs a burst, `queue_target` once the waits of
+//! its class stand ([`codel`], one state per class, so a `critical` request keeps the
+//! longer wait while `normal` ones are the reason the queue stands). A request that
+//! would not be served within it, at the rate the backends finish requests, counting
+//! only the waiters ahead of it in class order, is shed at once; one whose wait passes
+//! it is shed then, also when its class begins standing while it waits.
 //!
 //! With fairness (`[upstream.fairness]`, [`fairness`]) each request counts toward its
 //! client key while it holds a slot or a queue place. A request shed for want of
@@ -46,10 +50,10 @@ use crate::balance::{take_slot, take_slot_over_limit, Take};
 use crate::config::{Class, Mode};
 pub use crate::state::Permit;
 use crate::state::{Backend, Upstream};
-use codel::{Change, Params};
+use codel::Params;
 use fairness::{Charge, Weight};
 use level::Level;
-use queue::{FairJoin, Grant, Refused, Ticket};
+use queue::{Changes, FairJoin, Grant, Refused, Ticket};
 
 pub use crate::metrics::ShedReason;
 
@@ -151,14 +155,15 @@ impl Drop for Permit {
     }
 }
 
-/// Hands free slots to waiters, oldest first. Called after a slot of `upstream` was
-/// released while the queue was not empty. Each waiter takes its slot in the upstream
-/// version it was admitted under (versions share backends, so the counts stay one).
-/// The wait of each waiter served counts toward the queue's standing state.
+/// Hands free slots to waiters in queue order (class order, oldest first within a
+/// class). Called after a slot of `upstream` was released while the queue was not
+/// empty. Each waiter takes its slot in the upstream version it was admitted under
+/// (versions share backends, so the counts stay one). The wait of each waiter served
+/// counts toward its class's standing state.
 pub(crate) fn dispatch(upstream: &Upstream) {
     let now = clock();
     let params = upstream.codel_params();
-    let mut change = None;
+    let mut change = Changes::default();
     let mut q = upstream.queue.lock();
     let mut i = 0;
     let mut any_full = false;
@@ -184,11 +189,11 @@ pub(crate) fn dispatch(upstream: &Upstream) {
         let Some(waiter) = q.remove_at(i) else { break };
         let wait = now.saturating_duration_since(waiter.since);
         if !waiter.jumped {
-            change = change.or(q.record_wait(wait, now, params));
+            change = change.and(q.record_wait(waiter.class, wait, now, params));
         }
-        if q.is_standing() && wait > params.target {
-            // A standing queue gives no slot to a request that waited past the target
-            // (its timer is due, or the queue stands from this very wait): it is shed,
+        if q.is_standing_for(waiter.class) && wait > params.target {
+            // A standing class gives no slot to a request that waited past the target
+            // (its timer is due, or the class stands from this very wait): it is shed,
             // and the loop offers the slot to the next waiter.
             up.backends[b].release_slot();
             let _ = waiter.tx.send(Grant::Expired);
@@ -301,21 +306,38 @@ impl Upstream {
             Admit::Shed(s) => return Err(s),
             Admit::Wait { level, target } => (level, target),
         };
+        self.wait_in_queue(class, level, target, charge, random)
+            .await
+    }
+
+    /// The rest of [`Self::admit`] for a request that found no free slot and may
+    /// wait at `level`: join the queue (or be shed at once), then wait for a grant.
+    /// Its own function, so that a request that takes a free slot runs only the
+    /// decision.
+    async fn wait_in_queue(
+        self: &Arc<Self>,
+        class: Class,
+        level: Level,
+        target: Option<usize>,
+        charge: Option<Charge>,
+        random: u64,
+    ) -> Result<Permit, Shed> {
         let now = clock();
         // A standing queue that has drained absorbs this request as a burst again.
         self.settle_queue(now);
-        let standing = self.queue.is_standing();
+        let standing = self.queue.is_standing_for(class);
         let allowed = self.allowed_wait(standing);
         // A request that would wait past its allowed wait at the rate the backends
         // finish requests gets its 503 now rather than after the wait: the answer is
-        // the same, and the client and the queue are spared the delay. (Only for
-        // requests waiting for any backend: an affinity target's own rate is unknown.)
-        // With fairness its place depends on the clients of the waiters, so the
-        // queue judges it where it would stand.
+        // the same, and the client and the queue are spared the delay. Only the
+        // waiters ahead of it in class order count. (Only for requests waiting for any
+        // backend: an affinity target's own rate is unknown.) With fairness its place
+        // depends on the clients of the waiters, so the queue judges it where it would
+        // stand.
         let rate = self.service_rate();
         let timed = target.is_none() && rate > 0.0;
         if timed && charge.is_none() {
-            let expected = (f64::from(self.queue.len()) + 1.0) / rate;
+            let expected = (f64::from(self.queue.ahead_of(class)) + 1.0) / rate;
             if expected > allowed.as_secs_f64() {
                 return Err(self.shed(late(standing), level, class));
             }
@@ -363,12 +385,12 @@ impl Upstream {
             p.charge = charge;
             return Ok(p);
         }
-        let grant = self.wait_for_grant(&mut waiting, now).await;
+        let grant = self.wait_for_grant(&mut waiting, class, now).await;
         match grant {
             Ok(Grant::Permit(mut p)) => {
                 p.queued = clock().saturating_duration_since(now);
-                self.window.record_wait(p.queued);
-                self.metrics.queue_wait.observe(p.queued.as_secs_f64());
+                self.window.record_wait(p.queued, class);
+                self.metrics.queue_wait[class as usize].observe(p.queued.as_secs_f64());
                 p.charge = charge;
                 Ok(p)
             }
@@ -384,14 +406,15 @@ impl Upstream {
         }
     }
 
-    /// Waits in the queue (joined at `since`) for a grant until the allowed wait has
-    /// passed; `Err` is the shed reason then. The allowed wait is read again whenever
-    /// the queue begins standing (so a request that has waited longer than the target
-    /// by then is shed at once), and when the deadline passes (a queue that drained
-    /// meanwhile allows the longer wait).
+    /// Waits in the queue (joined at `since`) for a grant until the allowed wait of
+    /// `class` has passed; `Err` is the shed reason then. The allowed wait is read
+    /// again whenever a class begins standing (so a request of that class that has
+    /// waited longer than the target by then is shed at once), and when the deadline
+    /// passes (a class that drained meanwhile allows the longer wait).
     async fn wait_for_grant(
         &self,
         waiting: &mut Waiting<'_>,
+        class: Class,
         since: Instant,
     ) -> Result<Grant<Permit>, ShedReason> {
         loop {
@@ -399,7 +422,7 @@ impl Upstream {
             tokio::pin!(began);
             // Registered before the state is read: a start in between still wakes us.
             began.as_mut().enable();
-            let standing = self.queue.is_standing();
+            let standing = self.queue.is_standing_for(class);
             let deadline = since + self.allowed_wait(standing);
             let Some(ticket) = waiting.ticket.as_mut() else {
                 return Err(late(standing));
@@ -414,7 +437,7 @@ impl Upstream {
                 }
                 () = &mut began => continue,
                 () = tokio::time::sleep_until(deadline.into()) => {
-                    if self.queue.is_standing() != standing {
+                    if self.queue.is_standing_for(class) != standing {
                         continue; // the allowed wait changed while the timer ran
                     }
                 }
@@ -452,35 +475,41 @@ impl Upstream {
         }
     }
 
-    /// Ends the queue's standing state if it has drained by `now`. Called by requests
-    /// about to wait, and by the level ticker so that it ends without traffic too.
+    /// Ends the standing state of each class that has drained by `now`. Called by
+    /// requests about to wait, and by the level ticker so that it ends without
+    /// traffic too.
     pub(crate) fn settle_queue(&self, now: Instant) {
         let change = self.queue.settle(now, self.codel_params());
         self.standing_changed(change);
     }
 
-    /// Acts on a change of the queue's standing state: counts and logs it, and on a
-    /// start wakes the waiters so that they take the shorter wait.
-    pub(crate) fn standing_changed(&self, change: Option<Change>) {
-        match change {
-            Some(Change::Began) => {
-                self.queue.wake_waiters();
-                self.metrics.queue_standing_started.inc();
-                tracing::info!(
-                    upstream = %self.name,
-                    queue = self.queue.len(),
-                    allowed_wait_ms = self.limits.queue_target.as_millis() as u64,
-                    "queue standing: waits stayed above queue_target_ms for queue_interval_ms"
-                );
-            }
-            Some(Change::Ended) => {
-                tracing::info!(
-                    upstream = %self.name,
-                    allowed_wait_ms = self.limits.queue_timeout.as_millis() as u64,
-                    "queue drained: it absorbs bursts again"
-                );
-            }
-            None => {}
+    /// Acts on changes of the classes' standing states: counts and logs them, and on a
+    /// start wakes the waiters so that those of that class take the shorter wait.
+    pub(crate) fn standing_changed(&self, changes: Changes) {
+        if changes.is_none() {
+            return;
+        }
+        for class in changes.classes(true) {
+            self.metrics.queue_standing_started.inc();
+            tracing::info!(
+                upstream = %self.name,
+                class = class.as_str(),
+                queue = self.queue.len(),
+                class_queue = self.queue.len_of(class),
+                allowed_wait_ms = self.limits.queue_target.as_millis() as u64,
+                "queue standing for this class: its waits stayed above queue_target_ms for queue_interval_ms"
+            );
+        }
+        if changes.began != 0 {
+            self.queue.wake_waiters();
+        }
+        for class in changes.classes(false) {
+            tracing::info!(
+                upstream = %self.name,
+                class = class.as_str(),
+                allowed_wait_ms = self.limits.queue_timeout.as_millis() as u64,
+                "queue drained for this class: it absorbs bursts again"
+            );
         }
     }
 
@@ -559,7 +588,7 @@ impl Upstream {
         charge: Option<&Charge>,
     ) -> Option<ShedReason> {
         let waiting = self.waiting();
-        let standing = self.queue.is_standing();
+        let standing = self.queue.is_standing_for(class);
         let rate = self.service_rate();
         let reason = if !may_wait(level, class) {
             Some(if level == Level::Critical {
@@ -629,8 +658,8 @@ impl Upstream {
         class: Class,
     ) -> Shed {
         self.metrics.shed(label, class).inc();
-        if reason.is_capacity() && self.queue.is_standing() {
-            self.queue.note_pressure(clock());
+        if reason.is_capacity() && self.queue.is_standing_for(class) {
+            self.queue.note_pressure(class, clock());
         }
         if matches!(reason, ShedReason::LevelNoQueue | ShedReason::QueueFull) {
             self.queue.note_turned_away(self.limits.queue_depth);

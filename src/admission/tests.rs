@@ -305,10 +305,11 @@ async fn critical_displaces_the_lowest_class_from_a_full_queue() {
     let displaced = normal.await.unwrap().unwrap_err();
     assert_eq!(displaced.reason, ShedReason::Displaced);
     drop(held);
-    // FIFO among those left: high was first.
-    let h = high.await.unwrap().unwrap();
-    drop(h);
-    drop(critical.await.unwrap().unwrap());
+    // Class order among those left: critical first, though high joined earlier.
+    let c = critical.await.unwrap().unwrap();
+    assert_eq!(up.queue.len(), 1, "high still waits");
+    drop(c);
+    drop(high.await.unwrap().unwrap());
     assert_eq!(up.inflight(), 0);
     assert!(up.queue.is_empty());
 }
@@ -367,6 +368,7 @@ fn may_wait_follows_the_design_table() {
 /// milliseconds from the start), and its wait or its shed reason.
 #[derive(Debug, Clone, Copy)]
 struct Outcome {
+    class: Class,
     arrived: u64,
     finished: u64,
     result: Result<Duration, ShedReason>,
@@ -381,15 +383,27 @@ async fn drive(
     every_ms: u64,
     service_ms: u64,
 ) -> (Vec<Outcome>, Option<u64>) {
+    drive_classes(up, count, every_ms, service_ms, |_| Class::High).await
+}
+
+/// [`drive`] with the class of the `n`th arrival given by `class_of(n)`.
+async fn drive_classes(
+    up: &Arc<Upstream>,
+    count: u64,
+    every_ms: u64,
+    service_ms: u64,
+    class_of: impl Fn(u64) -> Class,
+) -> (Vec<Outcome>, Option<u64>) {
     let start = tokio::time::Instant::now();
     let at = move || start.elapsed().as_millis() as u64;
     let mut began = None;
     let mut tasks = Vec::new();
-    for _ in 0..count {
+    for n in 0..count {
         let u = up.clone();
+        let class = class_of(n);
         tasks.push(tokio::spawn(async move {
             let arrived = at();
-            let result = match admit(&u, Class::High).await {
+            let result = match admit(&u, class).await {
                 Ok(p) => {
                     let waited = p.queued;
                     tokio::time::sleep(Duration::from_millis(service_ms)).await;
@@ -399,6 +413,7 @@ async fn drive(
                 Err(shed) => Err(shed.reason),
             };
             Outcome {
+                class,
                 arrived,
                 finished: at(),
                 result,
@@ -529,9 +544,10 @@ async fn a_waiter_that_is_short_of_the_target_when_the_queue_stands_keeps_its_pl
         let p = up.codel_params();
         let t0 = clock();
         let mut q = up.queue.lock();
-        assert_eq!(q.record_wait(Duration::from_millis(50), t0, p), None);
-        let change = q.record_wait(Duration::from_millis(50), t0 + p.interval, p);
-        assert_eq!(change, Some(Change::Began));
+        let wait = Duration::from_millis(50);
+        assert!(q.record_wait(Class::High, wait, t0, p).is_none());
+        let change = q.record_wait(Class::High, wait, t0 + p.interval, p);
+        assert_eq!(change.classes(true).collect::<Vec<_>>(), [Class::High]);
     }
     let u = up.clone();
     let waiter = tokio::spawn(async move { admit(&u, Class::High).await });
@@ -747,4 +763,150 @@ async fn shadow_mode_counts_fair_share_without_shedding() {
     held.clear();
     assert_eq!(up.inflight(), 0);
     assert_eq!(up.fairness.as_ref().unwrap().shares.total(), 0);
+}
+
+/// Waiters of every class queued in arrival order are served critical, high, normal,
+/// low, oldest first within a class, one freed slot at a time.
+#[tokio::test]
+async fn waiters_are_served_in_class_order() {
+    let up = upstream(1, 1, 100, 10_000);
+    let held = admit(&up, Class::Normal).await.unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let arrivals = [
+        ("low", Class::Low),
+        ("normal 1", Class::Normal),
+        ("high 1", Class::High),
+        ("normal 2", Class::Normal),
+        ("critical 1", Class::Critical),
+        ("high 2", Class::High),
+        ("critical 2", Class::Critical),
+    ];
+    for (n, (name, class)) in arrivals.into_iter().enumerate() {
+        let (u, tx) = (up.clone(), tx.clone());
+        tokio::spawn(async move {
+            let permit = admit(&u, class).await.expect("waits at safe");
+            let _ = tx.send((name, permit));
+        });
+        until_queued(&up, n as u32 + 1).await;
+    }
+    assert_eq!(up.queue.len_of(Class::Critical), 2);
+    assert_eq!(up.queue.ahead_of(Class::High), 4);
+    assert_eq!(up.queue.ahead_of(Class::Low), 7);
+    drop(held);
+    let mut served = Vec::new();
+    for _ in 0..arrivals.len() {
+        let (name, permit) = rx.recv().await.unwrap();
+        served.push(name);
+        drop(permit); // frees the one slot for the next waiter
+    }
+    assert_eq!(
+        served,
+        [
+            "critical 1",
+            "critical 2",
+            "high 1",
+            "high 2",
+            "normal 1",
+            "normal 2",
+            "low"
+        ]
+    );
+    assert_eq!(up.inflight(), 0);
+    assert!(up.queue.is_empty());
+    assert_eq!(up.queue.ahead_of(Class::Low), 0);
+}
+
+/// A freed slot goes to the first waiter in class order that may use it: a critical
+/// waiter bound to a full backend (affinity) does not hold up the high waiter behind
+/// it that may use any backend.
+#[tokio::test]
+async fn a_freed_slot_goes_to_the_first_waiter_that_may_use_it() {
+    let up = upstream(2, 1, 100, 10_000);
+    let a = admit(&up, Class::Normal).await.unwrap();
+    let b = admit(&up, Class::Normal).await.unwrap();
+    let (held, other) = if a.backend_index() == 0 {
+        (a, b)
+    } else {
+        (b, a)
+    };
+    // A critical waiter bound to backend 0 (held), then a high one for any backend.
+    let u = up.clone();
+    let bound = tokio::spawn(async move {
+        let Admit::Wait { .. } = u.try_admit(Class::Critical, None, 0) else {
+            panic!("no slot is free");
+        };
+        let pushed = u
+            .queue
+            .push(&u, Class::Critical, Some(0), 100, clock(), None);
+        let Ok((ticket, _)) = pushed else {
+            panic!("joins");
+        };
+        ticket.rx.await.ok()
+    });
+    until_queued(&up, 1).await;
+    let u = up.clone();
+    let high = tokio::spawn(async move { admit(&u, Class::High).await });
+    until_queued(&up, 2).await;
+    drop(other); // frees backend 1: only the high waiter may use it
+    let p = high.await.unwrap().unwrap();
+    assert_eq!(p.backend_index(), 1);
+    assert_eq!(
+        up.queue.len_of(Class::Critical),
+        1,
+        "still waits for backend 0"
+    );
+    drop(held);
+    let Some(Grant::Permit(c)) = bound.await.unwrap() else {
+        panic!("the critical waiter gets backend 0");
+    };
+    assert_eq!(c.backend_index(), 0);
+    drop((c, p));
+    assert_eq!(up.inflight(), 0);
+    assert!(up.queue.is_empty());
+}
+
+/// Sustained overload of normal requests (one every 2 ms on one slot of 20 ms: 10x)
+/// with a trickle of critical ones (every 50 ms): the queue stands for normal, whose
+/// admitted waits fall to the target, while every critical request is served after
+/// waiting at most for the next free slot, and its class never stands.
+#[tokio::test(start_paused = true)]
+async fn critical_requests_are_served_through_a_standing_queue_of_normal_ones() {
+    let up = upstream(1, 1, 500, 1_000);
+    let target = up.limits.queue_target;
+    let (outcomes, began) = drive_classes(&up, 400, 2, 20, |n| {
+        if n % 25 == 12 {
+            Class::Critical
+        } else {
+            Class::Normal
+        }
+    })
+    .await;
+    let began = began.expect("the queue stood");
+    assert!(up.queue.is_standing_for(Class::Normal));
+    assert!(!up.queue.is_standing_for(Class::Critical));
+    let critical: Vec<&Outcome> = outcomes
+        .iter()
+        .filter(|o| o.class == Class::Critical)
+        .collect();
+    assert_eq!(critical.len(), 16);
+    for o in &critical {
+        let wait = o
+            .result
+            .unwrap_or_else(|r| panic!("critical shed: {r:?} {o:?}"));
+        assert!(wait <= Duration::from_millis(20), "{o:?}");
+    }
+    for o in outcomes.iter().filter(|o| o.class == Class::Normal) {
+        match o.result {
+            Ok(wait) if o.arrived > began => assert!(wait <= target, "{o:?}"),
+            Ok(_) => {}
+            // Queued up to the target, or kept out of the queue by the level the
+            // long queue of the burst raised.
+            Err(reason) => assert!(
+                matches!(reason, ShedReason::QueueStanding | ShedReason::LevelNoQueue),
+                "{o:?}"
+            ),
+        }
+    }
+    assert_eq!(up.inflight(), 0);
+    assert!(up.queue.is_empty());
 }

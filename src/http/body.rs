@@ -27,11 +27,48 @@ pub struct ResBody {
 
 enum Kind {
     Full(Option<Bytes>),
+    /// levee's own answer to an HTTP/1.1 request: its fields pre-encoded, its body.
+    Prebuilt(super::respond::Prebuilt, Option<Bytes>),
     Backend(Box<BackendBody>),
 }
 
+/// A backend's response body: levee's HTTP/1.1 codec's, or hyper's HTTP/2 stream.
+pub enum BackendIncoming {
+    H1(crate::http1::client::Body),
+    H2(Incoming),
+}
+
+impl Body for BackendIncoming {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            BackendIncoming::H1(b) => Pin::new(b).poll_frame(cx),
+            BackendIncoming::H2(b) => Pin::new(b).poll_frame(cx).map_err(|e| e.into()),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            BackendIncoming::H1(b) => b.is_end_stream(),
+            BackendIncoming::H2(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            BackendIncoming::H1(b) => b.size_hint(),
+            BackendIncoming::H2(b) => b.size_hint(),
+        }
+    }
+}
+
 struct BackendBody {
-    incoming: Incoming,
+    incoming: BackendIncoming,
     exchange: Exchange,
     /// Longest wait for the next frame.
     wait: Duration,
@@ -48,13 +85,33 @@ impl ResBody {
         }
     }
 
+    /// levee's own answer with pre-encoded fields (HTTP/1.1).
+    pub fn prebuilt(
+        fields: super::respond::Prebuilt,
+        bytes: Bytes,
+        active: Option<Active>,
+    ) -> ResBody {
+        ResBody {
+            kind: Kind::Prebuilt(fields, (!bytes.is_empty()).then_some(bytes)),
+            _active: active,
+        }
+    }
+
+    /// The pre-encoded fields of levee's own answer, when it is one.
+    pub fn prebuilt_fields(&self) -> Option<super::respond::Prebuilt> {
+        match &self.kind {
+            Kind::Prebuilt(f, _) => Some(*f),
+            _ => None,
+        }
+    }
+
     pub fn empty(active: Option<Active>) -> ResBody {
         ResBody::full(Bytes::new(), active)
     }
 
     /// The backend's body. An empty one ends the exchange at once.
     pub fn backend(
-        incoming: Incoming,
+        incoming: BackendIncoming,
         mut exchange: Exchange,
         wait: Duration,
         deadline: Option<Instant>,
@@ -92,7 +149,9 @@ impl Body for ResBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let b = match &mut self.get_mut().kind {
-            Kind::Full(bytes) => return Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            Kind::Full(bytes) | Kind::Prebuilt(_, bytes) => {
+                return Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b))))
+            }
             Kind::Backend(b) => b,
         };
         if b.deadline.is_some_and(|d| Instant::now() >= d) {
@@ -132,14 +191,16 @@ impl Body for ResBody {
 
     fn is_end_stream(&self) -> bool {
         match &self.kind {
-            Kind::Full(b) => b.is_none(),
+            Kind::Full(b) | Kind::Prebuilt(_, b) => b.is_none(),
             Kind::Backend(b) => b.incoming.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
-            Kind::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            Kind::Full(b) | Kind::Prebuilt(_, b) => {
+                SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64))
+            }
             Kind::Backend(b) => b.incoming.size_hint(),
         }
     }

@@ -13,15 +13,17 @@ use std::time::Instant;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, Uri, Version};
-use hyper::body::Incoming;
 
-use super::body::ResBody;
+use crate::http1::client as h1_client;
+use crate::http1::rewrite;
+
+use super::body::{BackendIncoming, ResBody};
 use super::exchange::{AccessLog, Exchange};
 use super::identity::{self, X_REQUEST_ID};
 use super::io::{Active, ConnShared};
-use super::pool::{BackendConn, Pools, Sender, Sent};
+use super::pool::{BackendConn, Pools, Sender};
 use super::respond;
-use super::upload::{ForwardBody, Upload};
+use super::upload::{ClientIncoming, ForwardBody, Upload};
 use super::validate::{self, HeadFacts, HOP_BY_HOP, HOP_BY_HOP_COUNT, X_FORWARDED_FOR};
 use crate::admission::Permit;
 use crate::config::{Affinity, Class, Protocol};
@@ -33,7 +35,7 @@ use crate::trace::{Span, Tracer, TRACEPARENT_NAME};
 /// Most retries of one idempotent request that may have reached a backend.
 const MAX_REPLAYS: u32 = 2;
 
-static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+use super::validate::X_FORWARDED_PROTO;
 
 /// What every request of the process shares: the live snapshot and the backend pools.
 pub struct Proxy {
@@ -52,13 +54,13 @@ pub struct Conn {
     /// `"http"` or `"https"`, for `X-Forwarded-Proto`.
     pub scheme: &'static str,
     /// The connection's driver polls each request's future at least every
-    /// [`super::server::IDLE_RELEASE`] while it waits (an HTTP/1 busy period does; an
+    /// [`crate::http1::conn::TICK`] while it waits (levee's HTTP/1 driver does; an
     /// HTTP/2 stream runs in a task of its own): the wait for a backend's head is then
     /// checked on those polls instead of with a timer per request.
     pub ticked: bool,
     /// Where an accepted upgrade (101) leaves the backend's side of the tunnel for the
     /// connection's driver to splice.
-    pub upgrade: parking_lot::Mutex<Option<Tunnel>>,
+    pub upgrade: parking_lot::Mutex<Option<Box<Tunnel>>>,
 }
 
 impl Conn {
@@ -83,7 +85,7 @@ impl Conn {
 
 /// The backend's side of an upgraded connection and the slot it holds.
 pub struct Tunnel {
-    pub backend: hyper::upgrade::OnUpgrade,
+    pub backend: crate::http1::client::Upgraded,
     pub exchange: Exchange,
 }
 
@@ -92,8 +94,21 @@ pub struct Tunnel {
 pub async fn serve(
     proxy: Arc<Proxy>,
     conn: Arc<Conn>,
-    req: Request<Incoming>,
+    req: Request<ClientIncoming>,
 ) -> Result<Response<ResBody>, Infallible> {
+    let (mut resp, id) = serve_with_id(proxy, conn, req).await;
+    resp.headers_mut().insert(X_REQUEST_ID.clone(), id);
+    Ok(resp)
+}
+
+/// Serves one request and gives its answer and its request id apart: levee's HTTP/1.1
+/// codec writes the id straight into the answer's head (the answer's own
+/// `X-Request-Id`, a backend's, is not written).
+pub async fn serve_with_id(
+    proxy: Arc<Proxy>,
+    conn: Arc<Conn>,
+    req: Request<ClientIncoming>,
+) -> (Response<ResBody>, HeaderValue) {
     let active = Active::new(&conn.shared);
     let snapshot = proxy.shared.load_full();
     let trusted = snapshot
@@ -105,7 +120,7 @@ pub async fn serve(
     let mut span = proxy
         .tracer
         .start(snapshot.config.server.tracing.as_ref(), &req);
-    let mut resp = handle(
+    let resp = handle(
         &proxy, &conn, snapshot, req, active, &id, trusted, &mut span,
     )
     .await;
@@ -114,8 +129,7 @@ pub async fn serve(
     if let Some(span) = span {
         span.end(resp.status().as_u16());
     }
-    resp.headers_mut().insert(X_REQUEST_ID.clone(), id);
-    Ok(resp)
+    (resp, id)
 }
 
 /// The host a request is for: the authority of an absolute-form target or of HTTP/2's
@@ -213,14 +227,19 @@ async fn handle(
     proxy: &Proxy,
     conn: &Arc<Conn>,
     snapshot: Arc<Snapshot>,
-    req: Request<Incoming>,
+    req: Request<ClientIncoming>,
     active: Active,
     id: &HeaderValue,
     peer_trusted: bool,
     span: &mut Option<Span>,
 ) -> Response<ResBody> {
     let server = &snapshot.config.server;
-    let (mut parts, body) = req.into_parts();
+    let (mut parts, mut body) = req.into_parts();
+    // An HTTP/1.1 client's head as it came, to go to an HTTP/1.1 backend as bytes.
+    let raw_head = match &mut body {
+        ClientIncoming::H1(b) => b.take_raw_head(),
+        ClientIncoming::H2(_) => None,
+    };
     let client_ip = if peer_trusted {
         identity::client_behind(conn.peer.ip(), &parts.headers, &server.trusted_proxies)
     } else {
@@ -316,16 +335,35 @@ async fn handle(
     upstream.retry_budget.deposit();
     let mut exchange = Exchange::new(permit, log);
 
-    prepare_head(&mut parts, &head, conn, upgrade);
-    if upstream.protocol == Protocol::H2 {
-        for_h2(&mut parts, own.grpc);
-    }
-    parts.headers.insert(X_REQUEST_ID.clone(), id.clone());
-    if let Some(s) = span.take() {
-        // The backend's parent is levee's span; the span ends with the exchange.
-        parts
-            .headers
-            .insert(TRACEPARENT_NAME.clone(), s.traceparent_value());
+    // The backend's parent is levee's span; the span ends with the exchange.
+    let span = span.take();
+    let traceparent = span.as_ref().map(Span::traceparent);
+    let wire = match raw_head {
+        Some(raw) if upstream.protocol == Protocol::H1 => {
+            let added = rewrite::Added {
+                peer: conn.peer_ip.as_bytes(),
+                proto: conn.scheme,
+                request_id: id.as_bytes(),
+                upgrade,
+                traceparent: traceparent.as_ref().map(|t| t.as_bytes()),
+            };
+            Some(rewrite::request_head(&raw, &parts, &head, &added))
+        }
+        _ => {
+            prepare_head(&mut parts, &head, conn, upgrade);
+            if upstream.protocol == Protocol::H2 {
+                for_h2(&mut parts, own.grpc);
+            }
+            parts.headers.insert(X_REQUEST_ID.clone(), id.clone());
+            if let Some(t) = &traceparent {
+                if let Ok(v) = HeaderValue::from_bytes(t.as_bytes()) {
+                    parts.headers.insert(TRACEPARENT_NAME.clone(), v);
+                }
+            }
+            None
+        }
+    };
+    if let Some(s) = span {
         exchange.trace(s);
     }
     // A small body to an HTTP/2 upstream is kept, to be sent again if the backend
@@ -352,6 +390,7 @@ async fn handle(
         upload: &upload,
         may_stream,
         ticked: conn.ticked,
+        wire: wire.as_ref(),
     };
     let (resp, backend_conn) = match ctx.send(&mut exchange, parts, body, bodiless).await {
         Ok(r) => r,
@@ -373,16 +412,29 @@ async fn handle(
         }
     }
     strip_hop_by_hop(&mut rparts.headers, switching && upgrade);
-    exchange.hold_connection(backend_conn);
+    if let Some(c) = backend_conn {
+        exchange.hold_connection(c);
+    }
 
     if switching && upgrade {
         exchange.unmeasured();
-        let mut backend_resp = Response::from_parts(rparts.clone(), rbody);
-        let on_upgrade = hyper::upgrade::on(&mut backend_resp);
-        *conn.upgrade.lock() = Some(Tunnel {
-            backend: on_upgrade,
-            exchange,
-        });
+        let BackendIncoming::H1(body) = rbody else {
+            exchange.finish(Some(Failure::UpstreamBadResponse));
+            return own.failure(
+                Failure::UpstreamBadResponse,
+                Some(&upstream.name),
+                Some(active),
+            );
+        };
+        let Some(backend) = body.into_upgraded() else {
+            exchange.finish(Some(Failure::UpstreamBadResponse));
+            return own.failure(
+                Failure::UpstreamBadResponse,
+                Some(&upstream.name),
+                Some(active),
+            );
+        };
+        *conn.upgrade.lock() = Some(Box::new(Tunnel { backend, exchange }));
         return Response::from_parts(rparts, ResBody::empty(Some(active)));
     }
 
@@ -502,6 +554,8 @@ struct Attempt<'a> {
     may_stream: bool,
     /// See [`Conn::ticked`].
     ticked: bool,
+    /// The request's head as bytes for an HTTP/1.1 backend (see [`rewrite`]).
+    wire: Option<&'a bytes::Bytes>,
 }
 
 /// How a send failed.
@@ -530,7 +584,7 @@ impl Attempt<'_> {
         parts: http::request::Parts,
         body: ForwardBody,
         bodiless: bool,
-    ) -> Result<(Response<Incoming>, BackendConn), Failure> {
+    ) -> Result<(Response<BackendIncoming>, Option<BackendConn>), Failure> {
         let t = &self.snapshot.config.server.timeouts;
         let up = self.upstream;
         let mut tried: Vec<usize> = Vec::new();
@@ -586,7 +640,7 @@ impl Attempt<'_> {
             if up.adaptive.is_some() {
                 exchange.mark_sent();
             }
-            match self.send_on(conn, request).await {
+            match self.send_on(conn, request, backend.max_inflight()).await {
                 Ok((resp, conn)) => {
                     let status = resp.status().as_u16();
                     let retry = up.retry_on_status.contains(&status)
@@ -705,16 +759,24 @@ impl Attempt<'_> {
         &self,
         mut conn: BackendConn,
         req: Request<ForwardBody>,
-    ) -> Result<(Response<Incoming>, BackendConn), SendError> {
+        cap: u32,
+    ) -> Result<(Response<BackendIncoming>, Option<BackendConn>), SendError> {
         // The HTTP/2 wait is boxed so that the HTTP/1 request's future (moved into its
         // parent's state at each await) does not carry HTTP/2's larger one.
         let r = match &mut conn.tx {
-            Sender::H1(tx) => self.head(tx.try_send_request(req)).await,
+            Sender::H1(_) => {
+                return match self.head(h1_client::send(conn, req, cap, self.wire)).await {
+                    None => Err(SendError::Failed(Failure::UpstreamTimeout)),
+                    Some(Ok(resp)) => Ok((resp.map(BackendIncoming::H1), None)),
+                    Some(Err(h1_client::SendError::NotSent(back))) => Err(SendError::NotSent(back)),
+                    Some(Err(h1_client::SendError::Failed(f))) => Err(SendError::Failed(f)),
+                };
+            }
             Sender::H2(tx) => Box::pin(self.head(tx.try_send_request(req))).await,
         };
         match r {
             None => Err(SendError::Failed(Failure::UpstreamTimeout)),
-            Some(Ok(resp)) => Ok((resp, conn)),
+            Some(Ok(resp)) => Ok((resp.map(BackendIncoming::H2), Some(conn))),
             Some(Err(mut e)) => {
                 let unsent = e.take_message();
                 let err = e.into_error();
@@ -737,7 +799,7 @@ impl Attempt<'_> {
     /// Waits for the response head of a request being sent (`sent`), at most `read`
     /// after its last progress; `None` when that passed. Generic over each protocol's
     /// send future, so neither is boxed.
-    async fn head<F: Future<Output = Sent>>(&self, sent: F) -> Option<Sent> {
+    async fn head<T, F: Future<Output = T>>(&self, sent: F) -> Option<T> {
         let t = &self.snapshot.config.server.timeouts;
         let read = if self.may_stream {
             t.read.max(t.stream_idle)

@@ -1,12 +1,11 @@
-//! A client connection's socket as hyper sees it: bytes already read come first (what
-//! a previous hyper connection had buffered), writes that stall longer than the write
-//! timeout fail, and the raw bytes of HTTP/1 requests pass the framing scan. The socket
-//! is plain TCP or a TLS session over it ([`ClientStream`]); everything above sees the
-//! same bytes either way (on TLS, the decrypted ones).
+//! A client connection's socket: plain TCP or a TLS session over it
+//! ([`ClientStream`]); everything above sees the same bytes either way (on TLS, the
+//! decrypted ones). [`ClientIo`] is the socket as hyper (HTTP/2) and a tunnel see it:
+//! bytes already read come first, and writes that stall longer than the write timeout
+//! fail.
 //!
-//! [`ConnShared`] is what the connection's driver (`server.rs`), its requests
-//! (`forward.rs`) and this socket share: whether hyper may still hold unsent bytes, the
-//! requests in progress, and a framing violation seen in the raw bytes.
+//! [`ConnShared`] is what the connection's driver and its requests (`forward.rs`)
+//! share: the requests in progress, and a framing violation seen in the body.
 
 use std::io;
 use std::pin::Pin;
@@ -21,24 +20,15 @@ use tokio::net::TcpStream;
 use tokio::time::Sleep;
 use tokio_rustls::server::TlsStream;
 
-use super::validate::FramingScan;
-
 /// State of one client connection shared by its driver, its requests and its socket.
 #[derive(Debug, Default)]
 pub struct ConnShared {
-    /// A write or flush has not completed since the last completed flush: hyper may
-    /// hold bytes it has not sent, so the connection must not be taken from it.
-    pub unflushed: AtomicBool,
     /// Requests between their head and the end of their response body.
     pub active: AtomicU32,
     /// Requests started on this connection.
     pub requests: AtomicU64,
-    /// Bytes came from the client since the last request started: a head may be
-    /// partly read, so the connection stays with its hyper connection (and the busy
-    /// period's head watch bounds that head by `client_header`).
-    pub read_since_request: AtomicBool,
-    /// The raw bytes broke a framing rule hyper does not check (an empty chunk-size
-    /// line): the request in progress is refused and the connection closed.
+    /// The request body's framing broke (a bad chunk): the request in progress is
+    /// refused and the connection closed.
     pub framing_violation: AtomicBool,
 }
 
@@ -50,7 +40,6 @@ impl Active {
     pub fn new(shared: &Arc<ConnShared>) -> Active {
         shared.active.fetch_add(1, Ordering::Relaxed);
         shared.requests.fetch_add(1, Ordering::Relaxed);
-        shared.read_since_request.store(false, Ordering::Relaxed);
         Active(shared.clone())
     }
 }
@@ -137,36 +126,21 @@ impl AsyncWrite for ClientStream {
 /// A client stream for hyper.
 pub struct ClientIo {
     stream: ClientStream,
-    /// Read before the socket: bytes a previous hyper connection read and left.
+    /// Read before the socket: bytes read ahead before the socket was handed over.
     prefix: Bytes,
     write_timeout: Duration,
     /// Armed while a write is stalled.
     stalled: Option<Pin<Box<Sleep>>>,
-    /// HTTP/1 only; `None` on HTTP/2 and tunnels.
-    scan: Option<FramingScan>,
-    shared: Arc<ConnShared>,
 }
 
 impl ClientIo {
-    pub fn new(stream: ClientStream, write_timeout: Duration, shared: Arc<ConnShared>) -> ClientIo {
+    pub fn new(stream: ClientStream, write_timeout: Duration) -> ClientIo {
         ClientIo {
             stream,
             prefix: Bytes::new(),
             write_timeout,
             stalled: None,
-            scan: None,
-            shared,
         }
-    }
-
-    /// Watch the raw bytes for framing violations (HTTP/1).
-    pub fn scan_framing(&mut self) {
-        self.scan = Some(FramingScan::default());
-    }
-
-    /// Stops the framing scan (the connection became a tunnel).
-    pub fn stop_scan(&mut self) {
-        self.scan = None;
     }
 
     /// Puts bytes read ahead back in front of the socket. They were scanned already.
@@ -194,7 +168,6 @@ impl ClientIo {
         match polled {
             Poll::Ready(r) => {
                 self.stalled = None;
-                self.shared.unflushed.store(true, Ordering::Relaxed);
                 Poll::Ready(r)
             }
             Poll::Pending => self.stall(cx),
@@ -203,7 +176,6 @@ impl ClientIo {
 
     /// Fails a write that has made no progress for the write timeout.
     fn stall(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        self.shared.unflushed.store(true, Ordering::Relaxed);
         let timeout = self.write_timeout;
         let sleep = self
             .stalled
@@ -231,19 +203,7 @@ impl AsyncRead for ClientIo {
             this.prefix.advance(n);
             return Poll::Ready(Ok(()));
         }
-        let before = buf.filled().len();
-        ready!(Pin::new(&mut this.stream).poll_read(cx, buf))?;
-        if buf.filled().len() > before {
-            this.shared
-                .read_since_request
-                .store(true, Ordering::Relaxed);
-        }
-        if let Some(scan) = this.scan.as_mut() {
-            if scan.feed(&buf.filled()[before..]) {
-                this.shared.framing_violation.store(true, Ordering::Release);
-            }
-        }
-        Poll::Ready(Ok(()))
+        Pin::new(&mut this.stream).poll_read(cx, buf)
     }
 }
 
@@ -276,7 +236,6 @@ impl AsyncWrite for ClientIo {
         let this = self.get_mut();
         ready!(Pin::new(&mut this.stream).poll_flush(cx))?;
         // hyper flushes the socket only once its own buffer is written out.
-        this.shared.unflushed.store(false, Ordering::Relaxed);
         Poll::Ready(Ok(()))
     }
 

@@ -1,5 +1,6 @@
-//! The data path on hyper: client connections ([`server`]) over levee's socket type
-//! ([`io`]), framing rules ([`validate`]), one request top to bottom ([`forward`]),
+//! What both protocols share on the data path: client connections ([`server`]; HTTP/1.1
+//! itself is [`crate::http1`], HTTP/2 is hyper) over levee's socket type ([`io`]),
+//! framing rules ([`validate`]), one request top to bottom ([`forward`]),
 //! its hold on a backend ([`exchange`]), the request body ([`upload`]) and the
 //! response body ([`body`]), levee's own answers ([`respond`]) and the per-backend
 //! connection pool ([`pool`]).

@@ -12,12 +12,13 @@
 //! Requests hold a backend slot (their `Permit`) while they use a connection, so the
 //! connections in use never exceed the backend's limit in force; idle ones are kept up
 //! to [`IDLE_ALLOWANCE`] past `max_inflight` and for at most `upstream_idle`. A pooled
-//! connection the backend closed is seen closed (hyper's connection task ends when it
-//! reads the close) and never handed out; one that closes in the instant between the
-//! check and the send gives its request back unsent (`try_send_request`), and the
-//! request goes on a fresh connection.
+//! connection the backend closed is seen closed (an HTTP/1.1 one by its socket's
+//! readiness and one non-blocking read; an HTTP/2 one's hyper task ends when it reads
+//! the close) and never handed out; one that closes in the instant between the check
+//! and the send gives its request back unsent, and the request goes on a fresh
+//! connection.
 //!
-//! A connection's driver task runs on the worker thread that opened it, so idle
+//! A connection's socket is registered with the worker thread that opened it, so idle
 //! connections are kept apart by worker: a request takes one of its own worker's
 //! first, and another worker's only when its own has none (one cross-thread hop is
 //! still cheaper than a new connection).
@@ -29,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2, TrySendError};
+use hyper::client::conn::{http2, TrySendError};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
@@ -45,7 +46,8 @@ pub const H2_MAX_CONNECTIONS: usize = 16;
 
 /// The sending half of a backend connection.
 pub enum Sender {
-    H1(http1::SendRequest<ForwardBody>),
+    /// levee's own HTTP/1.1 connection: the request's future drives it, no task.
+    H1(crate::http1::client::Connection),
     H2(http2::SendRequest<ForwardBody>),
 }
 
@@ -59,14 +61,14 @@ impl Sender {
 
     fn is_ready(&self) -> bool {
         match self {
-            Sender::H1(tx) => tx.is_ready(),
+            Sender::H1(_) => true,
             Sender::H2(tx) => tx.is_ready(),
         }
     }
 }
 
-/// What sending a request on a connection gives: the response head, or the error with
-/// the request when it never left.
+/// What sending a request on an HTTP/2 connection gives: the response head, or the
+/// error with the request when it never left.
 pub type Sent = Result<hyper::Response<Incoming>, TrySendError<hyper::Request<ForwardBody>>>;
 
 /// Idle connections kept beyond a backend's `max_inflight`, so a burst that ends and
@@ -393,18 +395,7 @@ impl Pool {
         self.open.fetch_add(1, Ordering::Relaxed);
         let open = Arc::new(Open(self.clone()));
         let tx = match self.protocol {
-            Protocol::H1 => {
-                let (tx, conn) = http1::Builder::new()
-                    .handshake(TokioIo::new(tcp))
-                    .await
-                    .map_err(|_| Failure::ConnectError)?;
-                tokio::spawn(async move {
-                    if let Err(e) = conn.with_upgrades().await {
-                        tracing::trace!(error = %e, "backend connection ended");
-                    }
-                });
-                Sender::H1(tx)
-            }
+            Protocol::H1 => Sender::H1(crate::http1::client::Connection::new(tcp)),
             Protocol::H2 => {
                 let (tx, conn) = http2::Builder::new(TokioExecutor::new())
                     .timer(TokioTimer::new())

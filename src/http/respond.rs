@@ -61,6 +61,16 @@ pub fn is_grpc(headers: &HeaderMap) -> bool {
     })
 }
 
+/// The fields of one of levee's own answers to an HTTP/1.1 request, pre-encoded: the
+/// codec writes them after the status line, with `Retry-After` when there is one, and
+/// ends the connection after the answer when `close`.
+#[derive(Debug, Clone, Copy)]
+pub struct Prebuilt {
+    pub fields: &'static [u8],
+    pub retry_after: Option<u32>,
+    pub close: bool,
+}
+
 /// How levee's own answers to one request are written.
 #[derive(Debug, Clone, Copy)]
 pub struct Own<'a> {
@@ -98,6 +108,17 @@ impl Own<'_> {
                 close && !self.h2,
                 active,
             );
+        }
+        if !self.h2 {
+            // HTTP/1.1: the fields are bytes written as they are (no header map).
+            let fields = Prebuilt {
+                fields: b"content-type: application/json\r\ncache-control: no-store\r\n",
+                retry_after,
+                close,
+            };
+            let mut resp = Response::new(ResBody::prebuilt(fields, body, active));
+            *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+            return resp;
         }
         let mut resp = Response::new(ResBody::full(body, active));
         *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);

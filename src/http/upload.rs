@@ -113,6 +113,42 @@ impl Upload {
     }
 }
 
+/// A client's request body: from levee's own HTTP/1.1 codec, or hyper's HTTP/2
+/// stream.
+pub enum ClientIncoming {
+    H1(crate::http1::conn::RequestBody),
+    H2(Incoming),
+}
+
+impl Body for ClientIncoming {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            ClientIncoming::H1(b) => Pin::new(b).poll_frame(cx),
+            ClientIncoming::H2(b) => Pin::new(b).poll_frame(cx).map_err(|e| e.into()),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ClientIncoming::H1(b) => b.is_end_stream(),
+            ClientIncoming::H2(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ClientIncoming::H1(b) => b.size_hint(),
+            ClientIncoming::H2(b) => b.size_hint(),
+        }
+    }
+}
+
 /// The request body sent to a backend.
 pub enum ForwardBody {
     Empty,
@@ -123,7 +159,7 @@ pub enum ForwardBody {
 }
 
 pub struct ClientBody {
-    incoming: Incoming,
+    incoming: ClientIncoming,
     limit: u64,
     seen: u64,
     wait: Duration,
@@ -135,7 +171,7 @@ pub struct ClientBody {
 impl ForwardBody {
     /// The client's body (`limit` 0: no limit), or nothing when it has none.
     pub fn client(
-        incoming: Incoming,
+        incoming: ClientIncoming,
         limit: u64,
         wait: Duration,
         conn: Arc<ConnShared>,
@@ -185,9 +221,6 @@ impl ClientBody {
         self.upload.kept_all();
         let _ = self.upload.done.set(Instant::now());
         self.upload.progressed();
-        // The body is in: bytes read from here on belong to the next request, so the
-        // connection may be taken back from hyper once idle (as after a bodiless one).
-        self.conn.read_since_request.store(false, Ordering::Relaxed);
         None
     }
 }
@@ -276,10 +309,9 @@ impl Body for ForwardBody {
     }
 }
 
-/// Did hyper fail the body because its framing was invalid (bad chunk syntax)?
-fn is_invalid_data(e: &hyper::Error) -> bool {
-    use std::error::Error;
-    let mut source = e.source();
+/// Did the body fail because its framing was invalid (bad chunk syntax)?
+fn is_invalid_data(e: &BoxError) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e.as_ref());
     while let Some(s) = source {
         if let Some(io) = s.downcast_ref::<std::io::Error>() {
             return matches!(
