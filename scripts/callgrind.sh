@@ -8,6 +8,11 @@
 #   CONNS="16" LEVEE_BEFORE=/path/to/old/levee scripts/callgrind.sh
 #   EDGE=1 CONNS="16" LEVEE_BEFORE=/path/to/old/levee scripts/callgrind.sh
 #   OUT=/tmp/cg scripts/callgrind.sh     # keep the callgrind files there
+#   TRACE_RATIOS="0.01 1" CONNS="16" scripts/callgrind.sh   # and with tracing on
+#
+# TRACE_RATIOS (issue 21) adds one row per ratio: levee with [server.tracing] at that
+# sample_ratio, exporting to the nginx backend (which answers every POST 200, a
+# collector that accepts everything at once); the exporter's own work counts too.
 #
 # EDGE=1 (issue 18) measures the edge load bench section's rows instead: levee (and
 # levee-before) with one upstream, and levee with 10 upstreams routed by host
@@ -103,13 +108,16 @@ measure() {
   printf '| %s | %s | %s | %s |\n' "$name" "$conns" "$n" "$((ir / n))"
 }
 
-# levee_conf PORT [hosts] [proxy]: one upstream, or with `hosts` 10 by host; `proxy`:
-# server.proxy_protocol = true.
+# levee_conf PORT [hosts] [proxy] [ratio]: one upstream, or with `hosts` 10 by host;
+# `proxy`: server.proxy_protocol = true; `ratio`: tracing on at that sample_ratio.
 levee_conf() {
-  local port=$1 hosts=${2:-} proxy=${3:-}
+  local port=$1 hosts=${2:-} proxy=${3:-} ratio=${4:-}
   {
     printf '[server]\nlisten = ["127.0.0.1:%s"]\nthreads = 1\n' "$port"
     [ "$proxy" = proxy ] && echo "proxy_protocol = true"
+    if [ -n "$ratio" ]; then
+      printf '\n[server.tracing]\notlp_endpoint = "http://127.0.0.1:%s"\nsample_ratio = %s\n' "$backend" "$ratio"
+    fi
     if [ "$hosts" = hosts ]; then
       for i in 0 1 2 3 4 5 6 7 8 wildcard; do
         local host="site$i.example.com"
@@ -185,6 +193,10 @@ for conns in ${CONNS:-1 16}; do
   measure hyper-floor "$conns" "$port" target/release/examples/hyper_floor "127.0.0.1:$port" "127.0.0.1:$backend"
   port=$(free_port)
   measure levee "$conns" "$port" target/release/levee run --config "$(levee_conf "$port")"
+  for ratio in ${TRACE_RATIOS:-}; do
+    port=$(free_port)
+    measure "levee-trace-$ratio" "$conns" "$port" target/release/levee run --config "$(levee_conf "$port" "" "" "$ratio")"
+  done
   if [ -n "${LEVEE_BEFORE:-}" ]; then
     port=$(free_port)
     measure levee-before "$conns" "$port" "$LEVEE_BEFORE" run --config "$(levee_conf "$port")"

@@ -43,6 +43,8 @@ pub struct App {
     pub discovery: Arc<crate::discovery::Discovery>,
     /// Wakes the discovery loop to look up names a reload added.
     names_added: tokio::sync::Notify,
+    /// The span exporter's queue, until [`start_with`] starts the exporter on it.
+    spans: parking_lot::Mutex<Option<crate::trace::Queue>>,
 }
 
 impl App {
@@ -61,11 +63,17 @@ impl App {
         metrics.config_reloads.with_label_values(&["success"]).inc();
         metrics.config_last_reload_success.set(unix_now());
         let (shutdown, _) = watch::channel(false);
+        let (tracer, spans) = crate::trace::Tracer::new(
+            metrics.trace_spans_dropped.clone(),
+            metrics.trace_spans_exported.clone(),
+        );
         Ok(Arc::new(App {
             proxy: Arc::new(Proxy {
                 shared: shared.clone(),
                 pools: Arc::new(Pools::default()),
+                tracer,
             }),
+            spans: parking_lot::Mutex::new(Some(spans)),
             shared,
             connections: Arc::new(Connections::new(&metrics)),
             metrics,
@@ -407,6 +415,12 @@ pub fn start_with(
         spawn_level_ticker(app.shared.clone()),
         tokio::spawn(discover(app.clone())),
     ];
+    if let Some(queue) = app.spans.lock().take() {
+        let shared = app.shared.clone();
+        tasks.push(crate::trace::export::spawn(queue, move || {
+            shared.load().config.server.tracing.clone()
+        }));
+    }
     let shared = app.shared.clone();
     tasks.push(
         app.proxy

@@ -30,6 +30,8 @@ pub mod listen;
 pub mod metrics;
 pub mod proxy_protocol;
 pub mod route;
+pub mod scaling;
 pub mod state;
 pub mod tls;
+pub mod trace;
 pub mod workers;

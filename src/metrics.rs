@@ -7,7 +7,7 @@
 //! when `/metrics` is scraped.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
@@ -69,6 +69,14 @@ pub struct Metrics {
     pub tls_reload_errors: IntCounter,
     /// notAfter of each certificate pair in force, in Unix seconds, by `name`.
     pub tls_cert_expiry: IntGaugeVec,
+    /// Finished spans that never reached a collector (a full queue, a failed export).
+    pub trace_spans_dropped: IntCounter,
+    /// Spans a collector accepted.
+    pub trace_spans_exported: IntCounter,
+    /// The scaling signal per upstream (see [`crate::scaling`]), set at each scrape.
+    pub(crate) demand_rps: GaugeVec,
+    pub(crate) capacity_rps: GaugeVec,
+    pub(crate) desired_backends: IntGaugeVec,
 }
 
 /// Handles of one upstream, resolved once per snapshot.
@@ -104,6 +112,16 @@ impl UpstreamMetrics {
     pub fn would_shed(&self, reason: ShedReason) -> &IntCounter {
         &self.would_shed[reason as usize]
     }
+
+    /// Requests shed, every reason and class (the scaling signal's demand).
+    pub fn shed_total(&self) -> u64 {
+        self.shed.iter().flatten().map(IntCounter::get).sum()
+    }
+
+    /// Retries of every kind: each took another slot and counted as a request again.
+    pub fn retries_total(&self) -> u64 {
+        self.connect_retries.get() + self.replays.get() + self.status_retries.get()
+    }
 }
 
 /// Handles of one backend, resolved once per snapshot.
@@ -122,6 +140,11 @@ pub struct BackendMetrics {
 impl BackendMetrics {
     pub fn requests(&self, class: Class) -> &IntCounter {
         &self.requests[class as usize]
+    }
+
+    /// Requests sent to this backend, every class (retries included).
+    pub fn requests_total(&self) -> u64 {
+        self.requests.iter().map(IntCounter::get).sum()
     }
 }
 
@@ -143,6 +166,16 @@ impl Metrics {
             let g = must(IntGaugeVec::new(Opts::new(name, help), labels));
             must(registry.register(Box::new(g.clone())));
             g
+        };
+        let float_gauge = |name: &str, help: &str| {
+            let g = must(GaugeVec::new(Opts::new(name, help), &["upstream"]));
+            must(registry.register(Box::new(g.clone())));
+            g
+        };
+        let plain_counter = |name: &str, help: &str| {
+            let c = must(IntCounter::new(name, help));
+            must(registry.register(Box::new(c.clone())));
+            c
         };
         let histogram = |name: &str, help: &str, buckets: &[f64]| {
             let h = must(HistogramVec::new(
@@ -355,6 +388,27 @@ impl Metrics {
                 "levee_tls_cert_expiry_seconds",
                 "When each certificate in force expires (its notAfter), in Unix seconds; name is default or an SNI entry's names joined with \",\". Alert on levee_tls_cert_expiry_seconds - time().",
                 &["name"],
+            ),
+            trace_spans_dropped: plain_counter(
+                "levee_trace_spans_dropped_total",
+                "Spans of sampled requests that never reached the collector: the export queue was full, or an export failed or was not accepted within 1 s (collector down or slow). Requests are never delayed for tracing.",
+            ),
+            trace_spans_exported: plain_counter(
+                "levee_trace_spans_exported_total",
+                "Spans of sampled requests the OTLP collector accepted.",
+            ),
+            demand_rps: float_gauge(
+                "levee_upstream_demand_rps",
+                "Requests per second offered to the upstream, shed ones included (admitted less retries, plus sheds), averaged with a 1 s time constant.",
+            ),
+            capacity_rps: float_gauge(
+                "levee_upstream_capacity_rps",
+                "Requests per second the backends taking traffic serve with every slot busy: the sum of their limits in force over the upstream's recent median latency (0 until enough requests were seen).",
+            ),
+            desired_backends: gauge(
+                "levee_upstream_desired_backends",
+                "Backends the upstream needs: ceil(demand / (capacity per backend * scaling.target_utilization)), at least 1; rises at once, falls only after 5 minutes below (scale-down stabilization). For an HPA or KEDA.",
+                &["upstream"],
             ),
             registry,
         };

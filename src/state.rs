@@ -20,6 +20,7 @@ use crate::config::{self, Affinity, Balance, Class, Config, PriorityMatch};
 use crate::health::{BackendHealth, State as HealthState};
 use crate::limits::adaptive::{AdaptiveLimit, Cause, Params};
 use crate::metrics::{BackendMetrics, Metrics, UpstreamMetrics};
+use crate::scaling::{self, Scaling};
 
 /// How often the level ticker samples each upstream.
 pub const LEVEL_TICK: Duration = Duration::from_millis(100);
@@ -195,6 +196,10 @@ pub struct Upstream {
     pub fairness: Option<Fairness>,
     /// Serializes health re-evaluation (probe tasks, ejections and the tick).
     health_lock: parking_lot::Mutex<()>,
+    /// `[upstream.scaling]`.
+    pub scaling_config: config::Scaling,
+    /// The desired-backends signal; carried over reloads like the level.
+    pub scaling: Arc<Scaling>,
 }
 
 /// Retries after a request may have reached a backend are paid from this budget:
@@ -296,6 +301,8 @@ impl Upstream {
             retry_budget: Arc::new(RetryBudget::new(cfg.retry_budget)),
             fairness: cfg.fairness.as_ref().map(Fairness::new),
             health_lock: parking_lot::Mutex::new(()),
+            scaling_config: cfg.scaling,
+            scaling: Arc::new(Scaling::default()),
             queue: Arc::new(WaitQueue::default()),
             level_state: Arc::new(LevelState::default()),
             window: Arc::new(Window::new(cfg.levels.window)),
@@ -345,6 +352,7 @@ impl Upstream {
             next.window = previous.window.clone();
         }
         next.retry_budget = previous.retry_budget.clone();
+        next.scaling = previous.scaling.clone();
         Fairness::carry(&mut next.fairness, &previous.fairness);
         next.refresh_health(Instant::now());
         next
@@ -559,6 +567,19 @@ impl Upstream {
         }
     }
 
+    /// Requests offered since start, from the counters the request path keeps anyway:
+    /// sent to a backend less retries (each counted again as a request), plus shed.
+    /// Drops when a reload removes a backend (its count goes with it): the scaling
+    /// signal reads that as a reset.
+    fn offered(&self) -> u64 {
+        let sent: u64 = self
+            .backends
+            .iter()
+            .map(|b| b.metrics.requests_total())
+            .sum();
+        (sent + self.metrics.shed_total()).saturating_sub(self.metrics.retries_total())
+    }
+
     /// Whether every backend has had its first probe (true without checks).
     pub fn probed(&self) -> bool {
         self.backends.iter().all(|b| b.health.probed())
@@ -590,6 +611,16 @@ impl Upstream {
         };
         self.service_rate
             .store(service_rate.to_bits(), Ordering::Relaxed);
+        self.scaling.update(
+            now,
+            scaling::Sample {
+                offered: self.offered(),
+                capacity_rps: service_rate,
+                healthy: self.backends.iter().filter(|b| b.is_healthy()).count(),
+                configured: self.backends.len(),
+                target_utilization: self.scaling_config.target_utilization,
+            },
+        );
         self.settle_queue(now);
         let signals = Signals {
             utilization: if capacity == 0 {
@@ -654,9 +685,12 @@ impl Snapshot {
             &m.zone_healthy,
             &m.ejections,
             &m.prefer_local,
+            &m.desired_backends,
         ] {
             g.reset();
         }
+        m.demand_rps.reset();
+        m.capacity_rps.reset();
         for up in &self.upstreams {
             let name = up.name.as_str();
             m.queue_depth
@@ -672,6 +706,16 @@ impl Snapshot {
             m.prefer_local
                 .with_label_values(&[name])
                 .set(i64::from(up.prefers_local()));
+            let signal = up.scaling.reading();
+            m.demand_rps
+                .with_label_values(&[name])
+                .set(signal.demand_rps);
+            m.capacity_rps
+                .with_label_values(&[name])
+                .set(signal.capacity_rps);
+            m.desired_backends
+                .with_label_values(&[name])
+                .set(i64::from(signal.desired_backends));
             let mut zones: Vec<(&str, i64)> = Vec::new();
             for b in &up.backends {
                 let healthy = i64::from(b.health.state() == crate::health::State::Healthy);

@@ -1,10 +1,16 @@
-//! The operations files: `conf/alerts.yml`, `conf/grafana-dashboard.json` and
-//! `systemd/levee.service`. Every metric and label they query exists in a real levee's
-//! `/metrics`; promtool accepts the rules, and they fire when they should; the
-//! dashboard is well formed; the unit is hardened and systemd accepts it.
+//! The operations files: `conf/alerts.yml`, `conf/grafana-dashboard.json`,
+//! `conf/k8s-hpa.yaml`, `conf/k8s-keda.yaml` and `systemd/levee.service`. Every metric
+//! and label they query exists in a real levee's `/metrics`; promtool accepts the rules
+//! and the autoscalers' queries, and the rules fire when they should; the dashboard is
+//! well formed; the HPA and the ScaledObject match their schemas (the parts of the
+//! Kubernetes autoscaling/v2 and KEDA keda.sh/v1alpha1 OpenAPI schemas they use); the
+//! unit is hardened and systemd accepts it.
 //!
 //! promtool and systemd-analyze are optional: without them those checks print
 //! `skipped: ...` and the textual checks still run.
+
+// The schemas below are nested json! literals.
+#![recursion_limit = "256"]
 
 mod common;
 
@@ -14,6 +20,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use common::*;
+use serde::Deserialize;
 use serde_json::Value;
 
 const LIMIT: Duration = Duration::from_secs(10);
@@ -554,6 +561,26 @@ async fn every_metric_and_label_in_alerts_and_dashboard_is_exported() {
         }
     }
 
+    // The autoscaler examples: their queries, the HPA's metric and its selector.
+    for (what, expr) in autoscaler_queries() {
+        problems.extend(scrape.check_expr(&what, &expr));
+    }
+    let (metric, selector) = hpa_metric();
+    match scrape.family_of_series(&metric) {
+        None => problems.push(format!(
+            "the HPA scales on {metric}, which levee does not export"
+        )),
+        Some(family) => {
+            for label in selector {
+                if !scrape.labels(&family).contains(&label) {
+                    problems.push(format!(
+                        "the HPA selects {metric} by {label}, which it lacks"
+                    ));
+                }
+            }
+        }
+    }
+
     // And the other way round: each metric levee exports has a place on the dashboard.
     for family in scrape.families.keys() {
         if !on_dashboard.contains(family) {
@@ -882,6 +909,44 @@ tests:
         alertname: LeveeAllInstancesDown
         exp_alerts:
           - exp_labels: {severity: page, tier: page}
+  # Upstream a wants 4 backends and has 2 healthy for 20 minutes; b wants 2 and has 2.
+  - interval: 1m
+    input_series:
+      - series: 'levee_upstream_desired_backends{job="levee",instance="l1",upstream="a"}'
+        values: '4x30'
+      - series: 'levee_backend_healthy{job="levee",instance="l1",upstream="a",backend="10.0.0.1:80",zone="z"}'
+        values: '1x30'
+      - series: 'levee_backend_healthy{job="levee",instance="l1",upstream="a",backend="10.0.0.2:80",zone="z"}'
+        values: '1x30'
+      - series: 'levee_upstream_desired_backends{job="levee",instance="l1",upstream="b"}'
+        values: '2x30'
+      - series: 'levee_backend_healthy{job="levee",instance="l1",upstream="b",backend="10.0.1.1:80",zone="z"}'
+        values: '1x30'
+      - series: 'levee_backend_healthy{job="levee",instance="l1",upstream="b",backend="10.0.1.2:80",zone="z"}'
+        values: '1x30'
+    alert_rule_test:
+      - eval_time: 10m
+        alertname: LeveeUpstreamNeedsMoreBackends
+      - eval_time: 20m
+        alertname: LeveeUpstreamNeedsMoreBackends
+        exp_alerts:
+          - exp_labels: {job: levee, instance: l1, upstream: a, severity: warning, tier: red}
+  # Spans dropped on l1 for 30 minutes; l2 exports all of its own.
+  - interval: 1m
+    input_series:
+      - series: 'levee_trace_spans_dropped_total{job="levee",instance="l1"}'
+        values: '0+30x40'
+      - series: 'levee_trace_spans_dropped_total{job="levee",instance="l2"}'
+        values: '0x40'
+      - series: 'levee_trace_spans_exported_total{job="levee",instance="l2"}'
+        values: '0+30x40'
+    alert_rule_test:
+      - eval_time: 10m
+        alertname: LeveeTraceSpansDropped
+      - eval_time: 30m
+        alertname: LeveeTraceSpansDropped
+        exp_alerts:
+          - exp_labels: {job: levee, instance: l1, severity: info, tier: yellow}
 "#;
 
 #[test]
@@ -954,6 +1019,421 @@ fn dashboard_queries_are_valid_promql() {
     assert!(
         out.status.success(),
         "a dashboard query is not PromQL:\n{}{}\n{rules}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+}
+
+// ---------------------------------------------------------------------------------
+// (b2) The autoscaler examples: conf/k8s-hpa.yaml and conf/k8s-keda.yaml.
+// ---------------------------------------------------------------------------------
+
+/// Every YAML document of a file.
+fn yaml_docs(rel: &str) -> Vec<serde_yaml::Value> {
+    let text = read(rel);
+    serde_yaml::Deserializer::from_str(&text)
+        .map(|d| serde_yaml::Value::deserialize(d).unwrap_or_else(|e| panic!("{rel}: {e}")))
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+/// The document of `kind` in a file.
+fn doc_of(rel: &str, kind: &str) -> serde_yaml::Value {
+    yaml_docs(rel)
+        .into_iter()
+        .find(|d| d["kind"].as_str() == Some(kind))
+        .unwrap_or_else(|| panic!("{rel}: no {kind}"))
+}
+
+/// prometheus-adapter's own config, from the ConfigMap in `conf/k8s-hpa.yaml`.
+fn adapter_config() -> serde_yaml::Value {
+    let map = doc_of("conf/k8s-hpa.yaml", "ConfigMap");
+    let text = map["data"]["config.yaml"]
+        .as_str()
+        .expect("ConfigMap data config.yaml");
+    serde_yaml::from_str(text).expect("prometheus-adapter config is YAML")
+}
+
+/// The HPA's external metric and the label names of its selector.
+fn hpa_metric() -> (String, Vec<String>) {
+    let hpa = doc_of("conf/k8s-hpa.yaml", "HorizontalPodAutoscaler");
+    let metric = &hpa["spec"]["metrics"][0]["external"]["metric"];
+    let labels = metric["selector"]["matchLabels"]
+        .as_mapping()
+        .map(|m| {
+            m.keys()
+                .filter_map(|k| k.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+    (
+        metric["name"].as_str().expect("metric name").to_string(),
+        labels,
+    )
+}
+
+/// The PromQL the autoscalers run: prometheus-adapter's series and metrics queries
+/// (its `<<.Series>>` and `<<.LabelMatchers>>` filled in as it would for the HPA's
+/// selector) and KEDA's query.
+fn autoscaler_queries() -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let (_, selector) = hpa_metric();
+    let hpa = doc_of("conf/k8s-hpa.yaml", "HorizontalPodAutoscaler");
+    let labels = &hpa["spec"]["metrics"][0]["external"]["metric"]["selector"]["matchLabels"];
+    let matchers: Vec<String> = selector
+        .iter()
+        .map(|k| {
+            format!(
+                "{k}=\"{}\"",
+                labels[k.as_str()].as_str().unwrap_or_default()
+            )
+        })
+        .collect();
+    let adapter = adapter_config();
+    let rules = adapter["externalRules"]
+        .as_sequence()
+        .expect("externalRules");
+    for (i, rule) in rules.iter().enumerate() {
+        let series = rule["seriesQuery"].as_str().expect("seriesQuery");
+        out.push((format!("adapter rule {i} seriesQuery"), series.to_string()));
+        let name = series
+            .split('{')
+            .next()
+            .unwrap_or(series)
+            .trim()
+            .to_string();
+        let query = rule["metricsQuery"]
+            .as_str()
+            .expect("metricsQuery")
+            .replace("<<.Series>>", &name)
+            .replace("<<.LabelMatchers>>", &matchers.join(","))
+            .replace("<<.GroupBy>>", "upstream");
+        out.push((format!("adapter rule {i} metricsQuery"), query));
+    }
+    let keda = doc_of("conf/k8s-keda.yaml", "ScaledObject");
+    for (i, t) in keda["spec"]["triggers"]
+        .as_sequence()
+        .expect("triggers")
+        .iter()
+        .enumerate()
+    {
+        if let Some(q) = t["metadata"]["query"].as_str() {
+            out.push((format!("KEDA trigger {i} query"), q.to_string()));
+        }
+    }
+    out
+}
+
+/// Checks `v` against a schema written in a small subset of OpenAPI's vocabulary:
+/// `type` (object, array, string, integer, boolean, quantity: a string or an
+/// integer, map: an object of `values`), `required`, `properties` (with `closed`, no
+/// other key is allowed: a misspelt field is an error, as with `kubectl --validate`),
+/// `items`, `enum`, `minimum`, `maximum`.
+fn check_schema(path: &str, v: &serde_yaml::Value, schema: &Value, problems: &mut Vec<String>) {
+    use serde_yaml::Value as Y;
+    let kind = schema["type"].as_str().unwrap_or("any");
+    let ok = match (kind, v) {
+        ("object" | "map", Y::Mapping(_)) => true,
+        ("array", Y::Sequence(_)) => true,
+        ("string", Y::String(_)) => true,
+        ("integer", Y::Number(n)) => n.is_i64(),
+        ("boolean", Y::Bool(_)) => true,
+        ("quantity", Y::String(_)) => true,
+        ("quantity", Y::Number(n)) => n.is_i64() || n.is_f64(),
+        ("any", _) => true,
+        _ => false,
+    };
+    if !ok {
+        problems.push(format!("{path}: expected {kind}, got {v:?}"));
+        return;
+    }
+    if let Some(options) = schema["enum"].as_array() {
+        if !options.iter().any(|o| o.as_str() == v.as_str()) {
+            problems.push(format!("{path}: {v:?} is not one of {options:?}"));
+        }
+    }
+    if let (Some(n), Some(min)) = (v.as_i64(), schema["minimum"].as_i64()) {
+        if n < min {
+            problems.push(format!("{path}: {n} is below {min}"));
+        }
+    }
+    if let (Some(n), Some(max)) = (v.as_i64(), schema["maximum"].as_i64()) {
+        if n > max {
+            problems.push(format!("{path}: {n} is above {max}"));
+        }
+    }
+    if let (Some(items), Some(seq)) = (schema.get("items"), v.as_sequence()) {
+        for (i, item) in seq.iter().enumerate() {
+            check_schema(&format!("{path}[{i}]"), item, items, problems);
+        }
+    }
+    let Some(map) = v.as_mapping() else { return };
+    for req in schema["required"].as_array().into_iter().flatten() {
+        let key = req.as_str().unwrap_or_default();
+        if !map.contains_key(key) {
+            problems.push(format!("{path}: required field {key} missing"));
+        }
+    }
+    let props = schema["properties"].as_object();
+    for (k, value) in map {
+        let key = k.as_str().unwrap_or_default();
+        let sub = format!("{path}.{key}");
+        if kind == "map" {
+            check_schema(&sub, value, &schema["values"], problems);
+        } else if let Some(p) = props.and_then(|p| p.get(key)) {
+            check_schema(&sub, value, p, problems);
+        } else if schema["closed"].as_bool() == Some(true) {
+            problems.push(format!("{sub}: unknown field"));
+        }
+    }
+}
+
+/// The parts of Kubernetes' OpenAPI schema for `autoscaling/v2`
+/// `HorizontalPodAutoscaler` that an HPA on an External metric uses.
+fn hpa_schema() -> Value {
+    let int32 = serde_json::json!({"type": "integer", "minimum": 0, "maximum": 2147483647});
+    let scaling_rules = serde_json::json!({
+        "type": "object", "closed": true,
+        "properties": {
+            "stabilizationWindowSeconds": {"type": "integer", "minimum": 0, "maximum": 3600},
+            "selectPolicy": {"type": "string", "enum": ["Max", "Min", "Disabled"]},
+            "tolerance": {"type": "quantity"},
+            "policies": {"type": "array", "items": {
+                "type": "object", "closed": true,
+                "required": ["type", "value", "periodSeconds"],
+                "properties": {
+                    "type": {"type": "string", "enum": ["Pods", "Percent"]},
+                    "value": {"type": "integer", "minimum": 1},
+                    "periodSeconds": {"type": "integer", "minimum": 1, "maximum": 1800}
+                }
+            }}
+        }
+    });
+    serde_json::json!({
+        "type": "object", "closed": true,
+        "required": ["apiVersion", "kind", "metadata", "spec"],
+        "properties": {
+            "apiVersion": {"type": "string", "enum": ["autoscaling/v2"]},
+            "kind": {"type": "string", "enum": ["HorizontalPodAutoscaler"]},
+            "metadata": {"type": "object", "required": ["name"]},
+            "spec": {
+                "type": "object", "closed": true,
+                "required": ["scaleTargetRef", "maxReplicas"],
+                "properties": {
+                    "scaleTargetRef": {
+                        "type": "object", "closed": true, "required": ["kind", "name"],
+                        "properties": {
+                            "apiVersion": {"type": "string"},
+                            "kind": {"type": "string"},
+                            "name": {"type": "string"}
+                        }
+                    },
+                    "minReplicas": {"type": "integer", "minimum": 1, "maximum": 2147483647},
+                    "maxReplicas": int32,
+                    "metrics": {"type": "array", "items": {
+                        "type": "object", "closed": true, "required": ["type"],
+                        "properties": {
+                            "type": {"type": "string", "enum": ["ContainerResource", "External", "Object", "Pods", "Resource"]},
+                            "external": {
+                                "type": "object", "closed": true, "required": ["metric", "target"],
+                                "properties": {
+                                    "metric": {
+                                        "type": "object", "closed": true, "required": ["name"],
+                                        "properties": {
+                                            "name": {"type": "string"},
+                                            "selector": {
+                                                "type": "object", "closed": true,
+                                                "properties": {
+                                                    "matchLabels": {"type": "map", "values": {"type": "string"}},
+                                                    "matchExpressions": {"type": "array"}
+                                                }
+                                            }
+                                        }
+                                    },
+                                    "target": {
+                                        "type": "object", "closed": true, "required": ["type"],
+                                        "properties": {
+                                            "type": {"type": "string", "enum": ["Utilization", "Value", "AverageValue"]},
+                                            "value": {"type": "quantity"},
+                                            "averageValue": {"type": "quantity"},
+                                            "averageUtilization": int32
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }},
+                    "behavior": {
+                        "type": "object", "closed": true,
+                        "properties": {"scaleUp": scaling_rules, "scaleDown": scaling_rules}
+                    }
+                }
+            }
+        }
+    })
+}
+
+/// The parts of KEDA's `keda.sh/v1alpha1` `ScaledObject` CRD schema a Prometheus
+/// trigger uses, with the Prometheus scaler's required metadata.
+fn scaled_object_schema() -> Value {
+    let int32 = serde_json::json!({"type": "integer", "minimum": 0, "maximum": 2147483647});
+    serde_json::json!({
+        "type": "object", "closed": true,
+        "required": ["apiVersion", "kind", "metadata", "spec"],
+        "properties": {
+            "apiVersion": {"type": "string", "enum": ["keda.sh/v1alpha1"]},
+            "kind": {"type": "string", "enum": ["ScaledObject"]},
+            "metadata": {"type": "object", "required": ["name"]},
+            "spec": {
+                "type": "object", "closed": true,
+                "required": ["scaleTargetRef", "triggers"],
+                "properties": {
+                    "scaleTargetRef": {
+                        "type": "object", "closed": true, "required": ["name"],
+                        "properties": {
+                            "apiVersion": {"type": "string"},
+                            "kind": {"type": "string"},
+                            "name": {"type": "string"},
+                            "envSourceContainerName": {"type": "string"}
+                        }
+                    },
+                    "pollingInterval": int32,
+                    "cooldownPeriod": int32,
+                    "initialCooldownPeriod": int32,
+                    "idleReplicaCount": int32,
+                    "minReplicaCount": int32,
+                    "maxReplicaCount": int32,
+                    "fallback": {"type": "object"},
+                    "advanced": {
+                        "type": "object", "closed": true,
+                        "properties": {
+                            "restoreToOriginalReplicaCount": {"type": "boolean"},
+                            "scalingModifiers": {"type": "object"},
+                            "horizontalPodAutoscalerConfig": {
+                                "type": "object", "closed": true,
+                                "properties": {"name": {"type": "string"}, "behavior": {"type": "object"}}
+                            }
+                        }
+                    },
+                    "triggers": {"type": "array", "items": {
+                        "type": "object", "closed": true, "required": ["type", "metadata"],
+                        "properties": {
+                            "type": {"type": "string", "enum": ["prometheus"]},
+                            "name": {"type": "string"},
+                            "useCachedMetrics": {"type": "boolean"},
+                            "metricType": {"type": "string", "enum": ["AverageValue", "Value", "Utilization"]},
+                            "authenticationRef": {"type": "object"},
+                            "metadata": {
+                                "type": "map", "values": {"type": "string"},
+                                "required": ["serverAddress", "query", "threshold"]
+                            }
+                        }
+                    }}
+                }
+            }
+        }
+    })
+}
+
+#[test]
+fn autoscaler_examples_match_their_schemas_and_read_the_figure_itself() {
+    let mut problems = Vec::new();
+    let hpa = doc_of("conf/k8s-hpa.yaml", "HorizontalPodAutoscaler");
+    check_schema(
+        "HorizontalPodAutoscaler",
+        &hpa,
+        &hpa_schema(),
+        &mut problems,
+    );
+    let keda = doc_of("conf/k8s-keda.yaml", "ScaledObject");
+    check_schema(
+        "ScaledObject",
+        &keda,
+        &scaled_object_schema(),
+        &mut problems,
+    );
+    // The behaviour of the HPA's scale-down rules, checked against the schema above.
+    let behavior = &keda["spec"]["advanced"]["horizontalPodAutoscalerConfig"]["behavior"];
+    let hpa_behavior = &hpa_schema()["properties"]["spec"]["properties"]["behavior"];
+    check_schema(
+        "ScaledObject behavior",
+        behavior,
+        hpa_behavior,
+        &mut problems,
+    );
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+
+    // Each scales to the figure itself: an External AverageValue target of 1 (desired
+    // replicas = ceil(value / 1)), and KEDA's AverageValue threshold of "1".
+    let spec = &hpa["spec"];
+    let min = spec["minReplicas"].as_i64().unwrap();
+    assert!(min >= 1 && min <= spec["maxReplicas"].as_i64().unwrap());
+    let target = &spec["metrics"][0]["external"]["target"];
+    assert_eq!(target["type"].as_str(), Some("AverageValue"));
+    assert_eq!(target["averageValue"].as_str(), Some("1"));
+    let (metric, selector) = hpa_metric();
+    assert_eq!(metric, "levee_upstream_desired_backends");
+    assert_eq!(selector, ["upstream"]);
+    let trigger = &keda["spec"]["triggers"][0];
+    assert_eq!(trigger["metricType"].as_str(), Some("AverageValue"));
+    assert_eq!(trigger["metadata"]["threshold"].as_str(), Some("1"));
+    assert!(trigger["metadata"]["query"]
+        .as_str()
+        .unwrap()
+        .contains("levee_upstream_desired_backends"));
+    // levee already holds the figure after a peak: no second window.
+    assert_eq!(
+        spec["behavior"]["scaleDown"]["stabilizationWindowSeconds"].as_i64(),
+        Some(0)
+    );
+    // prometheus-adapter serves the metric under the name the HPA asks for.
+    let adapter = adapter_config();
+    let rule = &adapter["externalRules"][0];
+    assert_eq!(rule["name"]["as"].as_str(), Some(metric.as_str()));
+    assert!(rule["metricsQuery"]
+        .as_str()
+        .unwrap()
+        .contains("<<.Series>>"));
+    // And the file's own documents are the kinds it says.
+    let kinds: Vec<String> = yaml_docs("conf/k8s-hpa.yaml")
+        .iter()
+        .filter_map(|d| d["kind"].as_str().map(String::from))
+        .collect();
+    assert_eq!(kinds, ["ConfigMap", "HorizontalPodAutoscaler"]);
+
+    // A misspelt field and a bad enum are caught: the checker is not a no-op.
+    let mut bad = hpa.clone();
+    bad["spec"]["metrics"][0]["external"]["target"]["type"] = "Average".into();
+    bad["spec"]["maxReplica"] = 3.into();
+    let mut found = Vec::new();
+    check_schema("bad", &bad, &hpa_schema(), &mut found);
+    assert_eq!(found.len(), 2, "{found:?}");
+}
+
+#[test]
+fn autoscaler_queries_are_valid_promql() {
+    let mut rules = String::from("groups:\n  - name: autoscalers\n    rules:\n");
+    for (i, (what, expr)) in autoscaler_queries().iter().enumerate() {
+        assert!(!expr.contains('\n'), "{what}: one line please");
+        let expr = expr.replace('\'', "''");
+        rules.push_str(&format!(
+            "      - record: autoscaler:query_{i}\n        expr: '{expr}'\n"
+        ));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("autoscaler-queries.yml");
+    std::fs::write(&path, &rules).unwrap();
+    let Some(out) = run(
+        "promtool",
+        &["check", "rules", path.to_str().unwrap()],
+        None,
+    ) else {
+        println!("skipped: promtool not installed");
+        return;
+    };
+    assert!(
+        out.status.success(),
+        "an autoscaler query is not PromQL:\n{}{}\n{rules}",
         text(&out.stdout),
         text(&out.stderr)
     );

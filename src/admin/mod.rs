@@ -160,6 +160,7 @@ pub fn status_json(snapshot: &Snapshot, ready: bool) -> serde_json::Value {
             let window = up.window.stats();
             let class_waits = up.window.waits_by_class();
             let standing = up.queue.is_standing();
+            let signal = up.scaling.reading();
             json!({
                 "name": up.name,
                 "hosts": config.hosts,
@@ -208,6 +209,12 @@ pub fn status_json(snapshot: &Snapshot, ready: bool) -> serde_json::Value {
                 "would_shed_total": would_shed_total,
                 "would_shed": would_shed,
                 "drain_per_sec": up.drain_per_sec(),
+                "scaling": {
+                    "demand_rps": signal.demand_rps,
+                    "capacity_rps": signal.capacity_rps,
+                    "desired_backends": signal.desired_backends,
+                    "target_utilization": up.scaling_config.target_utilization,
+                },
                 "panic": up.in_panic(),
                 "prefer_local": up.prefers_local(),
                 "zone_spill_total": up.metrics.spill.get(),

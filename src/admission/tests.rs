@@ -36,6 +36,7 @@ fn server() -> config::Server {
         proxy_protocol: false,
         trusted_proxies: Default::default(),
         dns: Default::default(),
+        tracing: None,
     }
 }
 
@@ -71,6 +72,7 @@ fn cfg_of(up: &Upstream, fair: bool) -> config::Upstream {
         fairness: fair.then(|| config::Fairness {
             key: config::ClientKey::Header("x-tenant".into()),
         }),
+        scaling: Default::default(),
         adaptive: None,
         named: Vec::new(),
         backends: up
@@ -145,6 +147,7 @@ fn upstream_in(
             ..config::Health::DEFAULT
         },
         fairness: None,
+        scaling: Default::default(),
         adaptive: None,
         named: Vec::new(),
         backends: (0..n)

@@ -65,6 +65,20 @@ pub struct Server {
     pub tls: Option<Tls>,
     /// `[server.dns]`
     pub dns: Option<Dns>,
+    /// `[server.tracing]`
+    pub tracing: Option<Tracing>,
+}
+
+/// `[server.tracing]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tracing {
+    /// OTLP/HTTP collector URL (`http://host:port`, `/v1/traces` appended unless given).
+    pub otlp_endpoint: Option<String>,
+    /// Share of requests without a trace context that start a sampled trace.
+    pub sample_ratio: Option<f64>,
+    /// The spans' `service.name`.
+    pub service_name: Option<String>,
 }
 
 /// `[server.dns]`
@@ -135,6 +149,8 @@ pub struct Upstream {
     pub fairness: Option<Fairness>,
     /// `[upstream.adaptive]`
     pub adaptive: Option<Adaptive>,
+    /// `[upstream.scaling]`
+    pub scaling: Option<Scaling>,
     /// `[[upstream.backend]]`; at least one.
     pub backend: Option<Vec<Backend>>,
 }
@@ -163,6 +179,14 @@ pub struct Limits {
 pub struct Fairness {
     /// `header:NAME` or `client_ip`; required.
     pub key: Option<String>,
+}
+
+/// `[upstream.scaling]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scaling {
+    /// Utilization each backend should run at; sizes the desired-backends figure.
+    pub target_utilization: Option<f64>,
 }
 
 /// `[upstream.adaptive]`

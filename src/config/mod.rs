@@ -196,6 +196,105 @@ pub struct Server {
     pub trusted_proxies: TrustedProxies,
     /// `[server.dns]`: how backends given by name are looked up.
     pub dns: Dns,
+    /// `[server.tracing]`: OTLP spans of sampled requests. `None`: tracing is off (the
+    /// request path then pays one branch for it).
+    pub tracing: Option<Tracing>,
+}
+
+/// `[server.tracing]`: one OTLP/HTTP SERVER span per sampled request, W3C trace
+/// context continued from the caller and passed on to the backend.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tracing {
+    /// Where spans are POSTed (OTLP/HTTP, protobuf).
+    pub otlp_endpoint: OtlpEndpoint,
+    /// Share of requests without a trace context that start a sampled trace, in
+    /// [0, 1]. A caller's `traceparent` decides for its own requests.
+    pub sample_ratio: f64,
+    /// The spans' resource `service.name`.
+    pub service_name: String,
+}
+
+/// Default `server.tracing.sample_ratio`.
+pub const DEFAULT_SAMPLE_RATIO: f64 = 0.01;
+/// Default `server.tracing.service_name`.
+pub const DEFAULT_SERVICE_NAME: &str = "levee";
+
+/// `server.tracing.otlp_endpoint`, split for the exporter's HTTP client. The rule of
+/// OpenTelemetry's `OTEL_EXPORTER_OTLP_ENDPOINT`: a URL whose path ends in
+/// `/v1/traces` is used as given; otherwise `/v1/traces` is appended to its path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OtlpEndpoint {
+    /// The URL as written.
+    pub url: String,
+    /// `host:port` as the `Host` header gives it (IPv6 in brackets).
+    pub authority: String,
+    /// Host to connect to (no brackets; a name is looked up when connecting).
+    pub host: String,
+    pub port: u16,
+    /// Path the spans are POSTed to, ending in `/v1/traces`.
+    pub path: String,
+}
+
+impl OtlpEndpoint {
+    /// The path OTLP/HTTP trace exports go to.
+    pub const TRACES_PATH: &'static str = "/v1/traces";
+
+    /// Parses an `http://host[:port][/path]` URL; the error says what is wrong.
+    pub fn parse(url: &str) -> Result<OtlpEndpoint, String> {
+        let uri: http::Uri = url
+            .parse()
+            .map_err(|e| format!("{url:?} is not a URL ({e})"))?;
+        match uri.scheme_str() {
+            Some("http") => {}
+            Some("https") => {
+                return Err(format!(
+                    "{url:?}: https is not supported; send to a local collector or agent over http"
+                ))
+            }
+            _ => return Err(format!("{url:?} must start with http://")),
+        }
+        let authority = uri
+            .authority()
+            .ok_or_else(|| format!("{url:?} has no host"))?;
+        if authority.as_str().contains('@') {
+            return Err(format!("{url:?}: user info is not supported"));
+        }
+        if uri.query().is_some() {
+            return Err(format!("{url:?}: a query is not supported"));
+        }
+        let host = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        if host.is_empty() {
+            return Err(format!("{url:?} has no host"));
+        }
+        let port = authority.port_u16().unwrap_or(80);
+        let given = uri.path().trim_end_matches('/');
+        let path = if given.ends_with(Self::TRACES_PATH) {
+            given.to_string()
+        } else {
+            format!("{given}{}", Self::TRACES_PATH)
+        };
+        let authority = if authority.port().is_some() {
+            authority.as_str().to_string()
+        } else {
+            format!("{}:{port}", authority.host())
+        };
+        Ok(OtlpEndpoint {
+            url: url.to_string(),
+            authority,
+            host: host.to_string(),
+            port,
+            path,
+        })
+    }
+}
+
+impl std::fmt::Display for OtlpEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "http://{}{}", self.authority, self.path)
+    }
 }
 
 /// `[server.dns]`: the resolver of backends given by name.
@@ -457,6 +556,8 @@ pub struct Upstream {
     /// `[upstream.adaptive]`: each backend's limit in force moves between
     /// `min_inflight` and its `max_inflight`. `None`: the limit is `max_inflight`.
     pub adaptive: Option<Adaptive>,
+    /// `[upstream.scaling]`: how the desired-backends figure is sized.
+    pub scaling: Scaling,
     /// Backends by address, unique within the upstream; with `named`, at least one
     /// entry. A running snapshot's config also holds here every address the names of
     /// `named` resolved to (see [`Config::expand`]).
@@ -606,6 +707,22 @@ pub struct Adaptive {
     /// Utilization the backend may report (ORCA `endpoint-load-metrics`, 1.0 = at
     /// capacity), in (0, 10]. `None`: reports are not read (and not stripped).
     pub load_target: Option<f64>,
+}
+
+/// `[upstream.scaling]`: the desired-backends signal (see [`crate::scaling`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Scaling {
+    /// Utilization each backend should run at, in (0, 1]: desired backends =
+    /// ceil(demand / (capacity per backend × target_utilization)).
+    pub target_utilization: f64,
+}
+
+impl Default for Scaling {
+    fn default() -> Self {
+        Scaling {
+            target_utilization: crate::scaling::DEFAULT_TARGET_UTILIZATION,
+        }
+    }
 }
 
 impl Adaptive {
@@ -942,6 +1059,15 @@ impl Config {
                 nets.join(", ")
             )?;
         }
+        if let Some(t) = &s.tracing {
+            writeln!(
+                out,
+                "tracing: spans of {}% of new traces (a caller's traceparent decides for its own) to {} as service {}",
+                percent(t.sample_ratio),
+                t.otlp_endpoint,
+                t.service_name
+            )?;
+        }
 
         for u in &self.upstreams {
             let hosts = if u.hosts.is_empty() {
@@ -1011,6 +1137,11 @@ impl Config {
                     None => writeln!(out, " or it queues; up while below and busy")?,
                 }
             }
+            writeln!(
+                out,
+                "  desired backends sized for {}% of each backend's capacity",
+                percent(u.scaling.target_utilization)
+            )?;
             writeln!(out, "  caution at {}", human_thresholds(&u.levels.caution))?;
             writeln!(out, "  danger  at {}", human_thresholds(&u.levels.danger))?;
             if l.queue_depth > 0 {

@@ -135,6 +135,7 @@ fn full_example_parses_to_typed_values() {
             proxy_protocol: false,
             trusted_proxies: Default::default(),
             dns: Default::default(),
+            tracing: None,
         },
         upstreams: vec![
             Upstream {
@@ -191,6 +192,7 @@ fn full_example_parses_to_typed_values() {
                 fairness: Some(Fairness {
                     key: ClientKey::Header("x-tenant-id".into()),
                 }),
+                scaling: Default::default(),
                 adaptive: Some(Adaptive {
                     target_p95: ms(85),
                     min_inflight: 4,
@@ -234,6 +236,7 @@ fn full_example_parses_to_typed_values() {
                 levels: Levels::defaults(0),
                 health: Health::DEFAULT,
                 fairness: None,
+                scaling: Default::default(),
                 adaptive: None,
                 named: Vec::new(),
                 backends: vec![Backend {
@@ -1716,4 +1719,100 @@ fn adaptive_table_is_optional_and_validated_whole() {
         "upstream[0].backend[1].max_inflight",
         "below adaptive.min_inflight (3)",
     );
+}
+
+#[test]
+fn tracing_is_off_by_default_and_its_keys_are_checked() {
+    let config = parse(&doc("", "")).unwrap();
+    assert_eq!(config.server.tracing, None);
+    assert_eq!(
+        config.upstreams[0].scaling.target_utilization,
+        crate::scaling::DEFAULT_TARGET_UTILIZATION
+    );
+
+    let on = parse(&doc(
+        "[server.tracing]\notlp_endpoint = \"http://collector.local:4318\"",
+        "",
+    ))
+    .unwrap()
+    .server
+    .tracing
+    .unwrap();
+    assert_eq!(on.sample_ratio, DEFAULT_SAMPLE_RATIO);
+    assert_eq!(on.service_name, "levee");
+    assert_eq!(on.otlp_endpoint.host, "collector.local");
+    assert_eq!(on.otlp_endpoint.port, 4318);
+    assert_eq!(on.otlp_endpoint.authority, "collector.local:4318");
+    assert_eq!(on.otlp_endpoint.path, "/v1/traces");
+    let explained = parse(&doc(
+        "[server.tracing]\notlp_endpoint = \"http://collector.local:4318\"",
+        "[upstream.scaling]\ntarget_utilization = 0.7",
+    ))
+    .unwrap()
+    .explain();
+    for needle in [
+        "tracing: spans of 1% of new traces (a caller's traceparent decides for its own) to http://collector.local:4318/v1/traces as service levee",
+        "desired backends sized for 70% of each backend's capacity",
+    ] {
+        assert!(explained.contains(needle), "{needle:?} not in:\n{explained}");
+    }
+
+    let text = doc(
+        "[server.tracing]\notlp_endpoint = \"https://c:4318\"\nsample_ratio = 1.5\nservice_name = \"\"",
+        "[upstream.scaling]\ntarget_utilization = 0",
+    );
+    assert_error(
+        &text,
+        "server.tracing.otlp_endpoint",
+        "https is not supported",
+    );
+    assert_error(&text, "server.tracing.sample_ratio", "must be in [0, 1]");
+    assert_error(&text, "server.tracing.service_name", "non-empty");
+    assert_error(
+        &text,
+        "upstream[0].scaling.target_utilization",
+        "must be in (0, 1]",
+    );
+    assert_error(
+        &doc("[server.tracing]\nsample_ratio = 0.5", ""),
+        "server.tracing.otlp_endpoint",
+        "required",
+    );
+    assert_error(
+        &doc("[server.tracing]\notlp_endpoint = \"c:4318\"", ""),
+        "server.tracing.otlp_endpoint",
+        "http://",
+    );
+    assert_error(
+        &doc(
+            "[server.tracing]\notlp_endpoint = \"http://c\"\nratio = 1",
+            "",
+        ),
+        "server.tracing.ratio",
+        "unknown field",
+    );
+    assert_error(
+        &doc("", "[upstream.scaling]\ntarget = 0.5"),
+        "upstream[0].scaling.target",
+        "unknown field",
+    );
+}
+
+#[test]
+fn the_otlp_path_is_appended_unless_given() {
+    let path = |url: &str| OtlpEndpoint::parse(url).unwrap().path;
+    assert_eq!(path("http://127.0.0.1:4318"), "/v1/traces");
+    assert_eq!(path("http://127.0.0.1:4318/"), "/v1/traces");
+    assert_eq!(path("http://127.0.0.1:4318/v1/traces"), "/v1/traces");
+    assert_eq!(path("http://127.0.0.1:4318/otlp"), "/otlp/v1/traces");
+    assert_eq!(
+        path("http://127.0.0.1:4318/otlp/v1/traces/"),
+        "/otlp/v1/traces"
+    );
+    let e = OtlpEndpoint::parse("http://[::1]/").unwrap();
+    assert_eq!((e.host.as_str(), e.port), ("::1", 80));
+    assert_eq!(e.authority, "[::1]:80");
+    assert_eq!(e.to_string(), "http://[::1]:80/v1/traces");
+    assert!(OtlpEndpoint::parse("http://c:4318/?x=1").is_err());
+    assert!(OtlpEndpoint::parse("http://u@c:4318").is_err());
 }

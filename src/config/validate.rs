@@ -247,8 +247,10 @@ impl Validator {
         );
         let trusted_proxies = self.trusted_proxies(s.trusted_proxies.as_deref());
         let dns = self.dns(s.dns.as_ref());
+        let tracing = s.tracing.as_ref().and_then(|t| self.tracing(t));
         Server {
             dns,
+            tracing,
             proxy_protocol: s.proxy_protocol.unwrap_or(false),
             trusted_proxies,
             max_connections: u32::try_from(max_connections).unwrap_or(0),
@@ -269,6 +271,56 @@ impl Validator {
             retry_after_max_secs: u64::try_from(retry_after_max_secs)
                 .unwrap_or(DEFAULT_RETRY_AFTER_MAX_SECS),
         }
+    }
+
+    /// `[server.tracing]`: `otlp_endpoint` required (an `http://` URL),
+    /// `sample_ratio` in [0, 1], `service_name` not empty.
+    fn tracing(&mut self, t: &file::Tracing) -> Option<Tracing> {
+        let errors = self.errors.len();
+        let otlp_endpoint = match t.otlp_endpoint.as_deref() {
+            None => {
+                self.error(
+                    "server.tracing.otlp_endpoint",
+                    "required: the OTLP/HTTP collector, e.g. \"http://127.0.0.1:4318\" (/v1/traces is appended unless the path ends with it)",
+                );
+                None
+            }
+            Some(url) => match OtlpEndpoint::parse(url) {
+                Ok(e) => Some(e),
+                Err(message) => {
+                    self.error("server.tracing.otlp_endpoint", message);
+                    None
+                }
+            },
+        };
+        let sample_ratio = match t.sample_ratio {
+            None => DEFAULT_SAMPLE_RATIO,
+            Some(r) if (0.0..=1.0).contains(&r) => r,
+            Some(r) => {
+                self.error(
+                    "server.tracing.sample_ratio",
+                    format!("must be in [0, 1] (got {r}): the share of requests without a traceparent that start a sampled trace"),
+                );
+                DEFAULT_SAMPLE_RATIO
+            }
+        };
+        let service_name = match t.service_name.as_deref() {
+            None => DEFAULT_SERVICE_NAME.to_string(),
+            Some(n) if !n.trim().is_empty() && !n.chars().any(char::is_control) => n.to_string(),
+            Some(n) => {
+                self.error(
+                    "server.tracing.service_name",
+                    format!("{n:?} must be a non-empty name without control characters"),
+                );
+                DEFAULT_SERVICE_NAME.to_string()
+            }
+        };
+        let otlp_endpoint = otlp_endpoint?;
+        (self.errors.len() == errors).then_some(Tracing {
+            otlp_endpoint,
+            sample_ratio,
+            service_name,
+        })
     }
 
     /// `[server.dns]`.
@@ -601,7 +653,9 @@ impl Validator {
             .adaptive
             .as_ref()
             .and_then(|a| self.adaptive(prefix, a, &limits, u.backend.as_deref()));
+        let scaling = self.scaling(prefix, u.scaling.as_ref());
         Upstream {
+            scaling,
             name: u.name.clone().unwrap_or_default(),
             hosts: Vec::new(),
             routes: u.routes.clone().unwrap_or_default(),
@@ -733,6 +787,24 @@ impl Validator {
             min_inflight,
             load_target,
         })
+    }
+
+    /// `[upstream.scaling]`: `target_utilization` in (0, 1].
+    fn scaling(&mut self, prefix: &str, s: Option<&file::Scaling>) -> Scaling {
+        let default = Scaling::default();
+        match s.and_then(|s| s.target_utilization) {
+            None => default,
+            Some(t) if t > 0.0 && t <= 1.0 => Scaling {
+                target_utilization: t,
+            },
+            Some(t) => {
+                self.error(
+                    format!("{prefix}.scaling.target_utilization"),
+                    format!("must be in (0, 1] (got {t}): the share of each backend's capacity the desired-backends figure plans to use"),
+                );
+                default
+            }
+        }
     }
 
     /// A share in `[0, 1]` (or `[0, 1)` when `one_ok` is false).

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use crate::admission::Permit;
 use crate::config::Class;
 use crate::error::Failure;
+use crate::trace::Span;
 
 use super::pool::BackendConn;
 
@@ -73,6 +74,10 @@ pub struct Exchange {
     /// (no clock read), and for streams and upgrades, whose length says nothing of the
     /// backend's load.
     sent_at: Option<Instant>,
+    /// The request's span when it is traced; ends with the exchange.
+    span: Option<Span>,
+    /// Times the request moved to another backend.
+    retries: u32,
 }
 
 impl Exchange {
@@ -85,7 +90,15 @@ impl Exchange {
             conn: None,
             log,
             sent_at: None,
+            span: None,
+            retries: 0,
         }
+    }
+
+    /// Traces this exchange: `span` ends when it does, with its backend, queue wait,
+    /// retries and status.
+    pub fn trace(&mut self, span: Span) {
+        self.span = Some(span);
     }
 
     /// The request goes to its backend now (again after a retry, to another one).
@@ -109,6 +122,7 @@ impl Exchange {
             permit.inherit(old);
         }
         self.permit = Some(permit);
+        self.retries += 1;
     }
 
     pub fn admitted_at(&self) -> Instant {
@@ -178,6 +192,11 @@ impl Exchange {
                 Some(permit.queued),
                 failure,
             );
+        }
+        if let Some(mut span) = self.span.take() {
+            let level = upstream.level_state.get().as_str();
+            span.served(&backend.label, permit.queued, self.retries, level);
+            span.end(self.status);
         }
         drop(permit);
     }

@@ -30,6 +30,7 @@ use crate::config::{Affinity, Class, Protocol};
 use crate::error::Failure;
 use crate::hash::hash_bytes;
 use crate::state::{SharedSnapshot, Snapshot, Upstream};
+use crate::trace::{Span, Tracer, TRACEPARENT_NAME};
 
 /// Most retries of one idempotent request that may have reached a backend.
 const MAX_REPLAYS: u32 = 2;
@@ -40,6 +41,8 @@ use super::validate::X_FORWARDED_PROTO;
 pub struct Proxy {
     pub shared: SharedSnapshot,
     pub pools: Arc<Pools>,
+    /// Starts the spans of sampled requests and takes them when they end.
+    pub tracer: Tracer,
 }
 
 /// What the requests of one client connection share.
@@ -114,7 +117,18 @@ pub async fn serve_with_id(
         .trusted_proxies
         .contains(conn.peer.ip());
     let id = identity::request_id(req.headers(), trusted);
-    let resp = handle(&proxy, &conn, snapshot, req, active, &id, trusted).await;
+    let mut span = proxy
+        .tracer
+        .start(snapshot.config.server.tracing.as_ref(), &req);
+    let resp = handle(
+        &proxy, &conn, snapshot, req, active, &id, trusted, &mut span,
+    )
+    .await;
+    // Still here: levee answered itself (an admitted request's span went with its
+    // exchange and ends at the backend's end of stream).
+    if let Some(span) = span {
+        span.end(resp.status().as_u16());
+    }
     (resp, id)
 }
 
@@ -208,6 +222,7 @@ fn log_own(log: Option<&AccessLog>, status: u16, outcome: &str, error: Option<Fa
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn handle(
     proxy: &Proxy,
     conn: &Arc<Conn>,
@@ -216,6 +231,7 @@ async fn handle(
     active: Active,
     id: &HeaderValue,
     peer_trusted: bool,
+    span: &mut Option<Span>,
 ) -> Response<ResBody> {
     let server = &snapshot.config.server;
     let (mut parts, mut body) = req.into_parts();
@@ -294,6 +310,9 @@ async fn handle(
         l.class = class;
         l.upstream = Some(upstream.name.clone());
     }
+    if let Some(s) = span.as_mut() {
+        s.routed(&upstream.name, class.as_str());
+    }
 
     let client = upstream
         .fairness
@@ -302,6 +321,9 @@ async fn handle(
     let permit = match upstream.admit(class, key, client, rand::random()).await {
         Ok(permit) => permit,
         Err(shed) => {
+            if let Some(s) = span.as_mut() {
+                s.shed(shed.reason.as_str(), shed.level.as_str());
+            }
             log_own(log.as_deref(), 503, shed.reason.as_str(), None);
             return own.shed(&upstream.name, &shed, Some(active));
         }
@@ -313,6 +335,9 @@ async fn handle(
     upstream.retry_budget.deposit();
     let mut exchange = Exchange::new(permit, log);
 
+    // The backend's parent is levee's span; the span ends with the exchange.
+    let span = span.take();
+    let traceparent = span.as_ref().map(Span::traceparent);
     let wire = match raw_head {
         Some(raw) if upstream.protocol == Protocol::H1 => {
             let added = rewrite::Added {
@@ -320,6 +345,7 @@ async fn handle(
                 proto: conn.scheme,
                 request_id: id.as_bytes(),
                 upgrade,
+                traceparent: traceparent.as_ref().map(|t| t.as_bytes()),
             };
             Some(rewrite::request_head(&raw, &parts, &head, &added))
         }
@@ -329,9 +355,17 @@ async fn handle(
                 for_h2(&mut parts, own.grpc);
             }
             parts.headers.insert(X_REQUEST_ID.clone(), id.clone());
+            if let Some(t) = &traceparent {
+                if let Ok(v) = HeaderValue::from_bytes(t.as_bytes()) {
+                    parts.headers.insert(TRACEPARENT_NAME.clone(), v);
+                }
+            }
             None
         }
     };
+    if let Some(s) = span {
+        exchange.trace(s);
+    }
     // A small body to an HTTP/2 upstream is kept, to be sent again if the backend
     // refuses the stream unprocessed.
     let upload = Arc::new(if upstream.protocol == Protocol::H2 {

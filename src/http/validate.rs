@@ -51,6 +51,9 @@ pub struct HeadFacts {
     /// A field levee writes itself (`X-Forwarded-For`, `X-Forwarded-Proto`,
     /// `X-Request-Id`): a head forwarded as bytes drops the client's.
     pub replaced: bool,
+    /// A `traceparent`: a head forwarded as bytes for a traced request drops it for
+    /// levee's (an untraced request's goes on as it came).
+    pub traceparent: bool,
 }
 
 /// Checks a parsed request head against levee's framing rules, in one pass over its
@@ -86,6 +89,8 @@ pub fn check_head(req: &Parts) -> Result<HeadFacts, Invalid> {
             facts.replaced = true;
         } else if *name == CONNECTION || HOP_BY_HOP.contains(name) {
             facts.hop_by_hop = true;
+        } else if *name == crate::trace::TRACEPARENT_NAME {
+            facts.traceparent = true;
         }
     }
     if lengths > 1 || cl.is_some_and(|v| v.as_bytes().contains(&b',')) {

@@ -4,7 +4,9 @@
 //! `Proxy-Connection`, `TE`, `Trailer`, `Upgrade` unless upgrading), `Expect` removed
 //! (levee answered it), and levee's fields in place of the client's: `Host` for an
 //! absolute-form target, `X-Forwarded-For` (the incoming list, every line of it, with
-//! the peer appended), `X-Forwarded-Proto` and `X-Request-Id`.
+//! the peer appended), `X-Forwarded-Proto` and `X-Request-Id`, and for a traced
+//! request `traceparent` (levee's span as the backend's parent; `tracestate` goes on
+//! as it came, as W3C Trace Context asks).
 //!
 //! The common head needs none of the removals: its field lines are copied in one
 //! piece. Otherwise each line is looked at once, by its name only.
@@ -36,12 +38,15 @@ pub struct Added<'a> {
     pub request_id: &'a [u8],
     /// The request is an upgrade levee forwards as one.
     pub upgrade: bool,
+    /// A traced request's `traceparent`, in place of the client's.
+    pub traceparent: Option<&'a [u8]>,
 }
 
 /// The backend's head for a request whose raw head is `raw` (request line to the
 /// empty line, as read) and parsed form `parts`.
 pub fn request_head(raw: &[u8], parts: &Parts, facts: &HeadFacts, added: &Added<'_>) -> Bytes {
-    let mut out = BytesMut::with_capacity(raw.len() + 160);
+    let traced = added.traceparent.is_some();
+    let mut out = BytesMut::with_capacity(raw.len() + if traced { 230 } else { 160 });
     out.put_slice(parts.method.as_str().as_bytes());
     out.put_u8(b' ');
     let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
@@ -64,7 +69,14 @@ pub fn request_head(raw: &[u8], parts: &Parts, facts: &HeadFacts, added: &Added<
     let mut forwarded: Vec<&[u8]> = Vec::new();
     // Lines ended by a bare LF (which the parser accepts) are rewritten with CRLF.
     let crlf = memchr::memchr_iter(b'\n', fields).all(|i| i > 0 && fields[i - 1] == b'\r');
-    let plain = crlf && !facts.hop_by_hop && !facts.expect && !facts.replaced && absolute.is_none();
+    // A traced request's own traceparent is one more line to drop.
+    let drops_traceparent = traced && facts.traceparent;
+    let plain = crlf
+        && !facts.hop_by_hop
+        && !facts.expect
+        && !facts.replaced
+        && !drops_traceparent
+        && absolute.is_none();
     if plain {
         out.put_slice(fields);
     } else {
@@ -79,7 +91,8 @@ pub fn request_head(raw: &[u8], parts: &Parts, facts: &HeadFacts, added: &Added<
                     || named.iter().any(|n| name.eq_ignore_ascii_case(n))))
                 || (facts.expect && name.eq_ignore_ascii_case(b"expect"))
                 || (absolute.is_some() && name.eq_ignore_ascii_case(b"host"))
-                || REPLACED.iter().any(|r| name.eq_ignore_ascii_case(r));
+                || REPLACED.iter().any(|r| name.eq_ignore_ascii_case(r))
+                || (traced && name.eq_ignore_ascii_case(b"traceparent"));
             if name.eq_ignore_ascii_case(b"x-forwarded-for") && !value.is_empty() {
                 forwarded.push(value);
             }
@@ -105,6 +118,10 @@ pub fn request_head(raw: &[u8], parts: &Parts, facts: &HeadFacts, added: &Added<
     out.put_slice(added.proto.as_bytes());
     out.put_slice(b"\r\nx-request-id: ");
     out.put_slice(added.request_id);
+    if let Some(tp) = added.traceparent {
+        out.put_slice(b"\r\ntraceparent: ");
+        out.put_slice(tp);
+    }
     out.put_slice(b"\r\n\r\n");
     out.freeze()
 }
@@ -152,6 +169,10 @@ mod tests {
     use super::*;
 
     fn rewrite(raw: &str, upgrade: bool) -> String {
+        rewrite_traced(raw, upgrade, None)
+    }
+
+    fn rewrite_traced(raw: &str, upgrade: bool, traceparent: Option<&[u8]>) -> String {
         let mut buf = BytesMut::from(raw.as_bytes());
         let head = crate::http1::parse::request(&mut buf, 8192)
             .unwrap()
@@ -162,6 +183,7 @@ mod tests {
             proto: "http",
             request_id: b"abc",
             upgrade,
+            traceparent,
         };
         let out = request_head(&head.raw, &head.parts, &facts, &added);
         String::from_utf8(out.to_vec()).unwrap()
@@ -240,5 +262,55 @@ mod tests {
             false,
         );
         assert!(!out.contains("pgrade"), "{out}");
+    }
+
+    const LEVEES: &[u8] = b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+
+    #[test]
+    fn a_traced_request_carries_levees_traceparent_in_place_of_the_clients() {
+        let out = rewrite_traced(
+            "GET /t HTTP/1.1\r\nHost: x\r\n\
+             TraceParent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n\
+             tracestate: congo=t61rcWkgMzE\r\nX-Custom: v\r\n\r\n",
+            false,
+            Some(LEVEES),
+        );
+        assert_eq!(
+            out,
+            "GET /t HTTP/1.1\r\nHost: x\r\ntracestate: congo=t61rcWkgMzE\r\nX-Custom: v\r\n\
+             x-forwarded-for: 10.0.0.9\r\nx-forwarded-proto: http\r\nx-request-id: abc\r\n\
+             traceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\r\n\r\n"
+        );
+        // A traced request without a traceparent of its own keeps the one-piece copy
+        // and gets levee's.
+        let out = rewrite_traced(
+            "GET /t HTTP/1.1\r\nHost: x\r\ntracestate: a=b\r\n\r\n",
+            false,
+            Some(LEVEES),
+        );
+        assert_eq!(
+            out,
+            "GET /t HTTP/1.1\r\nHost: x\r\ntracestate: a=b\r\n\
+             x-forwarded-for: 10.0.0.9\r\nx-forwarded-proto: http\r\nx-request-id: abc\r\n\
+             traceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn an_untraced_request_keeps_the_clients_traceparent_in_the_plain_copy() {
+        let raw = "GET /t HTTP/1.1\r\nHost: x\r\n\
+                   traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00\r\n\r\n";
+        let mut buf = BytesMut::from(raw.as_bytes());
+        let head = crate::http1::parse::request(&mut buf, 8192)
+            .unwrap()
+            .unwrap();
+        let facts = crate::http::validate::check_head(&head.parts).unwrap();
+        assert!(facts.traceparent && !facts.replaced);
+        assert_eq!(
+            rewrite(raw, false),
+            "GET /t HTTP/1.1\r\nHost: x\r\n\
+             traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00\r\n\
+             x-forwarded-for: 10.0.0.9\r\nx-forwarded-proto: http\r\nx-request-id: abc\r\n\r\n"
+        );
     }
 }
