@@ -32,40 +32,9 @@ enum Kind {
     Backend(Box<BackendBody>),
 }
 
-/// A backend's response body: levee's HTTP/1.1 codec's, or hyper's HTTP/2 stream.
-pub enum BackendIncoming {
-    H1(crate::http1::client::Body),
-    H2(Incoming),
-}
-
-impl Body for BackendIncoming {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match self.get_mut() {
-            BackendIncoming::H1(b) => Pin::new(b).poll_frame(cx),
-            BackendIncoming::H2(b) => Pin::new(b).poll_frame(cx).map_err(|e| e.into()),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            BackendIncoming::H1(b) => b.is_end_stream(),
-            BackendIncoming::H2(b) => b.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            BackendIncoming::H1(b) => b.size_hint(),
-            BackendIncoming::H2(b) => b.size_hint(),
-        }
-    }
-}
+/// A backend's response body: levee's HTTP/1.1 codec's (`Left`), or hyper's HTTP/2
+/// stream (`Right`).
+pub type BackendIncoming = http_body_util::Either<crate::http1::client::Body, Incoming>;
 
 struct BackendBody {
     incoming: BackendIncoming,

@@ -17,6 +17,8 @@ use http::{Request, Response, Uri, Version};
 use crate::http1::client as h1_client;
 use crate::http1::rewrite;
 
+use http_body_util::Either;
+
 use super::body::{BackendIncoming, ResBody};
 use super::exchange::{AccessLog, Exchange};
 use super::identity::{self, X_REQUEST_ID};
@@ -237,8 +239,8 @@ async fn handle(
     let (mut parts, mut body) = req.into_parts();
     // An HTTP/1.1 client's head as it came, to go to an HTTP/1.1 backend as bytes.
     let raw_head = match &mut body {
-        ClientIncoming::H1(b) => b.take_raw_head(),
-        ClientIncoming::H2(_) => None,
+        Either::Left(b) => b.take_raw_head(),
+        Either::Right(_) => None,
     };
     let client_ip = if peer_trusted {
         identity::client_behind(conn.peer.ip(), &parts.headers, &server.trusted_proxies)
@@ -418,7 +420,7 @@ async fn handle(
 
     if switching && upgrade {
         exchange.unmeasured();
-        let BackendIncoming::H1(body) = rbody else {
+        let Either::Left(body) = rbody else {
             exchange.finish(Some(Failure::UpstreamBadResponse));
             return own.failure(
                 Failure::UpstreamBadResponse,
@@ -767,7 +769,7 @@ impl Attempt<'_> {
             Sender::H1(_) => {
                 return match self.head(h1_client::send(conn, req, cap, self.wire)).await {
                     None => Err(SendError::Failed(Failure::UpstreamTimeout)),
-                    Some(Ok(resp)) => Ok((resp.map(BackendIncoming::H1), None)),
+                    Some(Ok(resp)) => Ok((resp.map(Either::Left), None)),
                     Some(Err(h1_client::SendError::NotSent(back))) => Err(SendError::NotSent(back)),
                     Some(Err(h1_client::SendError::Failed(f))) => Err(SendError::Failed(f)),
                 };
@@ -776,7 +778,7 @@ impl Attempt<'_> {
         };
         match r {
             None => Err(SendError::Failed(Failure::UpstreamTimeout)),
-            Some(Ok(resp)) => Ok((resp.map(BackendIncoming::H2), Some(conn))),
+            Some(Ok(resp)) => Ok((resp.map(Either::Right), Some(conn))),
             Some(Err(mut e)) => {
                 let unsent = e.take_message();
                 let err = e.into_error();

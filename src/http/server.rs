@@ -171,7 +171,7 @@ async fn serve_h2(
             forward::serve(
                 proxy.clone(),
                 conn.clone(),
-                req.map(super::upload::ClientIncoming::H2),
+                req.map(http_body_util::Either::Right),
             )
         })
     };

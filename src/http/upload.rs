@@ -113,41 +113,9 @@ impl Upload {
     }
 }
 
-/// A client's request body: from levee's own HTTP/1.1 codec, or hyper's HTTP/2
-/// stream.
-pub enum ClientIncoming {
-    H1(crate::http1::conn::RequestBody),
-    H2(Incoming),
-}
-
-impl Body for ClientIncoming {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match self.get_mut() {
-            ClientIncoming::H1(b) => Pin::new(b).poll_frame(cx),
-            ClientIncoming::H2(b) => Pin::new(b).poll_frame(cx).map_err(|e| e.into()),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            ClientIncoming::H1(b) => b.is_end_stream(),
-            ClientIncoming::H2(b) => b.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            ClientIncoming::H1(b) => b.size_hint(),
-            ClientIncoming::H2(b) => b.size_hint(),
-        }
-    }
-}
+/// A client's request body: from levee's own HTTP/1.1 codec (`Left`), or hyper's
+/// HTTP/2 stream (`Right`).
+pub type ClientIncoming = http_body_util::Either<crate::http1::conn::RequestBody, Incoming>;
 
 /// The request body sent to a backend.
 pub enum ForwardBody {

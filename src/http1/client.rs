@@ -24,15 +24,13 @@ use tokio::net::TcpStream;
 
 use super::framing::{self, Decoded, Decoder};
 use super::parse;
+use super::poll_read_in;
 use crate::error::Failure;
 use crate::http::pool::{BackendConn, Sender};
 use crate::http::upload::{BoxError, ForwardBody};
 
 /// Largest response head levee reads from a backend.
 pub const MAX_RESPONSE_HEAD: usize = 64 * 1024;
-
-/// Read buffer growth step.
-const READ_CHUNK: usize = 8 * 1024;
 
 /// One open HTTP/1.1 connection to a backend.
 pub struct Connection {
@@ -194,20 +192,6 @@ fn poll_write_out(
         }
     }
     Poll::Ready(Ok(()))
-}
-
-/// Reads what the socket has into `buf`; `Ok(0)` at the backend's close. Through
-/// `AsyncRead`, whose short read marks the socket drained: the next look at it (the
-/// pool's check of an idle connection) then costs no `recv` that would find nothing.
-fn poll_read_in(
-    tcp: &mut TcpStream,
-    cx: &mut Context<'_>,
-    buf: &mut BytesMut,
-) -> Poll<io::Result<usize>> {
-    if buf.capacity() - buf.len() < 1024 {
-        buf.reserve(READ_CHUNK);
-    }
-    tokio_util::io::poll_read_buf(Pin::new(tcp), cx, buf)
 }
 
 /// The request body on its way out, framed.

@@ -38,6 +38,7 @@ use tokio::time::Sleep;
 use super::client::itoa;
 use super::framing::{self, Decoded, Decoder};
 use super::parse::{self, HeadError};
+use super::poll_read_in;
 use crate::http::body::ResBody;
 use crate::http::forward::{self, Conn, Proxy};
 use crate::http::identity::X_REQUEST_ID;
@@ -48,9 +49,6 @@ use crate::http::upload::BoxError;
 /// How often a request in progress is polled without a wake-up of its own, and how
 /// long an idle connection keeps its read buffer.
 pub const TICK: Duration = Duration::from_millis(100);
-
-/// Read buffer growth step.
-const READ_CHUNK: usize = 8 * 1024;
 
 /// Frames up to this size are copied next to their framing and written with it;
 /// larger ones are written on their own.
@@ -100,18 +98,6 @@ impl Alarm {
             self.armed = None;
         }
     }
-}
-
-/// Reads from the client into `buf`; `Ok(0)` when it closed.
-fn poll_read_in(
-    stream: &mut ClientStream,
-    cx: &mut Context<'_>,
-    buf: &mut BytesMut,
-) -> Poll<io::Result<usize>> {
-    if buf.capacity() - buf.len() < 1024 {
-        buf.reserve(READ_CHUNK);
-    }
-    tokio_util::io::poll_read_buf(Pin::new(stream), cx, buf)
 }
 
 /// The request body, read from the client's connection as the backend's side asks.
@@ -478,7 +464,7 @@ impl Driver {
             conn: self.conn.clone(),
             done: bodiless,
         };
-        let req = Request::from_parts(parts, crate::http::upload::ClientIncoming::H1(body));
+        let req = Request::from_parts(parts, http_body_util::Either::Left(body));
         let serve = forward::serve_with_id(self.proxy.clone(), self.conn.clone(), req);
         let (resp, id) = ticked(&mut self.tick, serve).await;
         let (rparts, rbody) = resp.into_parts();
