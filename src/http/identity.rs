@@ -6,11 +6,11 @@
 use std::cell::Cell;
 use std::net::{IpAddr, SocketAddr};
 
-use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::header::{HeaderMap, HeaderValue};
 
 use crate::config::TrustedProxies;
 
-pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub use super::validate::X_REQUEST_ID;
 
 /// Longest incoming request id kept; a longer one is replaced.
 pub const MAX_REQUEST_ID: usize = 128;

@@ -85,7 +85,7 @@ pub fn check_head(req: &Parts) -> Result<HeadFacts, Invalid> {
         } else if *name == X_FORWARDED_FOR {
             facts.forwarded_for = true;
             facts.replaced = true;
-        } else if *name == X_FORWARDED_PROTO || *name == super::identity::X_REQUEST_ID {
+        } else if *name == X_FORWARDED_PROTO || *name == X_REQUEST_ID {
             facts.replaced = true;
         } else if *name == CONNECTION || HOP_BY_HOP.contains(name) {
             facts.hop_by_hop = true;
@@ -138,6 +138,8 @@ pub static HOP_BY_HOP: [HeaderName; HOP_BY_HOP_COUNT] = [
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Is the target origin-form (`/path?query`), `*` for OPTIONS, or absolute-form naming
 /// the Host the request carries, without userinfo?
