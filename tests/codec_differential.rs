@@ -23,7 +23,7 @@ mod rfc9112;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, Once};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -48,21 +48,6 @@ const PARALLEL: usize = 8;
 /// connection end, and what it got is final).
 const SERVER: &str = "[server.timeouts]\nclient_header_ms = 1000\nclient_idle_ms = 30000\n\
                       read_ms = 2000\nresponse_ms = 3000\nupstream_idle_ms = 1";
-
-static WORKER_PANICS: AtomicUsize = AtomicUsize::new(0);
-
-fn count_worker_panics() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        let previous = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            if std::thread::current().name() == Some("tokio-runtime-worker") {
-                WORKER_PANICS.fetch_add(1, Ordering::SeqCst);
-            }
-            previous(info);
-        }));
-    });
-}
 
 /// One request as a reader framed it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -918,7 +903,7 @@ fn known_bug(name: &str) -> Option<&'static str> {
 }
 
 async fn run_corpus(cases: Vec<(&'static str, Vec<u8>)>) -> Vec<Outcome> {
-    count_worker_panics();
+    common::count_worker_panics();
     let gate = Arc::new(tokio::sync::Semaphore::new(PARALLEL));
     let mut tasks = Vec::new();
     for (name, bytes) in cases {
@@ -949,11 +934,7 @@ async fn run_corpus(cases: Vec<(&'static str, Vec<u8>)>) -> Vec<Outcome> {
             describe_all(&o.backend)
         );
     }
-    assert_eq!(
-        WORKER_PANICS.load(Ordering::SeqCst),
-        0,
-        "a tokio worker panicked"
-    );
+    assert_eq!(common::worker_panics(), 0, "a tokio worker panicked");
     outcomes
 }
 

@@ -31,7 +31,7 @@ mod common;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, Once};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{all_idle, eventually, fetch, get, Setup};
@@ -50,25 +50,6 @@ const PARALLEL: usize = 12;
 /// connections (the bystander) outlive every case.
 const SERVER: &str = "[server.timeouts]\nclient_header_ms = 1000\nclient_idle_ms = 30000\n\
                       read_ms = 2000\nresponse_ms = 3000";
-
-// ---------------------------------------------------------------------------------
-// Panics in levee's tasks: tokio swallows them (the task ends, the connection drops),
-// so count every panic on a runtime worker thread.
-
-static WORKER_PANICS: AtomicUsize = AtomicUsize::new(0);
-
-fn count_worker_panics() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        let previous = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            if std::thread::current().name() == Some("tokio-runtime-worker") {
-                WORKER_PANICS.fetch_add(1, Ordering::SeqCst);
-            }
-            previous(info);
-        }));
-    });
-}
 
 // ---------------------------------------------------------------------------------
 // Strict HTTP/1.1 wire parsing (RFC 9112), for what the backend receives and for what
@@ -1325,7 +1306,7 @@ async fn run(case: Case) -> Outcome {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn hostile_corpus() {
-    count_worker_panics();
+    common::count_worker_panics();
     let cases = corpus();
     let total = cases.len();
     let gate = Arc::new(tokio::sync::Semaphore::new(PARALLEL));
@@ -1363,17 +1344,13 @@ async fn hostile_corpus() {
         }
     }
     assert!(failed.is_empty(), "failing cases:\n{}", failed.join("\n"));
-    assert_eq!(
-        WORKER_PANICS.load(Ordering::SeqCst),
-        0,
-        "a tokio worker panicked"
-    );
+    assert_eq!(common::worker_panics(), 0, "a tokio worker panicked");
 }
 
 /// Runs the corpus cases marked with `bug` and asserts they all pass: the ignored tests
 /// below, one per levee bug the corpus found, pass once the bug is fixed.
 async fn assert_fixed(bug: &str) {
-    count_worker_panics();
+    common::count_worker_panics();
     let cases: Vec<Case> = corpus()
         .into_iter()
         .filter(|c| c.known_bug == Some(bug))
@@ -1390,11 +1367,7 @@ async fn assert_fixed(bug: &str) {
         }
     }
     assert!(failed.is_empty(), "still failing:\n{}", failed.join("\n"));
-    assert_eq!(
-        WORKER_PANICS.load(Ordering::SeqCst),
-        0,
-        "a tokio worker panicked"
-    );
+    assert_eq!(common::worker_panics(), 0, "a tokio worker panicked");
 }
 
 /// `Content-Length: 5` twice, or `Content-Length: 5, 5`: RFC 9110 §8.6 lets a recipient

@@ -323,3 +323,26 @@ pub fn samples(metrics: &str, name: &str) -> std::collections::BTreeMap<String, 
         })
         .collect()
 }
+
+static WORKER_PANICS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Counts every panic on a tokio runtime worker thread from now on (once per test
+/// binary): tokio swallows panics in levee's tasks (the task ends, the connection
+/// drops), so tests that feed levee hostile input read [`worker_panics`].
+pub fn count_worker_panics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if std::thread::current().name() == Some("tokio-runtime-worker") {
+                WORKER_PANICS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+            previous(info);
+        }));
+    });
+}
+
+/// Panics on runtime worker threads since [`count_worker_panics`].
+pub fn worker_panics() -> usize {
+    WORKER_PANICS.load(std::sync::atomic::Ordering::SeqCst)
+}
