@@ -98,15 +98,7 @@ fn connection(conn: &mut BackendConn) -> &mut Connection {
 /// The request's head as the backend gets it: the request line in origin form, the
 /// fields as they are, and the framing levee sends the body with.
 fn encode_head(parts: &http::request::Parts, body: &ForwardBody, out: &mut BytesMut) -> bool {
-    out.put_slice(parts.method.as_str().as_bytes());
-    out.put_u8(b' ');
-    let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-    out.put_slice(if target.is_empty() {
-        b"/"
-    } else {
-        target.as_bytes()
-    });
-    out.put_slice(b" HTTP/1.1\r\n");
+    super::put_request_line(out, parts);
     let (mut length, mut chunked) = (false, false);
     for (name, value) in &parts.headers {
         if *name == CONTENT_LENGTH {
@@ -114,10 +106,7 @@ fn encode_head(parts: &http::request::Parts, body: &ForwardBody, out: &mut Bytes
         } else if *name == TRANSFER_ENCODING {
             chunked = true;
         }
-        out.put_slice(name.as_str().as_bytes());
-        out.put_slice(b": ");
-        out.put_slice(value.as_bytes());
-        out.put_slice(b"\r\n");
+        super::put_field(out, name.as_str().as_bytes(), value.as_bytes());
     }
     let empty = matches!(body, ForwardBody::Empty);
     if !length && !chunked {
@@ -176,22 +165,17 @@ fn poll_write_slice(
     Poll::Ready(Ok(()))
 }
 
-/// Writes `out` to the socket until it is empty.
+/// Writes `out` to the socket until it is empty (what went is taken off it, also
+/// when the write has to wait).
 fn poll_write_out(
     tcp: &TcpStream,
     cx: &mut Context<'_>,
     out: &mut BytesMut,
 ) -> Poll<io::Result<()>> {
-    while !out.is_empty() {
-        ready!(tcp.poll_write_ready(cx))?;
-        match tcp.try_write(out) {
-            Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-            Ok(n) => out.advance(n),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) => return Poll::Ready(Err(e)),
-        }
-    }
-    Poll::Ready(Ok(()))
+    let mut at = 0;
+    let polled = poll_write_slice(tcp, cx, out, &mut at);
+    out.advance(at);
+    polled
 }
 
 /// The request body on its way out, framed.
@@ -232,12 +216,10 @@ impl Outgoing {
                     }
                     Err(frame) => {
                         if self.chunked {
-                            let mut end = Vec::new();
                             match frame.into_trailers() {
-                                Ok(t) => framing::encode_trailers(&t, &mut end),
-                                Err(_) => end.extend_from_slice(framing::LAST_CHUNK),
+                                Ok(t) => framing::encode_trailers(&t, &mut self.out),
+                                Err(_) => self.out.put_slice(framing::LAST_CHUNK),
                             }
-                            self.out.put_slice(&end);
                         }
                         self.last = true;
                     }

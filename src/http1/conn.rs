@@ -38,7 +38,7 @@ use tokio::time::Sleep;
 use super::client::itoa;
 use super::framing::{self, Decoded, Decoder};
 use super::parse::{self, HeadError};
-use super::poll_read_in;
+use super::{list, poll_read_in, put_field};
 use crate::http::body::ResBody;
 use crate::http::forward::{self, Conn, Proxy};
 use crate::http::identity::X_REQUEST_ID;
@@ -232,8 +232,7 @@ fn read_head(parts: &http::request::Parts) -> ClientAsks {
             codings += 1;
             te = Some(value);
         } else if *name == CONNECTION {
-            for t in value.as_bytes().split(|&b| b == b',') {
-                let t = t.trim_ascii();
+            for t in list(value.as_bytes()) {
                 close |= t.eq_ignore_ascii_case(b"close");
                 keep_alive |= t.eq_ignore_ascii_case(b"keep-alive");
             }
@@ -643,9 +642,7 @@ impl Driver {
                     }
                     Err(frame) => {
                         if let (Framing::Chunked, Ok(t)) = (&framing, frame.into_trailers()) {
-                            let mut end = Vec::new();
-                            framing::encode_trailers(&t, &mut end);
-                            self.out.put_slice(&end);
+                            framing::encode_trailers(&t, &mut self.out);
                             framing = Framing::Ended;
                         }
                     }
@@ -771,18 +768,10 @@ async fn ticked<F: Future>(tick: &mut Alarm, fut: F) -> F::Output {
 }
 
 fn has_token(headers: &HeaderMap, token: &[u8]) -> bool {
-    headers.get_all(CONNECTION).iter().any(|v| {
-        v.as_bytes()
-            .split(|&b| b == b',')
-            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
-    })
-}
-
-fn put_field(out: &mut BytesMut, name: &[u8], value: &[u8]) {
-    out.put_slice(name);
-    out.put_slice(b": ");
-    out.put_slice(value);
-    out.put_slice(b"\r\n");
+    headers
+        .get_all(CONNECTION)
+        .iter()
+        .any(|v| list(v.as_bytes()).any(|t| t.eq_ignore_ascii_case(token)))
 }
 
 /// `Date: …`, formatted once a second per thread.

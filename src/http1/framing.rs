@@ -309,13 +309,10 @@ pub fn chunk_head(len: usize, out: &mut [u8; 18]) -> &[u8] {
 }
 
 /// Appends a trailer section (after the last chunk's `0\r\n`) and its empty line.
-pub fn encode_trailers(trailers: &HeaderMap, out: &mut Vec<u8>) {
+pub fn encode_trailers(trailers: &HeaderMap, out: &mut BytesMut) {
     out.extend_from_slice(b"0\r\n");
     for (name, value) in trailers {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(CRLF);
+        super::put_field(out, name.as_str().as_bytes(), value.as_bytes());
     }
     out.extend_from_slice(CRLF);
 }

@@ -15,7 +15,7 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::BytesMut;
+use bytes::{BufMut, BytesMut};
 use tokio::io::AsyncRead;
 
 /// Read buffer growth step.
@@ -34,4 +34,32 @@ fn poll_read_in<R: AsyncRead + Unpin>(
         buf.reserve(READ_CHUNK);
     }
     tokio_util::io::poll_read_buf(Pin::new(io), cx, buf)
+}
+
+/// A request line for an HTTP/1.1 backend: the method, the origin-form target (`/`
+/// when the request named none), `HTTP/1.1`.
+fn put_request_line(out: &mut BytesMut, parts: &http::request::Parts) {
+    out.put_slice(parts.method.as_str().as_bytes());
+    out.put_u8(b' ');
+    let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    out.put_slice(if target.is_empty() {
+        b"/"
+    } else {
+        target.as_bytes()
+    });
+    out.put_slice(b" HTTP/1.1\r\n");
+}
+
+/// One field line: `name: value` and CRLF.
+fn put_field(out: &mut BytesMut, name: &[u8], value: &[u8]) {
+    out.put_slice(name);
+    out.put_slice(b": ");
+    out.put_slice(value);
+    out.put_slice(b"\r\n");
+}
+
+/// The elements of a comma-separated field value, without the whitespace around them
+/// (empty ones included: each reader says what an empty element means to it).
+fn list(value: &[u8]) -> impl DoubleEndedIterator<Item = &[u8]> {
+    value.split(|&b| b == b',').map(<[u8]>::trim_ascii)
 }

@@ -88,16 +88,9 @@ pub fn request(buf: &mut BytesMut, max_bytes: usize) -> Result<Option<RequestHea
     }
     let mut headers = slots();
     let mut req = httparse::Request::new(&mut []);
-    let len = match req.parse_with_uninit_headers(buf, &mut headers) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => {
-            return if buf.len() > max_bytes {
-                Err(HeadError::TooLarge)
-            } else {
-                Ok(None)
-            };
-        }
-        Err(e) => return Err(e.into()),
+    let parsed = req.parse_with_uninit_headers(buf, &mut headers);
+    let Some(len) = head_len(parsed, buf.len(), max_bytes)? else {
+        return Ok(None);
     };
     if len > max_bytes || len > u32::MAX as usize {
         return Err(HeadError::TooLarge);
@@ -105,18 +98,10 @@ pub fn request(buf: &mut BytesMut, max_bytes: usize) -> Result<Option<RequestHea
     let method = req.method.unwrap_or_default();
     let target = span(buf, req.path.unwrap_or_default().as_bytes());
     let target = (target.0 as usize, target.1 as usize);
-    let version = if req.version == Some(1) {
-        Version::HTTP_11
-    } else {
-        Version::HTTP_10
-    };
+    let version = version(req.version);
     let method = Method::from_bytes(method.as_bytes()).map_err(|_| HeadError::Syntax("method"))?;
     let mut fields = [Field::default(); MAX_HEADER_FIELDS];
-    let count = req.headers.len();
-    for (f, h) in fields.iter_mut().zip(req.headers.iter()) {
-        f.name = span(buf, h.name.as_bytes());
-        f.value = span(buf, h.value);
-    }
+    let count = field_spans(buf, req.headers, &mut fields);
     let raw = buf.split_to(len).freeze();
     let uri = Uri::from_maybe_shared(raw.slice(target.0..target.1))
         .map_err(|_| HeadError::Syntax("target"))?;
@@ -127,6 +112,40 @@ pub fn request(buf: &mut BytesMut, max_bytes: usize) -> Result<Option<RequestHea
     parts.version = version;
     parts.headers = headers;
     Ok(Some(RequestHead { parts, raw }))
+}
+
+/// The length of a complete head; `None` while it is incomplete and no larger than
+/// `max_bytes` (with `buffered` bytes read so far).
+fn head_len(
+    parsed: httparse::Result<usize>,
+    buffered: usize,
+    max_bytes: usize,
+) -> Result<Option<usize>, HeadError> {
+    match parsed {
+        Ok(httparse::Status::Complete(n)) => Ok(Some(n)),
+        Ok(httparse::Status::Partial) if buffered > max_bytes => Err(HeadError::TooLarge),
+        Ok(httparse::Status::Partial) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// HTTP/1.1 for httparse's minor version 1, else HTTP/1.0 (it reads no other).
+fn version(minor: Option<u8>) -> Version {
+    if minor == Some(1) {
+        Version::HTTP_11
+    } else {
+        Version::HTTP_10
+    }
+}
+
+/// Where each parsed field's name and value lie in `base` (the head's bytes), written
+/// into `out`; how many there are.
+fn field_spans(base: &[u8], headers: &[httparse::Header<'_>], out: &mut [Field]) -> usize {
+    for (f, h) in out.iter_mut().zip(headers) {
+        f.name = span(base, h.name.as_bytes());
+        f.value = span(base, h.value);
+    }
+    headers.len()
 }
 
 fn header_map(raw: &Bytes, fields: &[Field]) -> Result<HeaderMap, HeadError> {
@@ -151,34 +170,19 @@ pub struct ResponseHead {
 pub fn response(buf: &mut BytesMut, max_bytes: usize) -> Result<Option<ResponseHead>, HeadError> {
     let mut headers = slots();
     let mut res = httparse::Response::new(&mut []);
-    let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+    let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
         &mut res,
         buf,
         &mut headers,
-    ) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => {
-            return if buf.len() > max_bytes {
-                Err(HeadError::TooLarge)
-            } else {
-                Ok(None)
-            };
-        }
-        Err(e) => return Err(e.into()),
+    );
+    let Some(len) = head_len(parsed, buf.len(), max_bytes)? else {
+        return Ok(None);
     };
     let status = StatusCode::from_u16(res.code.unwrap_or_default())
         .map_err(|_| HeadError::Syntax("status"))?;
-    let version = if res.version == Some(1) {
-        Version::HTTP_11
-    } else {
-        Version::HTTP_10
-    };
+    let version = version(res.version);
     let mut fields = [Field::default(); MAX_HEADER_FIELDS];
-    let count = res.headers.len();
-    for (f, h) in fields.iter_mut().zip(res.headers.iter()) {
-        f.name = span(buf, h.name.as_bytes());
-        f.value = span(buf, h.value);
-    }
+    let count = field_spans(buf, res.headers, &mut fields);
     let raw = buf.split_to(len).freeze();
     let headers = header_map(&raw, &fields[..count])?;
     let (mut parts, ()) = http::Response::new(()).into_parts();
@@ -202,8 +206,8 @@ pub fn response_framing(
     let mut coded = false;
     for (name, value) in &parts.headers {
         if *name == CONTENT_LENGTH {
-            for v in value.as_bytes().split(|&b| b == b',') {
-                let n = parse_length(v.trim_ascii()).ok_or(HeadError::Syntax("content-length"))?;
+            for v in super::list(value.as_bytes()) {
+                let n = parse_length(v).ok_or(HeadError::Syntax("content-length"))?;
                 if length.is_some_and(|l| l != n) {
                     return Err(HeadError::Syntax("content-length"));
                 }
@@ -212,15 +216,11 @@ pub fn response_framing(
         } else if *name == TRANSFER_ENCODING {
             coded = true;
             // The last element that is not empty (RFC 9110 §5.6.1).
-            chunked = value
-                .as_bytes()
-                .rsplit(|&b| b == b',')
-                .map(<[u8]>::trim_ascii)
-                .find(|e| !e.is_empty())
+            chunked = super::list(value.as_bytes())
+                .rfind(|e| !e.is_empty())
                 .is_some_and(|last| last.eq_ignore_ascii_case(b"chunked"));
         } else if *name == CONNECTION {
-            for t in value.as_bytes().split(|&b| b == b',') {
-                let t = t.trim_ascii();
+            for t in super::list(value.as_bytes()) {
                 if t.eq_ignore_ascii_case(b"close") {
                     keep_alive = false;
                 } else if t.eq_ignore_ascii_case(b"keep-alive") && parts.version == Version::HTTP_10

@@ -47,15 +47,7 @@ pub struct Added<'a> {
 pub fn request_head(raw: &[u8], parts: &Parts, facts: &HeadFacts, added: &Added<'_>) -> Bytes {
     let traced = added.traceparent.is_some();
     let mut out = BytesMut::with_capacity(raw.len() + if traced { 230 } else { 160 });
-    out.put_slice(parts.method.as_str().as_bytes());
-    out.put_u8(b' ');
-    let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-    out.put_slice(if target.is_empty() {
-        b"/"
-    } else {
-        target.as_bytes()
-    });
-    out.put_slice(b" HTTP/1.1\r\n");
+    super::put_request_line(&mut out, parts);
     let fields = match memchr::memchr(b'\n', raw) {
         Some(i) => &raw[i + 1..],
         None => &[][..],
@@ -133,8 +125,7 @@ fn connection_names(parts: &Parts, upgrade: bool) -> Vec<&[u8]> {
         .headers
         .get_all(http::header::CONNECTION)
         .iter()
-        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-        .map(<[u8]>::trim_ascii)
+        .flat_map(|v| super::list(v.as_bytes()))
         .filter(|t| {
             // The body's framing fields stay: levee frames the body as they say.
             !(t.is_empty()
