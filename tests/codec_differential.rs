@@ -208,15 +208,12 @@ fn driver_decoder(parts: &http::request::Parts) -> Option<Decoder> {
     }
 }
 
-/// `emulate_fixes`: reads as levee will once the known bugs (see `KNOWN_BUGS`) are
-/// fixed, so that generated cases find new disagreements rather than those.
-fn levee_codec_reads(bytes: &[u8], emulate_fixes: bool) -> (Vec<Req>, Stop) {
+/// The requests levee's codec reads from `bytes`, as the client connection's driver
+/// reads them, and how the reading stopped.
+fn levee_codec_reads(bytes: &[u8]) -> (Vec<Req>, Stop) {
     let mut buf = BytesMut::from(bytes);
     let mut reqs = Vec::new();
     loop {
-        if emulate_fixes && bare_cr_before_request_line(&buf) {
-            return (reqs, Stop::Refused);
-        }
         let head = match parse::request(&mut buf, 16 * 1024) {
             Ok(Some(h)) => h,
             Ok(None) => return (reqs, Stop::End),
@@ -239,15 +236,8 @@ fn levee_codec_reads(bytes: &[u8], emulate_fixes: bool) -> (Vec<Req>, Stop) {
             complete: false,
         };
         loop {
-            let before = buf.clone();
             match decoder.decode(&mut buf) {
                 Ok(Decoded::Data(d)) => req.body.extend_from_slice(&d),
-                Ok(Decoded::Trailers(_))
-                    if emulate_fixes && bare_lf(&before[..before.len() - buf.len()]) =>
-                {
-                    reqs.push(req);
-                    return (reqs, Stop::Refused);
-                }
                 Ok(Decoded::Trailers(_) | Decoded::End) => {
                     req.complete = true;
                     break;
@@ -267,20 +257,6 @@ fn levee_codec_reads(bytes: &[u8], emulate_fixes: bool) -> (Vec<Req>, Stop) {
             return (reqs, Stop::Close);
         }
     }
-}
-
-/// A bare CR in the empty lines before a request line (`KNOWN_BUGS`).
-fn bare_cr_before_request_line(buf: &[u8]) -> bool {
-    let lead = buf
-        .iter()
-        .take_while(|&&b| b == b'\r' || b == b'\n')
-        .count();
-    (0..lead).any(|i| buf[i] == b'\r' && buf.get(i + 1).is_some_and(|&b| b != b'\n'))
-}
-
-/// A LF without CR before it (in a trailer section: `KNOWN_BUGS`).
-fn bare_lf(bytes: &[u8]) -> bool {
-    (0..bytes.len()).any(|i| bytes[i] == b'\n' && (i == 0 || bytes[i - 1] != b'\r'))
 }
 
 /// levee's requests against hyper's: complete ones are a prefix of hyper's, equal
@@ -875,8 +851,8 @@ async fn run(name: &'static str, bytes: Vec<u8>) -> Outcome {
 }
 
 /// Corpus cases that once showed a levee bug (fixed), with the test that runs them
-/// again on their own and fails if the bug comes back.
-const KNOWN_BUGS: &[(&str, &str)] = &[
+/// again on their own (the corpus tests run them too).
+const FIXED_BUGS: &[(&str, &str)] = &[
     (
         "leading_bare_cr",
         "a_bare_cr_before_a_request_line_is_refused",
@@ -895,8 +871,8 @@ const KNOWN_BUGS: &[(&str, &str)] = &[
     ),
 ];
 
-fn known_bug(name: &str) -> Option<&'static str> {
-    KNOWN_BUGS
+fn fixed_bug(name: &str) -> Option<&'static str> {
+    FIXED_BUGS
         .iter()
         .find(|(n, _)| *n == name)
         .map(|(_, bug)| *bug)
@@ -921,10 +897,10 @@ async fn run_corpus(cases: Vec<(&'static str, Vec<u8>)>) -> Vec<Outcome> {
         "\n| case | hyper read | levee answered (* its own) | the backend got |\n|---|---|---|---|"
     );
     for o in &outcomes {
-        let mark = match (o.failures.is_empty(), known_bug(o.name)) {
-            (true, _) => String::new(),
-            (false, Some(bug)) => format!(" **(known bug, see `{bug}`)**"),
-            (false, None) => " **FAIL**".to_string(),
+        let mark = if o.failures.is_empty() {
+            ""
+        } else {
+            " **FAIL**"
         };
         println!(
             "| {}{mark} | {} | {} | {} |",
@@ -943,7 +919,7 @@ async fn corpus_against_real_levee() {
     let outcomes = run_corpus(corpus()).await;
     let failed: Vec<String> = outcomes
         .iter()
-        .filter(|o| !o.failures.is_empty() && known_bug(o.name).is_none())
+        .filter(|o| !o.failures.is_empty())
         .map(|o| format!("{}: {}", o.name, o.failures.join("; ")))
         .collect();
     assert!(failed.is_empty(), "failing cases:\n{}", failed.join("\n"));
@@ -954,11 +930,8 @@ async fn corpus_against_real_levee() {
 async fn corpus_against_the_codec() {
     let mut failed = Vec::new();
     for (name, bytes) in corpus() {
-        if known_bug(name).is_some() {
-            continue;
-        }
         let hyper = hyper_reads(&bytes).await;
-        let (levee, stop) = levee_codec_reads(&bytes, false);
+        let (levee, stop) = levee_codec_reads(&bytes);
         if let Err(e) = compare_codec(&hyper, &levee, stop) {
             failed.push(format!("{name}: {e}"));
         }
@@ -971,13 +944,13 @@ async fn corpus_against_the_codec() {
 async fn assert_fixed(bug: &str) {
     let cases: Vec<(&'static str, Vec<u8>)> = corpus()
         .into_iter()
-        .filter(|(name, _)| known_bug(name) == Some(bug))
+        .filter(|(name, _)| fixed_bug(name) == Some(bug))
         .collect();
     assert!(!cases.is_empty(), "no case is marked with {bug}");
     let mut failed = Vec::new();
     for (name, bytes) in &cases {
         let hyper = hyper_reads(bytes).await;
-        let (levee, stop) = levee_codec_reads(bytes, false);
+        let (levee, stop) = levee_codec_reads(bytes);
         if let Err(e) = compare_codec(&hyper, &levee, stop) {
             failed.push(format!("{name} (codec): {e}"));
         }
@@ -990,9 +963,9 @@ async fn assert_fixed(bug: &str) {
     assert!(failed.is_empty(), "still failing:\n{}", failed.join("\n"));
 }
 
-/// `parse::request` skips every CR and LF before a request line, a bare CR too;
-/// hyper (httparse's own skip of empty lines) refuses a bare CR there. So
-/// `hello\rGET /smuggled ...` after a 5-byte body is a second request to levee and an
+/// `parse::request` once skipped every CR and LF before a request line, a bare CR too,
+/// where hyper (httparse's own skip of empty lines) refuses a bare CR. So
+/// `hello\rGET /smuggled ...` after a 5-byte body was a second request to levee and an
 /// error to hyper: a reading two HTTP/1 parsers disagree on, which levee must refuse.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bare_cr_before_a_request_line_is_refused() {
@@ -1001,7 +974,8 @@ async fn a_bare_cr_before_a_request_line_is_refused() {
 
 /// The chunked decoder's trailer section is read by `httparse::parse_headers`, which
 /// takes a bare LF for a line's end; hyper refuses the body (RFC 9112 §7.1: every line
-/// of a chunked body ends in CRLF). levee forwards the request whole.
+/// of a chunked body ends in CRLF). levee once forwarded the request whole; its decoder
+/// now checks the line ends itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bare_lf_in_a_trailer_section_is_refused() {
     assert_fixed("a_bare_lf_in_a_trailer_section_is_refused").await;
@@ -1132,7 +1106,7 @@ proptest! {
             .build()
             .expect("runtime");
         let hyper = runtime.block_on(hyper_reads(&input.0));
-        let (levee, stop) = levee_codec_reads(&input.0, true);
+        let (levee, stop) = levee_codec_reads(&input.0);
         if let Err(e) = compare_codec(&hyper, &levee, stop) {
             prop_assert!(false, "{}", e);
         }

@@ -864,8 +864,8 @@ fn a_bare_lf_in_a_trailer_section_is_refused() {
     }
 }
 
-/// RFC 9112 §6.1: an HTTP/1.0 message with Transfer-Encoding has faulty framing;
-/// `response_framing` reads such a response as chunked (or to the close).
+/// RFC 9112 §6.1: an HTTP/1.0 message with Transfer-Encoding has faulty framing, and
+/// `response_framing` refuses it (it once read it as chunked, or to the close).
 #[test]
 fn http10_response_with_transfer_encoding_is_refused() {
     for input in [
@@ -883,8 +883,8 @@ fn http10_response_with_transfer_encoding_is_refused() {
 }
 
 /// RFC 9110 §5.6.1: empty list elements are ignored, so `Transfer-Encoding: chunked,`
-/// ends in chunked; `response_framing` reads the last element as empty and the body as
-/// close-delimited (the client then gets the chunk framing as data).
+/// ends in chunked (`response_framing` once read the last element as empty and the body
+/// as close-delimited, so the client got the chunk framing as data).
 #[test]
 fn a_response_transfer_encoding_list_skips_empty_elements() {
     for input in [
