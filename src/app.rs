@@ -178,6 +178,7 @@ impl App {
         // Idle keep-alive connections waiting for their next request see it and close
         // now; busy ones finish their request in progress and close.
         let _ = self.shutdown.send(true);
+        crate::http1::idle::wake_all();
         tokio::time::timeout(grace, self.connections.drained())
             .await
             .is_ok()

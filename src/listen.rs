@@ -16,7 +16,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify};
 
 use crate::http::forward::Proxy;
-use crate::http::server::{serve_connection, Accepted, Settings};
+use crate::http::server::{serve_connection, Accepted, Settings, Start};
 use crate::proxy_protocol::Source;
 
 /// Open client connections: counts, per-IP counts, and ways to wait for fewer.
@@ -215,15 +215,16 @@ pub async fn serve(
         if proxy_protocol {
             // The client is known once the header is read: the per-IP cap waits for it.
             let guard = connections.count();
-            tokio::spawn(serve_proxied(
-                proxy.clone(),
+            tokio::spawn(serve_proxied(Box::new(Proxied {
+                proxy: proxy.clone(),
                 tcp,
-                tls.clone(),
+                tls: tls.clone(),
                 peer,
-                (settings, per_ip_cap),
+                settings,
+                per_ip_cap,
                 watch,
                 guard,
-            ));
+            })));
             continue;
         }
         let Some(guard) = connections.admit(peer.ip(), per_ip_cap) else {
@@ -233,14 +234,14 @@ pub async fn serve(
             continue;
         };
         let accepted = to_accepted(tcp, &tls);
-        tokio::spawn(serve_connection(
-            proxy.clone(),
-            accepted,
+        tokio::spawn(serve_connection(Box::new(Start {
+            proxy: proxy.clone(),
+            accepted: Some(accepted),
             peer,
             settings,
-            watch,
+            shutdown: watch,
             guard,
-        ));
+        })));
     }
 }
 
@@ -255,30 +256,65 @@ fn to_accepted(tcp: TcpStream, tls: &Option<Arc<crate::tls::Acceptor>>) -> Accep
 /// (within `client_header`) and its source address is the connection's peer from then
 /// on, for the per-IP cap and everything after it. A missing, malformed or slow header
 /// closes the connection without a word, before any backend is involved.
-async fn serve_proxied(
-    proxy: Arc<Proxy>,
-    mut tcp: TcpStream,
-    tls: Option<Arc<crate::tls::Acceptor>>,
-    peer: SocketAddr,
-    (settings, per_ip_cap): (Settings, u32),
-    watch: watch::Receiver<bool>,
-    mut guard: ConnectionGuard,
-) {
-    let header = crate::proxy_protocol::read_header(&mut tcp, settings.client_header);
-    let client = match Box::pin(header).await {
+///
+/// Boxed, as [`serve_connection`]'s start is: a future keeps its arguments for as long
+/// as it lives.
+async fn serve_proxied(start: Box<Proxied>) {
+    // The header's read is boxed and over before the connection is served, so the
+    // connection's future does not keep what only the read needed.
+    if let Some(start) = Box::pin(read_proxied(start)).await {
+        serve_connection(start).await;
+    }
+}
+
+/// The PROXY protocol header and the per-IP cap: the connection's start as
+/// [`serve_connection`] takes it, or `None` when it is closed here.
+async fn read_proxied(start: Box<Proxied>) -> Option<Box<Start<ConnectionGuard>>> {
+    let Proxied {
+        proxy,
+        mut tcp,
+        tls,
+        peer,
+        settings,
+        per_ip_cap,
+        watch,
+        mut guard,
+    } = *start;
+    let client = match crate::proxy_protocol::read_header(&mut tcp, settings.client_header()).await
+    {
         Ok(Source::Address(client)) => client,
         Ok(Source::Local) => peer,
         Err(e) => {
             guard.connections.proxy_protocol_errors[e.index()].inc();
             tracing::debug!(%peer, error = %e, "closed: PROXY protocol header refused");
-            return;
+            return None;
         }
     };
     if !guard.count_ip(client.ip(), per_ip_cap) {
         guard.connections.rejected_per_ip.inc();
         tracing::debug!(%peer, %client, "closed: too many connections from this address");
-        return;
+        return None;
     }
     let accepted = to_accepted(tcp, &tls);
-    serve_connection(proxy, accepted, client, settings, watch, guard).await
+    Some(Box::new(Start {
+        proxy,
+        accepted: Some(accepted),
+        peer: client,
+        settings,
+        shutdown: watch,
+        guard,
+    }))
+}
+
+/// A connection that starts with a PROXY protocol header, as the accept loop hands it
+/// to [`serve_proxied`].
+struct Proxied {
+    proxy: Arc<Proxy>,
+    tcp: TcpStream,
+    tls: Option<Arc<crate::tls::Acceptor>>,
+    peer: SocketAddr,
+    settings: Settings,
+    per_ip_cap: u32,
+    watch: watch::Receiver<bool>,
+    guard: ConnectionGuard,
 }

@@ -59,23 +59,40 @@ async fn opening(tcp: &TcpStream, header_timeout: Duration) -> Opening {
 
 /// The settings a connection is served with, read from the snapshot at accept. Only
 /// what the connection's driver uses (each request reads the rest from the snapshot
-/// in force): it is stored in every connection's task.
+/// in force): it is stored in every connection's task, so its durations are kept as
+/// milliseconds in 32 bits (a longer one, past 49 days, is cut to that).
 #[derive(Clone, Copy)]
 pub struct Settings {
-    pub client_header: Duration,
-    pub client_idle: Duration,
-    pub write: Duration,
+    client_header_ms: u32,
+    client_idle_ms: u32,
+    write_ms: u32,
     pub max_header_bytes: u32,
 }
 
 impl Settings {
     pub fn new(timeouts: &Timeouts, max_header_bytes: usize) -> Settings {
+        let ms = |d: Duration| u32::try_from(d.as_millis()).unwrap_or(u32::MAX);
         Settings {
-            client_header: timeouts.client_header,
-            client_idle: timeouts.client_idle,
-            write: timeouts.write,
+            client_header_ms: ms(timeouts.client_header),
+            client_idle_ms: ms(timeouts.client_idle),
+            write_ms: ms(timeouts.write),
             max_header_bytes: u32::try_from(max_header_bytes).unwrap_or(u32::MAX),
         }
+    }
+
+    /// The longest wait for a request's head once its first byte came.
+    pub fn client_header(&self) -> Duration {
+        Duration::from_millis(self.client_header_ms.into())
+    }
+
+    /// The longest wait for the next request on a keep-alive connection.
+    pub fn client_idle(&self) -> Duration {
+        Duration::from_millis(self.client_idle_ms.into())
+    }
+
+    /// The longest a write to the client may make no progress.
+    pub fn write(&self) -> Duration {
+        Duration::from_millis(self.write_ms.into())
     }
 }
 
@@ -86,37 +103,39 @@ pub enum Accepted {
     Tls(TcpStream, Arc<crate::tls::Acceptor>),
 }
 
+/// What a client connection is served with: the accept loop's hand-over to
+/// [`serve_connection`].
+pub struct Start<G> {
+    pub proxy: Arc<Proxy>,
+    /// Taken by the opening.
+    pub accepted: Option<Accepted>,
+    pub peer: SocketAddr,
+    pub settings: Settings,
+    pub shutdown: watch::Receiver<bool>,
+    /// Held until the connection ends (the accept loop's count of open connections).
+    pub guard: G,
+}
+
 /// Serves one client connection until it closes, idles out, or `shutdown` turns true
-/// (then the request in progress finishes and the connection closes). `guard` is held
-/// until then (the accept loop's count of open connections).
+/// (then the request in progress finishes and the connection closes).
 ///
 /// This future is what a connection costs while it waits between requests, so it
-/// holds little: the opening, HTTP/1 and HTTP/2 are boxed.
-pub async fn serve_connection(
-    proxy: Arc<Proxy>,
-    accepted: Accepted,
-    peer: SocketAddr,
-    settings: Settings,
-    shutdown: watch::Receiver<bool>,
-    guard: impl Send,
-) {
-    let _guard = guard;
-    let (stream, h2) = match accepted {
-        Accepted::Plain(tcp) => match Box::pin(opening(&tcp, settings.client_header)).await {
-            Opening::Silent => return,
-            Opening::H2 => (ClientStream::Plain(tcp), true),
-            Opening::H1 => (ClientStream::Plain(tcp), false),
-        },
-        Accepted::Tls(tcp, acceptor) => {
-            let handshake =
-                crate::tls::handshake::accept(&acceptor, tcp, peer, settings.client_header);
-            let Some(tls) = Box::pin(handshake).await else {
-                return;
-            };
-            let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-            (ClientStream::Tls(Box::new(tls)), h2)
-        }
+/// holds little: its start stays boxed until the connection is open (a future keeps
+/// whatever lives across two of its waits for as long as it lives), the opening and
+/// HTTP/2 are boxed, and HTTP/1's driver is inline.
+pub async fn serve_connection<G: Send>(mut start: Box<Start<G>>) {
+    let Some((stream, h2)) = Box::pin(open(&mut start)).await else {
+        return;
     };
+    let Start {
+        proxy,
+        peer,
+        settings,
+        shutdown,
+        guard,
+        ..
+    } = *start;
+    let _guard = guard;
     let tls = matches!(stream, ClientStream::Tls(_));
     let scheme = if tls { "https" } else { "http" };
     let conn = Arc::new(Conn::new(
@@ -128,10 +147,28 @@ pub async fn serve_connection(
     if h2 {
         return Box::pin(serve_h2(proxy, conn, stream, settings, shutdown)).await;
     }
-    Box::pin(crate::http1::conn::serve(
-        proxy, conn, stream, settings, shutdown,
-    ))
-    .await
+    crate::http1::conn::serve(proxy, conn, stream, settings, shutdown).await
+}
+
+/// The opening of a connection: its first bytes (plain) or its TLS handshake, and
+/// whether it speaks HTTP/2. `None`: it closed, stayed silent, or failed its handshake.
+async fn open<G>(start: &mut Start<G>) -> Option<(ClientStream, bool)> {
+    let header = start.settings.client_header();
+    match start.accepted.take()? {
+        Accepted::Plain(tcp) => match opening(&tcp, header).await {
+            Opening::Silent => None,
+            Opening::H2 => Some((ClientStream::Plain(tcp), true)),
+            Opening::H1 => Some((ClientStream::Plain(tcp), false)),
+        },
+        Accepted::Tls(tcp, acceptor) => {
+            // Boxed: a handshake's future is kilobytes, and a plain connection's
+            // opening should not carry its size.
+            let handshake = crate::tls::handshake::accept(&acceptor, tcp, start.peer, header);
+            let tls = Box::pin(handshake).await?;
+            let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+            Some((ClientStream::Tls(Box::new(tls)), h2))
+        }
+    }
 }
 
 /// Copies between the client and the backend's upgraded connection until either ends;
@@ -164,7 +201,7 @@ async fn serve_h2(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let shared = conn.shared.clone();
-    let io = ClientIo::new(stream, settings.write);
+    let io = ClientIo::new(stream, settings.write());
     let svc = {
         let conn = conn.clone();
         service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
@@ -191,7 +228,7 @@ async fn serve_h2(
                 }
                 return;
             }
-            _ = tokio::time::sleep(settings.client_idle), if !closing => {
+            _ = tokio::time::sleep(settings.client_idle()), if !closing => {
                 // Idle for `client_idle`: no request in progress and none started.
                 let started = shared.requests.load(Ordering::Relaxed);
                 if shared.active.load(Ordering::Acquire) == 0 && started == seen {

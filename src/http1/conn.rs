@@ -15,8 +15,10 @@
 //! alarm ticks every [`TICK`], so the forwarding path's own deadlines (the wait for a
 //! backend's head) are checked on the connection's polls without a timer of their own.
 //!
-//! An idle keep-alive connection holds no buffer: the read buffer is dropped once the
-//! connection has waited [`TICK`] for its next request.
+//! An idle keep-alive connection holds no buffer and no timer: once it has waited
+//! [`TICK`] for its next request, it drops its buffers and its alarm and enters the
+//! idle set ([`super::idle`]), which wakes it at its `client_idle` deadline or on
+//! shutdown.
 
 use std::future::Future;
 use std::io;
@@ -278,30 +280,53 @@ struct Driver {
     proxy: Arc<Proxy>,
     conn: Arc<Conn>,
     settings: Settings,
+    shutdown: watch::Receiver<bool>,
     alarm: Alarm,
     tick: Alarm,
     out: BytesMut,
+    wait: HeadWait,
 }
 
-/// How waiting for a head ended. (The head is moved once per request; boxing it would
-/// cost an allocation per request.)
+/// Where the wait for the next head is (see [`Driver::poll_head`]).
+struct HeadWait {
+    /// When the head's first bytes came.
+    begun: Option<Instant>,
+    /// The end of this phase of the wait (before the head begins).
+    until: Instant,
+    /// The end of the keep-alive wait (`client_idle` after the last answer).
+    idle_end: Instant,
+    /// The connection has waited [`TICK`] and holds no buffer.
+    idling: bool,
+    /// Idling, its place in the set of idle connections, which wakes it at its idle
+    /// deadline and on shutdown: it holds no timer of its own meanwhile.
+    idle: Option<super::idle::Entry>,
+}
+
+/// How waiting for a head ended.
 #[allow(clippy::large_enum_variant)]
-enum Next {
+enum Wait {
     Head(parse::RequestHead),
-    /// Closed, idle past `client_idle`, shutting down, or an unreadable head (its
-    /// answer written).
-    Close,
+    Closed,
+    Deadline,
+    Refused(HeadError),
 }
 
 /// Serves one HTTP/1.x client connection until it closes, idles out, or `shutdown`
 /// turns true (the request in progress finishes first).
-pub async fn serve(
+///
+/// This future is what an idle keep-alive connection costs, so it holds the driver
+/// and little else: the driver's fields are used in place (an `async fn` would keep
+/// its arguments beside the driver they are moved into), the wait for a head is a
+/// poll of the driver's own state, and a request's future, a refusal's write and a
+/// tunnel are boxed.
+pub fn serve(
     proxy: Arc<Proxy>,
     conn: Arc<Conn>,
     stream: ClientStream,
     settings: Settings,
-    mut shutdown: watch::Receiver<bool>,
-) {
+    shutdown: watch::Receiver<bool>,
+) -> impl Future<Output = ()> + Send {
+    let now = Instant::now();
     let mut d = Driver {
         socket: Arc::new(Mutex::new(Socket {
             stream,
@@ -312,139 +337,168 @@ pub async fn serve(
         proxy,
         conn,
         settings,
+        shutdown,
         alarm: Alarm::default(),
         tick: Alarm::default(),
         out: BytesMut::new(),
+        wait: HeadWait {
+            begun: None,
+            until: now,
+            idle_end: now,
+            idling: false,
+            idle: None,
+        },
     };
-    let mut first = true;
-    loop {
-        let head = match d.next_head(first, &mut shutdown).await {
-            Next::Head(h) => h,
-            Next::Close => return,
+    async move {
+        let mut first = true;
+        // The loop ends with the answer to an unreadable head (out of the `match`, so
+        // the wait's outcome is not kept while the answer is written).
+        let refused = loop {
+            d.begin_wait(first);
+            let head = match std::future::poll_fn(|cx| d.poll_head(cx)).await {
+                Wait::Head(h) => h,
+                Wait::Refused(e) => break refusal(e),
+                Wait::Closed | Wait::Deadline => return,
+            };
+            first = false;
+            let stop = *d.shutdown.borrow();
+            // Boxed, one allocation a request: a request's future is kilobytes (the
+            // forwarding path, the backend's exchange, the answer's writing), and inline it
+            // would be part of every connection's future for as long as the connection
+            // lives, idle or not.
+            match Box::pin(d.exchange(head, stop)).await {
+                Ok(true) if !*d.shutdown.borrow() => {}
+                Ok(_) | Err(_) => return,
+            }
+            if d.upgrade_pending() {
+                return Box::pin(d.into_tunnel()).await;
+            }
         };
-        first = false;
-        let stop = *shutdown.borrow();
-        // Boxed, one allocation a request: a request's future is kilobytes (the
-        // forwarding path, the backend's exchange, the answer's writing), and inline it
-        // would be part of every connection's future for as long as the connection
-        // lives, idle or not.
-        match Box::pin(d.exchange(head, stop)).await {
-            Ok(true) if !*shutdown.borrow() => {}
-            Ok(_) | Err(_) => return,
-        }
-        if d.upgrade_pending() {
-            return d.into_tunnel().await;
-        }
+        let _ = Box::pin(d.write_raw(refused)).await;
     }
 }
 
 impl Driver {
-    /// Waits for the next complete head: between requests for at most `client_idle`
+    /// Starts the wait for the next head: between requests for at most `client_idle`
     /// (the read buffer goes after [`TICK`], and from then a shutdown closes the
-    /// connection at once), then at most `client_header` from its first byte.
-    async fn next_head(&mut self, first: bool, shutdown: &mut watch::Receiver<bool>) -> Next {
-        let s = self.settings;
+    /// connection at once), then at most `client_header` from its first byte. The
+    /// opening wait already saw the first bytes of a new connection.
+    fn begin_wait(&mut self, first: bool) {
         let start = Instant::now();
-        // The opening wait already saw the first bytes of a new connection.
-        let mut begun = first.then_some(start);
-        let idle_end = start + s.client_idle;
-        // Phase one: a tick with the buffer kept (most next requests come in it).
-        let r = self
-            .wait_head::<std::future::Pending<()>>(&mut begun, (start + TICK).min(idle_end), None)
-            .await;
-        let r = match r {
-            Wait::Deadline if begun.is_none() && Instant::now() < idle_end => {
-                if *shutdown.borrow() {
-                    return Next::Close;
-                }
-                self.socket.lock().buf = BytesMut::new();
-                self.out = BytesMut::new();
-                self.tick = Alarm::default();
-                let changed = shutdown.changed();
-                tokio::pin!(changed);
-                self.wait_head(&mut begun, idle_end, Some(changed)).await
-            }
-            r => r,
+        let idle_end = start + self.settings.client_idle();
+        self.wait = HeadWait {
+            begun: first.then_some(start),
+            until: (start + TICK).min(idle_end),
+            idle_end,
+            idling: false,
+            idle: None,
         };
-        match r {
-            Wait::Head(head) => Next::Head(head),
-            Wait::Deadline | Wait::Closed => Next::Close,
-            Wait::Refused(e) => {
-                let _ = self.write_raw(refusal(e)).await;
-                Next::Close
+    }
+
+    /// The wait [`Driver::begin_wait`] started: a tick with the buffers kept (most
+    /// next requests come in it), then without them until `client_idle`.
+    fn poll_head(&mut self, cx: &mut Context<'_>) -> Poll<Wait> {
+        loop {
+            let r = ready!(self.poll_wait(cx));
+            let w = &mut self.wait;
+            let idle = matches!(r, Wait::Deadline)
+                && !w.idling
+                && w.begun.is_none()
+                && Instant::now() < w.idle_end;
+            if !idle {
+                w.idle = None;
+                return Poll::Ready(r);
             }
+            // In the set before the signal is read: a shutdown after this read wakes
+            // the connection.
+            w.idling = true;
+            w.idle = super::idle::Entry::new(cx.waker(), w.idle_end);
+            if *self.shutdown.borrow() {
+                w.idle = None;
+                return Poll::Ready(Wait::Closed);
+            }
+            self.socket.lock().buf = BytesMut::new();
+            self.out = BytesMut::new();
+            self.tick = Alarm::default();
+            if w.idle.is_some() {
+                self.alarm = Alarm::default();
+            }
+            w.until = w.idle_end;
         }
     }
 
-    /// Reads until a head is complete, the client leaves, `until` passes (or
-    /// `client_header` after the head began), or `shutdown` fires before a head began.
-    async fn wait_head<F: Future>(
-        &mut self,
-        begun: &mut Option<Instant>,
-        until: Instant,
-        mut shutdown: Option<Pin<&mut F>>,
-    ) -> Wait {
+    /// Reads until a head is complete, the client leaves, the wait's `until` passes (or
+    /// `client_header` after the head began), or, idle before a head began, the
+    /// shutdown signal is on.
+    fn poll_wait(&mut self, cx: &mut Context<'_>) -> Poll<Wait> {
         let s = self.settings;
-        let socket = &self.socket;
-        let alarm = &mut self.alarm;
-        std::future::poll_fn(|cx| {
-            let mut guard = socket.lock();
-            let sock = &mut *guard;
-            loop {
-                if !sock.buf.is_empty() {
-                    if begun.is_none() {
-                        *begun = Some(Instant::now());
-                    }
-                    match parse::request(&mut sock.buf, s.max_header_bytes as usize) {
-                        Ok(Some(head)) => return Poll::Ready(Wait::Head(head)),
-                        Ok(None) => {}
-                        Err(e) => return Poll::Ready(Wait::Refused(e)),
-                    }
+        let w = &mut self.wait;
+        let mut guard = self.socket.lock();
+        let sock = &mut *guard;
+        loop {
+            if !sock.buf.is_empty() {
+                if w.begun.is_none() {
+                    w.begun = Some(Instant::now());
                 }
-                let idle = begun.is_none() && sock.buf.capacity() == 0;
-                let read = if idle {
-                    // Without a buffer, only the socket's readiness is watched until
-                    // it has bytes.
-                    match sock.stream.tcp().poll_read_ready(cx) {
-                        Poll::Ready(Ok(())) => poll_read_in(&mut sock.stream, cx, &mut sock.buf),
-                        Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-                        Poll::Pending => Poll::Pending,
-                    }
-                } else {
-                    poll_read_in(&mut sock.stream, cx, &mut sock.buf)
-                };
-                match read {
-                    Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(Wait::Closed),
-                    Poll::Ready(Ok(_)) => continue,
-                    Poll::Pending => {}
+                match parse::request(&mut sock.buf, s.max_header_bytes as usize) {
+                    Ok(Some(head)) => return Poll::Ready(Wait::Head(head)),
+                    Ok(None) => {}
+                    Err(e) => return Poll::Ready(Wait::Refused(e)),
                 }
-                if begun.is_none() {
-                    if let Some(f) = shutdown.as_mut() {
-                        if f.as_mut().poll(cx).is_ready() {
-                            return Poll::Ready(Wait::Closed);
-                        }
-                    }
-                }
-                let deadline = match *begun {
-                    Some(b) => b + s.client_header,
-                    None => until,
-                };
-                return match alarm.poll(cx, deadline) {
-                    Poll::Ready(()) => Poll::Ready(Wait::Deadline),
+            }
+            let idle = w.begun.is_none() && sock.buf.capacity() == 0;
+            let read = if idle {
+                // Without a buffer, only the socket's readiness is watched until
+                // it has bytes.
+                match sock.stream.tcp().poll_read_ready(cx) {
+                    Poll::Ready(Ok(())) => poll_read_in(&mut sock.stream, cx, &mut sock.buf),
+                    Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
                     Poll::Pending => Poll::Pending,
+                }
+            } else {
+                poll_read_in(&mut sock.stream, cx, &mut sock.buf)
+            };
+            match read {
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(Wait::Closed),
+                Poll::Ready(Ok(_)) => continue,
+                Poll::Pending => {}
+            }
+            if w.begun.is_none() {
+                if let Some(entry) = &w.idle {
+                    entry.update(cx.waker());
+                    if *self.shutdown.borrow() {
+                        return Poll::Ready(Wait::Closed);
+                    }
+                }
+            }
+            let deadline = match w.begun {
+                Some(b) => b + s.client_header(),
+                None => w.until,
+            };
+            if w.idle.is_some() && w.begun.is_none() {
+                // The idle set's sweeper wakes the connection at its deadline.
+                let passed = Instant::now() >= deadline;
+                return if passed {
+                    Poll::Ready(Wait::Deadline)
+                } else {
+                    Poll::Pending
                 };
             }
-        })
-        .await
+            return match self.alarm.poll(cx, deadline) {
+                Poll::Ready(()) => Poll::Ready(Wait::Deadline),
+                Poll::Pending => Poll::Pending,
+            };
+        }
     }
 
     /// One request: its body's framing, the forwarding path, the answer. `Ok(true)`
     /// when the connection may carry another request.
     async fn exchange(&mut self, head: parse::RequestHead, stop: bool) -> io::Result<bool> {
-        let parse::RequestHead { parts, raw } = head;
-        let head_request = parts.method == Method::HEAD;
-        let version = parts.version;
-        let facts = read_head(&parts);
+        // The head's fields are used in place: moved out of it, they would take room
+        // of their own beside it in this future.
+        let head_request = head.parts.method == Method::HEAD;
+        let version = head.parts.version;
+        let facts = read_head(&head.parts);
         let mut keep = facts.keep_alive && !stop;
         let Some(decoder) = facts.body else {
             self.write_raw(BAD_FRAMING).await?;
@@ -458,13 +512,16 @@ impl Driver {
             s.expect = expect;
         }
         let body = RequestBody {
-            raw_head: Some(raw),
+            raw_head: Some(head.raw),
             socket: self.socket.clone(),
             conn: self.conn.clone(),
             done: bodiless,
         };
-        let req = Request::from_parts(parts, http_body_util::Either::Left(body));
+        let req = Request::from_parts(head.parts, http_body_util::Either::Left(body));
+        // Polled here, not in a future of its own that would hold it: this future is
+        // boxed (moved into place) once per request, and every byte of it is copied.
         let serve = forward::serve_with_id(self.proxy.clone(), self.conn.clone(), req);
+        tokio::pin!(serve);
         let (resp, id) = ticked(&mut self.tick, serve).await;
         let (rparts, rbody) = resp.into_parts();
         let upgrade = rparts.status == http::StatusCode::SWITCHING_PROTOCOLS
@@ -504,7 +561,7 @@ impl Driver {
             return;
         };
         let socket = socket.into_inner();
-        let mut io = ClientIo::new(socket.stream, self.settings.write);
+        let mut io = ClientIo::new(socket.stream, self.settings.write());
         io.unread(socket.buf.freeze());
         crate::http::server::splice(io, tunnel).await;
     }
@@ -682,7 +739,7 @@ impl Driver {
     async fn write_raw(&mut self, bytes: &[u8]) -> io::Result<()> {
         let socket = &self.socket;
         let alarm = &mut self.alarm;
-        let limit = self.settings.write;
+        let limit = self.settings.write();
         let mut at = 0;
         let mut stalled: Option<Instant> = None;
         std::future::poll_fn(|cx| {
@@ -732,15 +789,6 @@ struct Answer<'a> {
     request_id: &'a [u8],
 }
 
-/// How waiting for a head ended.
-#[allow(clippy::large_enum_variant)]
-enum Wait {
-    Head(parse::RequestHead),
-    Closed,
-    Deadline,
-    Refused(HeadError),
-}
-
 /// How an answer's body is written.
 enum Framing {
     None,
@@ -752,8 +800,7 @@ enum Framing {
 }
 
 /// Polls `fut` to its end, and at least every [`TICK`] while it waits.
-async fn ticked<F: Future>(tick: &mut Alarm, fut: F) -> F::Output {
-    tokio::pin!(fut);
+async fn ticked<F: Future>(tick: &mut Alarm, mut fut: Pin<&mut F>) -> F::Output {
     let mut next = Instant::now() + TICK;
     std::future::poll_fn(|cx| loop {
         if let Poll::Ready(v) = fut.as_mut().poll(cx) {

@@ -8,6 +8,7 @@
 pub mod client;
 pub mod conn;
 pub mod framing;
+pub mod idle;
 pub mod parse;
 pub mod rewrite;
 
