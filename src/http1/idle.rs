@@ -125,11 +125,14 @@ mod tests {
         (c.clone(), Waker::from(c))
     }
 
-    // Other tests in this process may wake the set too (a drain): the checks allow
-    // for wake-ups they did not make, never for missing ones or for a left entry's.
+    // The set is the process's: these tests take turns on it (one's wake-all would
+    // otherwise reach another's entries), and their checks allow for wake-ups from
+    // elsewhere in the process (a drain), never for missing ones or for a left entry's.
+    static TURN: Mutex<()> = parking_lot::const_mutex(());
 
     #[test]
     fn entries_are_woken_until_they_leave() {
+        let _turn = TURN.lock();
         let far = Instant::now() + Duration::from_secs(3600);
         let (a, wa) = count();
         let (b, wb) = count();
@@ -156,6 +159,7 @@ mod tests {
 
     #[test]
     fn the_sweeper_wakes_an_entry_once_its_deadline_passes() {
+        let _turn = TURN.lock();
         let (due, wd) = count();
         let _d = Entry::new(&wd, Instant::now()).expect("the sweeper runs");
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -167,6 +171,7 @@ mod tests {
 
     #[test]
     fn the_sweeper_leaves_an_entry_before_its_deadline_alone() {
+        let _turn = TURN.lock();
         let (later, wl) = count();
         let _l = Entry::new(&wl, Instant::now() + Duration::from_secs(3600));
         let before = later.0.load(Ordering::SeqCst);
