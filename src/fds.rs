@@ -82,6 +82,10 @@ pub fn out_of_descriptors(e: &std::io::Error) -> bool {
 /// One descriptor held back (on `/dev/null`) for when `accept` fails with `EMFILE`.
 pub struct Reserve(Option<std::fs::File>);
 
+/// Most connections [`Reserve::refuse_waiting`] refuses in one go, so the accept loop
+/// still looks at its shutdown signal and warnings in between.
+pub const REFUSE_AT_ONCE: u64 = 64;
+
 impl Default for Reserve {
     fn default() -> Self {
         Reserve(std::fs::File::open("/dev/null").ok())
@@ -89,20 +93,30 @@ impl Default for Reserve {
 }
 
 impl Reserve {
-    /// Frees the reserved descriptor, takes one waiting connection off `listener`'s
-    /// queue, refuses it with a 503, and takes the descriptor back. True when a
-    /// connection was refused.
-    pub async fn refuse_one(&mut self, listener: &TcpListener) -> bool {
+    /// Frees the reserved descriptor, takes waiting connections off `listener`'s queue
+    /// (the first waited for up to 5 ms, then those already there, at most
+    /// [`REFUSE_AT_ONCE`]), refuses each with a 503 and closes it, which frees the
+    /// descriptor for the next, and takes the descriptor back. Returns how many were
+    /// refused. One at a time, a queue of clients that arrived together outlasted
+    /// their patience while the loop paused between refusals.
+    pub async fn refuse_waiting(&mut self, listener: &TcpListener) -> u64 {
         self.0 = None;
-        let taken = match tokio::time::timeout(Duration::from_millis(5), listener.accept()).await {
-            Ok(Ok((tcp, _))) => {
-                refuse_now(&tcp, "no_descriptors");
-                true
+        let mut refused = 0;
+        let mut wait = Duration::from_millis(5);
+        while refused < REFUSE_AT_ONCE {
+            match tokio::time::timeout(wait, listener.accept()).await {
+                Ok(Ok((tcp, _))) => {
+                    refuse_now(&tcp, "no_descriptors");
+                    refused += 1;
+                }
+                _ => break,
             }
-            _ => false,
-        };
+            // The timeout polls the accept first: a zero wait takes only a
+            // connection that is already waiting.
+            wait = Duration::ZERO;
+        }
         *self = Reserve::default();
-        taken
+        refused
     }
 }
 

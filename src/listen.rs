@@ -163,12 +163,11 @@ pub async fn serve(
             Ok(conn) => conn,
             Err(e) if crate::fds::out_of_descriptors(&e) => {
                 // Out of descriptors despite the cap (backend connections, probes):
-                // answer one waiting client with a 503 through the reserved descriptor
-                // rather than leave the queue unanswered, and pause briefly so the loop
-                // cannot spin while nothing frees.
-                if reserve.refuse_one(&listener).await {
-                    connections.refused_no_descriptors.inc();
-                }
+                // answer the waiting clients with a 503 through the reserved
+                // descriptor rather than leave the queue unanswered, and pause briefly
+                // so the loop cannot spin while nothing frees.
+                let refused = reserve.refuse_waiting(&listener).await;
+                connections.refused_no_descriptors.inc_by(refused);
                 let logged = crate::fds::accept_warnings().check();
                 if let Some(left_out) = logged {
                     tracing::warn!(
