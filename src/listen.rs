@@ -10,8 +10,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use std::net::SocketAddr;
-
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify};
 
@@ -215,14 +213,17 @@ pub async fn serve(
             // The client is known once the header is read: the per-IP cap waits for it.
             let guard = connections.count();
             tokio::spawn(serve_proxied(Box::new(Proxied {
-                proxy: proxy.clone(),
                 tcp,
                 tls: tls.clone(),
-                peer,
-                settings,
                 per_ip_cap,
-                watch,
-                guard,
+                start: Start {
+                    proxy: proxy.clone(),
+                    accepted: None,
+                    peer,
+                    settings,
+                    shutdown: watch,
+                    guard,
+                },
             })));
             continue;
         }
@@ -268,52 +269,41 @@ async fn serve_proxied(start: Box<Proxied>) {
 
 /// The PROXY protocol header and the per-IP cap: the connection's start as
 /// [`serve_connection`] takes it, or `None` when it is closed here.
-async fn read_proxied(start: Box<Proxied>) -> Option<Box<Start<ConnectionGuard>>> {
+async fn read_proxied(proxied: Box<Proxied>) -> Option<Box<Start<ConnectionGuard>>> {
     let Proxied {
-        proxy,
         mut tcp,
         tls,
-        peer,
-        settings,
         per_ip_cap,
-        watch,
-        mut guard,
-    } = *start;
-    let client = match crate::proxy_protocol::read_header(&mut tcp, settings.client_header()).await
-    {
+        mut start,
+    } = *proxied;
+    let peer = start.peer;
+    let header = crate::proxy_protocol::read_header(&mut tcp, start.settings.client_header());
+    let client = match header.await {
         Ok(Source::Address(client)) => client,
         Ok(Source::Local) => peer,
         Err(e) => {
-            guard.connections.proxy_protocol_errors[e.index()].inc();
+            start.guard.connections.proxy_protocol_errors[e.index()].inc();
             tracing::debug!(%peer, error = %e, "closed: PROXY protocol header refused");
             return None;
         }
     };
-    if !guard.count_ip(client.ip(), per_ip_cap) {
-        guard.connections.rejected_per_ip.inc();
+    if !start.guard.count_ip(client.ip(), per_ip_cap) {
+        start.guard.connections.rejected_per_ip.inc();
         tracing::debug!(%peer, %client, "closed: too many connections from this address");
         return None;
     }
-    let accepted = to_accepted(tcp, &tls);
-    Some(Box::new(Start {
-        proxy,
-        accepted: Some(accepted),
-        peer: client,
-        settings,
-        shutdown: watch,
-        guard,
-    }))
+    start.peer = client;
+    start.accepted = Some(to_accepted(tcp, &tls));
+    Some(Box::new(start))
 }
 
 /// A connection that starts with a PROXY protocol header, as the accept loop hands it
 /// to [`serve_proxied`].
 struct Proxied {
-    proxy: Arc<Proxy>,
     tcp: TcpStream,
     tls: Option<Arc<crate::tls::Acceptor>>,
-    peer: SocketAddr,
-    settings: Settings,
     per_ip_cap: u32,
-    watch: watch::Receiver<bool>,
-    guard: ConnectionGuard,
+    /// The connection's start, its peer the sender of the header until the header
+    /// names the client, nothing accepted yet.
+    start: Start<ConnectionGuard>,
 }

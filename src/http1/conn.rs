@@ -302,6 +302,21 @@ struct HeadWait {
     idle: Option<super::idle::Entry>,
 }
 
+impl HeadWait {
+    /// A wait that starts now (see [`Driver::begin_wait`]).
+    fn new(first: bool, client_idle: Duration) -> HeadWait {
+        let start = Instant::now();
+        let idle_end = start + client_idle;
+        HeadWait {
+            begun: first.then_some(start),
+            until: (start + TICK).min(idle_end),
+            idle_end,
+            idling: false,
+            idle: None,
+        }
+    }
+}
+
 /// How waiting for a head ended.
 #[allow(clippy::large_enum_variant)]
 enum Wait {
@@ -326,7 +341,6 @@ pub fn serve(
     settings: Settings,
     shutdown: watch::Receiver<bool>,
 ) -> impl Future<Output = ()> + Send {
-    let now = Instant::now();
     let mut d = Driver {
         socket: Arc::new(Mutex::new(Socket {
             stream,
@@ -341,13 +355,7 @@ pub fn serve(
         alarm: Alarm::default(),
         tick: Alarm::default(),
         out: BytesMut::new(),
-        wait: HeadWait {
-            begun: None,
-            until: now,
-            idle_end: now,
-            idling: false,
-            idle: None,
-        },
+        wait: HeadWait::new(true, settings.client_idle()),
     };
     async move {
         let mut first = true;
@@ -384,15 +392,7 @@ impl Driver {
     /// connection at once), then at most `client_header` from its first byte. The
     /// opening wait already saw the first bytes of a new connection.
     fn begin_wait(&mut self, first: bool) {
-        let start = Instant::now();
-        let idle_end = start + self.settings.client_idle();
-        self.wait = HeadWait {
-            begun: first.then_some(start),
-            until: (start + TICK).min(idle_end),
-            idle_end,
-            idling: false,
-            idle: None,
-        };
+        self.wait = HeadWait::new(first, self.settings.client_idle());
     }
 
     /// The wait [`Driver::begin_wait`] started: a tick with the buffers kept (most
@@ -463,27 +463,22 @@ impl Driver {
                 Poll::Ready(Ok(_)) => continue,
                 Poll::Pending => {}
             }
-            if w.begun.is_none() {
-                if let Some(entry) = &w.idle {
-                    entry.update(cx.waker());
-                    if *self.shutdown.borrow() {
-                        return Poll::Ready(Wait::Closed);
-                    }
-                }
-            }
-            let deadline = match w.begun {
-                Some(b) => b + s.client_header(),
-                None => w.until,
-            };
-            if w.idle.is_some() && w.begun.is_none() {
-                // The idle set's sweeper wakes the connection at its deadline.
-                let passed = Instant::now() >= deadline;
-                return if passed {
+            if let (None, Some(entry)) = (w.begun, &w.idle) {
+                // Idle: the idle set wakes the connection on shutdown and, through
+                // its sweeper, at its deadline.
+                entry.update(cx.waker());
+                return if *self.shutdown.borrow() {
+                    Poll::Ready(Wait::Closed)
+                } else if Instant::now() >= w.until {
                     Poll::Ready(Wait::Deadline)
                 } else {
                     Poll::Pending
                 };
             }
+            let deadline = match w.begun {
+                Some(b) => b + s.client_header(),
+                None => w.until,
+            };
             return match self.alarm.poll(cx, deadline) {
                 Poll::Ready(()) => Poll::Ready(Wait::Deadline),
                 Poll::Pending => Poll::Pending,
