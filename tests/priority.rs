@@ -48,6 +48,15 @@ async fn replicas() -> [Replica; 2] {
     ]
 }
 
+/// levee in front of `backends` with this file's limits and class rules.
+async fn levee_on(backends: &[&Replica]) -> levee::app::Running {
+    Setup::new(backends)
+        .upstream(LIMITS)
+        .tail(&rules())
+        .start()
+        .await
+}
+
 async fn scrape(admin: SocketAddr) -> String {
     let reply = fetch(admin, get("/metrics")).await;
     assert_eq!(reply.status, 200);
@@ -84,11 +93,7 @@ fn class_load(addr: SocketAddr, name: &str, clients: usize, max: u32) -> Load {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trickle_of_critical_requests_is_served_through_a_standing_queue() {
     let [r1, r2] = replicas().await;
-    let levee = Setup::new(&[&r1, &r2])
-        .upstream(LIMITS)
-        .tail(&rules())
-        .start()
-        .await;
+    let levee = levee_on(&[&r1, &r2]).await;
     let (addr, admin) = (levee.addr(), levee.admin_addr.expect("admin listener"));
     let up = levee.app.snapshot().upstreams[0].clone();
 
@@ -164,11 +169,7 @@ async fn a_trickle_of_critical_requests_is_served_through_a_standing_queue() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn all_four_classes_at_five_times_are_served_in_class_order() {
     let [r1, r2] = replicas().await;
-    let levee = Setup::new(&[&r1, &r2])
-        .upstream(LIMITS)
-        .tail(&rules())
-        .start()
-        .await;
+    let levee = levee_on(&[&r1, &r2]).await;
     let addr = levee.addr();
     let up = levee.app.snapshot().upstreams[0].clone();
     let per_class = 5 * SLOTS / CLASSES.len();

@@ -291,31 +291,21 @@ impl Client {
 }
 
 fn text(key: &str, value: impl Into<String>) -> KeyValue {
-    KeyValue {
-        key: key.to_string(),
-        value: Some(AnyValue {
-            value: Some(any_value::Value::StringValue(value.into())),
-        }),
-        ..KeyValue::default()
-    }
+    attribute(key, any_value::Value::StringValue(value.into()))
 }
 
 fn int(key: &str, value: i64) -> KeyValue {
-    KeyValue {
-        key: key.to_string(),
-        value: Some(AnyValue {
-            value: Some(any_value::Value::IntValue(value)),
-        }),
-        ..KeyValue::default()
-    }
+    attribute(key, any_value::Value::IntValue(value))
 }
 
 fn double(key: &str, value: f64) -> KeyValue {
+    attribute(key, any_value::Value::DoubleValue(value))
+}
+
+fn attribute(key: &str, value: any_value::Value) -> KeyValue {
     KeyValue {
         key: key.to_string(),
-        value: Some(AnyValue {
-            value: Some(any_value::Value::DoubleValue(value)),
-        }),
+        value: Some(AnyValue { value: Some(value) }),
         ..KeyValue::default()
     }
 }
