@@ -9,19 +9,75 @@
 //! of a generic type error. Durations are integers of milliseconds in keys ending in
 //! `_ms`.
 //!
+//! A table is read only from a TOML table: serde's derived structs would also take an
+//! array, its elements as the fields in order (`fairness = ["client_ip"]`), which no
+//! operator means and whose errors would name keys the file does not have.
+//!
 //! Nothing here holds defaults or meaning; see [`super::Config`] for both.
 
+use std::fmt;
+use std::marker::PhantomData;
+
+use serde::de::{Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
+
+/// Reads a `T` from a table only.
+struct Table<T>(T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Table<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Only<T>(PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for Only<T> {
+            type Value = T;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a table")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+                T::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+            }
+        }
+        d.deserialize_map(Only(PhantomData)).map(Table)
+    }
+}
+
+/// A key whose value is a table.
+fn table<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
+    Table::deserialize(d).map(|t| Some(t.0))
+}
+
+/// A key whose value is an array of tables.
+fn tables<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<Vec<T>>, D::Error> {
+    struct Each<T>(PhantomData<T>);
+    impl<'de, T: Deserialize<'de>> Visitor<'de> for Each<T> {
+        type Value = Vec<T>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("an array of tables")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
+            let mut all = Vec::new();
+            while let Some(Table(t)) = seq.next_element::<Table<T>>()? {
+                all.push(t);
+            }
+            Ok(all)
+        }
+    }
+    d.deserialize_seq(Each(PhantomData)).map(Some)
+}
 
 /// The whole file.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Root {
     /// `[server]`; required.
+    #[serde(default, deserialize_with = "table")]
     pub server: Option<Server>,
     /// `[[upstream]]`; at least one.
+    #[serde(default, deserialize_with = "tables")]
     pub upstream: Option<Vec<Upstream>>,
     /// `[[priority]]`; optional, in order of precedence.
+    #[serde(default, deserialize_with = "tables")]
     pub priority: Option<Vec<Priority>>,
 }
 
@@ -60,12 +116,16 @@ pub struct Server {
     /// CIDRs of peers whose `X-Forwarded-For` and `X-Request-Id` are believed.
     pub trusted_proxies: Option<Vec<String>>,
     /// `[server.timeouts]`
+    #[serde(default, deserialize_with = "table")]
     pub timeouts: Option<Timeouts>,
     /// `[server.tls]`
+    #[serde(default, deserialize_with = "table")]
     pub tls: Option<Tls>,
     /// `[server.dns]`
+    #[serde(default, deserialize_with = "table")]
     pub dns: Option<Dns>,
     /// `[server.tracing]`
+    #[serde(default, deserialize_with = "table")]
     pub tracing: Option<Tracing>,
 }
 
@@ -140,18 +200,25 @@ pub struct Upstream {
     /// A request header that makes any method idempotent (e.g. `idempotency-key`).
     pub idempotency_header: Option<String>,
     /// `[upstream.limits]`
+    #[serde(default, deserialize_with = "table")]
     pub limits: Option<Limits>,
     /// `[upstream.levels]`
+    #[serde(default, deserialize_with = "table")]
     pub levels: Option<Levels>,
     /// `[upstream.health]`
+    #[serde(default, deserialize_with = "table")]
     pub health: Option<Health>,
     /// `[upstream.fairness]`
+    #[serde(default, deserialize_with = "table")]
     pub fairness: Option<Fairness>,
     /// `[upstream.adaptive]`
+    #[serde(default, deserialize_with = "table")]
     pub adaptive: Option<Adaptive>,
     /// `[upstream.scaling]`
+    #[serde(default, deserialize_with = "table")]
     pub scaling: Option<Scaling>,
     /// `[[upstream.backend]]`; at least one.
+    #[serde(default, deserialize_with = "tables")]
     pub backend: Option<Vec<Backend>>,
 }
 
@@ -206,8 +273,10 @@ pub struct Adaptive {
 #[serde(deny_unknown_fields)]
 pub struct Levels {
     /// When present, only the signals it names are used at caution.
+    #[serde(default, deserialize_with = "table")]
     pub caution: Option<Thresholds>,
     /// When present, only the signals it names are used at danger.
+    #[serde(default, deserialize_with = "table")]
     pub danger: Option<Thresholds>,
     /// Time below a level before it is left.
     pub cooldown_ms: Option<i64>,
@@ -285,6 +354,7 @@ pub struct Backend {
 pub struct Priority {
     /// `match = { … }`; required.
     #[serde(rename = "match")]
+    #[serde(default, deserialize_with = "table")]
     pub matcher: Option<Match>,
     /// `critical`, `high`, `normal` or `low`; required.
     pub class: Option<String>,

@@ -1472,7 +1472,37 @@ fn wrong_types_name_their_key() {
     );
     // A single [upstream] table where an array of tables is expected.
     let text = "[server]\nlisten = [\"127.0.0.1:80\"]\n[upstream]\nname = \"a\"\n";
-    assert_error(text, "upstream", "invalid type: map, expected a sequence");
+    assert_error(
+        text,
+        "upstream",
+        "invalid type: map, expected an array of tables",
+    );
+}
+
+#[test]
+fn an_array_where_a_table_belongs_is_refused_at_its_key() {
+    // serde's structs would read an array's elements as their fields, in order.
+    assert_error(
+        &doc("", "fairness = [\"client_ip\"]"),
+        "upstream[0].fairness",
+        "invalid type: sequence, expected a table",
+    );
+    assert_error(
+        &doc("", "limits = [1, 2]"),
+        "upstream[0].limits",
+        "invalid type: sequence, expected a table",
+    );
+    assert_error(
+        &doc("timeouts = [1000]", ""),
+        "server.timeouts",
+        "invalid type: sequence, expected a table",
+    );
+    let text = "upstream = [[\"a\", [\"/\"]]]\n[server]\nlisten = [\"127.0.0.1:80\"]\n";
+    assert_error(
+        text,
+        "upstream[0]",
+        "invalid type: sequence, expected a table",
+    );
 }
 
 #[test]
