@@ -592,19 +592,14 @@ fn response_properties(input: &[u8], head_request: bool) -> Result<(), TestCaseE
     };
     let consumed = input.len() - buf.len();
     prop_assert_eq!(&buf[..], &input[consumed..]);
-    let parts = &head.parts;
-    let fields: Vec<(&[u8], &[u8])> = parts
-        .headers
-        .iter()
-        .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()))
-        .collect();
+    let fields: Vec<(&[u8], &[u8])> = head.fields().collect();
     let rfc = rfc9112::response_framing(
-        parts.status.as_u16(),
+        head.status.as_u16(),
         head_request,
-        parts.version == Version::HTTP_11,
+        head.version == Version::HTTP_11,
         &fields,
     );
-    let Ok((decoder, _keep)) = parse::response_framing(parts, head_request) else {
+    let Ok((decoder, _keep)) = parse::response_framing(&head, head_request) else {
         return Ok(());
     };
     let levee = match decoder {
@@ -880,7 +875,7 @@ fn http10_response_with_transfer_encoding_is_refused() {
         let mut buf = BytesMut::from(input);
         let head = parse::response(&mut buf, 8192).unwrap().unwrap();
         assert!(
-            parse::response_framing(&head.parts, false).is_err(),
+            parse::response_framing(&head, false).is_err(),
             "{:?} accepted",
             input.escape_ascii().to_string()
         );
@@ -899,7 +894,7 @@ fn a_response_transfer_encoding_list_skips_empty_elements() {
         let mut buf = BytesMut::from(input);
         let head = parse::response(&mut buf, 8192).unwrap().unwrap();
         assert_eq!(
-            parse::response_framing(&head.parts, false),
+            parse::response_framing(&head, false),
             Ok((Decoder::chunked(), true)),
             "{:?}",
             input.escape_ascii().to_string()

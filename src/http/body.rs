@@ -44,6 +44,9 @@ struct BackendBody {
     /// Whole-response deadline (not for streams).
     deadline: Option<Instant>,
     sleep: Option<Pin<Box<Sleep>>>,
+    /// An HTTP/1.1 backend's head as it came, for levee's HTTP/1.1 codec to write
+    /// the answer's fields from (the answer's header map is then empty).
+    head: Option<crate::http1::parse::ResponseHead>,
 }
 
 impl ResBody {
@@ -74,6 +77,22 @@ impl ResBody {
         }
     }
 
+    /// Keeps a backend's head as bytes with its body (see [`ResBody::take_backend_head`]).
+    pub fn keep_backend_head(&mut self, head: crate::http1::parse::ResponseHead) {
+        if let Kind::Backend(b) = &mut self.kind {
+            b.head = Some(head);
+        }
+    }
+
+    /// The backend's head as it came, once, when the answer's fields were left as
+    /// bytes: they are written from it.
+    pub fn take_backend_head(&mut self) -> Option<crate::http1::parse::ResponseHead> {
+        match &mut self.kind {
+            Kind::Backend(b) => b.head.take(),
+            _ => None,
+        }
+    }
+
     pub fn empty(active: Option<Active>) -> ResBody {
         ResBody::full(Bytes::new(), active)
     }
@@ -96,6 +115,7 @@ impl ResBody {
                 wait,
                 deadline,
                 sleep: None,
+                head: None,
             })),
             _active: active,
         }

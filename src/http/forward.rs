@@ -213,8 +213,7 @@ fn names(token: &[u8], upgrade: bool) -> bool {
 fn is_event_stream(headers: &HeaderMap) -> bool {
     headers
         .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.trim_start().starts_with("text/event-stream"))
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"))
 }
 
 /// Own answer written to the access log when it is on.
@@ -403,11 +402,23 @@ async fn handle(
             return own.failure(f, Some(&upstream.name), Some(active));
         }
     };
-    let (mut rparts, rbody) = resp.into_parts();
+    let (mut rparts, mut rbody) = resp.into_parts();
     let status = rparts.status.as_u16();
     exchange.status = status;
     exchange.backend_status = status;
     let switching = status == 101;
+    // An HTTP/1.1 backend's head goes to an HTTP/1.1 client as the bytes that came
+    // (the codec drops the hop-by-hop lines as it writes them); an HTTP/2 client's
+    // answer, and a load report to take out, need the fields as a map.
+    let mut raw_head = match &mut rbody {
+        Either::Left(b) => b.take_head(),
+        Either::Right(_) => None,
+    };
+    if own.h2 || upstream.reads_load_reports() {
+        if let Some(head) = raw_head.take() {
+            rparts.headers = crate::http1::parse::field_map(&head.raw);
+        }
+    }
     if upstream.reads_load_reports() {
         if let Some(p) = exchange.permit() {
             upstream.take_load_report(p.backend_index(), &mut rparts.headers);
@@ -441,7 +452,11 @@ async fn handle(
     }
 
     let t = &server.timeouts;
-    let streaming = switching || is_event_stream(&rparts.headers);
+    let event_stream = match &raw_head {
+        Some(head) => head.facts.event_stream,
+        None => is_event_stream(&rparts.headers),
+    };
+    let streaming = switching || event_stream;
     if streaming {
         exchange.unmeasured();
     }
@@ -463,10 +478,11 @@ async fn handle(
         };
         (wait, Some(from + t.response))
     };
-    Response::from_parts(
-        rparts,
-        ResBody::backend(rbody, exchange, wait, deadline, Some(active)),
-    )
+    let mut body = ResBody::backend(rbody, exchange, wait, deadline, Some(active));
+    if let Some(head) = raw_head {
+        body.keep_backend_head(head);
+    }
+    Response::from_parts(rparts, body)
 }
 
 /// Turns the client's head into the backend's: origin-form target, HTTP/1.1, no

@@ -18,7 +18,7 @@ use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
-use http::{Method, Request, Response};
+use http::{Method, Request, Response, StatusCode};
 use hyper::body::{Body as _, Frame, SizeHint};
 use tokio::net::TcpStream;
 
@@ -239,8 +239,9 @@ impl Outgoing {
 
 /// Sends `req` on `conn` (an HTTP/1.1 connection) and waits for the response head.
 /// `wire`: the head as bytes, already rewritten from the client's (else it is encoded
-/// from `req`'s parts). The response's body owns the connection; `cap` is the
-/// backend's `max_inflight`, for the check-in at its end.
+/// from `req`'s parts). The response's body owns the connection and its head's bytes
+/// (`Body::take_head`; the response's header map is empty but for a 101's); `cap` is
+/// the backend's `max_inflight`, for the check-in at its end.
 pub async fn send(
     mut conn: BackendConn,
     req: Request<ForwardBody>,
@@ -305,18 +306,22 @@ pub async fn send(
             }
         }
         loop {
-            match parse::response(&mut c.buf, MAX_RESPONSE_HEAD) {
-                Ok(Some(head)) => {
-                    let status = head.parts.status.as_u16();
-                    // Informational answers (100 Continue, 103) are not forwarded; a
-                    // 101 is the answer to an upgrade.
-                    if (100..200).contains(&status) && status != 101 {
-                        continue;
+            // Nothing read yet (the first look, and a wake with nothing new from the
+            // backend's side): nothing to parse.
+            if !c.buf.is_empty() {
+                match parse::response(&mut c.buf, MAX_RESPONSE_HEAD) {
+                    Ok(Some(head)) => {
+                        let status = head.status.as_u16();
+                        // Informational answers (100 Continue, 103) are not forwarded;
+                        // a 101 is the answer to an upgrade.
+                        if (100..200).contains(&status) && status != 101 {
+                            continue;
+                        }
+                        return Poll::Ready(Ok(head));
                     }
-                    return Poll::Ready(Ok(head.parts));
+                    Ok(None) => {}
+                    Err(_) => return Poll::Ready(Err(Failure::UpstreamBadResponse)),
                 }
-                Ok(None) => {}
-                Err(_) => return Poll::Ready(Err(Failure::UpstreamBadResponse)),
             }
             match ready!(poll_read_in(&mut c.tcp, cx, &mut c.buf)) {
                 Ok(0) | Err(_) if c.buf.is_empty() => {
@@ -329,8 +334,8 @@ pub async fn send(
         }
     })
     .await;
-    let rparts = match head {
-        Ok(p) => p,
+    let head = match head {
+        Ok(h) => h,
         Err(Failure::UpstreamError) if reused && !upload_started && c.buf.is_empty() => {
             // Closed before a byte of an answer, and the request had no body in
             // flight: the backend closed the idle connection as it was reused.
@@ -338,11 +343,15 @@ pub async fn send(
         }
         Err(f) => return Err(SendError::Failed(f)),
     };
-    let status = rparts.status.as_u16();
-    if status == 101 {
+    let (mut rparts, ()) = Response::new(()).into_parts();
+    rparts.status = head.status;
+    rparts.version = head.version;
+    if head.status == StatusCode::SWITCHING_PROTOCOLS {
         if !upgrade {
             return Err(SendError::Failed(Failure::UpstreamBadResponse));
         }
+        // An upgrade's answer (rare) goes with its fields as a map.
+        rparts.headers = parse::field_map(&head.raw);
         let body = Body {
             conn: Some(conn),
             decoder: Decoder::Done,
@@ -350,10 +359,11 @@ pub async fn send(
             outgoing: None,
             cap,
             upgraded: true,
+            head: None,
         };
         return Ok(Response::from_parts(rparts, body));
     }
-    let (decoder, keep_alive) = parse::response_framing(&rparts, head_request)
+    let (decoder, keep_alive) = parse::response_framing(&head, head_request)
         .map_err(|_| SendError::Failed(Failure::UpstreamBadResponse))?;
     let mut body = Body {
         conn: Some(conn),
@@ -362,6 +372,7 @@ pub async fn send(
         outgoing: outgoing.map(Box::new),
         cap,
         upgraded: false,
+        head: Some(head),
     };
     if body.decoder.is_done() {
         body.finish();
@@ -379,9 +390,18 @@ pub struct Body {
     outgoing: Option<Box<Outgoing>>,
     cap: u32,
     upgraded: bool,
+    /// The response head as it came, until taken: the answer's fields are written
+    /// from it (or a map built from it, [`parse::field_map`]); the returned
+    /// response's own header map is empty.
+    head: Option<parse::ResponseHead>,
 }
 
 impl Body {
+    /// The response head (its bytes and what its fields say), once.
+    pub fn take_head(&mut self) -> Option<parse::ResponseHead> {
+        self.head.take()
+    }
+
     /// The response ended: the connection goes back to the pool when it can carry
     /// another exchange, else it closes.
     fn finish(&mut self) {

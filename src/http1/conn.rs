@@ -40,6 +40,7 @@ use tokio::time::Sleep;
 use super::client::itoa;
 use super::framing::{self, Decoded, Decoder};
 use super::parse::{self, HeadError};
+use super::rewrite;
 use super::{list, poll_read_in, put_field};
 use crate::http::body::ResBody;
 use crate::http::forward::{self, Conn, Proxy};
@@ -586,6 +587,12 @@ impl Driver {
         out.put_slice(parts.status.canonical_reason().unwrap_or("").as_bytes());
         out.put_slice(b"\r\n");
         let (mut length, mut coded, mut date) = (None, false, false);
+        if let Some(head) = body.take_backend_head() {
+            // A backend's head: its field lines as they came, less the hop-by-hop ones.
+            rewrite::response_head(&head, upgrade, !v11 || bodiless, out);
+            let f = head.facts;
+            (length, coded, date) = (f.length, f.coded, f.date);
+        }
         for (name, value) in &parts.headers {
             if *name == CONTENT_LENGTH {
                 length = parse::parse_length(value.as_bytes());

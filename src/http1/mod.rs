@@ -64,3 +64,11 @@ fn put_field(out: &mut BytesMut, name: &[u8], value: &[u8]) {
 fn list(value: &[u8]) -> impl DoubleEndedIterator<Item = &[u8]> {
     value.split(|&b| b == b',').map(<[u8]>::trim_ascii)
 }
+
+/// A field line's name and its value without surrounding whitespace.
+fn split_field(line: &[u8]) -> (&[u8], &[u8]) {
+    match memchr::memchr(b':', line) {
+        Some(i) => (&line[..i], line[i + 1..].trim_ascii()),
+        None => (line, &[]),
+    }
+}

@@ -13,7 +13,7 @@
 use std::mem::MaybeUninit;
 
 use bytes::{Bytes, BytesMut};
-use http::header::{HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Method, StatusCode, Uri, Version};
 
 use super::framing::Decoder;
@@ -161,9 +161,138 @@ fn header_map(raw: &Bytes, fields: &[Field]) -> Result<HeaderMap, HeadError> {
     Ok(map)
 }
 
-/// A response head, split off the read buffer.
+/// A response head, split off the read buffer. Its fields stay as the bytes that
+/// came: an HTTP/1.1 client's answer is written from them ([`super::rewrite`]), and
+/// only a reader that needs a map (an HTTP/2 client, a load report) builds one
+/// ([`field_map`]).
 pub struct ResponseHead {
-    pub parts: http::response::Parts,
+    pub status: StatusCode,
+    pub version: Version,
+    /// The head's bytes as they came (status line to the empty line).
+    pub raw: Bytes,
+    /// What its fields say, read in the parser's one pass over them.
+    pub facts: ResponseFacts,
+}
+
+/// What a response's fields say about its framing and about how it is written on.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ResponseFacts {
+    /// `Content-Length`, every value and element of it the same.
+    pub length: Option<u64>,
+    /// A `Content-Length` that is not one valid length.
+    bad_length: bool,
+    /// A `Transfer-Encoding` field came.
+    pub coded: bool,
+    /// The last `Transfer-Encoding` ends in `chunked`.
+    chunked: bool,
+    /// `Connection` says `close`.
+    close: bool,
+    /// `Connection` says `keep-alive`.
+    keep_alive: bool,
+    /// `Content-Type` is `text/event-stream`.
+    pub event_stream: bool,
+    /// A `Date` field came.
+    pub date: bool,
+    /// The lines go on by [`Self::dropped`] alone: `Connection` names no other field
+    /// and every line ends in CRLF (else they are rewritten one by one).
+    pub plain: bool,
+    /// How many of [`Self::drops`] are set.
+    dropped: u8,
+    /// Byte ranges of the head (line start to after its LF) of the lines a client
+    /// must not get: `Connection`, the fixed hop-by-hop set, `X-Request-Id`. More
+    /// than fit make the head not plain.
+    drops: [(u32, u32); MAX_DROPS],
+}
+
+/// Lines dropped from a plain response head (`Connection: keep-alive` is the usual
+/// one).
+const MAX_DROPS: usize = 4;
+
+impl ResponseFacts {
+    /// Reads one field into the facts; `true` when its line does not go to a client.
+    /// Names are told apart by length first: most fields are none of these, and cost
+    /// one comparison.
+    fn read(&mut self, name: &[u8], value: &[u8]) -> bool {
+        let is = |n: &[u8]| name.eq_ignore_ascii_case(n);
+        match name.len() {
+            14 if is(b"content-length") => {
+                for v in super::list(value) {
+                    match parse_length(v) {
+                        Some(n) if self.length.is_none_or(|l| l == n) => self.length = Some(n),
+                        _ => self.bad_length = true,
+                    }
+                }
+            }
+            17 if is(b"transfer-encoding") => {
+                self.coded = true;
+                // The last element that is not empty (RFC 9110 §5.6.1).
+                self.chunked = super::list(value)
+                    .rfind(|e| !e.is_empty())
+                    .is_some_and(|last| last.eq_ignore_ascii_case(b"chunked"));
+            }
+            10 if is(b"connection") => {
+                for t in super::list(value) {
+                    if t.eq_ignore_ascii_case(b"close") {
+                        self.close = true;
+                    } else if t.eq_ignore_ascii_case(b"keep-alive") {
+                        self.keep_alive = true;
+                    } else if !t.is_empty() {
+                        // It names another field, to go too.
+                        self.plain = false;
+                    }
+                }
+                return true;
+            }
+            12 if is(b"content-type") => {
+                self.event_stream = value.starts_with(b"text/event-stream");
+            }
+            4 if is(b"date") => self.date = true,
+            2 | 7 | 10 | 12 | 16
+                if is(b"te")
+                    || is(b"trailer")
+                    || is(b"upgrade")
+                    || is(b"keep-alive")
+                    || is(b"proxy-connection")
+                    || is(b"x-request-id") =>
+            {
+                return true;
+            }
+            _ => {}
+        }
+        false
+    }
+
+    /// Marks the line from `start` to `end` (after its LF) as one a client does not
+    /// get.
+    fn drop_line(&mut self, start: usize, end: usize) {
+        match self.drops.get_mut(usize::from(self.dropped)) {
+            Some(d) => {
+                *d = (start as u32, end as u32);
+                self.dropped += 1;
+            }
+            None => self.plain = false,
+        }
+    }
+
+    /// The ranges of the lines a client does not get, in order.
+    pub fn drops(&self) -> &[(u32, u32)] {
+        &self.drops[..usize::from(self.dropped)]
+    }
+}
+
+impl ResponseHead {
+    /// The fields, name and value, in the order they came.
+    pub fn fields(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        fields(&self.raw)
+    }
+
+    /// Where the field lines lie in [`Self::raw`]: after the status line, before the
+    /// empty line (CRLF in a plain head).
+    pub fn field_block(&self) -> (usize, usize) {
+        let start = memchr::memchr(b'\n', &self.raw).map_or(self.raw.len(), |i| i + 1);
+        let end = self.raw.len().saturating_sub(2).max(start);
+        (start, end)
+    }
 }
 
 /// Reads a response head from the front of `buf`: `Ok(None)` while it is incomplete.
@@ -181,15 +310,60 @@ pub fn response(buf: &mut BytesMut, max_bytes: usize) -> Result<Option<ResponseH
     let status = StatusCode::from_u16(res.code.unwrap_or_default())
         .map_err(|_| HeadError::Syntax("status"))?;
     let version = version(res.version);
-    let mut fields = [Field::default(); MAX_HEADER_FIELDS];
-    let count = field_spans(buf, res.headers, &mut fields);
+    let mut facts = ResponseFacts {
+        plain: true,
+        ..ResponseFacts::default()
+    };
+    for h in res.headers.iter() {
+        if facts.read(h.name.as_bytes(), h.value) {
+            // The line runs from its name to the LF after it (a name holds no LF,
+            // a value neither; the parser checked both).
+            let start = h.name.as_ptr() as usize - buf.as_ptr() as usize;
+            let after = start + h.name.len();
+            let end = memchr::memchr(b'\n', &buf[after..]).map_or(buf.len(), |i| after + i + 1);
+            facts.drop_line(start, end);
+        }
+    }
     let raw = buf.split_to(len).freeze();
-    let headers = header_map(&raw, &fields[..count])?;
-    let (mut parts, ()) = http::Response::new(()).into_parts();
-    parts.status = status;
-    parts.version = version;
-    parts.headers = headers;
-    Ok(Some(ResponseHead { parts }))
+    // A line ended by a bare LF: the lines are written one by one, each with CRLF.
+    facts.plain =
+        facts.plain && memchr::memchr_iter(b'\n', &raw).all(|i| i > 0 && raw[i - 1] == b'\r');
+    Ok(Some(ResponseHead {
+        status,
+        version,
+        raw,
+        facts,
+    }))
+}
+
+/// The field lines of a parsed head (after its first line, up to the empty line),
+/// without their line ends: CRLF, or a bare LF, which the parser accepts.
+pub fn field_lines(raw: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let rest = memchr::memchr(b'\n', raw).map_or(&[][..], |i| &raw[i + 1..]);
+    rest.split(|&b| b == b'\n')
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
+        .take_while(|l| !l.is_empty())
+}
+
+/// The fields of a parsed head, name and value (without the whitespace around it).
+pub fn fields(raw: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
+    field_lines(raw).map(super::split_field)
+}
+
+/// The fields of a parsed head as a header map, the values sharing the head's bytes.
+/// The parser already refused what a map would (its token and value rules are the
+/// same), so nothing is left out.
+pub fn field_map(raw: &Bytes) -> HeaderMap {
+    let mut map = HeaderMap::new();
+    for (name, value) in fields(raw) {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name),
+            HeaderValue::from_maybe_shared(raw.slice_ref(value)),
+        ) {
+            map.append(name, value);
+        }
+    }
+    map
 }
 
 /// How a response's body is framed (RFC 9112 §6.3), and whether the connection may
@@ -197,48 +371,25 @@ pub fn response(buf: &mut BytesMut, max_bytes: usize) -> Result<Option<ResponseH
 /// framing is ambiguous (both lengths, a coding other than chunked last, a list of
 /// differing lengths) is an error: a proxy must not guess.
 pub fn response_framing(
-    parts: &http::response::Parts,
-    head: bool,
+    head: &ResponseHead,
+    head_request: bool,
 ) -> Result<(Decoder, bool), HeadError> {
-    let mut keep_alive = parts.version == Version::HTTP_11;
-    let mut length: Option<u64> = None;
-    let mut chunked = false;
-    let mut coded = false;
-    for (name, value) in &parts.headers {
-        if *name == CONTENT_LENGTH {
-            for v in super::list(value.as_bytes()) {
-                let n = parse_length(v).ok_or(HeadError::Syntax("content-length"))?;
-                if length.is_some_and(|l| l != n) {
-                    return Err(HeadError::Syntax("content-length"));
-                }
-                length = Some(n);
-            }
-        } else if *name == TRANSFER_ENCODING {
-            coded = true;
-            // The last element that is not empty (RFC 9110 §5.6.1).
-            chunked = super::list(value.as_bytes())
-                .rfind(|e| !e.is_empty())
-                .is_some_and(|last| last.eq_ignore_ascii_case(b"chunked"));
-        } else if *name == CONNECTION {
-            for t in super::list(value.as_bytes()) {
-                if t.eq_ignore_ascii_case(b"close") {
-                    keep_alive = false;
-                } else if t.eq_ignore_ascii_case(b"keep-alive") && parts.version == Version::HTTP_10
-                {
-                    keep_alive = true;
-                }
-            }
-        }
+    let f = &head.facts;
+    let keep_alive = !f.close
+        && (head.version == Version::HTTP_11 || f.keep_alive && head.version == Version::HTTP_10);
+    if f.bad_length {
+        return Err(HeadError::Syntax("content-length"));
     }
-    let status = parts.status.as_u16();
-    if head || status == 204 || status == 304 || (100..200).contains(&status) {
+    let (length, coded, chunked) = (f.length, f.coded, f.chunked);
+    let status = head.status.as_u16();
+    if head_request || status == 204 || status == 304 || (100..200).contains(&status) {
         return Ok((Decoder::Done, keep_alive));
     }
     if coded {
         if length.is_some() {
             return Err(HeadError::Syntax("content-length with transfer-encoding"));
         }
-        if parts.version == Version::HTTP_10 {
+        if head.version == Version::HTTP_10 {
             // RFC 9112 §6.1: faulty framing.
             return Err(HeadError::Syntax("transfer-encoding on HTTP/1.0"));
         }
@@ -310,7 +461,7 @@ mod tests {
     fn framing(raw: &[u8], head: bool) -> Result<(Decoder, bool), HeadError> {
         let mut buf = BytesMut::from(raw);
         let parsed = response(&mut buf, 8192).unwrap().unwrap();
-        response_framing(&parsed.parts, head)
+        response_framing(&parsed, head)
     }
 
     #[test]
@@ -361,6 +512,58 @@ mod tests {
             framing(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n", true),
             Ok((Decoder::Done, true))
         );
+    }
+
+    #[test]
+    fn a_response_heads_facts_come_from_its_fields() {
+        let facts = |raw: &[u8]| {
+            let mut buf = BytesMut::from(raw);
+            response(&mut buf, 8192).unwrap().unwrap().facts
+        };
+        let f = facts(
+            b"HTTP/1.1 200 OK\r\nCONTENT-TYPE: text/event-stream\r\nDate: x\r\n\
+              Content-Length: 7\r\n\r\n",
+        );
+        assert!(f.event_stream && f.date && f.plain && !f.coded);
+        assert_eq!(f.length, Some(7));
+        let f = facts(b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\n\r\n");
+        assert!(!f.event_stream && !f.date && f.plain && f.length.is_none());
+        for hop in [
+            &b"Connection: keep-alive"[..],
+            b"Keep-Alive: timeout=5",
+            b"Proxy-Connection: close",
+            b"TE: trailers",
+            b"Trailer: x",
+            b"Upgrade: h2c",
+            b"X-Request-Id: 1",
+        ] {
+            let raw = [
+                &b"HTTP/1.1 200 OK\r\nA: 1\r\n"[..],
+                hop,
+                b"\r\nB: 2\r\n\r\n",
+            ]
+            .concat();
+            let f = facts(&raw);
+            assert!(f.plain, "{}", hop.escape_ascii());
+            let line = (23, 23 + hop.len() + 2);
+            assert_eq!(
+                f.drops(),
+                [(line.0 as u32, line.1 as u32)],
+                "{}",
+                hop.escape_ascii()
+            );
+        }
+        // A Connection that names another field, or more lines to drop than are
+        // kept track of: line by line.
+        assert!(!facts(b"HTTP/1.1 200 OK\r\nConnection: x-a\r\nX-A: 1\r\n\r\n").plain);
+        assert!(
+            !facts(b"HTTP/1.1 200 OK\r\nTE: a\r\nTE: b\r\nTE: c\r\nTE: d\r\nTE: e\r\n\r\n").plain
+        );
+        // A bare LF line end is rewritten line by line.
+        assert!(!facts(b"HTTP/1.1 200 OK\r\nServer: b\n\r\n").plain);
+        let mut buf = BytesMut::from(&b"HTTP/1.1 204 No Content\r\n\r\n"[..]);
+        let (start, end) = response(&mut buf, 8192).unwrap().unwrap().field_block();
+        assert_eq!(start, end);
     }
 
     #[test]

@@ -14,6 +14,7 @@
 use bytes::{BufMut, Bytes, BytesMut};
 use http::request::Parts;
 
+use super::parse::ResponseHead;
 use crate::http::validate::HeadFacts;
 
 /// Fields levee writes itself, so the client's are dropped.
@@ -74,7 +75,7 @@ pub fn request_head(raw: &[u8], parts: &Parts, facts: &HeadFacts, added: &Added<
     } else {
         let named = connection_names(parts, added.upgrade);
         for line in lines(fields) {
-            let (name, value) = split_field(line);
+            let (name, value) = super::split_field(line);
             let drop = (facts.hop_by_hop
                 && (HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
                     && !(added.upgrade
@@ -147,11 +148,64 @@ fn lines(fields: &[u8]) -> impl Iterator<Item = &[u8]> {
         .filter(|l| !l.is_empty())
 }
 
-/// A field line's name and its value without surrounding whitespace.
-fn split_field(line: &[u8]) -> (&[u8], &[u8]) {
-    match memchr::memchr(b':', line) {
-        Some(i) => (&line[..i], line[i + 1..].trim_ascii()),
-        None => (line, &[]),
+/// Writes the field lines of a backend's response head for the client, as they came,
+/// without the hop-by-hop ones (`Connection` and the fields it names, `Keep-Alive`,
+/// `Proxy-Connection`, `TE`, `Trailer`, `Upgrade`; an accepted upgrade keeps
+/// `Connection` and `Upgrade`) and the backend's `X-Request-Id` (levee writes the
+/// request's own). `drop_coding`: the body is not written chunked (an HTTP/1.0
+/// client, or no body), so `Transfer-Encoding` goes too. Framing fields stay whatever
+/// `Connection` names: levee writes the body as they say.
+///
+/// The parser marked the lines to drop in most heads (`Connection: keep-alive`, as a
+/// rule): the lines between them are copied in pieces, not looked at again.
+pub fn response_head(head: &ResponseHead, upgrade: bool, drop_coding: bool, out: &mut BytesMut) {
+    let f = &head.facts;
+    if f.plain && !upgrade && !(f.coded && drop_coding) {
+        let (start, end) = head.field_block();
+        let mut at = start;
+        for &(from, to) in f.drops() {
+            out.put_slice(&head.raw[at..from as usize]);
+            at = to as usize;
+        }
+        out.put_slice(&head.raw[at..end]);
+    } else {
+        response_fields(&head.raw, upgrade, drop_coding, out);
+    }
+}
+
+/// [`response_head`]'s line by line path.
+fn response_fields(raw: &[u8], upgrade: bool, drop_coding: bool, out: &mut BytesMut) {
+    // The fields `Connection` names beyond keep-alive and close: most answers have
+    // none, and then nothing is collected.
+    let mut named: Vec<&[u8]> = Vec::new();
+    for (name, value) in super::parse::fields(raw) {
+        if name.eq_ignore_ascii_case(b"connection") {
+            named.extend(super::list(value).filter(|t| {
+                !(t.is_empty()
+                    || t.eq_ignore_ascii_case(b"keep-alive")
+                    || t.eq_ignore_ascii_case(b"close")
+                    || t.eq_ignore_ascii_case(b"content-length")
+                    || t.eq_ignore_ascii_case(b"transfer-encoding")
+                    || upgrade && t.eq_ignore_ascii_case(b"upgrade"))
+            }));
+        }
+    }
+    for line in super::parse::field_lines(raw) {
+        let (name, _) = super::split_field(line);
+        let keep = if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            !drop_coding
+        } else if HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h)) {
+            upgrade
+                && (name.eq_ignore_ascii_case(b"connection")
+                    || name.eq_ignore_ascii_case(b"upgrade"))
+        } else {
+            !(name.eq_ignore_ascii_case(b"x-request-id")
+                || named.iter().any(|n| name.eq_ignore_ascii_case(n)))
+        };
+        if keep {
+            out.put_slice(line);
+            out.put_slice(b"\r\n");
+        }
     }
 }
 
@@ -303,5 +357,90 @@ mod tests {
              traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00\r\n\
              x-forwarded-for: 10.0.0.9\r\nx-forwarded-proto: http\r\nx-request-id: abc\r\n\r\n"
         );
+    }
+
+    /// A backend's head through [`response_head`]: the field lines written, and
+    /// whether they went in one piece.
+    fn answer(raw: &str, upgrade: bool, drop_coding: bool) -> (String, bool) {
+        let mut buf = BytesMut::from(raw.as_bytes());
+        let head = crate::http1::parse::response(&mut buf, 8192)
+            .unwrap()
+            .unwrap();
+        let mut out = BytesMut::new();
+        response_head(&head, upgrade, drop_coding, &mut out);
+        (String::from_utf8(out.to_vec()).unwrap(), head.facts.plain)
+    }
+
+    #[test]
+    fn a_plain_answer_keeps_its_lines_as_they_came() {
+        let (out, plain) = answer(
+            "HTTP/1.1 200 OK\r\nServer: b\r\nConnection: keep-alive\r\n\
+             Content-Type: text/plain\r\nContent-Length: 5\r\nX-Request-Id: b\r\n\
+             Date: Mon, 07 Dec 2026 08:00:00 GMT\r\nKeep-Alive: timeout=5\r\n\r\n",
+            false,
+            false,
+        );
+        assert_eq!(
+            out,
+            "Server: b\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\
+             Date: Mon, 07 Dec 2026 08:00:00 GMT\r\n"
+        );
+        assert!(plain);
+    }
+
+    #[test]
+    fn an_answers_hop_by_hop_lines_and_request_id_go() {
+        let (out, plain) = answer(
+            "HTTP/1.1 200 OK\r\nConnection: close, X-Hop\r\nX-Hop: 1\r\n\
+             Keep-Alive: timeout=5\r\nProxy-Connection: x\r\nTE: trailers\r\n\
+             Trailer: x-sum\r\nUpgrade: h2c\r\nX-Request-Id: backends\r\n\
+             Transfer-Encoding: chunked\r\nServer: b\r\n\r\n",
+            false,
+            false,
+        );
+        assert_eq!(out, "Transfer-Encoding: chunked\r\nServer: b\r\n");
+        assert!(!plain);
+    }
+
+    #[test]
+    fn an_answer_without_a_chunked_body_loses_its_coding() {
+        let (out, plain) = answer(
+            "HTTP/1.1 200 OK\nTransfer-Encoding: chunked\nServer: b\n\n",
+            false,
+            true,
+        );
+        // Bare LF line ends are written as CRLF.
+        assert_eq!(out, "Server: b\r\n");
+        assert!(!plain);
+        // A plain head whose coding goes is written line by line too.
+        let (out, plain) = answer(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nServer: b\r\n\r\n",
+            false,
+            true,
+        );
+        assert_eq!(out, "Server: b\r\n");
+        assert!(plain);
+    }
+
+    #[test]
+    fn connection_never_drops_an_answers_framing() {
+        let (out, plain) = answer(
+            "HTTP/1.1 200 OK\r\nConnection: content-length\r\nContent-Length: 2\r\n\r\n",
+            false,
+            false,
+        );
+        assert_eq!(out, "Content-Length: 2\r\n");
+        assert!(!plain);
+    }
+
+    #[test]
+    fn an_accepted_upgrade_keeps_connection_and_upgrade() {
+        let (out, _) = answer(
+            "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n\
+             Upgrade: websocket\r\nKeep-Alive: 1\r\n\r\n",
+            true,
+            true,
+        );
+        assert_eq!(out, "Connection: Upgrade\r\nUpgrade: websocket\r\n");
     }
 }
