@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # User instructions per proxied request, under callgrind: levee (this checkout),
-# examples/hyper_floor (the least hyper proxy) and, with LEVEE_BEFORE, an older levee
-# build. Instruction counts do not move with the machine's noise as timings do, so a
+# examples/hyper_floor (the least hyper proxy), nginx as a proxy (Debian's, one process)
+# and, with LEVEE_BEFORE, an older levee build. Instruction counts do not move with the machine's noise as timings do, so a
 # change to the request path can be measured while other work runs.
 #
 #   scripts/callgrind.sh                 # 1 and 16 connections
@@ -135,6 +135,30 @@ levee_conf() {
   echo "$dir/levee-$port.toml"
 }
 
+# nginx_proxy_conf PORT: nginx proxying PORT to the backend, keep-alive on both sides.
+nginx_proxy_conf() {
+  cat >"$dir/nginx-proxy-$1.conf" <<EOF
+daemon off;
+master_process off;
+worker_processes 1;
+pid $dir/nginx-proxy-$1.pid;
+error_log $dir/error-proxy.log crit;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $dir/cb; proxy_temp_path $dir/px; fastcgi_temp_path $dir/fc;
+  uwsgi_temp_path $dir/uw; scgi_temp_path $dir/sc;
+  keepalive_requests 1000000;
+  upstream b { server 127.0.0.1:$backend; keepalive 256; keepalive_requests 1000000; }
+  server {
+    listen 127.0.0.1:$1;
+    location / { proxy_pass http://b; proxy_http_version 1.1; proxy_set_header Connection ""; }
+  }
+}
+EOF
+  echo "$dir/nginx-proxy-$1.conf"
+}
+
 # relay PORT TARGET [send-proxy-v2]: HAProxy in TCP mode, one thread, in front of
 # TARGET; it runs until the script ends.
 relay() {
@@ -201,4 +225,8 @@ for conns in ${CONNS:-1 16}; do
     port=$(free_port)
     measure levee-before "$conns" "$port" "$LEVEE_BEFORE" run --config "$(levee_conf "$port")"
   fi
+  # nginx as the proxy (one process, no master: callgrind follows one), with the
+  # bench's proxy settings.
+  port=$(free_port)
+  measure nginx-proxy "$conns" "$port" nginx -c "$(nginx_proxy_conf "$port")" -p "$dir"
 done
