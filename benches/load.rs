@@ -661,7 +661,7 @@ async fn raw_section(plan: &Plan, opts: &Opts, tools: &Tools, kinds: &[Kind], re
     println!("\n== raw cost: fast backend, keep-alive, small responses");
     let fast = replica("fast", FAST_WORKERS, Duration::ZERO).await;
     let setup = fast_setup(fast.addr(), THREADS, 4096);
-    let mut wrk_runs: BTreeMap<Kind, Vec<(wrk::WrkResult, Option<f64>)>> = BTreeMap::new();
+    let mut wrk_runs: BTreeMap<Kind, Vec<WrkRun>> = BTreeMap::new();
     let mut open_runs: BTreeMap<Kind, Vec<(Report, ProbeStats, Option<f64>)>> = BTreeMap::new();
     match &tools.wrk {
         None => {
@@ -677,23 +677,28 @@ async fn raw_section(plan: &Plan, opts: &Opts, tools: &Tools, kinds: &[Kind], re
                     };
                     warm_up(p.addr).await;
                     let url = format!("http://{}/", p.addr);
-                    let cpu0 = p.cpu_time();
+                    let cpu0 = p.cpu_split();
                     let r = wrk::run(wrk_bin, &url, WRK_THREADS, WRK_CONNECTIONS, plan.wrk).await;
                     let done = r.as_ref().map_or(0, |r| r.requests);
-                    let cpu = cpu_per_request(cpu0, p.cpu_time(), done);
+                    let cpu1 = p.cpu_split();
+                    let total = |c: Option<(Duration, Duration)>| c.map(|(u, s)| u + s);
+                    let user = |c: Option<(Duration, Duration)>| c.map(|(u, _)| u);
+                    let cpu = cpu_per_request(total(cpu0), total(cpu1), done);
+                    let cpu_user = cpu_per_request(user(cpu0), user(cpu1), done);
                     p.stop().await;
                     match r {
                         Ok(r) => {
                             println!(
-                                "  rep {rep} {:<12} wrk {:>8.0} req/s  p50 {}  p99 {}  errors {}  CPU/req {}",
+                                "  rep {rep} {:<12} wrk {:>8.0} req/s  p50 {}  p99 {}  errors {}  CPU/req {} (user {})",
                                 kind.name(),
                                 r.rps,
                                 report::ms(r.p50),
                                 report::ms(r.p99),
                                 r.non2xx + r.socket_errors,
-                                report::us_opt(cpu)
+                                report::us_opt(cpu),
+                                report::us_opt(cpu_user)
                             );
-                            wrk_runs.entry(kind).or_default().push((r, cpu));
+                            wrk_runs.entry(kind).or_default().push((r, cpu, cpu_user));
                         }
                         Err(e) => println!("  rep {rep} {:<12} wrk failed: {e}", kind.name()),
                     }
@@ -703,7 +708,7 @@ async fn raw_section(plan: &Plan, opts: &Opts, tools: &Tools, kinds: &[Kind], re
     }
     let medians: BTreeMap<Kind, f64> = wrk_runs
         .iter()
-        .map(|(k, runs)| (*k, median(runs.iter().map(|(r, _)| r.rps).collect())))
+        .map(|(k, runs)| (*k, median(runs.iter().map(|(r, _, _)| r.rps).collect())))
         .collect();
     let slowest = medians
         .iter()
@@ -768,15 +773,16 @@ async fn raw_section(plan: &Plan, opts: &Opts, tools: &Tools, kinds: &[Kind], re
         res.raw.push(RawRow {
             kind,
             runs: w.len(),
-            rps: median(w.iter().map(|(r, _)| r.rps).collect()),
-            wrk_p50: median_d(w.iter().map(|(r, _)| r.p50)),
-            wrk_p99: median_d(w.iter().map(|(r, _)| r.p99)),
+            rps: median(w.iter().map(|(r, _, _)| r.rps).collect()),
+            wrk_p50: median_d(w.iter().map(|(r, _, _)| r.p50)),
+            wrk_p99: median_d(w.iter().map(|(r, _, _)| r.p99)),
             wrk_errors: median(
                 w.iter()
-                    .map(|(r, _)| (r.non2xx + r.socket_errors) as f64)
+                    .map(|(r, _, _)| (r.non2xx + r.socket_errors) as f64)
                     .collect(),
             ),
-            wrk_cpu_us: opt_median(w.iter().filter_map(|(_, c)| *c).collect()),
+            wrk_cpu_us: opt_median(w.iter().filter_map(|(_, c, _)| *c).collect()),
+            wrk_user_us: opt_median(w.iter().filter_map(|(_, _, u)| *u).collect()),
             open_runs: o.len(),
             open_p50: median_d(o.iter().map(|(r, _, _)| r.ok_p50)),
             open_p99: median_d(o.iter().map(|(r, _, _)| r.ok_p99)),
@@ -821,6 +827,10 @@ fn fmt_reasons(reasons: &BTreeMap<String, f64>, runs: f64) -> String {
         .collect::<Vec<_>>()
         .join(", ")
 }
+
+/// One wrk run of the raw section, with the proxy's CPU per request (µs): all of it,
+/// and its user-space part.
+type WrkRun = (wrk::WrkResult, Option<f64>, Option<f64>);
 
 /// CPU microseconds per request between two [`Running::cpu_time`] readings.
 fn cpu_per_request(

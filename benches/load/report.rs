@@ -71,6 +71,9 @@ pub struct RawRow {
     pub wrk_errors: f64,
     /// Proxy CPU time per request during the wrk runs, in µs.
     pub wrk_cpu_us: Option<f64>,
+    /// The user-space part of it: the proxy's own code (the rest is the kernel's,
+    /// loopback TCP on both sides, the same for every proxy).
+    pub wrk_user_us: Option<f64>,
     pub open_runs: usize,
     pub open_p50: Duration,
     pub open_p99: Duration,
@@ -872,6 +875,12 @@ impl Results {
                 num,
             ));
             out.extend(compare("CPU/req (wrk)", lr.wrk_cpu_us, br.wrk_cpu_us, usf));
+            out.extend(compare(
+                "user CPU/req (wrk)",
+                lr.wrk_user_us,
+                br.wrk_user_us,
+                usf,
+            ));
             let rate = self.half_rate.map_or("-".into(), |r| format!("{r:.0}"));
             out.extend(compare(
                 format!("open loop p99 @ {rate} req/s"),
@@ -1054,7 +1063,10 @@ impl Results {
                     s,
                     "| {} | {rps} | {p50} | {p99} | {errs} | {} | {op50} | {op99}{failed} | {added} | {} | {pp50} | {pp99} |",
                     r.kind.name(),
-                    us_opt(r.wrk_cpu_us),
+                    match (r.wrk_cpu_us, r.wrk_user_us) {
+                        (Some(c), Some(u)) => format!("{c:.0}µs (user {u:.0}µs)"),
+                        (c, _) => us_opt(c),
+                    },
                     us_opt(r.open_cpu_us),
                 );
             }
@@ -1595,7 +1607,7 @@ impl Results {
             },
             "raw": self.raw.iter().map(|r| json!({
                 "target": r.kind.name(), "runs": r.runs, "rps": r.rps,
-                "wrk_p50_ms": d(r.wrk_p50), "wrk_p99_ms": d(r.wrk_p99), "wrk_cpu_us": r.wrk_cpu_us, "open_cpu_us": r.open_cpu_us,
+                "wrk_p50_ms": d(r.wrk_p50), "wrk_p99_ms": d(r.wrk_p99), "wrk_cpu_us": r.wrk_cpu_us, "wrk_user_us": r.wrk_user_us, "open_cpu_us": r.open_cpu_us,
                 "open_rate": self.half_rate, "added_p99_us": r.added_p99.map(|a| a * 1e6), "open_p50_ms": d(r.open_p50), "open_p99_ms": d(r.open_p99),
                 "probe_p50_ms": d(r.probe_p50), "probe_p99_ms": d(r.probe_p99),
             })).collect::<Vec<_>>(),

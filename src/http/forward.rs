@@ -391,7 +391,7 @@ async fn handle(
         upload: &upload,
         may_stream,
         ticked: conn.ticked,
-        wire: wire.as_ref(),
+        wire: wire.as_deref(),
     };
     let (resp, backend_conn) = match ctx.send(&mut exchange, parts, body, bodiless).await {
         Ok(r) => r,
@@ -573,7 +573,7 @@ struct Attempt<'a> {
     /// See [`Conn::ticked`].
     ticked: bool,
     /// The request's head as bytes for an HTTP/1.1 backend (see [`rewrite`]).
-    wire: Option<&'a bytes::Bytes>,
+    wire: Option<&'a [u8]>,
 }
 
 /// How a send failed.

@@ -246,7 +246,7 @@ pub async fn send(
     mut conn: BackendConn,
     req: Request<ForwardBody>,
     cap: u32,
-    wire: Option<&Bytes>,
+    wire: Option<&[u8]>,
 ) -> Result<Response<Body>, SendError> {
     let reused = conn.reused;
     let (parts, body) = req.into_parts();
@@ -277,7 +277,7 @@ pub async fn send(
     c.buf.clear();
     // The head first, alone: a reused connection the backend closed fails here or on
     // the first read, and the request (not yet consumed) can go again.
-    let head: &[u8] = wire.map_or(&[][..], |w| &w[..]);
+    let head: &[u8] = wire.unwrap_or_default();
     let mut at = 0;
     let wrote = std::future::poll_fn(|cx| {
         ready!(poll_write_slice(&c.tcp, cx, head, &mut at))?;

@@ -11,7 +11,7 @@
 //! The common head needs none of the removals: its field lines are copied in one
 //! piece. Otherwise each line is looked at once, by its name only.
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{BufMut, BytesMut};
 use http::request::Parts;
 
 use super::parse::ResponseHead;
@@ -45,7 +45,7 @@ pub struct Added<'a> {
 
 /// The backend's head for a request whose raw head is `raw` (request line to the
 /// empty line, as read) and parsed form `parts`.
-pub fn request_head(raw: &[u8], parts: &Parts, facts: &HeadFacts, added: &Added<'_>) -> Bytes {
+pub fn request_head(raw: &[u8], parts: &Parts, facts: &HeadFacts, added: &Added<'_>) -> BytesMut {
     let traced = added.traceparent.is_some();
     let mut out = BytesMut::with_capacity(raw.len() + if traced { 230 } else { 160 });
     super::put_request_line(&mut out, parts);
@@ -116,7 +116,9 @@ pub fn request_head(raw: &[u8], parts: &Parts, facts: &HeadFacts, added: &Added<
         out.put_slice(tp);
     }
     out.put_slice(b"\r\n\r\n");
-    out.freeze()
+    // Not frozen: a Vec-backed buffer frozen below its capacity allocates a shared
+    // header, and the head is only ever borrowed.
+    out
 }
 
 /// The fields a request's `Connection` names, beyond `keep-alive` and `close` (and
