@@ -9,6 +9,7 @@
 #   EDGE=1 CONNS="16" LEVEE_BEFORE=/path/to/old/levee scripts/callgrind.sh
 #   OUT=/tmp/cg scripts/callgrind.sh     # keep the callgrind files there
 #   TRACE_RATIOS="0.01 1" CONNS="16" scripts/callgrind.sh   # and with tracing on
+#   BROWSER=1 CONNS="16" scripts/callgrind.sh   # requests with a browser's 9 fields
 #
 # TRACE_RATIOS (issue 21) adds one row per ratio: levee with [server.tracing] at that
 # sample_ratio, exporting to the nginx backend (which answers every POST 200, a
@@ -77,10 +78,23 @@ wait_up() {
 }
 wait_up "$backend"
 
-# wrk's extra arguments (EDGE: the Host header), and the port wrk and the readiness
-# check go to instead of the target's own (EDGE: the relay in front of it).
+# wrk's extra arguments (EDGE: the Host header; BROWSER: a browser's request fields),
+# and the port wrk and the readiness check go to instead of the target's own (EDGE: the
+# relay in front of it).
 WRK_ARGS=()
 VIA=
+if [ -n "${BROWSER:-}" ]; then
+  WRK_ARGS=(
+    -H "User-Agent: Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0"
+    -H "Accept: text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
+    -H "Accept-Language: en-US,en;q=0.5"
+    -H "Accept-Encoding: gzip, deflate, br, zstd"
+    -H "Referer: https://www.example.com/catalog/index.html"
+    -H "Cookie: session=6f1c2a9e4b7d8f3a; theme=dark; consent=1"
+    -H "Upgrade-Insecure-Requests: 1"
+    -H "Sec-Fetch-Mode: navigate"
+  )
+fi
 
 # measure NAME CONNS PORT COMMAND...
 measure() {
