@@ -50,21 +50,29 @@ free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
 
-backend=$(free_port)
-cat >"$dir/nginx.conf" <<EOF
+# nginx_conf NAME HTTP_LINES: an nginx config of one process (no master: callgrind
+# follows one), with HTTP_LINES in its http block; prints its path.
+nginx_conf() {
+  cat >"$dir/$1.conf" <<EOF
 daemon off;
+master_process off;
 worker_processes 1;
-pid $dir/nginx.pid;
-error_log $dir/error.log crit;
+pid $dir/$1.pid;
+error_log $dir/$1.log crit;
 events { worker_connections 4096; }
 http {
   access_log off;
   client_body_temp_path $dir/cb; proxy_temp_path $dir/px; fastcgi_temp_path $dir/fc;
   uwsgi_temp_path $dir/uw; scgi_temp_path $dir/sc;
   keepalive_requests 1000000;
-  server { listen 127.0.0.1:$backend; location / { return 200 "hello from backend\n"; } }
+$2
 }
 EOF
+  echo "$dir/$1.conf"
+}
+
+backend=$(free_port)
+nginx_conf nginx "  server { listen 127.0.0.1:$backend; location / { return 200 \"hello from backend\\n\"; } }" >/dev/null
 nginx -c "$dir/nginx.conf" -p "$dir" &
 pids+=($!)
 
@@ -149,28 +157,14 @@ levee_conf() {
   echo "$dir/levee-$port.toml"
 }
 
-# nginx_proxy_conf PORT: nginx proxying PORT to the backend, keep-alive on both sides.
+# nginx_proxy_conf PORT: nginx proxying PORT to the backend, keep-alive on both sides
+# (the bench's proxy settings).
 nginx_proxy_conf() {
-  cat >"$dir/nginx-proxy-$1.conf" <<EOF
-daemon off;
-master_process off;
-worker_processes 1;
-pid $dir/nginx-proxy-$1.pid;
-error_log $dir/error-proxy.log crit;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  client_body_temp_path $dir/cb; proxy_temp_path $dir/px; fastcgi_temp_path $dir/fc;
-  uwsgi_temp_path $dir/uw; scgi_temp_path $dir/sc;
-  keepalive_requests 1000000;
-  upstream b { server 127.0.0.1:$backend; keepalive 256; keepalive_requests 1000000; }
+  nginx_conf "nginx-proxy-$1" "  upstream b { server 127.0.0.1:$backend; keepalive 256; keepalive_requests 1000000; }
   server {
     listen 127.0.0.1:$1;
-    location / { proxy_pass http://b; proxy_http_version 1.1; proxy_set_header Connection ""; }
-  }
-}
-EOF
-  echo "$dir/nginx-proxy-$1.conf"
+    location / { proxy_pass http://b; proxy_http_version 1.1; proxy_set_header Connection \"\"; }
+  }"
 }
 
 # relay PORT TARGET [send-proxy-v2]: HAProxy in TCP mode, one thread, in front of
@@ -239,8 +233,6 @@ for conns in ${CONNS:-1 16}; do
     port=$(free_port)
     measure levee-before "$conns" "$port" "$LEVEE_BEFORE" run --config "$(levee_conf "$port")"
   fi
-  # nginx as the proxy (one process, no master: callgrind follows one), with the
-  # bench's proxy settings.
   port=$(free_port)
   measure nginx-proxy "$conns" "$port" nginx -c "$(nginx_proxy_conf "$port")" -p "$dir"
 done
