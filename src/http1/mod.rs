@@ -59,6 +59,16 @@ fn put_field(out: &mut BytesMut, name: &[u8], value: &[u8]) {
     out.put_slice(b"\r\n");
 }
 
+/// Fields that are hop-by-hop whatever `Connection` says (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [&[u8]; 6] = [
+    b"connection",
+    b"keep-alive",
+    b"proxy-connection",
+    b"te",
+    b"trailer",
+    b"upgrade",
+];
+
 /// The elements of a comma-separated field value, without the whitespace around them
 /// (empty ones included: each reader says what an empty element means to it).
 fn list(value: &[u8]) -> impl DoubleEndedIterator<Item = &[u8]> {

@@ -236,8 +236,11 @@ impl ResponseFacts {
                         self.close = true;
                     } else if t.eq_ignore_ascii_case(b"keep-alive") {
                         self.keep_alive = true;
-                    } else if !t.is_empty() {
-                        // It names another field, to go too.
+                    } else if !(t.is_empty()
+                        || super::HOP_BY_HOP.iter().any(|h| t.eq_ignore_ascii_case(h)))
+                    {
+                        // It names another field, to go too (`Connection: Upgrade`
+                        // names one that goes anyway).
                         self.plain = false;
                     }
                 }
@@ -556,6 +559,9 @@ mod tests {
         // A Connection that names another field, or more lines to drop than are
         // kept track of: line by line.
         assert!(!facts(b"HTTP/1.1 200 OK\r\nConnection: x-a\r\nX-A: 1\r\n\r\n").plain);
+        // One that names only fields that go anyway does not.
+        let f = facts(b"HTTP/1.1 200 OK\r\nConnection: Upgrade, Keep-Alive\r\nUpgrade: h2\r\n\r\n");
+        assert!(f.plain && f.keep_alive && f.drops().len() == 2);
         assert!(
             !facts(b"HTTP/1.1 200 OK\r\nTE: a\r\nTE: b\r\nTE: c\r\nTE: d\r\nTE: e\r\n\r\n").plain
         );

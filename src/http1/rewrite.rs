@@ -15,20 +15,11 @@ use bytes::{BufMut, BytesMut};
 use http::request::Parts;
 
 use super::parse::ResponseHead;
+use super::HOP_BY_HOP;
 use crate::http::validate::HeadFacts;
 
 /// Fields levee writes itself, so the client's are dropped.
 const REPLACED: [&[u8]; 3] = [b"x-forwarded-for", b"x-forwarded-proto", b"x-request-id"];
-
-/// Fields that are hop-by-hop whatever `Connection` says (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [&[u8]; 6] = [
-    b"connection",
-    b"keep-alive",
-    b"proxy-connection",
-    b"te",
-    b"trailer",
-    b"upgrade",
-];
 
 /// What levee adds to a forwarded head.
 pub struct Added<'a> {
