@@ -10,6 +10,7 @@
 #   OUT=/tmp/cg scripts/callgrind.sh     # keep the callgrind files there
 #   TRACE_RATIOS="0.01 1" CONNS="16" scripts/callgrind.sh   # and with tracing on
 #   BROWSER=1 CONNS="16" scripts/callgrind.sh   # requests with a browser's 9 fields
+#   SHED=1 CONNS="16" scripts/callgrind.sh      # instructions per 503 (one slot, held)
 #
 # TRACE_RATIOS (issue 21) adds one row per ratio: levee with [server.tracing] at that
 # sample_ratio, exporting to the nginx backend (which answers every POST 200, a
@@ -20,6 +21,10 @@
 # (site0..site8.example.com and *.example.com) and the PROXY protocol, all through
 # HAProxy in TCP mode as a relay (`send-proxy-v2` for the PROXY rows), every request
 # with `Host: www.example.com` (the wildcard) or, in the last row, site4.example.com.
+#
+# SHED=1 measures levee's 503 instead: one backend that accepts and never answers, one
+# slot (`max_inflight = 1`, `queue_depth = 0`) held by a request for the whole run, so
+# every request wrk sends is shed.
 #
 # Each target runs alone (one worker) under `valgrind --tool=callgrind` behind an nginx
 # backend that answers at once; wrk warms it for 3 s, the counters are zeroed, wrk runs
@@ -214,6 +219,57 @@ if [ -n "${EDGE:-}" ]; then
     edge_row levee-hosts-only "$conns" www.example.com target/release/levee hosts
     edge_row levee-edge "$conns" www.example.com target/release/levee hosts proxy
     edge_row levee-edge-exact "$conns" site4.example.com target/release/levee hosts proxy
+  done
+  exit 0
+fi
+
+if [ -n "${SHED:-}" ]; then
+  # A backend that accepts and never answers: the one slot levee allows it stays held.
+  hold=$(free_port)
+  python3 -c '
+import socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", int(sys.argv[1])))
+s.listen(64)
+held = []
+while True:
+    held.append(s.accept()[0])
+' "$hold" &
+  pids+=($!)
+  # Ready once the port accepts, one request holds the slot and the next is shed.
+  wait_up() {
+    for _ in $(seq 200); do
+      (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && break
+      sleep 0.1
+    done
+    curl -s -o /dev/null -m 600 "http://127.0.0.1:$1/hold" &
+    pids+=($!)
+    for _ in $(seq 200); do
+      [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$1/")" = 503 ] && return 0
+      sleep 0.1
+    done
+    echo "callgrind.sh: no 503 from port $1" >&2
+    return 1
+  }
+  # shed_conf PORT: one backend (the holder) with one slot and no queue.
+  shed_conf() {
+    printf '[server]\nlisten = ["127.0.0.1:%s"]\nthreads = 1\n' "$1"
+    printf '\n[[upstream]]\nname = "shed"\nroutes = ["/"]\n'
+    printf '\n[upstream.limits]\nmax_inflight = 1\nqueue_depth = 0\n'
+    printf '\n[[upstream.backend]]\naddress = "127.0.0.1:%s"\n' "$hold"
+  }
+  echo "| target (every answer a 503) | connections | 503s | user instructions per 503 |"
+  echo "|---|---:|---:|---:|"
+  for conns in ${CONNS:-1 16}; do
+    port=$(free_port)
+    shed_conf "$port" >"$dir/shed-$port.toml"
+    measure levee-shed "$conns" "$port" target/release/levee run --config "$dir/shed-$port.toml"
+    if [ -n "${LEVEE_BEFORE:-}" ]; then
+      port=$(free_port)
+      shed_conf "$port" >"$dir/shed-$port.toml"
+      measure levee-before-shed "$conns" "$port" "$LEVEE_BEFORE" run --config "$dir/shed-$port.toml"
+    fi
   done
   exit 0
 fi
