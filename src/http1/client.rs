@@ -49,17 +49,11 @@ impl Connection {
 
     /// Whether an idle connection was closed by the backend (or sent something
     /// unasked, which makes it unusable). Free when the socket has had no event since
-    /// its last read; otherwise one non-blocking read.
+    /// its last read (`try_read` then looks at the readiness tokio keeps and makes no
+    /// call, nor registers a waker); otherwise one non-blocking read.
     pub fn is_closed(&self) -> bool {
-        let mut cx = Context::from_waker(std::task::Waker::noop());
-        match self.tcp.poll_read_ready(&mut cx) {
-            Poll::Pending => false,
-            Poll::Ready(Err(_)) => true,
-            Poll::Ready(Ok(())) => {
-                let mut probe = [0u8; 1];
-                !matches!(self.tcp.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
-            }
-        }
+        let mut probe = [0u8; 1];
+        !matches!(self.tcp.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
     }
 }
 
