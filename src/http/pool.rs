@@ -23,8 +23,9 @@
 //! first, and another worker's only when its own has none (one cross-thread hop is
 //! still cheaper than a new connection).
 
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::cell::RefCell;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -82,14 +83,82 @@ const SLOTS: usize = 16;
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// Every backend's pool, by address: pools outlive config reloads, so a reload keeps
-/// the connections of backends it keeps.
-#[derive(Default)]
+/// the connections of backends it keeps. A pool, once made, stays for as long as the
+/// `Pools`.
 pub struct Pools {
     by_addr: DashMap<(SocketAddr, Protocol), Arc<Pool>>,
+    /// Tells this set's entries in a worker's [`RECENT`] from another's.
+    id: u64,
+}
+
+impl Default for Pools {
+    fn default() -> Self {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        Pools {
+            by_addr: DashMap::new(),
+            id: NEXT.fetch_add(1, Ordering::Relaxed),
+        }
+    }
+}
+
+/// Slots of a worker's [`RECENT`] lookups.
+const RECENT_SLOTS: usize = 16;
+
+/// One remembered lookup. Weak: the memory of a lookup never keeps a pool, and its
+/// idle connections, alive.
+struct Recent {
+    pools: u64,
+    addr: SocketAddr,
+    protocol: Protocol,
+    pool: std::sync::Weak<Pool>,
+}
+
+thread_local! {
+    /// A worker's recent pool lookups, one slot per address hash: a lookup that hits
+    /// costs a comparison instead of the map's hash and shard lock, a few hundred
+    /// instructions on every request.
+    static RECENT: RefCell<[Option<Recent>; RECENT_SLOTS]> =
+        const { RefCell::new([const { None }; RECENT_SLOTS]) };
+}
+
+/// The [`RECENT`] slot of an address.
+fn recent_slot(addr: &SocketAddr) -> usize {
+    let ip = match addr.ip() {
+        IpAddr::V4(ip) => u32::from(ip),
+        IpAddr::V6(ip) => {
+            let o = ip.octets();
+            u32::from_be_bytes([o[12], o[13], o[14], o[15]])
+        }
+    };
+    let mixed = (ip ^ u32::from(addr.port()).rotate_left(16)).wrapping_mul(0x9e37_79b9);
+    (mixed >> 28) as usize % RECENT_SLOTS
 }
 
 impl Pools {
     pub fn get(&self, addr: SocketAddr, protocol: Protocol) -> Arc<Pool> {
+        let slot = recent_slot(&addr);
+        let hit = RECENT.with_borrow(|recent| {
+            recent[slot]
+                .as_ref()
+                .filter(|r| r.pools == self.id && r.addr == addr && r.protocol == protocol)
+                .and_then(|r| r.pool.upgrade())
+        });
+        if let Some(pool) = hit {
+            return pool;
+        }
+        let pool = self.lookup(addr, protocol);
+        RECENT.with_borrow_mut(|recent| {
+            recent[slot] = Some(Recent {
+                pools: self.id,
+                addr,
+                protocol,
+                pool: Arc::downgrade(&pool),
+            });
+        });
+        pool
+    }
+
+    fn lookup(&self, addr: SocketAddr, protocol: Protocol) -> Arc<Pool> {
         if let Some(p) = self.by_addr.get(&(addr, protocol)) {
             return p.clone();
         }
@@ -429,4 +498,43 @@ fn slot() -> usize {
 fn own_slot_first() -> impl Iterator<Item = usize> {
     let own = slot();
     (0..SLOTS).map(move |i| (own + i) % SLOTS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_remembered_lookup_is_the_sets_own_and_never_keeps_a_pool_alive() {
+        let a: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        let b: SocketAddr = "[::1]:8080".parse().unwrap();
+        let one = Pools::default();
+        let two = Pools::default();
+        let p = one.get(a, Protocol::H1);
+        assert!(Arc::ptr_eq(&p, &one.get(a, Protocol::H1)));
+        assert!(
+            !Arc::ptr_eq(&p, &two.get(a, Protocol::H1)),
+            "another set's pool"
+        );
+        assert!(
+            !Arc::ptr_eq(&p, &one.get(a, Protocol::H2)),
+            "another protocol's pool"
+        );
+        assert_eq!(one.get(b, Protocol::H1).addr, b);
+        // Addresses that share a slot each get their own pool, every time.
+        for port in 0..64 {
+            let addr = SocketAddr::from(([10, 0, 0, 1], port));
+            let q = one.get(addr, Protocol::H1);
+            assert_eq!(q.addr, addr);
+            assert!(Arc::ptr_eq(&q, &one.get(addr, Protocol::H1)));
+        }
+        assert!(Arc::ptr_eq(&p, &one.get(a, Protocol::H1)));
+        let weak = Arc::downgrade(&p);
+        drop(p);
+        drop(one);
+        assert!(
+            weak.upgrade().is_none(),
+            "a remembered lookup kept the pool alive"
+        );
+    }
 }
