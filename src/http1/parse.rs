@@ -317,20 +317,22 @@ pub fn response(buf: &mut BytesMut, max_bytes: usize) -> Result<Option<ResponseH
         plain: true,
         ..ResponseFacts::default()
     };
+    // Every line ends in CRLF when the head does and each field's line follows a CRLF
+    // (a line ended by a bare LF makes the head's lines written one by one).
+    let mut crlf = buf[..len].ends_with(b"\r\n\r\n");
     for h in res.headers.iter() {
+        let start = h.name.as_ptr() as usize - buf.as_ptr() as usize;
+        crlf &= start >= 2 && &buf[start - 2..start] == b"\r\n";
         if facts.read(h.name.as_bytes(), h.value) {
             // The line runs from its name to the LF after it (a name holds no LF,
             // a value neither; the parser checked both).
-            let start = h.name.as_ptr() as usize - buf.as_ptr() as usize;
             let after = start + h.name.len();
             let end = memchr::memchr(b'\n', &buf[after..]).map_or(buf.len(), |i| after + i + 1);
             facts.drop_line(start, end);
         }
     }
+    facts.plain &= crlf;
     let raw = buf.split_to(len).freeze();
-    // A line ended by a bare LF: the lines are written one by one, each with CRLF.
-    facts.plain =
-        facts.plain && memchr::memchr_iter(b'\n', &raw).all(|i| i > 0 && raw[i - 1] == b'\r');
     Ok(Some(ResponseHead {
         status,
         version,
@@ -565,8 +567,17 @@ mod tests {
         assert!(
             !facts(b"HTTP/1.1 200 OK\r\nTE: a\r\nTE: b\r\nTE: c\r\nTE: d\r\nTE: e\r\n\r\n").plain
         );
-        // A bare LF line end is rewritten line by line.
-        assert!(!facts(b"HTTP/1.1 200 OK\r\nServer: b\n\r\n").plain);
+        // A bare LF line end, anywhere, is rewritten line by line.
+        for bare in [
+            &b"HTTP/1.1 200 OK\r\nServer: b\n\r\n"[..],
+            b"HTTP/1.1 200 OK\nServer: b\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nServer: b\r\nA: c\nB: d\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nServer: b\r\n\n",
+            b"HTTP/1.1 204 No Content\n\r\n",
+            b"HTTP/1.1 204 No Content\r\n\n",
+        ] {
+            assert!(!facts(bare).plain, "{}", bare.escape_ascii());
+        }
         let mut buf = BytesMut::from(&b"HTTP/1.1 204 No Content\r\n\r\n"[..]);
         let (start, end) = response(&mut buf, 8192).unwrap().unwrap().field_block();
         assert_eq!(start, end);
