@@ -208,14 +208,6 @@ fn names(token: &[u8], upgrade: bool) -> bool {
         || upgrade && t.eq_ignore_ascii_case(b"upgrade"))
 }
 
-/// Is a response of this type a stream (each read may wait `stream_idle`, no whole
-/// deadline)?
-fn is_event_stream(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"))
-}
-
 /// Own answer written to the access log when it is on.
 fn log_own(log: Option<&AccessLog>, status: u16, outcome: &str, error: Option<Failure>) {
     if let Some(l) = log {
@@ -414,12 +406,13 @@ async fn handle(
         Either::Left(b) => b.take_head(),
         Either::Right(_) => None,
     };
-    if own.h2 || upstream.reads_load_reports() {
+    let reads_reports = upstream.reads_load_reports();
+    if own.h2 || reads_reports {
         if let Some(head) = raw_head.take() {
             rparts.headers = crate::http1::parse::field_map(&head.raw);
         }
     }
-    if upstream.reads_load_reports() {
+    if reads_reports {
         if let Some(p) = exchange.permit() {
             upstream.take_load_report(p.backend_index(), &mut rparts.headers);
         }
@@ -454,7 +447,10 @@ async fn handle(
     let t = &server.timeouts;
     let event_stream = match &raw_head {
         Some(head) => head.facts.event_stream,
-        None => is_event_stream(&rparts.headers),
+        None => rparts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|v| crate::http1::parse::is_event_stream(v.as_bytes())),
     };
     let streaming = switching || event_stream;
     if streaming {

@@ -246,21 +246,9 @@ impl ResponseFacts {
                 }
                 return true;
             }
-            12 if is(b"content-type") => {
-                self.event_stream = value.starts_with(b"text/event-stream");
-            }
+            12 if is(b"content-type") => self.event_stream = is_event_stream(value),
             4 if is(b"date") => self.date = true,
-            2 | 7 | 10 | 12 | 16
-                if is(b"te")
-                    || is(b"trailer")
-                    || is(b"upgrade")
-                    || is(b"keep-alive")
-                    || is(b"proxy-connection")
-                    || is(b"x-request-id") =>
-            {
-                return true;
-            }
-            _ => {}
+            _ => return is(b"x-request-id") || super::HOP_BY_HOP.iter().any(|h| is(h)),
         }
         false
     }
@@ -339,6 +327,12 @@ pub fn response(buf: &mut BytesMut, max_bytes: usize) -> Result<Option<ResponseH
         raw,
         facts,
     }))
+}
+
+/// Is a response with this `Content-Type` a stream of events (each read may wait
+/// `stream_idle`, no whole deadline)?
+pub fn is_event_stream(content_type: &[u8]) -> bool {
+    content_type.starts_with(b"text/event-stream")
 }
 
 /// The field lines of a parsed head (after its first line, up to the empty line),

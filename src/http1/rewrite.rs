@@ -65,7 +65,7 @@ pub fn request_head(raw: &[u8], parts: &Parts, facts: &HeadFacts, added: &Added<
         out.put_slice(fields);
     } else {
         let named = connection_names(parts, added.upgrade);
-        for line in lines(fields) {
+        for line in super::parse::field_lines(raw) {
             let (name, value) = super::split_field(line);
             let drop = (facts.hop_by_hop
                 && (HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
@@ -112,33 +112,27 @@ pub fn request_head(raw: &[u8], parts: &Parts, facts: &HeadFacts, added: &Added<
     out
 }
 
-/// The fields a request's `Connection` names, beyond `keep-alive` and `close` (and
-/// `upgrade` on an upgrade), and never the framing fields.
+/// The fields a request's `Connection` names, to drop (see [`names_a_field`]).
 fn connection_names(parts: &Parts, upgrade: bool) -> Vec<&[u8]> {
     parts
         .headers
         .get_all(http::header::CONNECTION)
         .iter()
         .flat_map(|v| super::list(v.as_bytes()))
-        .filter(|t| {
-            // The body's framing fields stay: levee frames the body as they say.
-            !(t.is_empty()
-                || t.eq_ignore_ascii_case(b"transfer-encoding")
-                || t.eq_ignore_ascii_case(b"content-length")
-                || t.eq_ignore_ascii_case(b"keep-alive")
-                || t.eq_ignore_ascii_case(b"close")
-                || upgrade && t.eq_ignore_ascii_case(b"upgrade"))
-        })
+        .filter(|t| names_a_field(t, upgrade))
         .collect()
 }
 
-/// The field lines of a head, without their line ends (CRLF, or a bare LF, which the
-/// parser accepts).
-fn lines(fields: &[u8]) -> impl Iterator<Item = &[u8]> {
-    fields
-        .split(|&b| b == b'\n')
-        .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
-        .filter(|l| !l.is_empty())
+/// Does a `Connection` token name a field to drop? Not `keep-alive` or `close`, nor
+/// `upgrade` on an upgrade, and never a framing field: levee frames the body as they
+/// say.
+fn names_a_field(token: &[u8], upgrade: bool) -> bool {
+    !(token.is_empty()
+        || token.eq_ignore_ascii_case(b"transfer-encoding")
+        || token.eq_ignore_ascii_case(b"content-length")
+        || token.eq_ignore_ascii_case(b"keep-alive")
+        || token.eq_ignore_ascii_case(b"close")
+        || upgrade && token.eq_ignore_ascii_case(b"upgrade"))
 }
 
 /// Writes the field lines of a backend's response head for the client, as they came,
@@ -173,14 +167,7 @@ fn response_fields(raw: &[u8], upgrade: bool, drop_coding: bool, out: &mut Bytes
     let mut named: Vec<&[u8]> = Vec::new();
     for (name, value) in super::parse::fields(raw) {
         if name.eq_ignore_ascii_case(b"connection") {
-            named.extend(super::list(value).filter(|t| {
-                !(t.is_empty()
-                    || t.eq_ignore_ascii_case(b"keep-alive")
-                    || t.eq_ignore_ascii_case(b"close")
-                    || t.eq_ignore_ascii_case(b"content-length")
-                    || t.eq_ignore_ascii_case(b"transfer-encoding")
-                    || upgrade && t.eq_ignore_ascii_case(b"upgrade"))
-            }));
+            named.extend(super::list(value).filter(|t| names_a_field(t, upgrade)));
         }
     }
     for line in super::parse::field_lines(raw) {
