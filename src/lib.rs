@@ -15,6 +15,7 @@ pub mod admission;
 pub mod alloc;
 pub mod app;
 pub mod balance;
+pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod discovery;

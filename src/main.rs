@@ -80,17 +80,14 @@ fn init_logs(format: LogFormat, default: &str) {
 /// serves everything on `threads` work-stealing workers.
 fn runtime(layout: RuntimeLayout, threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
     match layout {
-        RuntimeLayout::PerThread => tokio::runtime::Builder::new_current_thread()
+        RuntimeLayout::PerThread => levee::workers::runtime_builder()
             .thread_name("levee")
-            .enable_all()
-            .on_thread_park(levee::workers::on_park)
             .build(),
-        RuntimeLayout::MultiThread => tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(threads.max(1))
-            .thread_name("levee")
-            .enable_all()
-            .on_thread_park(levee::workers::on_park)
-            .build(),
+        RuntimeLayout::MultiThread => levee::workers::with_hooks(
+            tokio::runtime::Builder::new_multi_thread().worker_threads(threads.max(1)),
+        )
+        .thread_name("levee")
+        .build(),
     }
 }
 

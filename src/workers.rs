@@ -41,9 +41,26 @@ pub fn set_idle_hook(hook: fn()) {
     let _ = IDLE_HOOK.set(hook);
 }
 
-/// For `on_thread_park` of every runtime levee builds: runs the idle hook when this
+/// A runtime builder with levee's hooks ([`with_hooks`]), one thread.
+pub fn runtime_builder() -> tokio::runtime::Builder {
+    let mut b = tokio::runtime::Builder::new_current_thread();
+    with_hooks(&mut b);
+    b
+}
+
+/// Every runtime levee builds has its drivers and these hooks: [`on_park`], and
+/// [`crate::clock::woke`] on unpark.
+pub fn with_hooks(b: &mut tokio::runtime::Builder) -> &mut tokio::runtime::Builder {
+    b.enable_all()
+        .on_thread_park(on_park)
+        .on_thread_unpark(crate::clock::woke)
+}
+
+/// For `on_thread_park` of every runtime levee builds: the thread's recent clock
+/// reading is dropped ([`crate::clock::parking`]), and the idle hook runs when this
 /// thread last ran it [`IDLE_HOOK_EVERY`] ago or more.
 pub fn on_park() {
+    crate::clock::parking();
     thread_local! {
         static LAST: Cell<Option<Instant>> = const { Cell::new(None) };
     }
@@ -89,11 +106,7 @@ impl Workers {
                 .name(format!("levee-w{i}"))
                 .spawn(move || {
                     WORKER.with(|w| w.set(i));
-                    let rt = match tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .on_thread_park(on_park)
-                        .build()
-                    {
+                    let rt = match runtime_builder().build() {
                         Ok(rt) => rt,
                         Err(e) => {
                             let _ = handle_tx.send(Err(e));

@@ -143,7 +143,7 @@ impl Body for ResBody {
             }
             Kind::Backend(b) => b,
         };
-        if b.deadline.is_some_and(|d| Instant::now() >= d) {
+        if b.deadline.is_some_and(|d| crate::clock::recent() >= d) {
             return b.fail(Failure::UpstreamTimeout);
         }
         match Pin::new(&mut b.incoming).poll_frame(cx) {
@@ -164,7 +164,7 @@ impl Body for ResBody {
             }
             Poll::Pending => {
                 if b.sleep.is_none() {
-                    let mut until = tokio::time::Instant::now() + b.wait;
+                    let mut until = tokio::time::Instant::from_std(crate::clock::recent()) + b.wait;
                     if let Some(d) = b.deadline {
                         until = until.min(tokio::time::Instant::from_std(d));
                     }

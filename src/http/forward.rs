@@ -7,6 +7,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Instant;
@@ -779,14 +780,21 @@ impl Attempt<'_> {
         // parent's state at each await) does not carry HTTP/2's larger one.
         let r = match &mut conn.tx {
             Sender::H1(_) => {
-                return match self.head(h1_client::send(conn, req, cap, self.wire)).await {
+                let sent = std::pin::pin!(h1_client::send(conn, req, cap, self.wire));
+                return match self.head(sent).await {
                     None => Err(SendError::Failed(Failure::UpstreamTimeout)),
                     Some(Ok(resp)) => Ok((resp.map(Either::Left), None)),
                     Some(Err(h1_client::SendError::NotSent(back))) => Err(SendError::NotSent(back)),
                     Some(Err(h1_client::SendError::Failed(f))) => Err(SendError::Failed(f)),
                 };
             }
-            Sender::H2(tx) => Box::pin(self.head(tx.try_send_request(req))).await,
+            Sender::H2(tx) => {
+                Box::pin(async {
+                    let sent = std::pin::pin!(tx.try_send_request(req));
+                    self.head(sent).await
+                })
+                .await
+            }
         };
         match r {
             None => Err(SendError::Failed(Failure::UpstreamTimeout)),
@@ -812,16 +820,16 @@ impl Attempt<'_> {
 impl Attempt<'_> {
     /// Waits for the response head of a request being sent (`sent`), at most `read`
     /// after its last progress; `None` when that passed. Generic over each protocol's
-    /// send future, so neither is boxed.
-    async fn head<T, F: Future<Output = T>>(&self, sent: F) -> Option<T> {
+    /// send future, so neither is boxed; the caller pins it (taken by value, it would
+    /// be kept twice in this future: as the argument, and pinned).
+    async fn head<T, F: Future<Output = T>>(&self, mut sent: Pin<&mut F>) -> Option<T> {
         let t = &self.snapshot.config.server.timeouts;
         let read = if self.may_stream {
             t.read.max(t.stream_idle)
         } else {
             t.read
         };
-        let started = Instant::now();
-        tokio::pin!(sent);
+        let started = crate::clock::recent();
         // The wait for the head counts from the request's last progress: a slow upload
         // is bounded by `client_header` per read, not by the backend's `read`, while a
         // backend that stops reading it is bounded by `read`.
@@ -840,7 +848,7 @@ impl Attempt<'_> {
                 if let Poll::Ready(r) = sent.as_mut().poll(cx) {
                     return Poll::Ready(Some(r));
                 }
-                if !std::mem::take(&mut first) && Instant::now() >= deadline() {
+                if !std::mem::take(&mut first) && crate::clock::recent() >= deadline() {
                     return Poll::Ready(None);
                 }
                 Poll::Pending
@@ -854,7 +862,7 @@ impl Attempt<'_> {
                     r = &mut sent => break Some(r),
                     _ = tokio::time::sleep_until(until.into()) => {
                         until = deadline();
-                        if Instant::now() >= until {
+                        if crate::clock::recent() >= until {
                             break None;
                         }
                     }

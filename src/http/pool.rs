@@ -324,7 +324,7 @@ impl Pool {
             while let Some(entry) = idle.pop() {
                 self.idle_count.fetch_sub(1, Ordering::Relaxed);
                 let usable = !entry.conn.tx.is_closed()
-                    && entry.since.elapsed() < max_idle
+                    && crate::clock::recent().saturating_duration_since(entry.since) < max_idle
                     && entry.conn.tx.is_ready();
                 if usable {
                     let mut c = entry.conn;
@@ -424,7 +424,7 @@ impl Pool {
                 .iter_mut()
                 .find(|c| Arc::ptr_eq(&c._open, &conn.open))
             {
-                c.since = Instant::now();
+                c.since = crate::clock::recent();
             }
             return;
         }
@@ -433,7 +433,7 @@ impl Pool {
         }
         self.idle[conn.home].lock().push(Idle {
             conn,
-            since: Instant::now(),
+            since: crate::clock::recent(),
         });
         self.idle_count.fetch_add(1, Ordering::Relaxed);
     }

@@ -100,7 +100,9 @@ impl Upload {
     }
 
     fn progressed(&self) {
-        let us = epoch().elapsed().as_micros() as u64;
+        let us = crate::clock::recent()
+            .saturating_duration_since(epoch())
+            .as_micros() as u64;
         self.progress_us.store(us.max(1), Ordering::Relaxed);
     }
 
@@ -146,7 +148,7 @@ impl ForwardBody {
         upload: Arc<Upload>,
     ) -> ForwardBody {
         if incoming.is_end_stream() {
-            let _ = upload.done.set(Instant::now());
+            let _ = upload.done.set(crate::clock::recent());
             upload.progressed();
             return ForwardBody::Empty;
         }
@@ -187,7 +189,7 @@ impl ClientBody {
             return Some(Failure::BadRequest);
         }
         self.upload.kept_all();
-        let _ = self.upload.done.set(Instant::now());
+        let _ = self.upload.done.set(crate::clock::recent());
         self.upload.progressed();
         None
     }

@@ -42,6 +42,7 @@ use super::framing::{self, Decoded, Decoder};
 use super::parse::{self, HeadError};
 use super::rewrite;
 use super::{list, poll_read_in, put_field};
+use crate::clock;
 use crate::http::body::ResBody;
 use crate::http::forward::{self, Conn, Proxy};
 use crate::http::identity::X_REQUEST_ID;
@@ -80,10 +81,11 @@ struct Alarm {
 }
 
 impl Alarm {
-    /// Ready once `deadline` has passed.
+    /// Ready once `deadline` has passed (by the [`clock::recent`] time, or by the
+    /// timer armed for it).
     fn poll(&mut self, cx: &mut Context<'_>, deadline: Instant) -> Poll<()> {
         loop {
-            if Instant::now() >= deadline {
+            if clock::recent() >= deadline {
                 return Poll::Ready(());
             }
             if self.armed.is_none_or(|a| a > deadline) {
@@ -98,7 +100,11 @@ impl Alarm {
                 return Poll::Pending;
             };
             ready!(s.as_mut().poll(cx));
-            self.armed = None;
+            // The timer read the clock itself: armed for this deadline (or a later
+            // one), it has passed, whatever a recent reading says.
+            if self.armed.take().is_some_and(|a| a >= deadline) {
+                return Poll::Ready(());
+            }
         }
     }
 }
@@ -306,7 +312,7 @@ struct HeadWait {
 impl HeadWait {
     /// A wait that starts now (see [`Driver::begin_wait`]).
     fn new(first: bool, client_idle: Duration) -> HeadWait {
-        let start = Instant::now();
+        let start = clock::recent();
         let idle_end = start + client_idle;
         HeadWait {
             begun: first.then_some(start),
@@ -405,7 +411,7 @@ impl Driver {
             let idle = matches!(r, Wait::Deadline)
                 && !w.idling
                 && w.begun.is_none()
-                && Instant::now() < w.idle_end;
+                && clock::recent() < w.idle_end;
             if !idle {
                 w.idle = None;
                 return Poll::Ready(r);
@@ -439,7 +445,7 @@ impl Driver {
         loop {
             if !sock.buf.is_empty() {
                 if w.begun.is_none() {
-                    w.begun = Some(Instant::now());
+                    w.begun = Some(clock::recent());
                 }
                 match parse::request(&mut sock.buf, s.max_header_bytes as usize) {
                     Ok(Some(head)) => return Poll::Ready(Wait::Head(head)),
@@ -470,7 +476,7 @@ impl Driver {
                 entry.update(cx.waker());
                 return if *self.shutdown.borrow() {
                     Poll::Ready(Wait::Closed)
-                } else if Instant::now() >= w.until {
+                } else if clock::recent() >= w.until {
                     Poll::Ready(Wait::Deadline)
                 } else {
                     Poll::Pending
@@ -516,9 +522,13 @@ impl Driver {
         let req = Request::from_parts(head.parts, http_body_util::Either::Left(body));
         // Polled here, not in a future of its own that would hold it: this future is
         // boxed (moved into place) once per request, and every byte of it is copied.
-        let serve = forward::serve_with_id(self.proxy.clone(), self.conn.clone(), req);
-        tokio::pin!(serve);
-        let (resp, id) = ticked(&mut self.tick, serve).await;
+        // In a block of its own, so that its room is free again (and shared with the
+        // answer's writing) once it is done.
+        let (resp, id) = {
+            let serve = forward::serve_with_id(self.proxy.clone(), self.conn.clone(), req);
+            tokio::pin!(serve);
+            ticked(&mut self.tick, serve).await
+        };
         let (rparts, rbody) = resp.into_parts();
         let upgrade = rparts.status == http::StatusCode::SWITCHING_PROTOCOLS
             && self.conn.upgrade.lock().is_some();
@@ -803,7 +813,7 @@ enum Framing {
 
 /// Polls `fut` to its end, and at least every [`TICK`] while it waits.
 async fn ticked<F: Future>(tick: &mut Alarm, mut fut: Pin<&mut F>) -> F::Output {
-    let mut next = Instant::now() + TICK;
+    let mut next = clock::recent() + TICK;
     std::future::poll_fn(|cx| loop {
         if let Poll::Ready(v) = fut.as_mut().poll(cx) {
             return Poll::Ready(v);
@@ -811,7 +821,7 @@ async fn ticked<F: Future>(tick: &mut Alarm, mut fut: Pin<&mut F>) -> F::Output 
         if tick.poll(cx, next).is_pending() {
             return Poll::Pending;
         }
-        next = Instant::now() + TICK;
+        next = clock::recent() + TICK;
     })
     .await
 }
