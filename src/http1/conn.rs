@@ -339,8 +339,8 @@ enum Wait {
 /// This future is what an idle keep-alive connection costs, so it holds the driver
 /// and little else: the driver's fields are used in place (an `async fn` would keep
 /// its arguments beside the driver they are moved into), the wait for a head is a
-/// poll of the driver's own state, and a request's future, a refusal's write and a
-/// tunnel are boxed.
+/// poll of the driver's own state, and a run of requests ([`Driver::run`]), a
+/// refusal's write and a tunnel are boxed.
 pub fn serve(
     proxy: Arc<Proxy>,
     conn: Arc<Conn>,
@@ -365,35 +365,68 @@ pub fn serve(
         wait: HeadWait::new(true, settings.client_idle()),
     };
     async move {
-        let mut first = true;
+        d.begin_wait(true);
         // The loop ends with the answer to an unreadable head (out of the `match`, so
         // the wait's outcome is not kept while the answer is written).
         let refused = loop {
-            d.begin_wait(first);
             let head = match std::future::poll_fn(|cx| d.poll_head(cx)).await {
                 Wait::Head(h) => h,
                 Wait::Refused(e) => break refusal(e),
                 Wait::Closed | Wait::Deadline => return,
             };
-            first = false;
-            let stop = *d.shutdown.borrow();
-            // Boxed, one allocation a request: a request's future is kilobytes (the
-            // forwarding path, the backend's exchange, the answer's writing), and inline it
-            // would be part of every connection's future for as long as the connection
-            // lives, idle or not.
-            match Box::pin(d.exchange(head, stop)).await {
-                Ok(true) if !*d.shutdown.borrow() => {}
-                Ok(_) | Err(_) => return,
-            }
-            if d.upgrade_pending() {
-                return Box::pin(d.into_tunnel()).await;
+            // Boxed, one allocation a run of requests: a request's future is kilobytes
+            // (the forwarding path, the backend's exchange, the answer's writing), and
+            // inline it would be part of every connection's future for as long as the
+            // connection lives, idle or not.
+            match Box::pin(d.run(head)).await {
+                // The wait for the next head goes on past the tick, without buffers.
+                Run::Idle => {}
+                Run::Closed => return,
+                Run::Tunnel => return Box::pin(d.into_tunnel()).await,
+                Run::Refused(e) => break refusal(e),
             }
         };
         let _ = Box::pin(d.write_raw(refused)).await;
     }
 }
 
+/// How a run of requests ([`Driver::run`]) ended.
+enum Run {
+    /// No head came within [`TICK`] of the last answer; the connection stays open.
+    Idle,
+    Closed,
+    /// The last answer was a `101`: the connection becomes a tunnel.
+    Tunnel,
+    Refused(HeadError),
+}
+
 impl Driver {
+    /// Serves `head`'s request, and each next one whose head comes within [`TICK`] of
+    /// the answer before it (a busy keep-alive client, or pipelined requests). The run
+    /// is boxed once for all of them: boxing each request's future would copy its
+    /// kilobytes into a new allocation for every request.
+    async fn run(&mut self, mut head: parse::RequestHead) -> Run {
+        loop {
+            let stop = *self.shutdown.borrow();
+            match self.exchange(head, stop).await {
+                Ok(true) if !*self.shutdown.borrow() => {}
+                Ok(_) | Err(_) => return Run::Closed,
+            }
+            if self.upgrade_pending() {
+                return Run::Tunnel;
+            }
+            self.begin_wait(false);
+            head = match std::future::poll_fn(|cx| self.poll_wait(cx)).await {
+                Wait::Head(h) => h,
+                Wait::Refused(e) => return Run::Refused(e),
+                // The tick passed before a head began: the idle part of the wait is
+                // [`Driver::poll_head`]'s, outside the run.
+                Wait::Deadline if self.wait.begun.is_none() => return Run::Idle,
+                Wait::Closed | Wait::Deadline => return Run::Closed,
+            };
+        }
+    }
+
     /// Starts the wait for the next head: between requests for at most `client_idle`
     /// (the read buffer goes after [`TICK`], and from then a shutdown closes the
     /// connection at once), then at most `client_header` from its first byte. The
