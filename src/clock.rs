@@ -71,20 +71,24 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
+    /// Runs `f` on a new thread: the reading is per thread, and a test's own thread
+    /// may have run others first.
+    fn on_a_new_thread(f: impl FnOnce() + Send + 'static) {
+        std::thread::spawn(f).join().unwrap();
+    }
+
     #[test]
     fn a_thread_without_the_hooks_reads_the_clock_each_time() {
-        std::thread::spawn(|| {
+        on_a_new_thread(|| {
             let a = recent();
             std::thread::sleep(Duration::from_millis(2));
             assert!(recent() >= a + Duration::from_millis(2));
-        })
-        .join()
-        .unwrap();
+        });
     }
 
     #[test]
     fn an_awake_thread_reuses_a_reading_at_most_reuse_times() {
-        std::thread::spawn(|| {
+        on_a_new_thread(|| {
             woke();
             let first = recent();
             std::thread::sleep(Duration::from_millis(2));
@@ -94,14 +98,12 @@ mod tests {
             let next = recent();
             assert!(next >= first + Duration::from_millis(2));
             assert!(next <= Instant::now());
-        })
-        .join()
-        .unwrap();
+        });
     }
 
     #[test]
     fn no_reading_outlives_a_park() {
-        std::thread::spawn(|| {
+        on_a_new_thread(|| {
             woke();
             let first = recent();
             parking();
@@ -109,9 +111,7 @@ mod tests {
             assert!(recent() >= first + Duration::from_millis(2));
             woke();
             assert!(recent() >= first + Duration::from_millis(2));
-        })
-        .join()
-        .unwrap();
+        });
     }
 
     #[test]
