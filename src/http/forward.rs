@@ -140,7 +140,7 @@ pub async fn serve_with_id(
 fn request_host(parts: &http::request::Parts) -> Option<&[u8]> {
     match parts.uri.authority() {
         Some(a) => Some(a.host().as_bytes()),
-        None => parts.headers.get(header::HOST).map(HeaderValue::as_bytes),
+        None => super::find_header(&parts.headers, &header::HOST).map(HeaderValue::as_bytes),
     }
 }
 

@@ -77,11 +77,12 @@ pub fn well_formed(id: &[u8]) -> bool {
 /// never indexed, so a value seen once does not push reusable fields out of the
 /// connection's header table (measured on gRPC calls through an h2 upstream).
 pub fn request_id(headers: &HeaderMap, trusted: bool) -> HeaderValue {
-    let mut id = headers
-        .get(&X_REQUEST_ID)
-        .filter(|v| trusted && well_formed(v.as_bytes()))
-        .cloned()
-        .unwrap_or_else(new_request_id);
+    // An untrusted peer's id is never kept, so its map is not searched.
+    let kept = match trusted {
+        true => super::find_header(headers, &X_REQUEST_ID).filter(|v| well_formed(v.as_bytes())),
+        false => None,
+    };
+    let mut id = kept.cloned().unwrap_or_else(new_request_id);
     id.set_sensitive(true);
     id
 }

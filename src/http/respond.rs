@@ -53,7 +53,7 @@ impl GrpcCode {
 /// a `+format` or `;parameters` (gRPC-Web, which carries its status in the body, is
 /// not).
 pub fn is_grpc(headers: &HeaderMap) -> bool {
-    headers.get(CONTENT_TYPE).is_some_and(|v| {
+    super::find_header(headers, &CONTENT_TYPE).is_some_and(|v| {
         let v = v.as_bytes();
         v.len() >= 16
             && v[..16].eq_ignore_ascii_case(b"application/grpc")

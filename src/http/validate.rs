@@ -150,7 +150,7 @@ fn origin_form(req: &Parts) -> bool {
             uri.path().starts_with('/') || (uri.path() == "*" && req.method == Method::OPTIONS)
         }
         (Some(_), Some(authority)) => {
-            let host = req.headers.get(HOST).map(|v| v.as_bytes());
+            let host = super::find_header(&req.headers, &HOST).map(|v| v.as_bytes());
             !authority.as_str().contains('@')
                 && host.is_some_and(|h| h.eq_ignore_ascii_case(authority.as_str().as_bytes()))
         }

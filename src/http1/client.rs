@@ -26,6 +26,7 @@ use super::framing::{self, Decoded, Decoder};
 use super::parse;
 use super::poll_read_in;
 use crate::error::Failure;
+use crate::http::find_header;
 use crate::http::pool::{BackendConn, Sender};
 use crate::http::upload::{BoxError, ForwardBody};
 
@@ -245,12 +246,12 @@ pub async fn send(
     let reused = conn.reused;
     let (parts, body) = req.into_parts();
     let head_request = parts.method == Method::HEAD;
-    let upgrade = parts.headers.contains_key(http::header::UPGRADE);
+    let upgrade = find_header(&parts.headers, &http::header::UPGRADE).is_some();
     let bodiless = matches!(body, ForwardBody::Empty);
     let mut out = BytesMut::new();
     let chunked = match wire {
         Some(_) => {
-            let chunked = parts.headers.contains_key(TRANSFER_ENCODING);
+            let chunked = find_header(&parts.headers, &TRANSFER_ENCODING).is_some();
             if bodiless && chunked {
                 out.put_slice(framing::LAST_CHUNK);
             }
