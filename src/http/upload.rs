@@ -100,10 +100,19 @@ impl Upload {
     }
 
     fn progressed(&self) {
-        let us = crate::clock::recent()
-            .saturating_duration_since(epoch())
-            .as_micros() as u64;
+        self.progressed_at(crate::clock::recent());
+    }
+
+    fn progressed_at(&self, at: Instant) {
+        let us = at.saturating_duration_since(epoch()).as_micros() as u64;
         self.progress_us.store(us.max(1), Ordering::Relaxed);
+    }
+
+    /// The body ended: its end is its last progress too, from one clock reading.
+    fn ended(&self) {
+        let now = crate::clock::recent();
+        let _ = self.done.set(now);
+        self.progressed_at(now);
     }
 
     /// When the body last made progress (a frame went on, or it ended).
@@ -148,8 +157,7 @@ impl ForwardBody {
         upload: Arc<Upload>,
     ) -> ForwardBody {
         if incoming.is_end_stream() {
-            let _ = upload.done.set(crate::clock::recent());
-            upload.progressed();
+            upload.ended();
             return ForwardBody::Empty;
         }
         ForwardBody::Client(Box::new(ClientBody {
@@ -189,8 +197,7 @@ impl ClientBody {
             return Some(Failure::BadRequest);
         }
         self.upload.kept_all();
-        let _ = self.upload.done.set(crate::clock::recent());
-        self.upload.progressed();
+        self.upload.ended();
         None
     }
 }

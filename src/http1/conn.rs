@@ -553,10 +553,10 @@ impl Driver {
             done: bodiless,
         };
         let req = Request::from_parts(head.parts, http_body_util::Either::Left(body));
-        // Polled here, not in a future of its own that would hold it: this future is
-        // boxed (moved into place) once per request, and every byte of it is copied.
-        // In a block of its own, so that its room is free again (and shared with the
-        // answer's writing) once it is done.
+        // Polled here, not in a future of its own that would hold it beside this one
+        // (every byte of a future is room in the run's box). In a block of its own, so
+        // that its room is free again (and shared with the answer's writing) once it
+        // is done.
         let (resp, id) = {
             let serve = forward::serve_with_id(self.proxy.clone(), self.conn.clone(), req);
             tokio::pin!(serve);
