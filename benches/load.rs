@@ -357,6 +357,11 @@ fn main() {
             std::process::exit(2);
         }
     };
+    // The generator's and the replicas' sockets share this process's descriptor
+    // table. Sized once here, before any thread starts, so that it never grows under
+    // load: in a process with threads each growth waits for an RCU grace period, and
+    // the first proxy measured would pay for the generator's growth.
+    let _ = levee::fds::presize_table(0);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("load")

@@ -338,6 +338,7 @@ fn proxy_sockets(
 /// Like [`start`], but takes the listeners a previous levee handed over where their
 /// addresses match, and binds the rest.
 pub async fn start_inheriting(config: Config, inherited: Option<Fds>) -> std::io::Result<Running> {
+    presize_descriptors(config.server.max_connections);
     let mut listeners = Vec::new();
     for addr in &config.server.listen {
         listeners.push(proxy_sockets(*addr, Listener::Plain, inherited.as_ref())?);
@@ -509,6 +510,8 @@ pub fn reload(app: &App, path: &std::path::Path) -> Result<(), crate::config::Co
     let _one_at_a_time = app.reload_lock.lock();
     let result = match crate::config::load(path) {
         Ok(config) => {
+            // A raised cap: the table grows now, not on the accept path.
+            presize_descriptors(config.server.max_connections);
             let expanded = app.discovery.expand(&config);
             *app.base.lock() = Arc::new(config);
             app.publish(expanded);
@@ -704,6 +707,18 @@ impl ConfigWatch {
                 }
                 self.0.cert_files.write().push(file.clone());
             }
+        }
+    }
+}
+
+/// Grows the descriptor table for the client cap before clients come
+/// ([`crate::fds::presize_table`]); a failure only means the table grows under load.
+fn presize_descriptors(max_connections: u32) {
+    match crate::fds::presize_table(max_connections) {
+        Ok(0) => {}
+        Ok(slots) => tracing::debug!(slots, "descriptor table sized for the client cap"),
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot size the descriptor table; it grows under load")
         }
     }
 }

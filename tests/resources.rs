@@ -127,7 +127,7 @@ async fn excess_client(addr: SocketAddr, wait: Duration) -> (Fate, Option<TcpStr
 }
 
 /// The command that runs levee with at most `FD_LIMIT` descriptors.
-fn fd_limit_wrapper() -> Vec<String> {
+fn fd_limit_wrapper(limit: u32) -> Vec<String> {
     let prlimit = Command::new("prlimit")
         .arg("--version")
         .output()
@@ -135,16 +135,28 @@ fn fd_limit_wrapper() -> Vec<String> {
     if prlimit {
         vec![
             "prlimit".into(),
-            format!("--nofile={FD_LIMIT}:{FD_LIMIT}"),
+            format!("--nofile={limit}:{limit}"),
             "--".into(),
         ]
     } else {
         vec![
             "sh".into(),
             "-c".into(),
-            format!("ulimit -n {FD_LIMIT} && exec \"$0\" \"$@\""),
+            format!("ulimit -n {limit} && exec \"$0\" \"$@\""),
         ]
     }
+}
+
+/// The soft open-files limit of process `pid`, as /proc writes it.
+fn open_files_limit(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/limits"))
+        .ok()
+        .and_then(|l| {
+            l.lines()
+                .find(|l| l.starts_with("Max open files"))
+                .map(|l| l.split_whitespace().nth(3).unwrap_or("?").to_owned())
+        })
+        .unwrap_or_default()
 }
 
 /// What happened to levee and its clients in one descriptor-exhaustion run.
@@ -180,16 +192,9 @@ async fn exhaust(label: &str, extra_server: &str) -> Exhaustion {
         ),
         "[upstream.health]\neject_after_failures = 3\neject_ms = 10000",
     );
-    let wrapper = fd_limit_wrapper();
+    let wrapper = fd_limit_wrapper(FD_LIMIT);
     let mut levee = LeveeProcess::spawn(&config, &wrapper);
-    let limit = std::fs::read_to_string(format!("/proc/{}/limits", levee.pid()))
-        .ok()
-        .and_then(|l| {
-            l.lines()
-                .find(|l| l.starts_with("Max open files"))
-                .map(|l| l.split_whitespace().nth(3).unwrap_or("?").to_owned())
-        })
-        .unwrap_or_default();
+    let limit = open_files_limit(levee.pid());
     assert_eq!(
         limit,
         FD_LIMIT.to_string(),
@@ -369,6 +374,59 @@ async fn out_of_descriptors_past_a_too_high_cap_the_excess_is_refused() {
         waiting <= CLIENTS / 10,
         "{waiting} clients left waiting without an answer: {:?}",
         run.fates
+    );
+}
+
+/// levee sizes its descriptor table for its client cap before it serves: a table that
+/// grows while clients arrive stalls every thread that opens a descriptor (a
+/// multi-threaded process's table grows a doubling at a time, each step waiting for an
+/// RCU grace period). So `FDSize` covers two descriptors per allowed client from the
+/// start, and 250 clients held open at once through a backend do not grow it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_descriptor_table_is_sized_for_the_cap_before_clients_come() {
+    const LIMIT: u32 = 1024;
+    const CAP: u64 = 300;
+    const HELD: usize = 250;
+    let r1 = replica("r1", "a", 300, 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(&dir, &[r1.addr()], &format!("max_connections = {CAP}"), "");
+    let levee = LeveeProcess::spawn(&config, &fd_limit_wrapper(LIMIT));
+    assert_eq!(
+        open_files_limit(levee.pid()),
+        LIMIT.to_string(),
+        "the limit did not apply"
+    );
+    // Two per client and levee's reserve (128 at this limit), within the limit.
+    let wanted = (2 * CAP + 128).min(u64::from(LIMIT));
+    let table = levee.status_kib("FDSize");
+    let open_at_start = levee.fds();
+    assert!(
+        table >= wanted,
+        "descriptor table of {table} slots at start, {wanted} wanted ({open_at_start} open)"
+    );
+
+    // Clients that each get an answer through the backend and keep their connection.
+    let mut held = Vec::new();
+    for i in 0..HELD {
+        let mut conn = Conn::open(levee.proxy).await;
+        let reply = tokio::time::timeout(Duration::from_secs(5), conn.get(&format!("/c{i}")))
+            .await
+            .unwrap_or_else(|_| panic!("client {i}: no answer in 5 s"));
+        assert_eq!(reply.status, 200, "client {i}");
+        held.push(conn);
+    }
+    let open_with_clients = levee.fds();
+    assert!(
+        open_with_clients >= open_at_start + HELD,
+        "{open_with_clients} descriptors open with {HELD} clients, {open_at_start} at start"
+    );
+    assert_eq!(
+        levee.status_kib("FDSize"),
+        table,
+        "the table grew while {HELD} clients came ({open_with_clients} descriptors open)"
+    );
+    println!(
+        "descriptor table: {table} slots at start ({open_at_start} open), the same with {HELD} clients held ({open_with_clients} open)"
     );
 }
 
