@@ -35,7 +35,7 @@
 //! - overload: 4 capacity-limited replicas; C measured first; 1x, 2x, 5x, 10x C offered
 //!   open loop through each proxy: goodput, admitted and 503 latency, replica peak;
 //! - memory: RSS of each proxy holding 10,000 idle keep-alive client connections;
-//! - shed: 503s per second levee (and levee-before) answers on one thread when every
+//! - shed: 503s per second, and CPU per 503, of each proxy on one thread when every
 //!   slot is held;
 //! - fresh: 4 replicas in 2 zones (16 workers x 20 ms each), health checks on; each
 //!   proxy started anew for every run, open-loop load from 1.2 s after its start at 1x,
@@ -685,11 +685,7 @@ async fn raw_section(plan: &Plan, opts: &Opts, tools: &Tools, kinds: &[Kind], re
                     let cpu0 = p.cpu_split();
                     let r = wrk::run(wrk_bin, &url, WRK_THREADS, WRK_CONNECTIONS, plan.wrk).await;
                     let done = r.as_ref().map_or(0, |r| r.requests);
-                    let cpu1 = p.cpu_split();
-                    let total = |c: Option<(Duration, Duration)>| c.map(|(u, s)| u + s);
-                    let user = |c: Option<(Duration, Duration)>| c.map(|(u, _)| u);
-                    let cpu = cpu_per_request(total(cpu0), total(cpu1), done);
-                    let cpu_user = cpu_per_request(user(cpu0), user(cpu1), done);
+                    let (cpu, cpu_user) = cpu_and_user_per_request(cpu0, p.cpu_split(), done);
                     p.stop().await;
                     match r {
                         Ok(r) => {
@@ -845,6 +841,21 @@ fn cpu_per_request(
 ) -> Option<f64> {
     let (before, after) = (before?, after?);
     (requests > 0).then(|| after.saturating_sub(before).as_secs_f64() * 1e6 / requests as f64)
+}
+
+/// [`cpu_per_request`] from two [`proxies::Running::cpu_split`] readings: all of it,
+/// and its user-space part.
+fn cpu_and_user_per_request(
+    before: Option<(Duration, Duration)>,
+    after: Option<(Duration, Duration)>,
+    requests: u64,
+) -> (Option<f64>, Option<f64>) {
+    let total = |c: Option<(Duration, Duration)>| c.map(|(u, s)| u + s);
+    let user = |c: Option<(Duration, Duration)>| c.map(|(u, _)| u);
+    (
+        cpu_per_request(total(before), total(after), requests),
+        cpu_per_request(user(before), user(after), requests),
+    )
 }
 
 /// One open-loop step of one proxy (overload and fresh sections).
@@ -1231,21 +1242,27 @@ async fn hold_slots(addr: SocketAddr, n: usize) -> Vec<TcpStream> {
     held
 }
 
-/// The shed section's measurements of one levee kind, over repetitions.
+/// The shed section's measurements of one proxy, over repetitions.
 #[derive(Default)]
 struct ShedRuns {
     /// wrk with free slots, and the CPU per request.
     proxied: Vec<(wrk::WrkResult, Option<f64>)>,
-    /// wrk with every slot held, and the CPU per 503.
-    shed: Vec<(wrk::WrkResult, Option<f64>)>,
+    /// wrk with every slot held, and the CPU per 503 (all of it, and its user part).
+    shed: Vec<(wrk::WrkResult, Option<f64>, Option<f64>)>,
     /// Per shed run: did the held slots stay held?
     held: Vec<bool>,
 }
 
 async fn shed_section(plan: &Plan, opts: &Opts, tools: &Tools, kinds: &[Kind], res: &mut Results) {
-    println!("\n== shed cost: levee on one thread");
-    let levees: Vec<Kind> = kinds.iter().copied().filter(|k| k.is_levee()).collect();
-    if levees.is_empty() {
+    println!("\n== shed cost: one thread, every slot held");
+    // HAProxy and nginx shed too, each by its own means (see `ShedRow`), so a 503's
+    // cost compares side by side.
+    let proxies: Vec<Kind> = kinds
+        .iter()
+        .copied()
+        .filter(|k| k.is_levee() || matches!(k, Kind::Haproxy | Kind::Nginx))
+        .collect();
+    if !proxies.iter().any(|k| k.is_levee()) {
         println!("SKIP shed: levee not selected");
         return;
     }
@@ -1257,15 +1274,17 @@ async fn shed_section(plan: &Plan, opts: &Opts, tools: &Tools, kinds: &[Kind], r
     };
     let fast = replica("fast", FAST_WORKERS, Duration::ZERO).await;
     let proxied_setup = fast_setup(fast.addr(), 1, 4096);
+    // No queue: levee's `queue_depth = 0`; nginx has none; HAProxy always queues past
+    // `maxconn`, for `timeout queue`, here its least (1 ms).
     let shed_setup = Setup {
         max_conns: Some(SHED_SLOTS as u32),
         queue_depth: 0,
-        queue_timeout: Duration::from_millis(10),
+        queue_timeout: Duration::from_millis(1),
         ..proxied_setup.clone()
     };
     let mut runs: BTreeMap<Kind, ShedRuns> = BTreeMap::new();
     for rep in 1..=opts.reps {
-        for &kind in &levees {
+        for &kind in &proxies {
             let runs = runs.entry(kind).or_default();
             if let Some(p) = start(kind, &proxied_setup, tools, res).await {
                 warm_up(p.addr).await;
@@ -1302,10 +1321,10 @@ async fn shed_section(plan: &Plan, opts: &Opts, tools: &Tools, kinds: &[Kind], r
             }
             let held_before = fast.stats().inflight;
             let url = format!("http://{}/", p.addr);
-            let cpu0 = p.cpu_time();
+            let cpu0 = p.cpu_split();
             let r = wrk::run(wrk_bin, &url, WRK_THREADS, WRK_CONNECTIONS, plan.shed).await;
             let done = r.as_ref().map_or(0, |r| r.requests);
-            let cpu = cpu_per_request(cpu0, p.cpu_time(), done);
+            let (cpu, cpu_user) = cpu_and_user_per_request(cpu0, p.cpu_split(), done);
             let held = held_before >= SHED_SLOTS && fast.stats().inflight >= SHED_SLOTS;
             runs.held.push(held);
             drop(holders);
@@ -1313,25 +1332,23 @@ async fn shed_section(plan: &Plan, opts: &Opts, tools: &Tools, kinds: &[Kind], r
             match r {
                 Ok(r) => {
                     println!(
-                        "  rep {rep} {:<12} shed     {:>8.0} req/s  p50 {}  p99 {}  non-2xx {} of {}  slots held: {held}  CPU/503 {}",
+                        "  rep {rep} {:<12} shed     {:>8.0} req/s  p50 {}  p99 {}  non-2xx {} of {}  slots held: {held}  CPU/503 {} (user {})",
                         kind.name(),
                         r.rps,
                         report::ms(r.p50),
                         report::ms(r.p99),
                         r.non2xx,
                         r.requests,
-                        report::us_opt(cpu)
+                        report::us_opt(cpu),
+                        report::us_opt(cpu_user)
                     );
-                    runs.shed.push((r, cpu));
+                    runs.shed.push((r, cpu, cpu_user));
                 }
                 Err(e) => println!("  rep {rep} {:<12} shed: wrk failed: {e}", kind.name()),
             }
         }
     }
-    let cpu = |v: &[(wrk::WrkResult, Option<f64>)]| {
-        let c: Vec<f64> = v.iter().filter_map(|(_, c)| *c).collect();
-        (!c.is_empty()).then(|| median(c))
-    };
+    let cpu = |c: Vec<f64>| (!c.is_empty()).then(|| median(c));
     for (kind, r) in runs {
         let ShedRuns {
             proxied,
@@ -1346,18 +1363,19 @@ async fn shed_section(plan: &Plan, opts: &Opts, tools: &Tools, kinds: &[Kind], r
             runs: shed.len(),
             proxied_rps: median(proxied.iter().map(|(r, _)| r.rps).collect()),
             proxied_p99: median_d(proxied.iter().map(|(r, _)| r.p99)),
-            proxied_cpu_us: cpu(&proxied),
+            proxied_cpu_us: cpu(proxied.iter().filter_map(|(_, c)| *c).collect()),
             shed_rps: median(
                 shed.iter()
-                    .map(|(r, _)| r.non2xx as f64 / r.seconds.max(1e-3))
+                    .map(|(r, _, _)| r.non2xx as f64 / r.seconds.max(1e-3))
                     .collect(),
             ),
-            shed_p50: median_d(shed.iter().map(|(r, _)| r.p50)),
-            shed_p99: median_d(shed.iter().map(|(r, _)| r.p99)),
-            shed_cpu_us: cpu(&shed),
+            shed_p50: median_d(shed.iter().map(|(r, _, _)| r.p50)),
+            shed_p99: median_d(shed.iter().map(|(r, _, _)| r.p99)),
+            shed_cpu_us: cpu(shed.iter().filter_map(|(_, c, _)| *c).collect()),
+            shed_user_us: cpu(shed.iter().filter_map(|(_, _, u)| *u).collect()),
             non2xx_share: median(
                 shed.iter()
-                    .map(|(r, _)| r.non2xx as f64 / r.requests.max(1) as f64)
+                    .map(|(r, _, _)| r.non2xx as f64 / r.requests.max(1) as f64)
                     .collect(),
             ),
             held: held.iter().all(|&h| h),

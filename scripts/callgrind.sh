@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # User instructions per proxied request, under callgrind: levee (this checkout),
-# examples/hyper_floor (the least hyper proxy), nginx as a proxy (Debian's, one process)
-# and, with LEVEE_BEFORE, an older levee build. Instruction counts do not move with the machine's noise as timings do, so a
+# examples/hyper_floor (the least hyper proxy), nginx and HAProxy as proxies (Debian's,
+# one process, one thread) and, with LEVEE_BEFORE, an older levee build. Instruction counts do not move with the machine's noise as timings do, so a
 # change to the request path can be measured while other work runs.
 #
 #   scripts/callgrind.sh                 # 1 and 16 connections
@@ -24,7 +24,9 @@
 #
 # SHED=1 measures levee's 503 instead: one backend that accepts and never answers, one
 # slot (`max_inflight = 1`, `queue_depth = 0`) held by a request for the whole run, so
-# every request wrk sends is shed.
+# every request wrk sends is shed. For scale, the same run measures the least a proxy can
+# do per answer: nginx's `return 503` and HAProxy's `http-request return status 503`,
+# answers written without any backend, limit or queue.
 #
 # Each target runs alone (one worker) under `valgrind --tool=callgrind` behind an nginx
 # backend that answers at once; wrk warms it for 3 s, the counters are zeroed, wrk runs
@@ -33,8 +35,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-tools="valgrind callgrind_control callgrind_annotate nginx wrk curl"
-[ -n "${EDGE:-}" ] && tools="$tools haproxy"
+tools="valgrind callgrind_control callgrind_annotate nginx haproxy wrk curl"
 for tool in $tools; do
   command -v "$tool" >/dev/null || [ -x "/usr/sbin/$tool" ] || {
     echo "callgrind.sh: $tool not installed" >&2
@@ -172,6 +173,29 @@ nginx_proxy_conf() {
   }"
 }
 
+# haproxy_conf PORT LINES: HAProxy in HTTP mode on PORT, one thread, the bench's
+# keep-alive settings, LINES in its frontend; prints its path.
+haproxy_conf() {
+  cat >"$dir/haproxy-$1.cfg" <<EOF
+global
+    nbthread 1
+    maxconn 4096
+defaults
+    mode http
+    option http-keep-alive
+    http-reuse always
+    timeout connect 1s
+    timeout client 60s
+    timeout server 60s
+frontend fe
+    bind 127.0.0.1:$1
+$2
+backend be
+    server s 127.0.0.1:$backend
+EOF
+  echo "$dir/haproxy-$1.cfg"
+}
+
 # relay PORT TARGET [send-proxy-v2]: HAProxy in TCP mode, one thread, in front of
 # TARGET; it runs until the script ends.
 relay() {
@@ -272,6 +296,11 @@ while True:
     port=$(free_port)
     shed_conf "$port" >"$dir/shed-$port.toml"
     measure levee-shed "$conns" "$port" target/release/levee run --config "$dir/shed-$port.toml"
+    port=$(free_port)
+    measure nginx-return-503 "$conns" "$port" nginx -c "$(nginx_conf "nginx-503-$port" "  server { listen 127.0.0.1:$port; location = /hold { return 200; } location / { return 503; } }")" -p "$dir"
+    port=$(free_port)
+    measure haproxy-return-503 "$conns" "$port" haproxy -db -f "$(haproxy_conf "$port" "    http-request return status 200 if { path /hold }
+    http-request return status 503")"
     if [ -n "${LEVEE_BEFORE:-}" ]; then
       port=$(free_port)
       shed_conf "$port" >"$dir/shed-$port.toml"
@@ -298,4 +327,6 @@ for conns in ${CONNS:-1 16}; do
   fi
   port=$(free_port)
   measure nginx-proxy "$conns" "$port" nginx -c "$(nginx_proxy_conf "$port")" -p "$dir"
+  port=$(free_port)
+  measure haproxy-proxy "$conns" "$port" haproxy -db -f "$(haproxy_conf "$port" "    default_backend be")"
 done
