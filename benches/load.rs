@@ -8,7 +8,7 @@
 //! ```
 //!
 //! Options (after `--`): `--quick`, `--reps N`,
-//! `--only levee,levee-mt,levee-before,haproxy,nginx,hyper-floor,direct`,
+//! `--only levee,levee-mt,levee-before,haproxy,nginx,hyper-floor,httparse-floor,direct`,
 //! `--sections raw,overload,memory,shed,fresh,zonefail,tls,shadow,fairness,adaptive,edge,grpc,priority`,
 //! `--json PATH`, `--ticks`.
 //!
@@ -275,7 +275,7 @@ impl Opts {
     }
 }
 
-const USAGE: &str = "[LEVEE_BEFORE=OLDER_LEVEE_BINARY] cargo bench --bench load -- [--quick] [--reps N] [--only levee,levee-mt,levee-before,haproxy,nginx,hyper-floor,direct] [--sections raw,overload,memory,shed,fresh,zonefail,tls,shadow,fairness,adaptive,edge,grpc,priority] [--json PATH] [--ticks]";
+const USAGE: &str = "[LEVEE_BEFORE=OLDER_LEVEE_BINARY] cargo bench --bench load -- [--quick] [--reps N] [--only levee,levee-mt,levee-before,haproxy,nginx,hyper-floor,httparse-floor,direct] [--sections raw,overload,memory,shed,fresh,zonefail,tls,shadow,fairness,adaptive,edge,grpc,priority] [--json PATH] [--ticks]";
 
 /// How long each measurement lasts.
 #[derive(Debug, Clone, Copy)]

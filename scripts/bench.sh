@@ -33,7 +33,8 @@ done
 
 mkdir -p target
 # `cargo bench` builds levee's binary in release (the bench profile) before the bench;
-# the "hyper-floor" target (examples/hyper_floor.rs) and the grpc section's backend
+# the "hyper-floor" and "httparse-floor" targets (examples/hyper_floor.rs,
+# examples/httparse_floor.rs) and the grpc section's backend
 # (examples/grpc_backend.rs) are built here.
-cargo build --release --example hyper_floor --example grpc_backend
+cargo build --release --example hyper_floor --example httparse_floor --example grpc_backend
 exec cargo bench --bench load -- --json target/bench-load.json "$@"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # User instructions per proxied request, under callgrind: levee (this checkout),
-# examples/hyper_floor (the least hyper proxy), nginx and HAProxy as proxies (Debian's,
+# examples/hyper_floor (the least hyper proxy), examples/httparse_floor (the least
+# forwarder on tokio and httparse), nginx and HAProxy as proxies (Debian's,
 # one process, one thread) and, with LEVEE_BEFORE, an older levee build. Instruction counts do not move with the machine's noise as timings do, so a
 # change to the request path can be measured while other work runs.
 #
@@ -42,7 +43,7 @@ for tool in $tools; do
     exit 1
   }
 done
-cargo build --release --bin levee --example hyper_floor
+cargo build --release --bin levee --example hyper_floor --example httparse_floor
 
 dir=$(mktemp -d /tmp/levee-callgrind-XXXXXX)
 pids=()
@@ -315,6 +316,8 @@ echo "|---|---:|---:|---:|"
 for conns in ${CONNS:-1 16}; do
   port=$(free_port)
   measure hyper-floor "$conns" "$port" target/release/examples/hyper_floor "127.0.0.1:$port" "127.0.0.1:$backend"
+  port=$(free_port)
+  measure httparse-floor "$conns" "$port" target/release/examples/httparse_floor "127.0.0.1:$port" "127.0.0.1:$backend"
   port=$(free_port)
   measure levee "$conns" "$port" target/release/levee run --config "$(levee_conf "$port")"
   for ratio in ${TRACE_RATIOS:-}; do

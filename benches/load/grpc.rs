@@ -326,7 +326,7 @@ pub async fn section(plan: &Plan, opts: &Opts, tools: &Tools, kinds: &[Kind], re
     };
     let mut targets: Vec<Kind> = Vec::new();
     for &kind in kinds {
-        if matches!(kind, Kind::Haproxy | Kind::HyperFloor) {
+        if kind == Kind::Haproxy || kind.is_floor() {
             println!(
                 "  {} is not set up for gRPC: not in this section",
                 kind.name()

@@ -51,18 +51,24 @@ pub enum Kind {
     /// pooled client connections, one backend, nothing else), to show what levee's own
     /// work costs over hyper's. Raw and memory sections only (it has no limits).
     HyperFloor,
+    /// `examples/httparse_floor`: the least forwarder on tokio and httparse (one
+    /// current-thread runtime, pooled backend connections, heads forwarded as they
+    /// came, `Content-Length` bodies only), the floor under levee's own HTTP/1.1 codec.
+    /// Raw and memory sections only, as hyper-floor.
+    ParseFloor,
     /// No proxy: the client connects to the (first) backend.
     Direct,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 7] = [
+    pub const ALL: [Kind; 8] = [
         Kind::Levee,
         Kind::LeveeMulti,
         Kind::LeveeBefore,
         Kind::Haproxy,
         Kind::Nginx,
         Kind::HyperFloor,
+        Kind::ParseFloor,
         Kind::Direct,
     ];
 
@@ -82,6 +88,7 @@ impl Kind {
             Kind::LeveeMulti => "levee-mt",
             Kind::LeveeBefore => "levee-before",
             Kind::HyperFloor => "hyper-floor",
+            Kind::ParseFloor => "httparse-floor",
             Kind::Haproxy => "haproxy",
             Kind::Nginx => "nginx",
             Kind::Direct => "direct",
@@ -94,6 +101,11 @@ impl Kind {
 
     pub fn is_proxy(self) -> bool {
         self != Kind::Direct
+    }
+
+    /// One of the floors: a least proxy with no limits, one backend and no config file.
+    pub fn is_floor(self) -> bool {
+        matches!(self, Kind::HyperFloor | Kind::ParseFloor)
     }
 
     /// levee, this build or the older one: same config, same CLI, an admin listener.
@@ -114,6 +126,8 @@ pub struct Tools {
     pub nginx: Option<PathBuf>,
     /// `examples/hyper_floor` next to levee's binary (scripts/bench.sh builds it).
     pub hyper_floor: Option<PathBuf>,
+    /// `examples/httparse_floor`, the same way.
+    pub parse_floor: Option<PathBuf>,
     /// `examples/grpc_backend` next to levee's binary (scripts/bench.sh builds it): the
     /// grpc section's backend.
     pub grpc_backend: Option<PathBuf>,
@@ -143,6 +157,7 @@ impl Tools {
         };
         Tools {
             hyper_floor: example("hyper_floor"),
+            parse_floor: example("httparse_floor"),
             grpc_backend: example("grpc_backend"),
             levee: is_executable(&levee).then_some(levee),
             levee_before,
@@ -163,12 +178,14 @@ impl Tools {
             Kind::Haproxy => &self.haproxy,
             Kind::Nginx => &self.nginx,
             Kind::HyperFloor => &self.hyper_floor,
+            Kind::ParseFloor => &self.parse_floor,
         };
         match found {
             Some(path) => Ok(Some(path)),
-            None if kind == Kind::HyperFloor => Err(format!(
-                "{} not built (cargo build --release --example hyper_floor); skipped",
-                kind.name()
+            None if kind.is_floor() => Err(format!(
+                "{} not built (cargo build --release --example {}); skipped",
+                kind.name(),
+                kind.name().replace('-', "_")
             )),
             None if kind == Kind::LeveeBefore => Err(match &self.levee_before_var {
                 None => format!(
@@ -298,10 +315,10 @@ pub struct Running {
 impl Running {
     /// Starts `kind` per `setup` on a free port and returns once it answered a request.
     pub async fn start(kind: Kind, setup: &Setup, tools: &Tools) -> Result<Running, String> {
-        if setup.grpc && matches!(kind, Kind::Haproxy | Kind::HyperFloor) {
+        if setup.grpc && (kind == Kind::Haproxy || kind.is_floor()) {
             return Err(format!("{} is not set up for gRPC; skipped", kind.name()));
         }
-        if kind == Kind::HyperFloor && (setup.backends.len() != 1 || setup.max_conns.is_some()) {
+        if kind.is_floor() && (setup.backends.len() != 1 || setup.max_conns.is_some()) {
             return Err(format!(
                 "{} has no limits and one backend: raw and memory sections only; skipped",
                 kind.name()
@@ -342,7 +359,9 @@ impl Running {
             Kind::Haproxy => ("haproxy.cfg", haproxy_config(addr, setup)),
             Kind::Nginx => ("nginx.conf", nginx_config(addr, setup, d)),
             // No config file: its two addresses are its arguments.
-            Kind::HyperFloor => ("args", format!("{addr} {}", setup.backends[0])),
+            Kind::HyperFloor | Kind::ParseFloor => {
+                ("args", format!("{addr} {}", setup.backends[0]))
+            }
             Kind::Direct => unreachable!("direct has no binary"),
         };
         let tls_addr = match &setup.tls {
@@ -354,7 +373,9 @@ impl Running {
             _ => text,
         };
         let args = match kind {
-            Kind::HyperFloor => vec![addr.to_string(), setup.backends[0].to_string()],
+            Kind::HyperFloor | Kind::ParseFloor => {
+                vec![addr.to_string(), setup.backends[0].to_string()]
+            }
             _ => Vec::new(),
         };
         let spawned = Spawn {
@@ -599,7 +620,7 @@ impl Spawn<'_> {
                 .arg(d.join("error.log"))
                 .arg("-c")
                 .arg(&conf),
-            Kind::HyperFloor => cmd.args(&self.args),
+            Kind::HyperFloor | Kind::ParseFloor => cmd.args(&self.args),
             Kind::Direct => unreachable!("direct has no binary"),
         };
         let child = cmd
