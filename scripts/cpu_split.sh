@@ -28,54 +28,17 @@ cleanup() {
   rm -rf "$dir"
 }
 trap cleanup EXIT
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
+# free_port, nginx_conf, nginx_proxy_conf, haproxy_conf
+. scripts/lib/one_worker.sh
 backend=$(free_port) levee=$(free_port) haproxy=$(free_port) nginx=$(free_port) floor=$(free_port)
 
-nginx_conf() {
-  cat >"$dir/$1.conf" <<EOF
-daemon off;
-master_process off;
-worker_processes 1;
-pid $dir/$1.pid;
-error_log $dir/$1.log crit;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  client_body_temp_path $dir/cb; proxy_temp_path $dir/px; fastcgi_temp_path $dir/fc;
-  uwsgi_temp_path $dir/uw; scgi_temp_path $dir/sc;
-  keepalive_requests 1000000;
-$2
-}
-EOF
-  echo "$dir/$1.conf"
-}
 nginx -c "$(nginx_conf backend "  server { listen 127.0.0.1:$backend; location / { return 200 \"hello from backend\\n\"; } }")" -p "$dir" &
 pids+=($!)
 backend_pid=$!
-nginx -c "$(nginx_conf proxy "  upstream b { server 127.0.0.1:$backend; keepalive 256; keepalive_requests 1000000; }
-  server { listen 127.0.0.1:$nginx; location / { proxy_pass http://b; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }")" -p "$dir" &
+nginx -c "$(nginx_proxy_conf "$nginx")" -p "$dir" &
 pids+=($!)
 nginx_pid=$!
-cat >"$dir/haproxy.cfg" <<EOF
-global
-    nbthread 1
-    maxconn 4096
-defaults
-    mode http
-    option http-keep-alive
-    http-reuse always
-    timeout connect 1s
-    timeout client 60s
-    timeout server 60s
-frontend fe
-    bind 127.0.0.1:$haproxy
-    default_backend be
-backend be
-    server s 127.0.0.1:$backend
-EOF
-haproxy -db -f "$dir/haproxy.cfg" >"$dir/haproxy.log" 2>&1 &
+haproxy -db -f "$(haproxy_conf "$haproxy" "    default_backend be")" >"$dir/haproxy.log" 2>&1 &
 pids+=($!)
 haproxy_pid=$!
 printf '[server]\nlisten = ["127.0.0.1:%s"]\nthreads = 1\n\n[[upstream]]\nname = "bench"\nroutes = ["/"]\n\n[upstream.limits]\nmax_inflight = 100000\n\n[[upstream.backend]]\naddress = "127.0.0.1:%s"\n' \
