@@ -45,15 +45,9 @@ for tool in $tools; do
 done
 cargo build --release --bin levee --example hyper_floor --example httparse_floor
 
-dir=$(mktemp -d /tmp/levee-callgrind-XXXXXX)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  rm -rf "$dir"
-}
-trap cleanup EXIT
-# free_port, nginx_conf, nginx_proxy_conf, haproxy_conf
+# scratch, free_port, nginx_conf, nginx_proxy_conf, haproxy_conf
 . scripts/lib/one_worker.sh
+scratch callgrind
 
 
 backend=$(free_port)

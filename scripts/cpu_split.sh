@@ -21,15 +21,9 @@ for tool in nginx haproxy wrk python3; do
 done
 cargo build --release --bin levee --example httparse_floor
 
-dir=$(mktemp -d /tmp/levee-cpu-split-XXXXXX)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  rm -rf "$dir"
-}
-trap cleanup EXIT
-# free_port, nginx_conf, nginx_proxy_conf, haproxy_conf
+# scratch, free_port, nginx_conf, nginx_proxy_conf, haproxy_conf
 . scripts/lib/one_worker.sh
+scratch cpu-split
 backend=$(free_port) levee=$(free_port) haproxy=$(free_port) nginx=$(free_port) floor=$(free_port)
 
 nginx -c "$(nginx_conf backend "  server { listen 127.0.0.1:$backend; location / { return 200 \"hello from backend\\n\"; } }")" -p "$dir" &

@@ -1,6 +1,14 @@
 # Helpers shared by scripts/callgrind.sh and scripts/cpu_split.sh, which run proxies
 # with one worker each in front of one nginx backend on 127.0.0.1. Sourced; the caller
-# sets `dir` (a scratch directory) and `backend` (the backend's port) first.
+# calls `scratch` first and sets `backend` (the backend's port) before the configs.
+
+# scratch NAME: a scratch directory in `dir`, and `pids`, the processes to stop; both
+# are cleaned up when the script exits.
+scratch() {
+  dir=$(mktemp -d "/tmp/levee-$1-XXXXXX")
+  pids=()
+  trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$dir"' EXIT
+}
 
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
