@@ -39,9 +39,9 @@ pub fn ms(d: Duration) -> String {
     }
 }
 
-/// `152µs`, or `-` when not measured.
-/// Microseconds; below 100 with a tenth, since a proxy's CPU per request is a few µs
-/// on a fast machine and whole µs would hide a 20 % difference.
+/// `152µs`, `4.6µs` (below 100 with a tenth: a proxy's CPU per request is a few µs on
+/// a fast machine, and whole µs would hide a 20 % difference), or `-` when not
+/// measured.
 pub fn us_opt(v: Option<f64>) -> String {
     v.map_or("-".into(), |v| {
         if v < 100.0 {
@@ -876,7 +876,7 @@ impl Results {
         let secs = |d: Duration| d.as_secs_f64();
         let dur = |v: f64| ms(Duration::from_secs_f64(v.max(0.0)));
         let num = |v: f64| format!("{v:.0}");
-        let usf = |v: f64| format!("{v:.0}µs");
+        let usf = |v: f64| us_opt(Some(v));
         let mut out = Vec::new();
         if let (Some(lr), Some(br)) = (self.raw_row(l), self.raw_row(b)) {
             let wrk = lr.runs > 0 && br.runs > 0;
@@ -1077,7 +1077,9 @@ impl Results {
                     "| {} | {rps} | {p50} | {p99} | {errs} | {} | {op50} | {op99}{failed} | {added} | {} | {pp50} | {pp99} |",
                     r.kind.name(),
                     match (r.wrk_cpu_us, r.wrk_user_us) {
-                        (Some(c), Some(u)) => format!("{c:.0}µs (user {u:.0}µs)"),
+                        (Some(c), Some(u)) => {
+                            format!("{} (user {})", us_opt(Some(c)), us_opt(Some(u)))
+                        }
                         (c, _) => us_opt(c),
                     },
                     us_opt(r.open_cpu_us),
